@@ -1,0 +1,83 @@
+// The only file that includes pybind11: exposes the kernels on raw pointers (integers).
+// Python (scalselect/kernels/) validates contiguity, dtype, device and sizes before calling.
+#include <pybind11/pybind11.h>
+
+#include "scalselect/kernels.h"
+
+namespace py = pybind11;
+using scalselect::DType;
+
+namespace {
+
+template <typename T>
+T* ptr(std::uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+py::dict build_info() {
+  py::dict info;
+#ifdef _OPENMP
+  info["openmp"] = true;
+#else
+  info["openmp"] = false;
+#endif
+#ifdef SCALSELECT_WITH_CUDA
+  info["cuda"] = true;
+  info["cuda_archs"] = std::string(scalselect::cuda_archs());
+#else
+  info["cuda"] = false;
+  info["cuda_archs"] = std::string();
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "scalselect native kernels (C++ always, CUDA when compiled in)";
+  m.def("build_info", &build_info, "Which backends this module was compiled with.");
+
+  m.def(
+      "gram_prep_cpu",
+      [](std::uintptr_t x, int dtype, int64_t n, int64_t d, int64_t row_stride, bool l2,
+         std::uintptr_t shift, std::uintptr_t inv_scale, std::uintptr_t out,
+         std::uintptr_t colsum) {
+        py::gil_scoped_release nogil;
+        scalselect::gram_prep_cpu(ptr<const void>(x), DType(dtype), n, d, row_stride, l2,
+                                  ptr<const double>(shift), ptr<const double>(inv_scale),
+                                  ptr<float>(out), ptr<double>(colsum));
+      });
+  m.def(
+      "projected_sqnorm_cpu",
+      [](std::uintptr_t x, int dtype, int64_t n, int64_t d, int64_t row_stride, bool l2,
+         std::uintptr_t shift, std::uintptr_t inv_scale, std::uintptr_t w, int64_t k,
+         std::uintptr_t out) {
+        py::gil_scoped_release nogil;
+        scalselect::projected_sqnorm_cpu(ptr<const void>(x), DType(dtype), n, d, row_stride, l2,
+                                         ptr<const double>(shift), ptr<const double>(inv_scale),
+                                         ptr<const float>(w), k, ptr<double>(out));
+      });
+
+#ifdef SCALSELECT_WITH_CUDA
+  m.def(
+      "gram_prep_cuda",
+      [](std::uintptr_t x, int dtype, int64_t n, int64_t d, int64_t row_stride, bool l2,
+         std::uintptr_t shift, std::uintptr_t inv_scale, std::uintptr_t out,
+         std::uintptr_t colsum, std::uintptr_t stream) {
+        py::gil_scoped_release nogil;
+        scalselect::gram_prep_cuda(ptr<const void>(x), DType(dtype), n, d, row_stride, l2,
+                                   ptr<const double>(shift), ptr<const double>(inv_scale),
+                                   ptr<float>(out), ptr<double>(colsum), stream);
+      });
+  m.def(
+      "projected_sqnorm_cuda",
+      [](std::uintptr_t x, int dtype, int64_t n, int64_t d, int64_t row_stride, bool l2,
+         std::uintptr_t shift, std::uintptr_t inv_scale, std::uintptr_t w, int64_t k,
+         std::uintptr_t out, std::uintptr_t stream) {
+        py::gil_scoped_release nogil;
+        scalselect::projected_sqnorm_cuda(ptr<const void>(x), DType(dtype), n, d, row_stride, l2,
+                                          ptr<const double>(shift), ptr<const double>(inv_scale),
+                                          ptr<const float>(w), k, ptr<double>(out), stream);
+      });
+#endif
+}

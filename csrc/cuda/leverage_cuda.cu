@@ -1,0 +1,170 @@
+// CUDA kernels for the two streaming passes; same contracts as the CPU ones (kernels.h).
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "scalselect/half.h"
+#include "scalselect/kernels.h"
+
+namespace scalselect {
+namespace {
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+__device__ __forceinline__ double load(const void* x, DType dtype, int64_t idx) {
+  switch (dtype) {
+    case DType::F32: return static_cast<const float*>(x)[idx];
+    case DType::F64: return static_cast<const double*>(x)[idx];
+    case DType::F16: return f16_to_float(static_cast<const uint16_t*>(x)[idx]);
+    default: return bf16_to_float(static_cast<const uint16_t*>(x)[idx]);
+  }
+}
+
+constexpr int kThreads = 256;
+
+// Block-wide sum of one double per thread; result valid in thread 0.
+__device__ double block_sum(double v, double* scratch) {
+  for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < blockDim.x / 32 ? scratch[threadIdx.x] : 0.0;
+  if (warp == 0)
+    for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+  __syncthreads();
+  return v;
+}
+
+// One block per row: 1 / ||x_i|| (0 for a zero row), or 1 when normalisation is off.
+__global__ void row_inv_norm_kernel(const void* x, DType dtype, int64_t n, int64_t d,
+                                    int64_t row_stride, bool l2_normalize, double* inv_norm) {
+  __shared__ double scratch[32];
+  const int64_t i = blockIdx.x;
+  if (i >= n) return;
+  double ss = 0.0;
+  if (l2_normalize)
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+      const double v = load(x, dtype, i * row_stride + j);
+      ss += v * v;
+    }
+  ss = block_sum(ss, scratch);
+  if (threadIdx.x == 0) inv_norm[i] = !l2_normalize ? 1.0 : (ss > 0.0 ? rsqrt(ss) : 0.0);
+}
+
+__device__ __forceinline__ double centred(const void* x, DType dtype, int64_t i, int64_t j,
+                                          int64_t row_stride, const double* inv_norm,
+                                          const double* shift, const double* inv_scale) {
+  double v = load(x, dtype, i * row_stride + j) * inv_norm[i] - shift[j];
+  return inv_scale ? v * inv_scale[j] : v;
+}
+
+// Grid: (column tiles of kThreads, row slabs). Each thread walks its column down its slab.
+__global__ void gram_prep_kernel(const void* x, DType dtype, int64_t n, int64_t d,
+                                 int64_t row_stride, const double* inv_norm, const double* shift,
+                                 const double* inv_scale, int64_t rows_per_slab, float* out,
+                                 double* colsum) {
+  const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= d) return;
+  const int64_t i0 = int64_t(blockIdx.y) * rows_per_slab;
+  const int64_t i1 = n < i0 + rows_per_slab ? n : i0 + rows_per_slab;
+  double s = 0.0;
+  for (int64_t i = i0; i < i1; ++i) {
+    const double c = centred(x, dtype, i, j, row_stride, inv_norm, shift, inv_scale);
+    out[i * d + j] = float(c);
+    s += c;
+  }
+  atomicAdd(colsum + j, s);
+}
+
+constexpr int kRows = 8;    // rows per block in the projection
+constexpr int kDTile = 64;  // slice of d staged in shared memory
+
+// Grid: one block per kRows rows. Threads own output columns t, t+blockDim, ...; the centred
+// rows are staged in shared memory tile by tile so W is read once per block, coalesced.
+__global__ void projected_sqnorm_kernel(const void* x, DType dtype, int64_t n, int64_t d,
+                                        int64_t row_stride, const double* inv_norm,
+                                        const double* shift, const double* inv_scale,
+                                        const float* w, int64_t k, double* out) {
+  __shared__ float tile[kRows][kDTile];
+  __shared__ double scratch[32];
+  const int64_t i0 = int64_t(blockIdx.x) * kRows;
+  const int rows = n - i0 < kRows ? int(n - i0) : kRows;
+  double sq[kRows];
+  for (int r = 0; r < kRows; ++r) sq[r] = 0.0;
+  for (int64_t col0 = 0; col0 < k; col0 += blockDim.x) {
+    const int64_t col = col0 + threadIdx.x;
+    float acc[kRows];
+    for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
+    for (int64_t j0 = 0; j0 < d; j0 += kDTile) {
+      const int width = d - j0 < kDTile ? int(d - j0) : kDTile;
+      for (int e = threadIdx.x; e < kRows * kDTile; e += blockDim.x) {
+        const int r = e / kDTile, jj = e % kDTile;
+        tile[r][jj] = (r < rows && jj < width)
+                          ? float(centred(x, dtype, i0 + r, j0 + jj, row_stride, inv_norm, shift,
+                                          inv_scale))
+                          : 0.0f;
+      }
+      __syncthreads();
+      if (col < k)
+        for (int jj = 0; jj < width; ++jj) {
+          const float wv = w[(j0 + jj) * k + col];
+          for (int r = 0; r < kRows; ++r) acc[r] += tile[r][jj] * wv;
+        }
+      __syncthreads();
+    }
+    for (int r = 0; r < kRows; ++r) sq[r] += double(acc[r]) * double(acc[r]);
+  }
+  for (int r = 0; r < kRows; ++r) {
+    const double total = block_sum(sq[r], scratch);
+    if (threadIdx.x == 0 && r < rows) out[i0 + r] = total;
+  }
+}
+
+// Scratch device buffer of n inverse row norms, freed when the call returns.
+struct InvNorms {
+  cudaStream_t stream;
+  double* ptr = nullptr;
+  InvNorms(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
+           bool l2_normalize, cudaStream_t s)
+      : stream(s) {
+    check(cudaMallocAsync(&ptr, sizeof(double) * size_t(n), s), "cudaMallocAsync");
+    row_inv_norm_kernel<<<unsigned(n), kThreads, 0, s>>>(x, dtype, n, d, row_stride, l2_normalize,
+                                                        ptr);
+    check(cudaGetLastError(), "row_inv_norm_kernel");
+  }
+  ~InvNorms() { cudaFreeAsync(ptr, stream); }
+};
+
+}  // namespace
+
+void gram_prep_cuda(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
+                    bool l2_normalize, const double* shift, const double* inv_scale,
+                    float* out, double* colsum, std::uintptr_t stream) {
+  if (n <= 0 || d <= 0) return;
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  InvNorms norms(x, dtype, n, d, row_stride, l2_normalize, s);
+  const int64_t slab = 64;
+  dim3 grid(unsigned((d + kThreads - 1) / kThreads), unsigned((n + slab - 1) / slab));
+  gram_prep_kernel<<<grid, kThreads, 0, s>>>(x, dtype, n, d, row_stride, norms.ptr, shift,
+                                             inv_scale, slab, out, colsum);
+  check(cudaGetLastError(), "gram_prep_kernel");
+}
+
+void projected_sqnorm_cuda(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
+                           bool l2_normalize, const double* shift, const double* inv_scale,
+                           const float* w, int64_t k, double* out, std::uintptr_t stream) {
+  if (n <= 0) return;
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  InvNorms norms(x, dtype, n, d, row_stride, l2_normalize, s);
+  const unsigned blocks = unsigned((n + kRows - 1) / kRows);
+  projected_sqnorm_kernel<<<blocks, kThreads, 0, s>>>(x, dtype, n, d, row_stride, norms.ptr,
+                                                      shift, inv_scale, w, k, out);
+  check(cudaGetLastError(), "projected_sqnorm_kernel");
+}
+
+const char* cuda_archs() { return SCALSELECT_CUDA_ARCHS; }
+
+}  // namespace scalselect

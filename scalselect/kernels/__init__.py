@@ -1,0 +1,162 @@
+"""Picks the compiled kernel or its pure-PyTorch twin, and checks tensors before a native call.
+
+Both functions take and return torch tensors; `backend` is "auto" (native when available),
+"native" (error if not) or "torch" (the twin).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from . import twins
+
+try:
+    from .. import _C
+except ImportError as exc:  # a source checkout without a build, or a broken wheel
+    _C = None
+    _IMPORT_ERROR = str(exc)
+else:
+    _IMPORT_ERROR = ""
+
+# Must match scalselect::DType in csrc/include/scalselect/kernels.h.
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+BACKENDS = ("auto", "native", "torch")
+
+
+def build_info() -> dict:
+    """What the native module was compiled with (empty CPU/CUDA flags when it is missing)."""
+    if _C is None:
+        return {"native": False, "openmp": False, "cuda": False, "cuda_archs": "",
+                "error": _IMPORT_ERROR}
+    return {"native": True, **_C.build_info()}
+
+
+def native_available(device: torch.device) -> bool:
+    if _C is None:
+        return False
+    return device.type == "cpu" or (device.type == "cuda" and hasattr(_C, "gram_prep_cuda"))
+
+
+def _as_kernel_input(x: torch.Tensor) -> torch.Tensor:
+    """A 2-D tensor of a dtype the kernels read, with unit column stride."""
+    if x.dim() != 2:
+        raise ValueError(f"expected a 2-D matrix, got shape {tuple(x.shape)}")
+    if x.dtype not in _DTYPE_CODES:
+        x = x.to(torch.float32)
+    if x.stride(1) != 1 or x.stride(0) < x.shape[1]:
+        x = x.contiguous()
+    return x
+
+
+def _vec(v: torch.Tensor | None, d: int, device: torch.device) -> torch.Tensor | None:
+    if v is None:
+        return None
+    v = v.to(device=device, dtype=torch.float64).contiguous()
+    if v.shape != (d,):
+        raise ValueError(f"expected a vector of length {d}, got shape {tuple(v.shape)}")
+    return v
+
+
+def _ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def _native_gram_prep(x, shift, inv_scale, l2_normalize):
+    n, d = x.shape
+    out = torch.empty((n, d), dtype=torch.float32, device=x.device)
+    colsum = torch.zeros(d, dtype=torch.float64, device=x.device)
+    args = (x.data_ptr(), _DTYPE_CODES[x.dtype], n, d, x.stride(0), bool(l2_normalize),
+            _ptr(shift), _ptr(inv_scale), out.data_ptr(), colsum.data_ptr())
+    if x.device.type == "cuda":
+        _C.gram_prep_cuda(*args, _stream(x.device))
+    else:
+        _C.gram_prep_cpu(*args)
+    return out, colsum
+
+
+def _native_projected_sqnorm(x, shift, inv_scale, l2_normalize, w):
+    n, d = x.shape
+    out = torch.zeros(n, dtype=torch.float64, device=x.device)
+    args = (x.data_ptr(), _DTYPE_CODES[x.dtype], n, d, x.stride(0), bool(l2_normalize),
+            _ptr(shift), _ptr(inv_scale), w.data_ptr(), w.shape[1], out.data_ptr())
+    if x.device.type == "cuda":
+        _C.projected_sqnorm_cuda(*args, _stream(x.device))
+    else:
+        _C.projected_sqnorm_cpu(*args)
+    return out
+
+
+# A GPU kernel that has never run on this machine checks itself once against its twin.
+_cuda_verdict: dict[str, bool] = {}
+
+
+def _cuda_kernel_ok(name: str, device: torch.device) -> bool:
+    if name not in _cuda_verdict:
+        gen = torch.Generator().manual_seed(1234)
+        x = torch.randn(37, 70, generator=gen).to(device=device, dtype=torch.float16)
+        shift = torch.randn(70, generator=gen, dtype=torch.float64).to(device)
+        scale = torch.rand(70, generator=gen, dtype=torch.float64).to(device) + 0.5
+        w = torch.randn(70, 300, generator=gen).to(device)
+        try:
+            if name == "gram_prep":
+                got, want = _native_gram_prep(x, shift, scale, True), twins.gram_prep(x, shift, scale, True)
+                ok = all(torch.allclose(g.double(), e.double(), rtol=1e-5, atol=1e-5) for g, e in zip(got, want))
+            else:
+                got = _native_projected_sqnorm(x, shift, scale, True, w)
+                want = twins.projected_sqnorm(x, shift, scale, True, w)
+                ok = torch.allclose(got, want, rtol=1e-4, atol=1e-6)
+        except RuntimeError as exc:
+            ok, why = False, str(exc)
+        else:
+            why = "results differ from the PyTorch twin"
+        if not ok:
+            warnings.warn(f"scalselect: CUDA kernel {name} failed its self-check ({why}); "
+                          "using the PyTorch implementation", RuntimeWarning, stacklevel=3)
+        _cuda_verdict[name] = ok
+    return _cuda_verdict[name]
+
+
+def _use_native(name: str, device: torch.device, backend: str) -> bool:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    if backend == "torch":
+        return False
+    if not native_available(device):
+        if backend == "native":
+            raise RuntimeError(f"no native {device.type} kernel for {name}: "
+                               f"{_IMPORT_ERROR or 'module built without it'}")
+        return False
+    if device.type == "cuda" and backend == "auto":
+        return _cuda_kernel_ok(name, device)
+    return True
+
+
+def gram_prep(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None = None,
+              l2_normalize: bool = False, *, backend: str = "auto"):
+    """Centred float32 rows and float64 column sums of a chunk; see twins.gram_prep."""
+    x = _as_kernel_input(x)
+    d = x.shape[1]
+    shift, inv_scale = _vec(shift, d, x.device), _vec(inv_scale, d, x.device)
+    if _use_native("gram_prep", x.device, backend):
+        return _native_gram_prep(x, shift, inv_scale, l2_normalize)
+    return twins.gram_prep(x, shift, inv_scale, l2_normalize)
+
+
+def projected_sqnorm(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None,
+                     l2_normalize: bool, w: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """float64 ||c_i W||^2 per row of a chunk; see twins.projected_sqnorm."""
+    x = _as_kernel_input(x)
+    d = x.shape[1]
+    shift, inv_scale = _vec(shift, d, x.device), _vec(inv_scale, d, x.device)
+    w = w.to(device=x.device, dtype=torch.float32).contiguous()
+    if w.dim() != 2 or w.shape[0] != d:
+        raise ValueError(f"W must be {d} x k, got shape {tuple(w.shape)}")
+    if _use_native("projected_sqnorm", x.device, backend):
+        return _native_projected_sqnorm(x, shift, inv_scale, l2_normalize, w)
+    return twins.projected_sqnorm(x, shift, inv_scale, l2_normalize, w)
