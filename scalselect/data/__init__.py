@@ -1,0 +1,5 @@
+"""Training-pool input/output."""
+
+from scalselect.data.pools import Pool, read_pool, write_subset
+
+__all__ = ["Pool", "read_pool", "write_subset"]

@@ -1,0 +1,321 @@
+"""Training pools: read LLaVA / ShareGPT sample files (JSON array or JSONL) and write subsets.
+
+A pool is a file of visual-instruction samples in one of two layouts:
+
+* LLaVA: ``{"id": ..., "image": ..., "conversations": [{"from": ..., "value": ...}, ...]}``
+* ShareGPT (LLaMA-Factory): ``{"messages": [{"role": ..., "content": ...}, ...], "images": [...]}``
+
+stored either as one JSON array or as JSONL (one JSON object per line). Records are kept
+exactly as parsed; ``write_subset`` writes a chosen subset back verbatim, in pool order, in the
+pool's own container. Every problem with the input is raised as ``InputError`` with a one-line
+message naming the file and the place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import operator
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from scalselect._atomic import atomic_open
+from scalselect.errors import InputError
+
+__all__ = ["Pool", "read_pool", "write_subset"]
+
+_LAYOUT_KEYS = {"llava": "conversations", "sharegpt": "messages"}
+_FIRST_NON_WS = re.compile(r"[^ \t\r\n]")
+
+
+@dataclass
+class Pool:
+    """A parsed pool. ``ids[i]`` is ``records[i]["id"]`` as stored, or ``i`` when it has no id."""
+
+    path: Path
+    records: list[dict]
+    ids: list
+    layout: str  # "llava" or "sharegpt"
+    container: str  # "json" (array) or "jsonl"
+    _index: dict | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def index_of(self) -> dict:
+        """Map sample id -> position in the pool (built on first use, then cached)."""
+        if self._index is None:
+            self._index = {sample_id: pos for pos, sample_id in enumerate(self.ids)}
+        return self._index
+
+
+def read_pool(path: str | os.PathLike) -> Pool:
+    """Read and validate a pool file; raise ``InputError`` on anything wrong with it."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"pool {path}: no such file")
+    if path.is_dir():
+        raise InputError(f"pool {path}: is a directory, not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"pool {path}: cannot read: {e.strerror or e}") from None
+
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InputError(
+            f"pool {path}: invalid UTF-8 at byte {e.start} (line {line}); pools must be UTF-8 text"
+        ) from None
+    del data
+
+    m = _FIRST_NON_WS.search(text)  # (not text.lstrip(): that copies a possibly huge string)
+    if m is None:
+        raise InputError(f"pool {path}: file is empty")
+    first = m.group()
+    if first not in "[{":
+        raise InputError(
+            f"pool {path}: starts with {first!r}; expected a JSON array ('[') or JSONL (one '{{...}}' per line)"
+        )
+    container = "json" if first == "[" else "jsonl"
+    # Building millions of small dicts triggers repeated full GC passes for nothing (no cycles
+    # are created); pausing the collector roughly halves parse time on large pools.
+    with _gc_paused():
+        if container == "json":
+            records, lines = _parse_json_array(path, text), None
+        else:
+            records, lines = _parse_jsonl(path, text)
+    del text
+
+    if not records:
+        raise InputError(f"pool {path} has no samples (empty JSON array)")
+
+    layout = _check_layout(path, records, lines)
+    ids = _collect_ids(path, records, lines)
+    return Pool(path=path, records=records, ids=ids, layout=layout, container=container)
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _where(index: int, lines: list[int] | None) -> str:
+    return f"record {index}" if lines is None else f"record {index} (line {lines[index]})"
+
+
+def _parse_json_array(path: Path, text: str) -> list:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"pool {path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise InputError(f"pool {path}: JSON nested too deeply") from None
+    if not isinstance(value, list):  # cannot happen for text starting with '[', kept as a guard
+        raise InputError(f"pool {path}: expected a JSON array of samples")
+    return value
+
+
+def _parse_jsonl(path: Path, text: str) -> tuple[list, list[int]]:
+    records: list = []
+    lines: list[int] = []  # 1-based file line of each record
+    loads = json.loads
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip(" \t\r"):
+            continue
+        try:
+            records.append(loads(line))
+        except json.JSONDecodeError as e:
+            if not records and _is_single_object(text):
+                raise InputError(
+                    f"pool {path}: is a single JSON object spanning several lines, not a pool; "
+                    "expected a JSON array of samples or JSONL (one sample object per line)"
+                ) from None
+            raise InputError(
+                f"pool {path}: malformed JSONL at line {lineno} column {e.colno}: {e.msg} "
+                "(each line must hold one complete JSON object)"
+            ) from None
+        except RecursionError:
+            raise InputError(f"pool {path}: JSON nested too deeply at line {lineno}") from None
+        lines.append(lineno)
+    return records, lines
+
+
+def _is_single_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+
+
+def _record_layout(record) -> str | None:
+    if not isinstance(record, dict):
+        return None
+    conv = isinstance(record.get("conversations"), list)
+    msgs = isinstance(record.get("messages"), list)
+    if conv and not msgs:
+        return "llava"
+    if msgs and not conv:
+        return "sharegpt"
+    return None
+
+
+def _describe_bad_record(record) -> str:
+    if not isinstance(record, dict):
+        return f"is a JSON {_json_type(record)}, not an object"
+    conv, msgs = record.get("conversations"), record.get("messages")
+    if isinstance(conv, list) and isinstance(msgs, list):
+        return "has both 'conversations' (LLaVA) and 'messages' (ShareGPT); cannot tell its layout"
+    if "conversations" in record:
+        return f"has 'conversations' that is a JSON {_json_type(conv)}, not a list"
+    if "messages" in record:
+        return f"has 'messages' that is a JSON {_json_type(msgs)}, not a list"
+    keys = ", ".join(repr(k) for k in list(record)[:8]) or "none"
+    return (
+        "has neither 'conversations' (LLaVA) nor 'messages' (ShareGPT) list; "
+        f"unknown layout (keys: {keys})"
+    )
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _check_layout(path: Path, records: list, lines: list[int] | None) -> str:
+    layout = _record_layout(records[0])
+    if layout is None:
+        raise InputError(f"pool {path}: {_where(0, lines)} {_describe_bad_record(records[0])}")
+    key, other = _LAYOUT_KEYS[layout], _LAYOUT_KEYS["sharegpt" if layout == "llava" else "llava"]
+    for i, rec in enumerate(records):
+        # fast path: the common, well-formed record
+        if type(rec) is dict and type(rec.get(key)) is list and other not in rec:
+            continue
+        got = _record_layout(rec)
+        if got == layout:  # e.g. the other layout's key present but not a list
+            continue
+        if got is None:
+            raise InputError(f"pool {path}: {_where(i, lines)} {_describe_bad_record(rec)}")
+        raise InputError(
+            f"pool {path}: {_where(i, lines)} is {got} layout but record 0 is {layout}; "
+            "a pool must use one layout"
+        )
+    return layout
+
+
+def _collect_ids(path: Path, records: list, lines: list[int] | None) -> list:
+    ids = []
+    append = ids.append
+    for i, rec in enumerate(records):
+        if "id" not in rec:
+            append(i)
+            continue
+        sample_id = rec["id"]
+        t = type(sample_id)
+        if t is not str and t is not int:
+            raise InputError(
+                f"pool {path}: {_where(i, lines)} has an 'id' that is a JSON {_json_type(sample_id)} "
+                f"({json.dumps(sample_id)[:40]}); ids must be strings or integers"
+            )
+        append(sample_id)
+
+    if len(set(ids)) != len(ids):
+        seen: dict = {}
+        dups: dict = {}  # id -> positions, in order of first duplication
+        for pos, sample_id in enumerate(ids):
+            if sample_id in seen:
+                dups.setdefault(sample_id, [seen[sample_id]]).append(pos)
+            else:
+                seen[sample_id] = pos
+        shown = "; ".join(
+            f"{sample_id!r} at records {', '.join(map(str, positions[:3]))}"
+            + (", ..." if len(positions) > 3 else "")
+            for sample_id, positions in list(dups.items())[:5]
+        )
+        more = f" (and {len(dups) - 5} more)" if len(dups) > 5 else ""
+        raise InputError(
+            f"pool {path}: {len(dups)} duplicated sample id(s): {shown}{more} "
+            "(records without an 'id' use their 0-based index as id)"
+        )
+    return ids
+
+
+def write_subset(pool: Pool, positions: Iterable[int], out_path: str | os.PathLike) -> int:
+    """Write ``pool.records`` at ``positions`` verbatim, in pool order, in the pool's container.
+
+    Returns the number of records written. The file appears atomically.
+    """
+    out_path = Path(out_path)
+    n = len(pool.records)
+    chosen = set()
+    for p in positions:
+        if isinstance(p, bool):
+            raise InputError(f"subset of {pool.path}: position {p!r} is not an integer")
+        try:
+            pos = operator.index(p)
+        except TypeError:
+            raise InputError(f"subset of {pool.path}: position {p!r} is not an integer") from None
+        if not 0 <= pos < n:
+            raise InputError(f"subset of {pool.path}: position {pos} out of range (pool has {n} samples)")
+        if pos in chosen:
+            raise InputError(f"subset of {pool.path}: position {pos} given more than once")
+        chosen.add(pos)
+    order = sorted(chosen)
+
+    if _same_file(out_path, pool.path):
+        raise InputError(f"refusing to write subset to {out_path}: it is the input pool file {pool.path}")
+    if out_path.is_dir():
+        raise InputError(f"cannot write subset to {out_path}: is a directory")
+
+    dumps = json.dumps
+    records = pool.records
+    try:
+        with atomic_open(out_path, "w", encoding="utf-8") as f:
+            if pool.container == "jsonl":
+                for pos in order:
+                    f.write(dumps(records[pos], ensure_ascii=False))
+                    f.write("\n")
+            elif pool.container == "json":
+                if not order:
+                    f.write("[]\n")
+                else:
+                    f.write("[\n")
+                    f.write(",\n".join(dumps(records[pos], ensure_ascii=False) for pos in order))
+                    f.write("\n]\n")
+            else:
+                raise InputError(f"pool {pool.path}: unknown container {pool.container!r}")
+    except OSError as e:
+        raise InputError(f"cannot write subset to {out_path}: {e.strerror or e}") from None
+    return len(order)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.resolve() == b.resolve():
+            return True
+    except OSError:
+        pass
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -1,0 +1,195 @@
+"""The leverage-score engine: exact ScalSelect importance scores in two streaming passes.
+
+Pass 1 accumulates the D x D Gram matrix of the rows shifted by an early mean estimate (float32
+chunk products added into a float64 master, so memory is O(D^2 + chunk)) and the column sums.
+The centred Gram follows exactly: C = G_s - N (mu - s)(mu - s)^T. Its leading eigenpairs give
+V_k and sigma_k^2; k is the smallest rank whose energy reaches `energy` x trace(C). Pass 2 reads
+each row once more and returns ||(x_i - mu) V_k Sigma_k^-1||^2, the leverage of row i in the top-k
+left singular subspace of the centred matrix. When N < D the N x N kernel is the cheaper side.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import kernels
+from .eigen import top_eigenpairs
+from .errors import InputError
+from .store import RowSource, open_rows
+
+# Target size of one streamed chunk (its float32 centred copy).
+_CHUNK_BYTES = 64 << 20
+
+
+@dataclass
+class LeverageResult:
+    scores: np.ndarray          # float64, one per row, in input order
+    sample_ids: list            # id of each row
+    k: int                      # rank kept
+    captured_energy: float      # sum of the top-k sigma^2 over the total
+    singular_values: np.ndarray  # sigma_1 .. sigma_k of the centred (scaled) matrix
+    total_energy: float         # sum of all sigma^2 (trace)
+    num_rows: int
+    dim: int
+    side: str                   # "gram" (D x D) or "kernel" (N x N)
+    eig_method: str             # "full" or "krylov"
+    device: str
+    timings: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {"num_rows": self.num_rows, "dim": self.dim, "k": self.k,
+                "captured_energy": self.captured_energy, "total_energy": self.total_energy,
+                "singular_values": self.singular_values.tolist(), "side": self.side,
+                "eig_method": self.eig_method, "device": self.device,
+                "settings": self.settings, "timings_s": self.timings}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise InputError(f"device must be auto, cpu or cuda, not {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("device cuda was asked for, but no usable CUDA GPU is present")
+    return torch.device(device)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="rows", unit_scale=True, disable=not enabled,
+                leave=False, dynamic_ncols=True)
+
+
+def _check_finite(centred: torch.Tensor, start: int, ids: list) -> None:
+    bad = ~torch.isfinite(centred).all(dim=1)
+    if bool(bad.any()):
+        rows = (torch.nonzero(bad).flatten() + start).tolist()
+        named = ", ".join(f"row {r} (sample id {ids[r]!r})" for r in rows[:3])
+        raise InputError(f"non-finite values (NaN or inf) in {len(rows)} rows of this chunk, first: {named}")
+
+
+def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standardize: bool = False,
+                    l2_normalize: bool = False, sample_ids=None, chunk_rows: int | None = None,
+                    backend: str = "auto", eig_method: str = "auto", progress: bool = False) -> LeverageResult:
+    """ScalSelect importance scores of the rows of `data`.
+
+    data: numpy array / memmap / torch tensor (N x D), a `.npy` file, the reference's
+    `all_representations.npz`, or a store directory (see scalselect.store).
+    energy: share of the centred matrix's energy the kept subspace must hold (0 < energy <= 1).
+    standardize: divide each centred column by its standard deviation (ddof 0) first.
+    l2_normalize: scale each row to unit length before centring.
+    """
+    if not 0.0 < energy <= 1.0:
+        raise InputError(f"energy must be in (0, 1], got {energy}")
+    src = data if isinstance(data, RowSource) else open_rows(data, sample_ids)
+    dev = resolve_device(device)
+    n, d = src.num_rows, src.dim
+    if chunk_rows is None:
+        chunk_rows = max(256, _CHUNK_BYTES // (4 * d))
+    settings = {"energy": energy, "standardize": standardize, "l2_normalize": l2_normalize,
+                "chunk_rows": chunk_rows, "backend": backend, "eig_method": eig_method}
+    timings: dict[str, float] = {}
+    opts = dict(standardize=standardize, l2_normalize=l2_normalize, backend=backend,
+                eig_method=eig_method, progress=progress, timings=timings)
+    if n < d:
+        side, scores, values, eig = "kernel", *_kernel_side(src, dev, energy, chunk_rows, **opts)
+    else:
+        side, scores, values, eig = "gram", *_gram_side(src, dev, energy, chunk_rows, **opts)
+    total = float(values["total"])
+    top = values["top"]
+    captured = float(top.sum()) / total if total > 0 else 0.0
+    return LeverageResult(
+        scores=scores, sample_ids=list(src.ids), k=int(top.numel()), captured_energy=captured,
+        singular_values=top.clamp_min(0).sqrt().cpu().numpy(), total_energy=total, num_rows=n,
+        dim=d, side=side, eig_method=eig, device=str(dev), timings=timings, settings=settings)
+
+
+def _degenerate(total: float, scale: float) -> bool:
+    """All rows equal up to rounding: there is no subspace to score against."""
+    return total <= 1e-12 * max(scale, 1e-300)
+
+
+def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normalize, backend,
+               eig_method, progress, timings):
+    n, d = src.num_rows, src.dim
+    t0 = time.perf_counter()
+    gram = torch.zeros(d, d, dtype=torch.float64, device=dev)
+    colsum = torch.zeros(d, dtype=torch.float64, device=dev)
+    shift = None
+    with _progress(n, "pass 1/2 (Gram)", progress) as bar:
+        for start, chunk in src.chunks(chunk_rows):
+            chunk = chunk.to(dev, non_blocking=True)
+            if shift is None:  # the first chunk's mean keeps the shifted sums small
+                zero = torch.zeros(d, dtype=torch.float64, device=dev)
+                shift = kernels.gram_prep(chunk, zero, None, l2_normalize, backend=backend)[1] / chunk.shape[0]
+            centred, sums = kernels.gram_prep(chunk, shift, None, l2_normalize, backend=backend)
+            _check_finite(centred, start, src.ids)
+            gram += (centred.T @ centred).to(torch.float64)
+            colsum += sums
+            bar.update(chunk.shape[0])
+    delta = colsum / n
+    mean = shift + delta
+    cov = gram - n * torch.outer(delta, delta)  # centred Gram, exactly
+    cov = (cov + cov.T) / 2
+    inv_scale = None
+    if standardize:
+        std = (cov.diagonal().clamp_min(0) / n).sqrt()
+        inv_scale = torch.where(std > 0, 1.0 / std, torch.zeros_like(std))
+        cov = cov * torch.outer(inv_scale, inv_scale)
+    total = float(cov.trace())
+    timings["gram_pass"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    scale = float(gram.trace()) + n * float((shift * shift).sum())
+    if _degenerate(total, scale):
+        timings["eigen"] = time.perf_counter() - t0
+        empty = torch.zeros(0, dtype=torch.float64)
+        return np.zeros(n), {"total": total, "top": empty}, "none"
+    eig = top_eigenpairs(cov, energy, total, method=eig_method)
+    timings["eigen"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    w = (eig.vectors / eig.values.clamp_min(1e-300).sqrt()).to(torch.float32)
+    scores = np.empty(n, dtype=np.float64)
+    with _progress(n, "pass 2/2 (scores)", progress) as bar:
+        for start, chunk in src.chunks(chunk_rows):
+            chunk = chunk.to(dev, non_blocking=True)
+            part = kernels.projected_sqnorm(chunk, mean, inv_scale, l2_normalize, w, backend=backend)
+            scores[start:start + chunk.shape[0]] = part.cpu().numpy()
+            bar.update(chunk.shape[0])
+    timings["score_pass"] = time.perf_counter() - t0
+    return scores, {"total": total, "top": eig.values}, eig.method
+
+
+def _kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normalize, backend,
+                 eig_method, progress, timings):
+    """N < D: centre the (small) matrix in memory and take the N x N side."""
+    t0 = time.perf_counter()
+    x = torch.cat([chunk for _, chunk in src.chunks(chunk_rows)]).to(dev)
+    n = x.shape[0]
+    zero = torch.zeros(x.shape[1], dtype=torch.float64, device=dev)
+    rows = kernels.twins.centre_rows(x, zero, None, l2_normalize)
+    _check_finite(rows, 0, src.ids)
+    scale = float((rows * rows).sum())
+    rows = rows - rows.mean(dim=0)
+    if standardize:
+        std = rows.pow(2).mean(dim=0).sqrt()
+        rows = rows * torch.where(std > 0, 1.0 / std, torch.zeros_like(std))
+    kernel = rows @ rows.T
+    kernel = (kernel + kernel.T) / 2
+    total = float(kernel.trace())
+    timings["gram_pass"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if _degenerate(total, scale):
+        timings["eigen"] = time.perf_counter() - t0
+        return np.zeros(n), {"total": total, "top": torch.zeros(0, dtype=torch.float64)}, "none"
+    eig = top_eigenpairs(kernel, energy, total, method=eig_method)
+    timings["eigen"] = time.perf_counter() - t0
+    scores = (eig.vectors ** 2).sum(dim=1)  # rows of U_k: the left singular vectors
+    timings["score_pass"] = 0.0
+    return scores.cpu().numpy(), {"total": total, "top": eig.values}, eig.method

@@ -1,0 +1,104 @@
+"""Scores files and budgets: which samples of a pool to keep."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ._atomic import atomic_open
+from .data import Pool, write_subset
+from .errors import InputError
+
+
+def write_scores(path: str | os.PathLike, sample_ids: list, scores: np.ndarray) -> None:
+    """One {"sample_id", "importance"} object per line, highest first (ties: input order)."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    with atomic_open(path) as f:
+        for i in order:
+            f.write(json.dumps({"sample_id": sample_ids[i], "importance": float(scores[i])},
+                               ensure_ascii=False) + "\n")
+
+
+def read_scores(path: str | os.PathLike) -> tuple[list, np.ndarray]:
+    """Sample ids and importances from a scores JSONL file, in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"scores {path}: no such file")
+    ids, values, seen = [], [], set()
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                sid, value = rec["sample_id"], float(rec["importance"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise InputError(f"scores {path}, line {line_no}: expected "
+                                 f'{{"sample_id": ..., "importance": <number>}} ({exc})') from None
+            if not math.isfinite(value):
+                raise InputError(f"scores {path}, line {line_no}: importance is not finite")
+            if sid in seen:
+                raise InputError(f"scores {path}, line {line_no}: sample id {sid!r} appears twice")
+            seen.add(sid)
+            ids.append(sid)
+            values.append(value)
+    if not ids:
+        raise InputError(f"scores {path}: no scores in the file")
+    return ids, np.asarray(values, dtype=np.float64)
+
+
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*$")
+
+
+def parse_budget(budget: str | int | float, n: int) -> int:
+    """'100000' -> 100000; '16%' -> round(0.16 n) (at least 1); must end up in 1..n."""
+    text = str(budget).strip()
+    match = _PERCENT.match(text)
+    if match:
+        pct = float(match.group(1))
+        if not 0 < pct <= 100:
+            raise InputError(f"budget {text}: a percentage must be in (0%, 100%]")
+        count = max(1, int(round(pct / 100 * n)))
+    else:
+        try:
+            count = int(text)
+        except ValueError:
+            raise InputError(f"budget {text!r}: expected a count like 100000 or a share like 16%") from None
+        if count <= 0:
+            raise InputError(f"budget {count}: must be at least 1")
+    if count > n:
+        raise InputError(f"budget {count} exceeds the {n} scored samples")
+    return count
+
+
+def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str | int) -> tuple[list[int], dict]:
+    """Pool positions of the `budget` highest-scored samples, and a summary of the choice."""
+    index = pool.index_of()
+    missing = [sid for sid in score_ids if sid not in index]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:5])
+        raise InputError(f"{len(missing)} scored sample ids are not in pool {pool.path} "
+                         f"(e.g. {shown}): is the scores file for another pool?")
+    count = parse_budget(budget, len(score_ids))
+    order = np.argsort(-scores, kind="stable")[:count]
+    positions = sorted(index[score_ids[i]] for i in order)
+    summary = {"pool": str(pool.path), "pool_size": len(pool), "scored": len(score_ids),
+               "unscored_in_pool": len(pool) - len(score_ids), "selected": count,
+               "min_selected_importance": float(scores[order[-1]]),
+               "max_importance": float(scores[order[0]])}
+    return positions, summary
+
+
+def select_subset(pool: Pool, score_ids: list, scores: np.ndarray, budget: str | int,
+                  out: str | os.PathLike) -> dict:
+    """Write the top-`budget` samples of `pool` to `out` in the pool's own format."""
+    positions, summary = top_positions(pool, score_ids, scores, budget)
+    write_subset(pool, positions, out)
+    summary["out"] = str(out)
+    summary["format"] = f"{pool.layout} {pool.container}"
+    return summary

@@ -1,0 +1,244 @@
+"""Representation stores and every other source of the N x D matrix the scorer reads.
+
+A store is a directory:
+
+    manifest.json               {"format": "scalselect-store", "version": 1, "dim": D,
+                                 "dtype": "float16", "num_rows": N,
+                                 "shards": [{"vectors": "shard-00000.npy",
+                                             "ids": "shard-00000.ids.json", "rows": n0}, ...],
+                                 "meta": {...}}           (free-form: model, settings, ...)
+    shard-00000.npy             n0 x D array (plain .npy, never pickled; read memory-mapped)
+    shard-00000.ids.json        JSON list of the n0 sample ids (str or int, exactly as in the pool)
+
+Rows are in shard order. Every file is written atomically and the manifest last, so a store
+with a manifest is complete. Other sources: numpy arrays and memmaps, torch tensors, a `.npy`
+file, and the reference implementation's `all_representations.npz` (`representations`,
+`sample_ids`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ._atomic import atomic_open
+from .errors import InputError
+
+STORE_FORMAT = "scalselect-store"
+STORE_VERSION = 1
+MANIFEST = "manifest.json"
+_STORE_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+@dataclass
+class RowSource:
+    """N rows of width D, read in chunks; `ids` names each row (default: its index)."""
+
+    blocks: list  # numpy arrays / memmaps / torch tensors, concatenated in order
+    ids: list
+    description: str
+
+    @property
+    def num_rows(self) -> int:
+        return sum(int(b.shape[0]) for b in self.blocks)
+
+    @property
+    def dim(self) -> int:
+        return int(self.blocks[0].shape[1]) if self.blocks else 0
+
+    @property
+    def dtype(self) -> str:
+        return str(self.blocks[0].dtype).replace("torch.", "") if self.blocks else "float32"
+
+    def chunks(self, chunk_rows: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row index, chunk as a CPU tensor) pairs, at most chunk_rows rows each."""
+        start = 0
+        for block in self.blocks:
+            for lo in range(0, int(block.shape[0]), chunk_rows):
+                part = block[lo:lo + chunk_rows]
+                yield start + lo, _as_tensor(part)
+            start += int(block.shape[0])
+
+
+def _as_tensor(part) -> torch.Tensor:
+    if isinstance(part, torch.Tensor):
+        return part
+    arr = np.asarray(part)
+    if arr.dtype.kind not in "fiu":
+        raise InputError(f"representations must be numeric, got dtype {arr.dtype}")
+    if not (arr.flags.writeable and arr.flags.c_contiguous):
+        arr = np.array(arr, order="C")  # reads a memmap slice into memory
+    return torch.from_numpy(arr)
+
+
+def _check_matrix(shape: Sequence[int], what: str) -> None:
+    if len(shape) != 2:
+        raise InputError(f"{what}: expected a 2-D matrix (samples x dim), got shape {tuple(shape)}")
+    if shape[0] == 0 or shape[1] == 0:
+        raise InputError(f"{what}: the matrix is empty (shape {tuple(shape)})")
+
+
+def _check_ids(ids: list, n: int, what: str) -> list:
+    if len(ids) != n:
+        raise InputError(f"{what}: {len(ids)} sample ids for {n} rows")
+    seen: set = set()
+    dupes = []
+    for i in ids:
+        if not isinstance(i, (str, int)) or isinstance(i, bool):
+            raise InputError(f"{what}: sample id {i!r} is not a string or an integer")
+        if i in seen:
+            dupes.append(i)
+        seen.add(i)
+    if dupes:
+        shown = ", ".join(repr(d) for d in dupes[:5])
+        raise InputError(f"{what}: {len(dupes)} duplicate sample ids, e.g. {shown}")
+    return ids
+
+
+def open_rows(data, sample_ids: Sequence | None = None) -> RowSource:
+    """A RowSource for an array-like, a .npy / .npz file, or a store directory."""
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if not path.exists():
+            raise InputError(f"{path}: no such file or directory")
+        if path.is_dir():
+            src = read_store(path)
+        elif path.suffix == ".npz":
+            src = _open_npz(path)
+        elif path.suffix == ".npy":
+            src = _open_npy(path)
+        else:
+            raise InputError(f"{path}: not a representation store directory, .npy or .npz file")
+    else:
+        if not isinstance(data, torch.Tensor) and not hasattr(data, "shape"):
+            data = np.asarray(data)
+        _check_matrix(tuple(data.shape), "input matrix")
+        src = RowSource([data], list(range(int(data.shape[0]))), "array")
+    if sample_ids is not None:
+        src.ids = _check_ids([_plain_id(i) for i in sample_ids], src.num_rows, src.description)
+    return src
+
+
+def _plain_id(i):
+    """numpy scalars -> Python str / int, so ids serialise to JSON unchanged."""
+    return i.item() if isinstance(i, np.generic) else i
+
+
+def _open_npy(path: Path) -> RowSource:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+    _check_matrix(arr.shape, str(path))
+    return RowSource([arr], list(range(arr.shape[0])), str(path))
+
+
+def _open_npz(path: Path) -> RowSource:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "representations" not in z.files:
+                raise InputError(f"{path}: no 'representations' array (has: {', '.join(z.files)})")
+            reps = z["representations"]
+            ids = z["sample_ids"] if "sample_ids" in z.files else None
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path}: not a readable .npz archive without pickled objects ({exc})") from None
+    _check_matrix(reps.shape, str(path))
+    ids = list(range(reps.shape[0])) if ids is None else [_plain_id(i) for i in ids.tolist()]
+    return RowSource([reps], _check_ids(ids, reps.shape[0], str(path)), str(path))
+
+
+def read_manifest(store: str | os.PathLike) -> dict:
+    path = Path(store) / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{store}: not a representation store (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: corrupt manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
+        raise InputError(f"{path}: not a {STORE_FORMAT} manifest")
+    if manifest.get("version") != STORE_VERSION:
+        raise InputError(f"{path}: store version {manifest.get('version')!r} is not supported "
+                         f"(this scalselect reads version {STORE_VERSION})")
+    return manifest
+
+
+def read_store(store: str | os.PathLike) -> RowSource:
+    """Open a store's shards memory-mapped, checking them against the manifest."""
+    store = Path(store)
+    manifest = read_manifest(store)
+    dim = manifest.get("dim")
+    blocks, ids = [], []
+    for entry in manifest.get("shards", []):
+        vec_path, ids_path = store / entry["vectors"], store / entry["ids"]
+        try:
+            arr = np.load(vec_path, mmap_mode="r", allow_pickle=False)
+            shard_ids = json.loads(ids_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{store}: shard {entry['vectors']} is unreadable ({exc})") from None
+        if arr.ndim != 2 or arr.shape[1] != dim or arr.shape[0] != entry["rows"]:
+            raise InputError(f"{vec_path}: shape {arr.shape} does not match the manifest "
+                             f"({entry['rows']} rows of width {dim})")
+        if not isinstance(shard_ids, list) or len(shard_ids) != arr.shape[0]:
+            raise InputError(f"{ids_path}: expected a list of {arr.shape[0]} ids")
+        if arr.shape[0]:
+            blocks.append(arr)
+        ids.extend(shard_ids)
+    if not blocks:
+        raise InputError(f"{store}: the store holds no vectors")
+    if len(ids) != manifest.get("num_rows"):
+        raise InputError(f"{store}: shards hold {len(ids)} rows, manifest says {manifest.get('num_rows')}")
+    return RowSource(blocks, _check_ids(ids, len(ids), str(store)), str(store))
+
+
+class StoreWriter:
+    """Writes a store shard by shard; `close()` writes the manifest that makes it complete."""
+
+    def __init__(self, store: str | os.PathLike, dim: int, dtype: str = "float16", meta: dict | None = None):
+        if dtype not in _STORE_DTYPES:
+            raise InputError(f"store dtype must be one of {_STORE_DTYPES}, not {dtype!r}")
+        if dtype == "bfloat16":
+            raise InputError("bfloat16 cannot be stored in .npy; use float16 or float32")
+        self.store, self.dim, self.dtype, self.meta = Path(store), int(dim), dtype, dict(meta or {})
+        if (self.store / MANIFEST).exists():
+            raise InputError(f"{self.store}: a store already exists here")
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.shards: list[dict] = []
+
+    def add(self, vectors, ids: Sequence) -> None:
+        arr = np.asarray(vectors.cpu() if isinstance(vectors, torch.Tensor) else vectors)
+        if arr.ndim != 2 or arr.shape[1] != self.dim or arr.shape[0] != len(ids):
+            raise InputError(f"shard of shape {arr.shape} with {len(ids)} ids does not fit a "
+                             f"store of width {self.dim}")
+        name = f"shard-{len(self.shards):05d}"
+        with atomic_open(self.store / f"{name}.npy", "wb") as f:
+            np.save(f, arr.astype(self.dtype, copy=False), allow_pickle=False)
+        with atomic_open(self.store / f"{name}.ids.json") as f:
+            json.dump([_plain_id(i) for i in ids], f, ensure_ascii=False)
+        self.shards.append({"vectors": f"{name}.npy", "ids": f"{name}.ids.json", "rows": int(arr.shape[0])})
+
+    def close(self) -> Path:
+        manifest = {"format": STORE_FORMAT, "version": STORE_VERSION, "dim": self.dim,
+                    "dtype": self.dtype, "num_rows": sum(s["rows"] for s in self.shards),
+                    "shards": self.shards, "meta": self.meta}
+        with atomic_open(self.store / MANIFEST) as f:
+            json.dump(manifest, f, indent=1)
+        return self.store
+
+
+def write_store(store: str | os.PathLike, vectors, ids: Sequence | None = None, *,
+                dtype: str = "float16", shard_rows: int = 65536, meta: dict | None = None) -> Path:
+    """Write an in-memory matrix as a store (used by tests, the demo and benchmarks)."""
+    arr = vectors.cpu().numpy() if isinstance(vectors, torch.Tensor) else np.asarray(vectors)
+    ids = list(range(arr.shape[0])) if ids is None else list(ids)
+    writer = StoreWriter(store, arr.shape[1], dtype, meta)
+    for lo in range(0, arr.shape[0], shard_rows):
+        writer.add(arr[lo:lo + shard_rows], ids[lo:lo + shard_rows])
+    return writer.close()
