@@ -1,0 +1,106 @@
+"""Compiled kernels against their pure-PyTorch twins on fresh random inputs of many shapes."""
+
+import itertools
+
+import pytest
+import torch
+
+from scalselect import kernels
+from scalselect.kernels import twins
+
+SHAPES = [(0, 5), (1, 1), (1, 7), (3, 300), (17, 33), (100, 257), (1000, 64)]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def _inputs(n, d, dtype, seed, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, d, generator=gen, dtype=torch.float64) * 3 + 2).to(dtype)
+    shift = torch.randn(d, generator=gen, dtype=torch.float64)
+    inv_scale = torch.rand(d, generator=gen, dtype=torch.float64) + 0.5
+    return x.to(device), shift.to(device), inv_scale.to(device)
+
+
+def test_native_module_is_built():
+    info = kernels.build_info()
+    assert info["native"], info.get("error")
+    assert kernels.native_available(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("shape,dtype", list(itertools.product(SHAPES, DTYPES)))
+@pytest.mark.parametrize("l2,scaled", [(False, False), (True, True), (True, False)])
+def test_gram_prep_matches_twin(shape, dtype, l2, scaled):
+    n, d = shape
+    x, shift, inv_scale = _inputs(n, d, dtype, seed=n * 31 + d)
+    inv_scale = inv_scale if scaled else None
+    got_c, got_s = kernels.gram_prep(x, shift, inv_scale, l2, backend="native")
+    want_c, want_s = twins.gram_prep(x, shift, inv_scale, l2)
+    assert got_c.dtype == torch.float32 and got_c.shape == (n, d)
+    assert got_s.dtype == torch.float64 and got_s.shape == (d,)
+    torch.testing.assert_close(got_c, want_c, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_s, want_s, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape,dtype", list(itertools.product(SHAPES, DTYPES)))
+@pytest.mark.parametrize("k", [1, 5, 300])
+def test_projected_sqnorm_matches_twin(shape, dtype, k):
+    n, d = shape
+    x, shift, inv_scale = _inputs(n, d, dtype, seed=n * 7 + d + k)
+    w = torch.randn(d, k, generator=torch.Generator().manual_seed(k)) / d ** 0.5
+    for l2, scale in [(False, None), (True, inv_scale)]:
+        got = kernels.projected_sqnorm(x, shift, scale, l2, w, backend="native")
+        want = twins.projected_sqnorm(x, shift, scale, l2, w)
+        assert got.dtype == torch.float64 and got.shape == (n,)
+        # a row whose projection nearly cancels is compared on the scale of the others
+        atol = 1e-6 * float(want.mean()) if n else 0.0
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=atol)
+
+
+def test_kernels_read_strided_rows_and_convert_other_dtypes():
+    x, shift, inv_scale = _inputs(50, 40, torch.float32, seed=3)
+    wide = torch.randn(50, 64)
+    wide[:, :40] = x
+    view = wide[:, :40]  # row stride 64 > d: read in place
+    assert view.stride(0) == 64
+    w = torch.randn(40, 9)
+    torch.testing.assert_close(kernels.projected_sqnorm(view, shift, None, False, w, backend="native"),
+                               twins.projected_sqnorm(x, shift, None, False, w), rtol=2e-5, atol=1e-9)
+    transposed = x.T.contiguous().T  # column-major: made contiguous first
+    torch.testing.assert_close(kernels.gram_prep(transposed, shift, inv_scale, True, backend="native")[0],
+                               twins.gram_prep(x, shift, inv_scale, True)[0])
+    ints = torch.randint(-50, 50, (20, 40))
+    torch.testing.assert_close(kernels.gram_prep(ints, shift, None, False, backend="native")[1],
+                               twins.gram_prep(ints.float(), shift, None, False)[1])
+
+
+def test_zero_rows_stay_zero_under_l2_normalisation():
+    x, shift, _ = _inputs(6, 10, torch.float32, seed=5)
+    x[2] = 0
+    got, _ = kernels.gram_prep(x, shift, None, True, backend="native")
+    torch.testing.assert_close(got[2], (-shift).float())
+
+
+def test_bad_arguments_are_refused_before_the_native_call():
+    x, shift, _ = _inputs(4, 6, torch.float32, seed=1)
+    with pytest.raises(ValueError, match="length 6"):
+        kernels.gram_prep(x, shift[:5], None, False, backend="native")
+    with pytest.raises(ValueError, match="2-D"):
+        kernels.gram_prep(x[0], shift, None, False, backend="native")
+    with pytest.raises(ValueError, match="W must be 6 x k"):
+        kernels.projected_sqnorm(x, shift, None, False, torch.randn(5, 2), backend="native")
+    with pytest.raises(ValueError, match="backend"):
+        kernels.gram_prep(x, shift, None, False, backend="fast")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape,dtype", list(itertools.product(SHAPES, DTYPES)))
+def test_cuda_kernels_match_twins(shape, dtype):
+    n, d = shape
+    x, shift, inv_scale = _inputs(n, d, dtype, seed=n + d, device="cuda")
+    w = torch.randn(d, 300, device="cuda") / d ** 0.5
+    for l2, scale in [(False, None), (True, inv_scale)]:
+        got_c, got_s = kernels.gram_prep(x, shift, scale, l2, backend="native")
+        want_c, want_s = twins.gram_prep(x, shift, scale, l2)
+        torch.testing.assert_close(got_c, want_c, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got_s, want_s, rtol=1e-10, atol=1e-8)
+        torch.testing.assert_close(kernels.projected_sqnorm(x, shift, scale, l2, w, backend="native"),
+                                   twins.projected_sqnorm(x, shift, scale, l2, w), rtol=2e-5, atol=1e-9)

@@ -1,0 +1,155 @@
+"""The leverage-score engine against a float64 thin-SVD implementation of ScalSelect."""
+
+import numpy as np
+import pytest
+import torch
+
+from scalselect import InputError, leverage_scores, write_store
+from scalselect.eigen import top_eigenpairs
+
+
+def reference_scores(x, energy=0.9, standardize=False, l2_normalize=False):
+    """The method as written: centre, thin SVD, k by cumulative energy, ||U_k[i]||^2."""
+    x = np.asarray(x, dtype=np.float64)
+    if l2_normalize:
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    xc = x - x.mean(axis=0)
+    if standardize:
+        std = xc.std(axis=0)
+        xc = np.divide(xc, std, out=np.zeros_like(xc), where=std > 0)
+    u, s, _ = np.linalg.svd(xc, full_matrices=False)
+    cum = np.cumsum(s ** 2) / np.sum(s ** 2)
+    k = int(np.argmax(cum >= energy)) + 1
+    return (u[:, :k] ** 2).sum(axis=1), k, s[:k]
+
+
+def spectrum_matrix(n, d, rank, decay, seed, offset=0.0, spread=1.0):
+    rng = np.random.default_rng(seed)
+    sv = np.arange(1, rank + 1) ** -decay
+    left = rng.standard_normal((n, rank)) * sv
+    right = np.linalg.qr(rng.standard_normal((d, rank)))[0]
+    return (left @ right.T) * spread + offset * rng.uniform(0.5, 1.5, d)
+
+
+def assert_matches(res, x, tol=1e-5, **opts):
+    want, k, sv = reference_scores(x, **opts)
+    assert res.k == k
+    scale = np.abs(want) + want.mean()  # relative error, floored at the mean score (= k / N)
+    err = np.max(np.abs(res.scores - want) / scale)
+    assert err <= tol, f"relative score error {err:.2e}"
+    np.testing.assert_allclose(res.singular_values, sv, rtol=1e-5)
+    top = max(1, int(round(0.16 * len(want))))
+    assert set(np.argsort(-res.scores, kind="stable")[:top]) == set(np.argsort(-want, kind="stable")[:top])
+    return err
+
+
+CASES = {  # name: (n, d, rank, decay, offset)
+    "tall": (3000, 200, 200, 0.8, 0.0),
+    "wide (N < D)": (150, 400, 150, 0.5, 0.0),
+    "square-ish": (500, 480, 480, 1.0, 0.0),
+    "rank-deficient": (800, 120, 12, 0.3, 0.0),
+    "mean 1000x spread": (2000, 96, 96, 0.7, 1000.0),
+    "one column": (300, 1, 1, 0.0, 3.0),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_scores_match_thin_svd_float32(name):
+    n, d, rank, decay, offset = CASES[name]
+    x = spectrum_matrix(n, d, rank, decay, seed=len(name), offset=offset).astype(np.float32)
+    res = leverage_scores(x, chunk_rows=257)
+    assert res.side == ("kernel" if n < d else "gram")
+    assert_matches(res, x)
+
+
+def test_constant_columns_get_no_weight():
+    x = spectrum_matrix(1000, 60, 60, 0.6, seed=11).astype(np.float32)
+    x[:, [3, 17, 40]] = np.float32(7.25)
+    assert_matches(leverage_scores(x, chunk_rows=300), x)
+    assert_matches(leverage_scores(x, standardize=True), x, standardize=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_half_and_full_precision_inputs(dtype):
+    x = torch.from_numpy(spectrum_matrix(1500, 80, 80, 0.7, seed=5, offset=2.0)).to(dtype)
+    res = leverage_scores(x, chunk_rows=400)
+    assert_matches(res, x.double().numpy())  # the same rounded values, in float64
+
+
+@pytest.mark.parametrize("opts", [{"standardize": True}, {"l2_normalize": True},
+                                  {"standardize": True, "l2_normalize": True}, {"energy": 0.5},
+                                  {"energy": 0.99}])
+def test_options_match_reference(opts):
+    for n, d in [(1200, 70), (60, 150)]:
+        x = spectrum_matrix(n, d, min(n, d), 0.6, seed=n + d, offset=1.0).astype(np.float32)
+        x *= np.random.default_rng(0).uniform(0.1, 10, d).astype(np.float32)  # uneven columns
+        assert_matches(leverage_scores(x, **opts), x, **opts)
+
+
+def test_scores_sum_to_k_and_stay_in_unit_interval():
+    x = spectrum_matrix(2000, 50, 50, 0.5, seed=9).astype(np.float32)
+    res = leverage_scores(x)
+    assert res.scores.sum() == pytest.approx(res.k, rel=1e-6)
+    assert res.scores.min() >= 0 and res.scores.max() <= 1 + 1e-6
+    assert res.captured_energy >= 0.9
+
+
+def test_chunk_size_and_disk_give_the_same_result(tmp_path):
+    x = spectrum_matrix(2500, 90, 90, 0.6, seed=2, offset=5.0).astype(np.float32)
+    base = leverage_scores(x)
+    for chunk in (1, 7, 1000, 10_000):
+        np.testing.assert_allclose(leverage_scores(x, chunk_rows=chunk).scores, base.scores, rtol=1e-5, atol=1e-9)
+    np.save(tmp_path / "x.npy", x)
+    write_store(tmp_path / "store", x, [f"s{i}" for i in range(len(x))], dtype="float32", shard_rows=333)
+    np.savez(tmp_path / "all_representations.npz", representations=x,
+             sample_ids=np.array([f"s{i}" for i in range(len(x))]))
+    for path in ("x.npy", "store", "all_representations.npz"):
+        res = leverage_scores(tmp_path / path, chunk_rows=500)
+        np.testing.assert_allclose(res.scores, base.scores, rtol=1e-5, atol=1e-9)
+    assert leverage_scores(tmp_path / "store").sample_ids[:2] == ["s0", "s1"]
+    assert leverage_scores(np.load(tmp_path / "x.npy", mmap_mode="r")).k == base.k
+
+
+def test_krylov_path_matches_full_eigh():
+    """D above the full-eigh size, decaying spectrum: the block Krylov solver is used."""
+    x = spectrum_matrix(2400, 1600, 1600, 1.0, seed=4, offset=0.5).astype(np.float32)
+    res = leverage_scores(x)
+    assert res.eig_method == "krylov"
+    assert_matches(res, x)
+
+
+@pytest.mark.parametrize("decay,seed", [(0.5, 0), (1.0, 1), (2.0, 2)])
+def test_top_eigenpairs_krylov_equals_full(decay, seed):
+    gen = torch.Generator().manual_seed(seed)
+    m = 700
+    q = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=torch.float64))[0]
+    vals = torch.arange(1, m + 1, dtype=torch.float64) ** -decay
+    a = (q * vals) @ q.T
+    full = top_eigenpairs(a, 0.8, method="full")
+    kry = top_eigenpairs(a, 0.8, method="krylov", block=8)
+    assert kry.k == full.k
+    torch.testing.assert_close(kry.values, full.values, rtol=1e-10, atol=0)
+    # same subspace: the projectors agree
+    torch.testing.assert_close(kry.vectors @ kry.vectors.T, full.vectors @ full.vectors.T, atol=1e-8, rtol=0)
+
+
+def test_identical_rows_give_zero_scores():
+    x = np.tile(np.random.default_rng(0).standard_normal(8), (50, 1)).astype(np.float32)
+    res = leverage_scores(x)
+    assert res.k == 0 and np.all(res.scores == 0)
+
+
+def test_bad_input_is_named():
+    x = np.random.default_rng(1).standard_normal((40, 5)).astype(np.float32)
+    x[23, 2] = np.nan
+    with pytest.raises(InputError, match="row 23"):
+        leverage_scores(x, chunk_rows=10)
+    with pytest.raises(InputError, match="energy"):
+        leverage_scores(x[:10], energy=1.5)
+    with pytest.raises(InputError, match="2-D"):
+        leverage_scores(np.ones(5))
+    with pytest.raises(InputError, match="empty"):
+        leverage_scores(np.ones((0, 4)))
+    with pytest.raises(InputError, match="duplicate"):
+        leverage_scores(x[:3], sample_ids=["a", "b", "a"])
