@@ -16,7 +16,7 @@ from .errors import InputError
 
 def _summary_path(out: Path) -> Path:
     """scores.jsonl -> scores.summary.json (beside the output)."""
-    return out.with_name(out.name.split(".")[0] + ".summary.json")
+    return out.with_name(out.stem + ".summary.json")
 
 
 def _write_json(path: Path, obj) -> None:

@@ -61,12 +61,13 @@ def resolve_device(device: str) -> torch.device:
 
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="rows", unit_scale=True, disable=not enabled,
+    # disable=None: draw only on a terminal, so errors and logs stay clean
+    return tqdm(total=total, desc=desc, unit="rows", unit_scale=True, disable=None if enabled else True,
                 leave=False, dynamic_ncols=True)
 
 
-def _check_finite(centred: torch.Tensor, start: int, ids: list) -> None:
-    bad = ~torch.isfinite(centred).all(dim=1)
+def _check_finite(rows: torch.Tensor, start: int, ids: list) -> None:
+    bad = ~torch.isfinite(rows).all(dim=1)
     if bool(bad.any()):
         rows = (torch.nonzero(bad).flatten() + start).tolist()
         named = ", ".join(f"row {r} (sample id {ids[r]!r})" for r in rows[:3])
@@ -109,6 +110,21 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
         dim=d, side=side, eig_method=eig, device=str(dev), timings=timings, settings=settings)
 
 
+def add_gram(gram: torch.Tensor, rows: torch.Tensor, blocks: int = 4) -> None:
+    """gram (float64, d x d) += rows^T rows, computed in float32 on the lower block triangle
+    only and mirrored: (blocks + 1) / (2 blocks) of the GEMM work."""
+    d = rows.shape[1]
+    if d < 1024:
+        gram += (rows.T @ rows).to(torch.float64)
+        return
+    edges = [d * i // blocks for i in range(blocks + 1)]
+    for i in range(blocks):
+        ri = rows[:, edges[i]:edges[i + 1]]
+        lower = (rows[:, edges[i]:].T @ ri).to(torch.float64)  # rows >= block i, columns of block i
+        gram[edges[i]:, edges[i]:edges[i + 1]] += lower
+        gram[edges[i]:edges[i + 1], edges[i + 1]:] += lower[edges[i + 1] - edges[i]:].T
+
+
 def _degenerate(total: float, scale: float) -> bool:
     """All rows equal up to rounding: there is no subspace to score against."""
     return total <= 1e-12 * max(scale, 1e-300)
@@ -124,12 +140,12 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
     with _progress(n, "pass 1/2 (Gram)", progress) as bar:
         for start, chunk in src.chunks(chunk_rows):
             chunk = chunk.to(dev, non_blocking=True)
+            _check_finite(chunk, start, src.ids)
             if shift is None:  # the first chunk's mean keeps the shifted sums small
                 zero = torch.zeros(d, dtype=torch.float64, device=dev)
                 shift = kernels.gram_prep(chunk, zero, None, l2_normalize, backend=backend)[1] / chunk.shape[0]
             centred, sums = kernels.gram_prep(chunk, shift, None, l2_normalize, backend=backend)
-            _check_finite(centred, start, src.ids)
-            gram += (centred.T @ centred).to(torch.float64)
+            add_gram(gram, centred)
             colsum += sums
             bar.update(chunk.shape[0])
     delta = colsum / n
@@ -142,6 +158,8 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
         inv_scale = torch.where(std > 0, 1.0 / std, torch.zeros_like(std))
         cov = cov * torch.outer(inv_scale, inv_scale)
     total = float(cov.trace())
+    if not np.isfinite(total):
+        raise InputError("the Gram matrix overflowed float32: values too large; rescale the vectors")
     timings["gram_pass"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -61,10 +61,47 @@ class RowSource:
         """(first row index, chunk as a CPU tensor) pairs, at most chunk_rows rows each."""
         start = 0
         for block in self.blocks:
-            for lo in range(0, int(block.shape[0]), chunk_rows):
-                part = block[lo:lo + chunk_rows]
-                yield start + lo, _as_tensor(part)
+            if isinstance(block, NpyFile):
+                yield from block.chunks(start, chunk_rows)
+            else:
+                for lo in range(0, int(block.shape[0]), chunk_rows):
+                    yield start + lo, _as_tensor(block[lo:lo + chunk_rows])
             start += int(block.shape[0])
+
+
+@dataclass
+class NpyFile:
+    """A C-ordered 2-D .npy file read in chunks with plain file reads. (Pages touched through a
+    memory map count in the process's resident memory: a pass over a 10 GB store would show as
+    10 GB.)"""
+
+    path: Path
+    offset: int  # where the data starts, after the header
+    shape: tuple
+    dtype: np.dtype
+
+    @classmethod
+    def open(cls, path: Path):
+        """An NpyFile, or the array itself when it is not a C-ordered numeric matrix."""
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)  # parses and checks the header
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+        if arr.ndim != 2 or arr.dtype.kind not in "fiu" or not arr.flags.c_contiguous:
+            return arr  # the callers' checks name what is wrong, or read it whole
+        return cls(Path(path), int(arr.offset), tuple(arr.shape), arr.dtype)
+
+    def chunks(self, start: int, chunk_rows: int) -> Iterator[tuple[int, torch.Tensor]]:
+        rows, dim = self.shape
+        row_bytes = dim * self.dtype.itemsize
+        with open(self.path, "rb") as f:
+            for lo in range(0, rows, chunk_rows):
+                count = min(chunk_rows, rows - lo)
+                f.seek(self.offset + lo * row_bytes)
+                arr = np.fromfile(f, dtype=self.dtype, count=count * dim)
+                if arr.size != count * dim:
+                    raise InputError(f"{self.path}: file is shorter than its header says (truncated?)")
+                yield start + lo, _as_tensor(arr.reshape(count, dim))
 
 
 def _as_tensor(part) -> torch.Tensor:
@@ -132,10 +169,7 @@ def _plain_id(i):
 
 
 def _open_npy(path: Path) -> RowSource:
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+    arr = NpyFile.open(path)
     _check_matrix(arr.shape, str(path))
     return RowSource([arr], list(range(arr.shape[0])), str(path))
 
@@ -171,19 +205,19 @@ def read_manifest(store: str | os.PathLike) -> dict:
 
 
 def read_store(store: str | os.PathLike) -> RowSource:
-    """Open a store's shards memory-mapped, checking them against the manifest."""
+    """Open a store's shards for chunked reading, checking them against the manifest."""
     store = Path(store)
     manifest = read_manifest(store)
     dim = manifest.get("dim")
     blocks, ids = [], []
     for entry in manifest.get("shards", []):
-        vec_path, ids_path = store / entry["vectors"], store / entry["ids"]
+        vec_path, ids_path = _shard_paths(store, entry)
+        arr = NpyFile.open(vec_path)
         try:
-            arr = np.load(vec_path, mmap_mode="r", allow_pickle=False)
             shard_ids = json.loads(ids_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise InputError(f"{store}: shard {entry['vectors']} is unreadable ({exc})") from None
-        if arr.ndim != 2 or arr.shape[1] != dim or arr.shape[0] != entry["rows"]:
+            raise InputError(f"{ids_path}: unreadable sample ids ({exc})") from None
+        if len(arr.shape) != 2 or arr.shape[1] != dim or arr.shape[0] != entry["rows"]:
             raise InputError(f"{vec_path}: shape {arr.shape} does not match the manifest "
                              f"({entry['rows']} rows of width {dim})")
         if not isinstance(shard_ids, list) or len(shard_ids) != arr.shape[0]:
@@ -196,6 +230,19 @@ def read_store(store: str | os.PathLike) -> RowSource:
     if len(ids) != manifest.get("num_rows"):
         raise InputError(f"{store}: shards hold {len(ids)} rows, manifest says {manifest.get('num_rows')}")
     return RowSource(blocks, _check_ids(ids, len(ids), str(store)), str(store))
+
+
+def _shard_paths(store: Path, entry) -> tuple[Path, Path]:
+    """The two files of a manifest's shard entry; plain names inside the store only."""
+    try:
+        names = entry["vectors"], entry["ids"]
+        int(entry["rows"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{store}/{MANIFEST}: corrupt shard entry {entry!r}") from None
+    for name in names:
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise InputError(f"{store}/{MANIFEST}: shard file {name!r} is not a plain file name")
+    return store / names[0], store / names[1]
 
 
 class StoreWriter:
