@@ -16,8 +16,10 @@ import torch
 
 # Below this size a full eigh is cheaper than any iteration.
 FULL_EIGH_MAX = 1536
-# Residual ||A v - theta v|| per wanted pair, relative to ||A||_2: near the rounding of A itself.
-RESIDUAL_TOL = 1e-10
+# Residual ||A v - theta v|| per wanted pair, relative to ||A||_2. At 1e-8 the scores of a
+# 20,000 x 4,096 matrix (k = 104) match the full eigh to 1.5e-8, the float32 projection's own
+# rounding; 1e-7 gave 9e-7.
+RESIDUAL_TOL = 1e-8
 
 
 @dataclass
@@ -69,31 +71,37 @@ def top_eigenpairs(a: torch.Tensor, energy: float, total: float | None = None, *
         return _full(a, total, energy)
     gen = torch.Generator().manual_seed(seed)
     block = min(block, m)
-    q = _orthonormal_block(torch.randn(m, block, generator=gen, dtype=a.dtype).to(a.device), None, gen)
-    basis, images = q, a @ q
-    next_check = 2 * block
-    k = None
+    limit = m // 2  # past this basis size the full solve is cheaper
+    # Preallocated basis Q, images A Q, and projection T = Q^T A Q, grown a block at a time.
+    basis = torch.empty(m, limit + block, dtype=a.dtype, device=a.device)
+    images = torch.empty_like(basis)
+    t = torch.empty(limit + block, limit + block, dtype=a.dtype, device=a.device)
+    size, next_check, k = 0, 2 * block, None
+    q = torch.randn(m, block, generator=gen, dtype=a.dtype).to(a.device)
     while True:
-        size = basis.shape[1]
+        q = _orthonormal_block(q, basis[:, :size] if size else None, gen)
+        aq = a @ q
+        new = slice(size, size + block)
+        basis[:, new], images[:, new] = q, aq
+        size += block
+        t[:size, new] = basis[:, :size].T @ aq
+        t[new, :size] = t[:size, new].T
         if size >= next_check:
             next_check = int(size * 1.25) + block
-            t = basis.T @ images
-            theta, s = torch.linalg.eigh((t + t.T) / 2)
+            theta, s = torch.linalg.eigh(t[:size, :size])
             theta, s = theta.flip(0), s.flip(1)
             k = rank_for_energy(theta, total, energy)
             if k is not None and k + block <= size:
-                ritz = basis @ s[:, :k]
-                residual = torch.linalg.vector_norm(images @ s[:, :k] - ritz * theta[:k], dim=0)
+                ritz = basis[:, :size] @ s[:, :k]
+                residual = torch.linalg.vector_norm(images[:, :size] @ s[:, :k] - ritz * theta[:k], dim=0)
                 if float(residual.max()) <= RESIDUAL_TOL * float(theta[0]):
                     return TopEigen(theta[:k], ritz, k, "krylov", size)
-            elif k is None:
+            elif k is None and size >= 256:
                 # Estimate k from the better-converged first half: the energy still missing
                 # needs pairs no larger than the middle Ritz value, so at least this many.
                 half = size // 2
                 missing = energy * total - float(theta[:half].clamp_min(0).sum())
                 k = half + int(missing / max(float(theta[half]), 1e-300))
-        if size + block > m // 2 or (k is not None and 2 * k > m // 2):
+        if size + block > limit or (k is not None and 2 * k > limit):
             return _full(a, total, energy)
-        q = _orthonormal_block(images[:, -block:], basis, gen)
-        basis = torch.cat([basis, q], 1)
-        images = torch.cat([images, a @ q], 1)
+        q = aq

@@ -97,12 +97,9 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     timings: dict[str, float] = {}
     opts = dict(standardize=standardize, l2_normalize=l2_normalize, backend=backend,
                 eig_method=eig_method, progress=progress, timings=timings)
-    if n < d:
-        side, scores, values, eig = "kernel", *_kernel_side(src, dev, energy, chunk_rows, **opts)
-    else:
-        side, scores, values, eig = "gram", *_gram_side(src, dev, energy, chunk_rows, **opts)
-    total = float(values["total"])
-    top = values["top"]
+    side = "kernel" if n < d else "gram"
+    run_side = _kernel_side if side == "kernel" else _gram_side
+    scores, total, top, eig = run_side(src, dev, energy, chunk_rows, **opts)
     captured = float(top.sum()) / total if total > 0 else 0.0
     return LeverageResult(
         scores=scores, sample_ids=list(src.ids), k=int(top.numel()), captured_energy=captured,
@@ -165,9 +162,7 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
     t0 = time.perf_counter()
     scale = float(gram.trace()) + n * float((shift * shift).sum())
     if _degenerate(total, scale):
-        timings["eigen"] = time.perf_counter() - t0
-        empty = torch.zeros(0, dtype=torch.float64)
-        return np.zeros(n), {"total": total, "top": empty}, "none"
+        return np.zeros(n), total, torch.zeros(0, dtype=torch.float64), "none"
     eig = top_eigenpairs(cov, energy, total, method=eig_method)
     timings["eigen"] = time.perf_counter() - t0
 
@@ -181,7 +176,7 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
             scores[start:start + chunk.shape[0]] = part.cpu().numpy()
             bar.update(chunk.shape[0])
     timings["score_pass"] = time.perf_counter() - t0
-    return scores, {"total": total, "top": eig.values}, eig.method
+    return scores, total, eig.values, eig.method
 
 
 def _kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normalize, backend,
@@ -204,10 +199,8 @@ def _kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_nor
     timings["gram_pass"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if _degenerate(total, scale):
-        timings["eigen"] = time.perf_counter() - t0
-        return np.zeros(n), {"total": total, "top": torch.zeros(0, dtype=torch.float64)}, "none"
+        return np.zeros(n), total, torch.zeros(0, dtype=torch.float64), "none"
     eig = top_eigenpairs(kernel, energy, total, method=eig_method)
     timings["eigen"] = time.perf_counter() - t0
     scores = (eig.vectors ** 2).sum(dim=1)  # rows of U_k: the left singular vectors
-    timings["score_pass"] = 0.0
-    return scores.cpu().numpy(), {"total": total, "top": eig.values}, eig.method
+    return scores.cpu().numpy(), total, eig.values, eig.method

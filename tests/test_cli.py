@@ -17,6 +17,7 @@ import pytest
 from scalselect.cli import main
 from scalselect.data import read_pool
 from scalselect.store import write_store
+from pool_files import write_pool
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -223,16 +224,6 @@ def sharegpt_records(rng, n, ids):
             rec["id"] = ids[i]
         recs.append(rec)
     return recs
-
-
-def write_pool(path, records, container):
-    with open(path, "w", encoding="utf-8") as f:
-        if container == "json":
-            json.dump(records, f, ensure_ascii=False, indent=2)
-        else:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    return path
 
 
 def score_for(tmp_path, capsys, x, ids):

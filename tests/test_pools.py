@@ -6,6 +6,7 @@ import pytest
 
 from scalselect.data import Pool, read_pool, write_subset
 from scalselect.errors import InputError
+from pool_files import write_pool
 
 
 def llava_record(rng, i):
@@ -32,16 +33,6 @@ def sharegpt_record(rng, i):
         ],
         "images": [f"img/{rng.randrange(10**6)}.jpg"],
     }
-
-
-def write_pool(path, records, container):
-    with open(path, "w", encoding="utf-8") as f:
-        if container == "json":
-            json.dump(records, f, ensure_ascii=False, indent=2)
-        else:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    return path
 
 
 def write_text(path, text):

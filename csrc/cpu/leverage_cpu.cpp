@@ -1,6 +1,7 @@
 // CPU kernels for the two streaming passes of the leverage-score engine.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "scalselect/half.h"
@@ -70,22 +71,50 @@ int thread_count(int64_t rows) {
 #endif
 }
 
-// Rows handled together in pass 2, so that each row of W is loaded once per block.
-constexpr int64_t kRowBlock = 16;
-// Columns of W handled together: the kRowBlock x kColTile accumulator stays in L1.
-constexpr int64_t kColTile = 256;
+// Pass 2 is a small GEMM (rows x d) * (d x k) whose product is only squared and summed, so it
+// is blocked like one: W is packed into panels of kNr columns, a block of kRowBlock centred rows
+// stays in cache, and a kMr x kNr tile of the product lives in registers while the depth loop
+// runs over kKc columns of the rows at a time.
+constexpr int kMr = 6;               // rows of the register tile
+constexpr int kNr = 16;              // columns of the register tile: two 8-float vectors
+constexpr int64_t kRowBlock = 4 * kMr;
+constexpr int64_t kKc = 256;         // depth slice: kMr x kKc rows and kKc x kNr panel fit L1
 
-// acc[r][0..width) += sum_j c[r][j] * w[j][col0 .. col0+width)
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void block_times_w(const float* c, int64_t rows, int64_t d, const float* w, int64_t k,
-                   int64_t col0, int64_t width, float* acc) {
-  for (int64_t j = 0; j < d; ++j) {
-    const float* wj = w + j * k + col0;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float cv = c[r * d + j];
-      float* a = acc + r * kColTile;
-      for (int64_t t = 0; t < width; ++t) a[t] += cv * wj[t];
+typedef float v8f __attribute__((vector_size(32)));
+
+// W (d x k, row-major) -> panels[t][j][0..kNr) = W[j][t*kNr + ...], zero-padded past k.
+std::vector<float> pack_panels(const float* w, int64_t d, int64_t k) {
+  const int64_t tiles = (k + kNr - 1) / kNr;
+  std::vector<float> panels(size_t(tiles * d * kNr), 0.0f);
+  for (int64_t t = 0; t < tiles; ++t)
+    for (int64_t j = 0; j < d; ++j)
+      for (int64_t c = 0; c < kNr && t * kNr + c < k; ++c)
+        panels[size_t((t * d + j) * kNr + c)] = w[j * k + t * kNr + c];
+  return panels;
+}
+
+// acc[r][0..kNr) += sum_{j < depth} c[r * ldc + j] * panel[j][0..kNr), for kMr rows.
+__attribute__((target_clones("arch=x86-64-v3", "default")))
+void register_tile(const float* c, int64_t ldc, const float* panel, int64_t depth, float* acc) {
+  v8f a[kMr][2];
+  for (int r = 0; r < kMr; ++r) {
+    std::memcpy(&a[r][0], acc + r * kNr, sizeof(v8f));
+    std::memcpy(&a[r][1], acc + r * kNr + 8, sizeof(v8f));
+  }
+  for (int64_t j = 0; j < depth; ++j) {
+    v8f w0, w1;
+    std::memcpy(&w0, panel + j * kNr, sizeof(v8f));
+    std::memcpy(&w1, panel + j * kNr + 8, sizeof(v8f));
+    for (int r = 0; r < kMr; ++r) {
+      const float cv = c[r * ldc + j];
+      const v8f b = {cv, cv, cv, cv, cv, cv, cv, cv};
+      a[r][0] += b * w0;
+      a[r][1] += b * w1;
     }
+  }
+  for (int r = 0; r < kMr; ++r) {
+    std::memcpy(acc + r * kNr, &a[r][0], sizeof(v8f));
+    std::memcpy(acc + r * kNr + 8, &a[r][1], sizeof(v8f));
   }
 }
 
@@ -126,33 +155,44 @@ void projected_sqnorm_cpu(const void* x, DType dtype, int64_t n, int64_t d, int6
                           bool l2_normalize, const double* shift, const double* inv_scale,
                           const float* w, int64_t k, double* out) {
   if (n <= 0) return;
+  const int64_t tiles = (k + kNr - 1) / kNr;
+  const std::vector<float> panels = pack_panels(w, d, k);
   const int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel num_threads(thread_count(n))
   {
     std::vector<double> row(d);
-    std::vector<float> c(size_t(kRowBlock) * size_t(d));
-    std::vector<float> acc(size_t(kRowBlock) * size_t(kColTile));
-#pragma omp for schedule(dynamic, 4)
+    std::vector<float> c(size_t(kRowBlock * d), 0.0f);  // rows past n stay zero
+    std::vector<float> acc(size_t(kRowBlock * tiles * kNr));
+#pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t i0 = b * kRowBlock;
       const int64_t rows = std::min(kRowBlock, n - i0);
       for (int64_t r = 0; r < rows; ++r) {
         read_row(x, dtype, i0 + r, d, row_stride, row.data());
         centre_row(row.data(), d, l2_normalize, shift, inv_scale);
-        for (int64_t j = 0; j < d; ++j) c[r * d + j] = float(row[j]);
+        for (int64_t j = 0; j < d; ++j) c[size_t(r * d + j)] = float(row[j]);
       }
-      std::vector<double> sq(rows, 0.0);
-      for (int64_t col0 = 0; col0 < k; col0 += kColTile) {
-        const int64_t width = std::min(kColTile, k - col0);
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        block_times_w(c.data(), rows, d, w, k, col0, width, acc.data());
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t t = 0; t < width; ++t) {
-            const double v = acc[r * kColTile + t];
-            sq[r] += v * v;
+      if (rows < kRowBlock) std::fill(c.begin() + rows * d, c.end(), 0.0f);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      // acc is laid out [tile][row][kNr] so each register tile is contiguous.
+      for (int64_t j0 = 0; j0 < d; j0 += kKc) {
+        const int64_t depth = std::min(kKc, d - j0);
+        for (int64_t t = 0; t < tiles; ++t) {
+          const float* panel = panels.data() + (t * d + j0) * kNr;
+          for (int64_t r0 = 0; r0 < rows; r0 += kMr)
+            register_tile(c.data() + r0 * d + j0, d, panel, depth,
+                          acc.data() + (t * kRowBlock + r0) * kNr);
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        double sq = 0.0;
+        for (int64_t t = 0; t < tiles; ++t)
+          for (int64_t col = 0; col < kNr; ++col) {
+            const double v = acc[size_t((t * kRowBlock + r) * kNr + col)];
+            sq += v * v;
           }
+        out[i0 + r] = sq;
       }
-      for (int64_t r = 0; r < rows; ++r) out[i0 + r] = sq[r];
     }
   }
 }

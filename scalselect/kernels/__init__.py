@@ -150,7 +150,7 @@ def gram_prep(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | No
 
 # Above this k the CPU's BLAS GEMM beats the fused C++ kernel (benchmarks/README.md), so on the
 # CPU "auto" centres with the native prep kernel and multiplies with torch.
-FUSED_CPU_MAX_K = 16
+FUSED_CPU_MAX_K = 512
 
 
 def projected_sqnorm(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None,

@@ -1,0 +1,64 @@
+"""Scores a 1,000,000 x 4,096 float16 store streamed from disk; reports time and peak RSS.
+
+    python benchmarks/bench_large_store.py [--rows 1000000] [--dim 4096] [--dir /tmp/scalselect-large]
+
+The store (8.2 GB at the default size) is generated once, with a decaying spectrum, and reused.
+`scalselect score` runs in a child process so its peak resident memory is measured alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def make_store(path: Path, rows: int, dim: int, rank: int = 256, shard_rows: int = 65536) -> None:
+    from scalselect import StoreWriter
+
+    gen = torch.Generator().manual_seed(0)
+    right = torch.linalg.qr(torch.randn(dim, rank, generator=gen))[0].T.contiguous()
+    sv = torch.arange(1, rank + 1, dtype=torch.float32) ** -0.7
+    writer = StoreWriter(path, dim, "float16", meta={"benchmark": "bench_large_store"})
+    for lo in range(0, rows, shard_rows):
+        n = min(shard_rows, rows - lo)
+        x = (torch.randn(n, rank, generator=gen) * sv) @ right
+        x += 0.01 * torch.randn(n, dim, generator=gen) + 0.2
+        writer.add(x.half().numpy(), list(range(lo, lo + n)))
+        print(f"\rwriting store: {lo + n}/{rows}", end="", file=sys.stderr)
+    writer.close()
+    print(file=sys.stderr)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=4096)
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/scalselect-large"))
+    args = ap.parse_args()
+    store = args.dir / f"store-{args.rows}x{args.dim}"
+    if not (store / "manifest.json").exists():
+        make_store(store, args.rows, args.dim)
+    out = args.dir / "scores.jsonl"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "scalselect", "score", str(store), "--out", str(out),
+                    "--quiet"], check=True)
+    wall = time.perf_counter() - t0
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
+    summary = json.loads((args.dir / "scores.summary.json").read_text())
+    result = {"rows": args.rows, "dim": args.dim, "dtype": "float16", "wall_s": round(wall, 1),
+              "peak_rss_gib": round(peak_gb, 2), "k": summary["k"],
+              "timings_s": {k: round(v, 1) for k, v in summary["timings_s"].items()},
+              "store_gib": round(args.rows * args.dim * 2 / 2**30, 2)}
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Collects each benchmark's best time and prints the ratios side by side at the end."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+RESULTS: dict[str, float] = {}
+
+
+@pytest.fixture
+def record(benchmark):
+    """Run `fn` under pytest-benchmark and remember its best (minimum) time under `name`."""
+    def run(name, fn, rounds=3):
+        result = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
+        RESULTS[name] = benchmark.stats.stats.min
+        return result
+    return run
+
+
+RATIOS = [  # (label, numerator, denominator): > 1 means the denominator is faster
+    ("reference (centre + thin SVD x2) / scalselect", "reference_svd", "scalselect"),
+    ("pure-PyTorch Gram pipeline / scalselect", "torch_gram_pipeline", "scalselect"),
+    ("scalselect with PyTorch twins / scalselect", "scalselect_twins", "scalselect"),
+    ("scalselect / one torch X^T X", "scalselect", "torch_xtx"),
+    ("gram_prep twin / native", "gram_prep_twin", "gram_prep_native"),
+    ("projection twin / native fused (k=16)", "proj_twin_k16", "proj_native_k16"),
+    ("projection twin / native fused (k=256)", "proj_twin_k256", "proj_native_k256"),
+    ("projection twin / native fused (k=1024)", "proj_twin_k1024", "proj_native_k1024"),
+]
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RESULTS:
+        return
+    tr = terminalreporter
+    tr.section("scalselect ratios (best of rounds)")
+    for name, seconds in sorted(RESULTS.items()):
+        tr.write_line(f"{name:32s} {seconds:9.3f} s")
+    for label, num, den in RATIOS:
+        if num in RESULTS and den in RESULTS:
+            tr.write_line(f"{label:48s} {RESULTS[num] / RESULTS[den]:8.2f}x")
+    out = Path(__file__).with_name("last_run.json")
+    out.write_text(json.dumps(RESULTS, indent=1) + "\n")

@@ -1,0 +1,89 @@
+"""Scoring at N=20,000, D=4,096 float32: scalselect vs the reference method, a plain PyTorch
+Gram pipeline, scalselect's own PyTorch twins, and one torch X^T X; plus each kernel vs its twin.
+
+    pytest benchmarks/ --benchmark-disable-gc -s
+
+The matrix has a decaying spectrum (sigma_i ~ i^-0.7, plus noise), which gives k ~ 100 at 90 %
+energy; the flat-spectrum case (k ~ 1,000, full eigh) is in benchmarks/README.md.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from scalselect import kernels, leverage_scores
+from scalselect.kernels import twins
+
+N, D = 20_000, 4_096
+
+
+@pytest.fixture(scope="module")
+def matrix():
+    gen = torch.Generator().manual_seed(0)
+    sv = torch.arange(1, D + 1, dtype=torch.float32) ** -0.7
+    left = torch.randn(N, D, generator=gen) * sv
+    right = torch.linalg.qr(torch.randn(D, D, generator=gen))[0]
+    return left @ right.T + 0.001 * torch.randn(N, D, generator=gen) + 0.3
+
+
+def reference_method(x: np.ndarray, energy=0.9):
+    """What the reference implementation does: centre, full thin SVD, twice (numpy)."""
+    for _ in range(2):
+        xc = x - x.mean(axis=0)
+        u, s, _ = np.linalg.svd(xc, full_matrices=False)
+    k = int(np.argmax(np.cumsum(s ** 2) / np.sum(s ** 2) >= energy)) + 1
+    return (u[:, :k] ** 2).sum(axis=1)
+
+
+def torch_gram_pipeline(x: torch.Tensor, energy=0.9):
+    """The obvious pure-PyTorch version: centre, X^T X, full eigh, project."""
+    xc = x - x.mean(dim=0)
+    vals, vecs = torch.linalg.eigh((xc.T @ xc).double())
+    vals, vecs = vals.flip(0), vecs.flip(1)
+    k = int(torch.nonzero(torch.cumsum(vals, 0) >= energy * vals.sum())[0]) + 1
+    w = (vecs[:, :k] / vals[:k].sqrt()).float()
+    return ((xc @ w).double() ** 2).sum(dim=1)
+
+
+def test_scalselect(record, matrix):
+    res = record("scalselect", lambda: leverage_scores(matrix))
+    print(f"\nscalselect: k={res.k}, eig={res.eig_method}, timings={res.timings}")
+
+
+def test_scalselect_twins(record, matrix):
+    record("scalselect_twins", lambda: leverage_scores(matrix, backend="torch"), rounds=1)
+
+
+def test_torch_gram_pipeline(record, matrix):
+    record("torch_gram_pipeline", lambda: torch_gram_pipeline(matrix), rounds=1)
+
+
+def test_torch_xtx(record, matrix):
+    record("torch_xtx", lambda: matrix.T @ matrix)
+
+
+def test_reference_svd(record, matrix):
+    scores = record("reference_svd", lambda: reference_method(matrix.numpy()), rounds=1)
+    ours = leverage_scores(matrix).scores
+    assert np.max(np.abs(ours - scores) / (scores + scores.mean())) < 1e-4
+
+
+@pytest.mark.parametrize("impl", ["native", "twin"])
+def test_kernel_gram_prep(record, matrix, impl):
+    chunk = matrix[:4096]
+    shift = chunk.double().mean(0)
+    fn = {"native": lambda: kernels.gram_prep(chunk, shift, None, False, backend="native"),
+          "twin": lambda: twins.gram_prep(chunk, shift, None, False)}[impl]
+    record(f"gram_prep_{impl}", fn, rounds=5)
+
+
+@pytest.mark.parametrize("impl", ["native", "twin"])
+@pytest.mark.parametrize("k", [16, 256, 1024])
+def test_kernel_projection(record, matrix, k, impl):
+    """The fused kernel vs its twin (centre, float32 GEMM, square-sum) on a 4,096-row chunk."""
+    chunk = matrix[:4096]
+    shift = chunk.double().mean(0)
+    w = torch.randn(D, k) / D ** 0.5
+    fn = {"native": lambda: kernels.projected_sqnorm(chunk, shift, None, False, w, backend="native"),
+          "twin": lambda: twins.projected_sqnorm(chunk, shift, None, False, w)}[impl]
+    record(f"proj_{impl}_k{k}", fn, rounds=5)
