@@ -23,6 +23,7 @@ RATIOS = [  # (label, numerator, denominator): > 1 means the denominator is fast
     ("pure-PyTorch Gram pipeline / scalselect", "torch_gram_pipeline", "scalselect"),
     ("scalselect with PyTorch twins / scalselect", "scalselect_twins", "scalselect"),
     ("scalselect / one torch X^T X", "scalselect", "torch_xtx"),
+    ("scalselect, flat spectrum / one torch X^T X", "scalselect_flat", "torch_xtx"),
     ("gram_prep twin / native", "gram_prep_twin", "gram_prep_native"),
     ("projection twin / native fused (k=16)", "proj_twin_k16", "proj_native_k16"),
     ("projection twin / native fused (k=256)", "proj_twin_k256", "proj_native_k256"),
