@@ -3,7 +3,8 @@
     python benchmarks/bench_large_store.py [--rows 1000000] [--dim 4096] [--dir /tmp/scalselect-large]
 
 The store (8.2 GB at the default size) is generated once, with a decaying spectrum, and reused.
-`scalselect score` runs in a child process so its peak resident memory is measured alone.
+Both the generation and `scalselect score` run in child processes and this parent stays small:
+a child's peak RSS (RUSAGE_CHILDREN) would otherwise include the parent's pages when it forks.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
 
 
 def make_store(path: Path, rows: int, dim: int, rank: int = 256, shard_rows: int = 65536) -> None:
+    import torch
+
     from scalselect import StoreWriter
 
     gen = torch.Generator().manual_seed(0)
@@ -42,10 +43,15 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=4096)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/scalselect-large"))
+    ap.add_argument("--write-store-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     store = args.dir / f"store-{args.rows}x{args.dim}"
-    if not (store / "manifest.json").exists():
+    if args.write_store_only:
         make_store(store, args.rows, args.dim)
+        return
+    if not (store / "manifest.json").exists():
+        subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--dim", str(args.dim),
+                        "--dir", str(args.dir), "--write-store-only"], check=True)
     out = args.dir / "scores.jsonl"
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "scalselect", "score", str(store), "--out", str(out),

@@ -104,3 +104,23 @@ def test_cuda_kernels_match_twins(shape, dtype):
         torch.testing.assert_close(got_s, want_s, rtol=1e-10, atol=1e-8)
         torch.testing.assert_close(kernels.projected_sqnorm(x, shift, scale, l2, w, backend="native"),
                                    twins.projected_sqnorm(x, shift, scale, l2, w), rtol=2e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["gram_prep", "projected_sqnorm"])
+def test_self_check_passes_a_good_kernel_and_rejects_a_wrong_one(monkeypatch, name):
+    """The first-use check a GPU kernel runs, exercised here with the CPU kernels."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(kernels, "_cuda_verdict", {})
+    assert kernels._cuda_kernel_ok(name, cpu)
+
+    real = getattr(kernels, f"_native_{name}")
+
+    def off_by_a_little(*args):
+        out = real(*args)
+        return tuple(t * 1.001 for t in out) if isinstance(out, tuple) else out * 1.001
+
+    monkeypatch.setattr(kernels, f"_native_{name}", off_by_a_little)
+    monkeypatch.setattr(kernels, "_cuda_verdict", {})
+    with pytest.warns(RuntimeWarning, match="failed its self-check"):
+        assert not kernels._cuda_kernel_ok(name, cpu)
+    assert kernels._cuda_verdict[name] is False

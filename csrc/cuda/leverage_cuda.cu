@@ -146,7 +146,8 @@ void gram_prep_cuda(const void* x, DType dtype, int64_t n, int64_t d, int64_t ro
   if (n <= 0 || d <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   InvNorms norms(x, dtype, n, d, row_stride, l2_normalize, s);
-  const int64_t slab = 64;
+  // Rows per slab: 64, or more when that would exceed the grid's y limit (65,535).
+  const int64_t slab = n / 64 < 65535 ? 64 : (n + 65534) / 65535;
   dim3 grid(unsigned((d + kThreads - 1) / kThreads), unsigned((n + slab - 1) / slab));
   gram_prep_kernel<<<grid, kThreads, 0, s>>>(x, dtype, n, d, row_stride, norms.ptr, shift,
                                              inv_scale, slab, out, colsum);
