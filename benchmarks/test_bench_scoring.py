@@ -50,7 +50,7 @@ def torch_gram_pipeline(x: torch.Tensor, energy=0.9):
 
 
 def test_scalselect(record, matrix):
-    res = record("scalselect", lambda: leverage_scores(matrix))
+    res = record("scalselect", lambda: leverage_scores(matrix), rounds=5)
     print(f"\nscalselect: k={res.k}, eig={res.eig_method}, timings={res.timings}")
 
 
@@ -70,7 +70,7 @@ def test_torch_gram_pipeline(record, matrix):
 
 
 def test_torch_xtx(record, matrix):
-    record("torch_xtx", lambda: matrix.T @ matrix)
+    record("torch_xtx", lambda: matrix.T @ matrix, rounds=5)
 
 
 def test_reference_svd(record, matrix):

@@ -22,7 +22,7 @@ from .errors import InputError
 from .store import RowSource, open_rows
 
 # Target size of one streamed chunk (its float32 centred copy).
-_CHUNK_BYTES = 64 << 20
+_CHUNK_BYTES = 128 << 20
 
 
 @dataclass
@@ -66,7 +66,11 @@ def _progress(total: int, desc: str, enabled: bool):
                 leave=False, dynamic_ncols=True)
 
 
-def _check_finite(rows: torch.Tensor, start: int, ids: list) -> None:
+def _check_finite(sums: torch.Tensor, rows: torch.Tensor, start: int, ids: list) -> None:
+    """A NaN or inf anywhere in `rows` makes its column sums non-finite: checking the d sums
+    is free, and only then are the rows searched for the culprits."""
+    if bool(torch.isfinite(sums).all()):
+        return
     bad = ~torch.isfinite(rows).all(dim=1)
     if bool(bad.any()):
         rows = (torch.nonzero(bad).flatten() + start).tolist()
@@ -137,11 +141,13 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
     with _progress(n, "pass 1/2 (Gram)", progress) as bar:
         for start, chunk in src.chunks(chunk_rows):
             chunk = chunk.to(dev, non_blocking=True)
-            _check_finite(chunk, start, src.ids)
-            if shift is None:  # the first chunk's mean keeps the shifted sums small
+            if shift is None:  # an early mean estimate keeps the shifted sums small
+                head = chunk[:1024]
                 zero = torch.zeros(d, dtype=torch.float64, device=dev)
-                shift = kernels.gram_prep(chunk, zero, None, l2_normalize, backend=backend)[1] / chunk.shape[0]
+                shift = kernels.gram_prep(head, zero, None, l2_normalize, backend=backend)[1] / head.shape[0]
+                _check_finite(shift, head, start, src.ids)
             centred, sums = kernels.gram_prep(chunk, shift, None, l2_normalize, backend=backend)
+            _check_finite(sums, chunk, start, src.ids)
             add_gram(gram, centred)
             colsum += sums
             bar.update(chunk.shape[0])
@@ -187,7 +193,7 @@ def _kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_nor
     n = x.shape[0]
     zero = torch.zeros(x.shape[1], dtype=torch.float64, device=dev)
     rows = kernels.twins.centre_rows(x, zero, None, l2_normalize)
-    _check_finite(rows, 0, src.ids)
+    _check_finite(rows.sum(dim=0), rows, 0, src.ids)
     scale = float((rows * rows).sum())
     rows = rows - rows.mean(dim=0)
     if standardize:
