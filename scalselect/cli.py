@@ -14,9 +14,17 @@ from pathlib import Path
 from .errors import InputError
 
 
-def _summary_path(out: Path) -> Path:
+def _summary_path(out: Path, kind: str = "summary") -> Path:
     """scores.jsonl -> scores.summary.json (beside the output)."""
-    return out.with_name(out.stem + ".summary.json")
+    return out.with_name(f"{out.stem}.{kind}.json")
+
+
+def _refuse_overwrite(outputs: list[Path], inputs: list[Path]) -> None:
+    """An output must never replace one of the inputs it is computed from."""
+    resolved = {Path(p).resolve() for p in inputs}
+    for out in outputs:
+        if out.resolve() in resolved or any(r in out.resolve().parents for r in resolved if r.is_dir()):
+            raise InputError(f"output {out} would overwrite an input; choose another --out")
 
 
 def _write_json(path: Path, obj) -> None:
@@ -31,11 +39,12 @@ def _score(args) -> dict:
     from .scoring import leverage_scores
     from .select import write_scores
 
+    out = Path(args.out)
+    _refuse_overwrite([out, _summary_path(out)], [args.input])
     t0 = time.perf_counter()
     result = leverage_scores(args.input, energy=args.energy, device=args.device,
                              standardize=args.standardize, l2_normalize=args.l2_normalize,
                              chunk_rows=args.chunk_rows, progress=not args.quiet)
-    out = Path(args.out)
     write_scores(out, result.sample_ids, result.scores)
     summary = {"input": str(args.input), "scores": str(out), **result.summary()}
     summary["timings_s"]["total"] = time.perf_counter() - t0
@@ -52,11 +61,12 @@ def _select(args) -> dict:
     from .data import read_pool
     from .select import read_scores, select_subset
 
+    out = Path(args.out)
+    _refuse_overwrite([out, _summary_path(out, "selection")], [args.data, args.scores])
     pool = read_pool(args.data)
     ids, scores = read_scores(args.scores)
-    out = Path(args.out)
     summary = select_subset(pool, ids, scores, args.budget, out)
-    _write_json(_summary_path(out), summary)
+    _write_json(_summary_path(out, "selection"), summary)
     print(f"selected {summary['selected']} of {summary['scored']} scored samples "
           f"({summary['format']}) -> {out}")
     if summary["unscored_in_pool"]:
@@ -82,6 +92,8 @@ def _demo(args) -> dict:
     from .select import read_scores
 
     out = Path(args.out)
+    if args.n < 100 or args.dim < 64:
+        raise InputError("the demo needs --n >= 100 and --dim >= 64")
     pool_path, store, rare = make_demo_pool(out, n=args.n, dim=args.dim)
     print(f"demo pool: {pool_path} ({args.n} samples, {len(rare)} with rare content), store: {store}")
     scores_path = out / "scores.jsonl"
@@ -141,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         args.run(args)
     except InputError as exc:
         print(f"scalselect {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, RecursionError) as exc:  # unreadable / unwritable paths, absurd nesting
+        print(f"scalselect {args.command}: error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"scalselect {args.command}: interrupted", file=sys.stderr)

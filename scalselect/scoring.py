@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import kernels
-from .eigen import top_eigenpairs
+from .eigen import METHODS, top_eigenpairs
 from .errors import InputError
 from .store import RowSource, open_rows
 
@@ -56,7 +56,10 @@ def resolve_device(device: str) -> torch.device:
         raise InputError(f"device must be auto, cpu or cuda, not {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("device cuda was asked for, but no usable CUDA GPU is present")
-    return torch.device(device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device {device}: only {torch.cuda.device_count()} CUDA GPUs are present")
+    return dev
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -96,6 +99,10 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     n, d = src.num_rows, src.dim
     if chunk_rows is None:
         chunk_rows = max(256, _CHUNK_BYTES // (4 * d))
+    if int(chunk_rows) < 1:
+        raise InputError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    if eig_method not in METHODS:
+        raise InputError(f"eig_method must be one of {METHODS}, not {eig_method!r}")
     settings = {"energy": energy, "standardize": standardize, "l2_normalize": l2_normalize,
                 "chunk_rows": chunk_rows, "backend": backend, "eig_method": eig_method}
     timings: dict[str, float] = {}
@@ -104,7 +111,9 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     side = "kernel" if n < d else "gram"
     run_side = _kernel_side if side == "kernel" else _gram_side
     scores, total, top, eig = run_side(src, dev, energy, chunk_rows, **opts)
-    captured = float(top.sum()) / total if total > 0 else 0.0
+    if not np.all(np.isfinite(scores)):
+        raise RuntimeError("scalselect produced non-finite scores; please report this with the input's shape")
+    captured = float(top.sum()) / total
     return LeverageResult(
         scores=scores, sample_ids=list(src.ids), k=int(top.numel()), captured_energy=captured,
         singular_values=top.clamp_min(0).sqrt().cpu().numpy(), total_energy=total, num_rows=n,
@@ -126,9 +135,24 @@ def add_gram(gram: torch.Tensor, rows: torch.Tensor, blocks: int = 4) -> None:
         gram[edges[i]:edges[i + 1], edges[i + 1]:] += lower[edges[i + 1] - edges[i]:].T
 
 
-def _degenerate(total: float, scale: float) -> bool:
-    """All rows equal up to rounding: there is no subspace to score against."""
-    return total <= 1e-12 * max(scale, 1e-300)
+# Eigenvalues below this share of the largest are rounding noise: the Gram side sums float32
+# products (relative error ~1e-7 per entry), the kernel side is float64 throughout.
+_RANK_TOL = {"gram": 1e-6, "kernel": 1e-12}
+
+
+def _check_spread(centred_energy: float, raw_energy: float, n: int) -> None:
+    """Refuse a matrix whose rows are all equal up to rounding: there is nothing to rank."""
+    if not centred_energy > 1e-24 * raw_energy:
+        raise InputError(f"all {n} rows are identical (up to rounding): there is nothing to rank")
+
+
+def _inv_std(var: torch.Tensor, second_moment: torch.Tensor) -> torch.Tensor:
+    """1 / std per column for `standardize`. A column whose variance is rounding noise against
+    its magnitude is constant and gets 0, so that noise is not blown up to unit variance."""
+    constant = var <= 1e-20 * second_moment
+    if bool(constant.all()):
+        raise InputError("no column varies: after standardisation there is nothing to rank")
+    return torch.where(constant, torch.zeros_like(var), 1.0 / var.clamp_min(1e-300).sqrt())
 
 
 def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normalize, backend,
@@ -155,21 +179,19 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
     mean = shift + delta
     cov = gram - n * torch.outer(delta, delta)  # centred Gram, exactly
     cov = (cov + cov.T) / 2
+    if not bool(torch.isfinite(cov).all()):
+        raise InputError("the Gram matrix overflowed float32: values too large; rescale the vectors")
+    raw_second = gram.diagonal() / n + shift * shift  # about mean(x_j^2) per column
+    _check_spread(float(cov.trace()), n * float(raw_second.sum()), n)
     inv_scale = None
     if standardize:
-        std = (cov.diagonal().clamp_min(0) / n).sqrt()
-        inv_scale = torch.where(std > 0, 1.0 / std, torch.zeros_like(std))
+        inv_scale = _inv_std(cov.diagonal().clamp_min(0) / n, raw_second)
         cov = cov * torch.outer(inv_scale, inv_scale)
     total = float(cov.trace())
-    if not np.isfinite(total):
-        raise InputError("the Gram matrix overflowed float32: values too large; rescale the vectors")
     timings["gram_pass"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    scale = float(gram.trace()) + n * float((shift * shift).sum())
-    if _degenerate(total, scale):
-        return np.zeros(n), total, torch.zeros(0, dtype=torch.float64), "none"
-    eig = top_eigenpairs(cov, energy, total, method=eig_method)
+    eig = top_eigenpairs(cov, energy, total, method=eig_method, rank_tol=_RANK_TOL["gram"])
     timings["eigen"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -194,19 +216,18 @@ def _kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_nor
     zero = torch.zeros(x.shape[1], dtype=torch.float64, device=dev)
     rows = kernels.twins.centre_rows(x, zero, None, l2_normalize)
     _check_finite(rows.sum(dim=0), rows, 0, src.ids)
-    scale = float((rows * rows).sum())
+    raw_second = rows.pow(2).mean(dim=0)
     rows = rows - rows.mean(dim=0)
+    var = rows.pow(2).mean(dim=0)
+    _check_spread(n * float(var.sum()), n * float(raw_second.sum()), n)
     if standardize:
-        std = rows.pow(2).mean(dim=0).sqrt()
-        rows = rows * torch.where(std > 0, 1.0 / std, torch.zeros_like(std))
+        rows = rows * _inv_std(var, raw_second)
     kernel = rows @ rows.T
     kernel = (kernel + kernel.T) / 2
     total = float(kernel.trace())
     timings["gram_pass"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if _degenerate(total, scale):
-        return np.zeros(n), total, torch.zeros(0, dtype=torch.float64), "none"
-    eig = top_eigenpairs(kernel, energy, total, method=eig_method)
+    eig = top_eigenpairs(kernel, energy, total, method=eig_method, rank_tol=_RANK_TOL["kernel"])
     timings["eigen"] = time.perf_counter() - t0
     scores = (eig.vectors ** 2).sum(dim=1)  # rows of U_k: the left singular vectors
     return scores.cpu().numpy(), total, eig.values, eig.method

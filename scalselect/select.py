@@ -30,23 +30,31 @@ def read_scores(path: str | os.PathLike) -> tuple[list, np.ndarray]:
     if not path.is_file():
         raise InputError(f"scores {path}: no such file")
     ids, values, seen = [], [], set()
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                sid, value = rec["sample_id"], float(rec["importance"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise InputError(f"scores {path}, line {line_no}: expected "
-                                 f'{{"sample_id": ..., "importance": <number>}} ({exc})') from None
-            if not math.isfinite(value):
-                raise InputError(f"scores {path}, line {line_no}: importance is not finite")
-            if sid in seen:
-                raise InputError(f"scores {path}, line {line_no}: sample id {sid!r} appears twice")
-            seen.add(sid)
-            ids.append(sid)
-            values.append(value)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"scores {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for line_no, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            sid, value = rec["sample_id"], rec["importance"]
+        except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as exc:
+            raise InputError(f"scores {path}, line {line_no}: expected "
+                             f'{{"sample_id": ..., "importance": <number>}} ({exc})') from None
+        if not isinstance(sid, (str, int)) or isinstance(sid, bool):
+            raise InputError(f"scores {path}, line {line_no}: sample_id must be a string or an integer")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise InputError(f"scores {path}, line {line_no}: importance must be a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise InputError(f"scores {path}, line {line_no}: importance is not finite")
+        if sid in seen:
+            raise InputError(f"scores {path}, line {line_no}: sample id {sid!r} appears twice")
+        seen.add(sid)
+        ids.append(sid)
+        values.append(value)
     if not ids:
         raise InputError(f"scores {path}: no scores in the file")
     return ids, np.asarray(values, dtype=np.float64)

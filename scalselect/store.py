@@ -53,10 +53,6 @@ class RowSource:
     def dim(self) -> int:
         return int(self.blocks[0].shape[1]) if self.blocks else 0
 
-    @property
-    def dtype(self) -> str:
-        return str(self.blocks[0].dtype).replace("torch.", "") if self.blocks else "float32"
-
     def chunks(self, chunk_rows: int) -> Iterator[tuple[int, torch.Tensor]]:
         """(first row index, chunk as a CPU tensor) pairs, at most chunk_rows rows each."""
         start = 0
@@ -85,8 +81,10 @@ class NpyFile:
         """An NpyFile, or the array itself when it is not a C-ordered numeric matrix."""
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)  # parses and checks the header
-        except (ValueError, OSError) as exc:
-            raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"{path}: not a readable .npy array ({exc or 'empty file'})") from None
+        if not isinstance(arr, np.ndarray):
+            raise InputError(f"{path}: holds an .npz archive, not one .npy array")
         if arr.ndim != 2 or arr.dtype.kind not in "fiu" or not arr.flags.c_contiguous:
             return arr  # the callers' checks name what is wrong, or read it whole
         return cls(Path(path), int(arr.offset), tuple(arr.shape), arr.dtype)
@@ -110,6 +108,10 @@ def _as_tensor(part) -> torch.Tensor:
     arr = np.asarray(part)
     if arr.dtype.kind not in "fiu":
         raise InputError(f"representations must be numeric, got dtype {arr.dtype}")
+    if arr.dtype.kind in "iu" or arr.dtype.itemsize > 8:  # integers, long double: as float64
+        arr = arr.astype(np.float64)
+    elif not arr.dtype.isnative:  # big-endian files
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if not (arr.flags.writeable and arr.flags.c_contiguous):
         arr = np.array(arr, order="C")  # reads a memmap slice into memory
     return torch.from_numpy(arr)
@@ -181,9 +183,11 @@ def _open_npz(path: Path) -> RowSource:
                 raise InputError(f"{path}: no 'representations' array (has: {', '.join(z.files)})")
             reps = z["representations"]
             ids = z["sample_ids"] if "sample_ids" in z.files else None
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{path}: not a readable .npz archive without pickled objects ({exc})") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path}: not a readable .npz archive without pickled objects ({exc or 'empty file'})") from None
     _check_matrix(reps.shape, str(path))
+    if ids is not None and ids.ndim != 1:
+        raise InputError(f"{path}: sample_ids must be a 1-D array, got shape {ids.shape}")
     ids = list(range(reps.shape[0])) if ids is None else [_plain_id(i) for i in ids.tolist()]
     return RowSource([reps], _check_ids(ids, reps.shape[0], str(path)), str(path))
 
@@ -209,13 +213,16 @@ def read_store(store: str | os.PathLike) -> RowSource:
     store = Path(store)
     manifest = read_manifest(store)
     dim = manifest.get("dim")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not isinstance(dim, int):
+        raise InputError(f"{store}/{MANIFEST}: corrupt manifest ('shards' must be a list, 'dim' an integer)")
     blocks, ids = [], []
-    for entry in manifest.get("shards", []):
+    for entry in shards:
         vec_path, ids_path = _shard_paths(store, entry)
         arr = NpyFile.open(vec_path)
         try:
             shard_ids = json.loads(ids_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise InputError(f"{ids_path}: unreadable sample ids ({exc})") from None
         if len(arr.shape) != 2 or arr.shape[1] != dim or arr.shape[0] != entry["rows"]:
             raise InputError(f"{vec_path}: shape {arr.shape} does not match the manifest "
@@ -264,9 +271,14 @@ class StoreWriter:
         if arr.ndim != 2 or arr.shape[1] != self.dim or arr.shape[0] != len(ids):
             raise InputError(f"shard of shape {arr.shape} with {len(ids)} ids does not fit a "
                              f"store of width {self.dim}")
+        stored = arr.astype(self.dtype, copy=False)
+        if not np.isfinite(stored).all():
+            bad = int(np.nonzero(~np.isfinite(stored).all(axis=1))[0][0])
+            raise InputError(f"vector of sample {ids[bad]!r} is not finite as {self.dtype} "
+                             f"(NaN, inf, or beyond the type's range)")
         name = f"shard-{len(self.shards):05d}"
         with atomic_open(self.store / f"{name}.npy", "wb") as f:
-            np.save(f, arr.astype(self.dtype, copy=False), allow_pickle=False)
+            np.save(f, stored, allow_pickle=False)
         with atomic_open(self.store / f"{name}.ids.json") as f:
             json.dump([_plain_id(i) for i in ids], f, ensure_ascii=False)
         self.shards.append({"vectors": f"{name}.npy", "ids": f"{name}.ids.json", "rows": int(arr.shape[0])})

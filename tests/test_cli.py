@@ -267,7 +267,7 @@ def check_selection(tmp_path, capsys, records, container, layout, scores_path, b
     expected = [records[p] for p in positions]  # verbatim, in pool order
     assert subset.records == expected
 
-    summary = json.loads((tmp_path / "subset.summary.json").read_text(encoding="utf-8"))
+    summary = json.loads((tmp_path / "subset.selection.json").read_text(encoding="utf-8"))
     assert summary["selected"] == count
     assert summary["scored"] == len(records)
     return subset
@@ -552,3 +552,87 @@ def test_demo_runs_twice(tmp_path, capsys):
         scores = read_jsonl(out_dir / "scores.jsonl")
         assert len(scores) == 1500
         assert set(subset.ids) == {r["sample_id"] for r in scores[:240]}
+
+
+def test_error_odd_matrix_files(tmp_path, capsys):
+    """Files that once escaped as tracebacks: each is now one line and exit code 2."""
+    (tmp_path / "empty.npy").write_bytes(b"")
+    assert_error(capsys, ["score", tmp_path / "empty.npy", "--out", tmp_path / "s.jsonl"], "empty.npy")
+    x = make_matrix(3, 30, 6)
+    np.savez(tmp_path / "z.npz", representations=x)
+    (tmp_path / "z.npz").rename(tmp_path / "z.npy")
+    assert_error(capsys, ["score", tmp_path / "z.npy", "--out", tmp_path / "s.jsonl"], ".npz archive")
+    np.savez(tmp_path / "scalar_ids.npz", representations=x, sample_ids=np.array(5))
+    assert_error(capsys, ["score", tmp_path / "scalar_ids.npz", "--out", tmp_path / "s.jsonl"], "1-D")
+    store = write_store(tmp_path / "store", x, dtype="float32")
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["shards"] = None
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    assert_error(capsys, ["score", store, "--out", tmp_path / "s.jsonl"], "corrupt manifest")
+    np.save(tmp_path / "ok.npy", x)
+    assert_error(capsys, ["score", tmp_path / "ok.npy", "--out", tmp_path / "s.jsonl", "--chunk-rows", "0"],
+                 "chunk_rows")
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_big_endian_and_integer_matrices_are_read(tmp_path, capsys):
+    x = make_matrix(4, 300, 12)
+    np.save(tmp_path / "le.npy", x.astype("<f4"))
+    np.save(tmp_path / "be.npy", x.astype(">f4"))
+    np.save(tmp_path / "int.npy", np.round(x * 100).astype(np.int32))
+    scores = {}
+    for name in ("le", "be", "int"):
+        rc, _, err = run_cli(capsys, "score", tmp_path / f"{name}.npy", "--out", tmp_path / f"{name}.jsonl", "--quiet")
+        assert rc == 0, err
+        scores[name] = {r["sample_id"]: r["importance"] for r in read_jsonl(tmp_path / f"{name}.jsonl")}
+    assert scores["be"] == pytest.approx(scores["le"], rel=1e-9)
+    assert len(scores["int"]) == 300
+
+
+def test_outputs_never_overwrite_inputs(tmp_path, capsys, small_pool):
+    pool, scores = small_pool
+    before = scores.read_bytes()
+    assert_error(capsys, ["select", "--scores", scores, "--data", pool, "--budget", "5", "--out", scores],
+                 "would overwrite an input")
+    assert_error(capsys, ["select", "--scores", scores, "--data", pool, "--budget", "5", "--out", pool],
+                 "would overwrite an input")
+    assert scores.read_bytes() == before
+    x = make_matrix(5, 40, 6)
+    np.save(tmp_path / "x.npy", x)
+    assert_error(capsys, ["score", tmp_path / "x.npy", "--out", tmp_path / "x.npy"], "would overwrite")
+    store = write_store(tmp_path / "st", x, dtype="float32")
+    assert_error(capsys, ["score", store, "--out", store / "scores.jsonl"], "would overwrite")
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), x)
+
+
+def test_scores_file_ids_and_values_are_strict(tmp_path, capsys, small_pool):
+    pool, _ = small_pool
+    bad = tmp_path / "s.jsonl"
+    for line, expected in [('{"sample_id": true, "importance": 1.0}', "string or an integer"),
+                           ('{"sample_id": [1], "importance": 1.0}', "string or an integer"),
+                           ('{"sample_id": "0001", "importance": "7"}', "must be a number")]:
+        bad.write_text(line + "\n", encoding="utf-8")
+        assert_error(capsys, ["select", "--scores", bad, "--data", pool, "--budget", "1",
+                              "--out", tmp_path / "o.json"], expected)
+    bad.write_bytes(b'{"sample_id": "0001", "importance": 1.0}\n\xff\xfe\n')
+    assert_error(capsys, ["select", "--scores", bad, "--data", pool, "--budget", "1",
+                          "--out", tmp_path / "o.json"], "UTF-8")
+
+
+def test_unwritable_output_is_one_line(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", make_matrix(6, 40, 6))
+    (tmp_path / "taken").mkdir()
+    assert_error(capsys, ["score", tmp_path / "x.npy", "--out", tmp_path / "taken", "--quiet"], "taken")
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path, capsys, small_pool):
+    import os
+    import stat
+
+    pool, scores = small_pool
+    rc, _, err = run_cli(capsys, "select", "--scores", scores, "--data", pool, "--budget", "5",
+                         "--out", tmp_path / "sub.json")
+    assert rc == 0, err
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "sub.json").stat().st_mode) == 0o666 & ~umask

@@ -89,6 +89,8 @@ def test_bad_arguments_are_refused_before_the_native_call():
         kernels.projected_sqnorm(x, shift, None, False, torch.randn(5, 2), backend="native")
     with pytest.raises(ValueError, match="backend"):
         kernels.gram_prep(x, shift, None, False, backend="fast")
+    with pytest.raises(ValueError, match="shift is required"):
+        kernels.gram_prep(x, None, None, False, backend="native")
 
 
 @pytest.mark.cuda
@@ -123,4 +125,4 @@ def test_self_check_passes_a_good_kernel_and_rejects_a_wrong_one(monkeypatch, na
     monkeypatch.setattr(kernels, "_cuda_verdict", {})
     with pytest.warns(RuntimeWarning, match="failed its self-check"):
         assert not kernels._cuda_kernel_ok(name, cpu)
-    assert kernels._cuda_verdict[name] is False
+    assert kernels._cuda_verdict[(name, "cpu")] is False

@@ -134,10 +134,46 @@ def test_top_eigenpairs_krylov_equals_full(decay, seed):
     torch.testing.assert_close(kry.vectors @ kry.vectors.T, full.vectors @ full.vectors.T, atol=1e-8, rtol=0)
 
 
-def test_identical_rows_give_zero_scores():
-    x = np.tile(np.random.default_rng(0).standard_normal(8), (50, 1)).astype(np.float32)
-    res = leverage_scores(x)
-    assert res.k == 0 and np.all(res.scores == 0)
+@pytest.mark.parametrize("n", [50, 3])  # Gram side and N x N side
+def test_identical_rows_are_refused(n):
+    x = np.tile(np.random.default_rng(0).standard_normal(8), (n, 1)).astype(np.float32)
+    with pytest.raises(InputError, match="identical"):
+        leverage_scores(x)
+    with pytest.raises(InputError, match="identical"):
+        leverage_scores(x, standardize=True)
+
+
+@pytest.mark.parametrize("n,d", [(500, 40), (20, 40)])
+def test_energy_one_stops_at_the_rank(n, d):
+    """energy=1 on rank-deficient data must not pull in null directions (1/sqrt(0))."""
+    for seed in range(4):
+        x = np.random.default_rng(seed).standard_normal((n, d))
+        x[:, d - 10:] = 3.0
+        res = leverage_scores(x.astype(np.float32), energy=1.0)
+        assert np.all(np.isfinite(res.scores))
+        assert res.k == min(n - 1, d - 10)
+        assert res.scores.sum() == pytest.approx(res.k, rel=1e-5)
+
+
+def test_large_offset_in_float64_is_not_mistaken_for_identical_rows():
+    rng = np.random.default_rng(3)
+    for x in (1e6 + rng.standard_normal((2000, 64)), 3e6 + rng.standard_normal((20, 64))):
+        assert_matches(leverage_scores(x), x)
+    x = 1e6 + 100 * rng.standard_normal((2000, 64))
+    assert_matches(leverage_scores(x, standardize=True), x, standardize=True)
+
+
+@pytest.mark.parametrize("n", [20, 600])  # N x N side and Gram side
+def test_standardize_ignores_constant_columns(n):
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 40))
+    with_constants = x.copy()
+    with_constants[:, :10] = 0.1
+    a = leverage_scores(with_constants, standardize=True, chunk_rows=77)
+    b = leverage_scores(x[:, 10:], standardize=True)
+    assert a.k == b.k
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
+    assert a.total_energy == pytest.approx(b.total_energy, rel=1e-6)
 
 
 def test_bad_input_is_named():
@@ -153,3 +189,7 @@ def test_bad_input_is_named():
         leverage_scores(np.ones((0, 4)))
     with pytest.raises(InputError, match="duplicate"):
         leverage_scores(x[:3], sample_ids=["a", "b", "a"])
+    with pytest.raises(InputError, match="chunk_rows"):
+        leverage_scores(x, chunk_rows=0)
+    with pytest.raises(InputError, match="eig_method"):
+        leverage_scores(x, eig_method="lanczos")

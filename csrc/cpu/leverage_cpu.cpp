@@ -93,8 +93,15 @@ std::vector<float> pack_panels(const float* w, int64_t d, int64_t k) {
   return panels;
 }
 
+// An AVX2+FMA clone next to the portable one, picked at load time, where the compiler can.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SCALSELECT_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SCALSELECT_CLONES
+#endif
+
 // acc[r][0..kNr) += sum_{j < depth} c[r * ldc + j] * panel[j][0..kNr), for kMr rows.
-__attribute__((target_clones("arch=x86-64-v3", "default")))
+SCALSELECT_CLONES
 void register_tile(const float* c, int64_t ldc, const float* panel, int64_t depth, float* acc) {
   v8f a[kMr][2];
   for (int r = 0; r < kMr; ++r) {

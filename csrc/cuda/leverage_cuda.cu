@@ -38,26 +38,25 @@ __device__ double block_sum(double v, double* scratch) {
   return v;
 }
 
-// One block per row: 1 / ||x_i|| (0 for a zero row), or 1 when normalisation is off.
+// One block per row: 1 / ||x_i||, or 0 for a zero row.
 __global__ void row_inv_norm_kernel(const void* x, DType dtype, int64_t n, int64_t d,
-                                    int64_t row_stride, bool l2_normalize, double* inv_norm) {
+                                    int64_t row_stride, double* inv_norm) {
   __shared__ double scratch[32];
   const int64_t i = blockIdx.x;
   if (i >= n) return;
   double ss = 0.0;
-  if (l2_normalize)
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-      const double v = load(x, dtype, i * row_stride + j);
-      ss += v * v;
-    }
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    const double v = load(x, dtype, i * row_stride + j);
+    ss += v * v;
+  }
   ss = block_sum(ss, scratch);
-  if (threadIdx.x == 0) inv_norm[i] = !l2_normalize ? 1.0 : (ss > 0.0 ? rsqrt(ss) : 0.0);
+  if (threadIdx.x == 0) inv_norm[i] = ss > 0.0 ? rsqrt(ss) : 0.0;
 }
 
 __device__ __forceinline__ double centred(const void* x, DType dtype, int64_t i, int64_t j,
                                           int64_t row_stride, const double* inv_norm,
                                           const double* shift, const double* inv_scale) {
-  double v = load(x, dtype, i * row_stride + j) * inv_norm[i] - shift[j];
+  double v = load(x, dtype, i * row_stride + j) * (inv_norm ? inv_norm[i] : 1.0) - shift[j];
   return inv_scale ? v * inv_scale[j] : v;
 }
 
@@ -123,19 +122,26 @@ __global__ void projected_sqnorm_kernel(const void* x, DType dtype, int64_t n, i
   }
 }
 
-// Scratch device buffer of n inverse row norms, freed when the call returns.
+// Device buffer of n inverse row norms when rows are L2-normalised (else null: scale 1),
+// freed in stream order when the call returns.
 struct InvNorms {
   cudaStream_t stream;
   double* ptr = nullptr;
   InvNorms(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
            bool l2_normalize, cudaStream_t s)
       : stream(s) {
+    if (!l2_normalize) return;
     check(cudaMallocAsync(&ptr, sizeof(double) * size_t(n), s), "cudaMallocAsync");
-    row_inv_norm_kernel<<<unsigned(n), kThreads, 0, s>>>(x, dtype, n, d, row_stride, l2_normalize,
-                                                        ptr);
-    check(cudaGetLastError(), "row_inv_norm_kernel");
+    row_inv_norm_kernel<<<unsigned(n), kThreads, 0, s>>>(x, dtype, n, d, row_stride, ptr);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) {
+      cudaFreeAsync(ptr, s);  // the destructor does not run when the constructor throws
+      check(err, "row_inv_norm_kernel");
+    }
   }
-  ~InvNorms() { cudaFreeAsync(ptr, stream); }
+  ~InvNorms() {
+    if (ptr) cudaFreeAsync(ptr, stream);
+  }
 };
 
 }  // namespace

@@ -50,8 +50,10 @@ def _as_kernel_input(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _vec(v: torch.Tensor | None, d: int, device: torch.device) -> torch.Tensor | None:
+def _vec(v: torch.Tensor | None, d: int, device: torch.device, required: bool = False) -> torch.Tensor | None:
     if v is None:
+        if required:
+            raise ValueError("shift is required (a float64 vector of length d)")
         return None
     v = v.to(device=device, dtype=torch.float64).contiguous()
     if v.shape != (d,):
@@ -74,7 +76,8 @@ def _native_gram_prep(x, shift, inv_scale, l2_normalize):
     args = (x.data_ptr(), _DTYPE_CODES[x.dtype], n, d, x.stride(0), bool(l2_normalize),
             _ptr(shift), _ptr(inv_scale), out.data_ptr(), colsum.data_ptr())
     if x.device.type == "cuda":
-        _C.gram_prep_cuda(*args, _stream(x.device))
+        with torch.cuda.device(x.device):  # launches and allocations go to x's GPU
+            _C.gram_prep_cuda(*args, _stream(x.device))
     else:
         _C.gram_prep_cpu(*args)
     return out, colsum
@@ -86,18 +89,20 @@ def _native_projected_sqnorm(x, shift, inv_scale, l2_normalize, w):
     args = (x.data_ptr(), _DTYPE_CODES[x.dtype], n, d, x.stride(0), bool(l2_normalize),
             _ptr(shift), _ptr(inv_scale), w.data_ptr(), w.shape[1], out.data_ptr())
     if x.device.type == "cuda":
-        _C.projected_sqnorm_cuda(*args, _stream(x.device))
+        with torch.cuda.device(x.device):
+            _C.projected_sqnorm_cuda(*args, _stream(x.device))
     else:
         _C.projected_sqnorm_cpu(*args)
     return out
 
 
 # A GPU kernel that has never run on this machine checks itself once against its twin.
-_cuda_verdict: dict[str, bool] = {}
+_cuda_verdict: dict[tuple[str, str], bool] = {}
 
 
 def _cuda_kernel_ok(name: str, device: torch.device) -> bool:
-    if name not in _cuda_verdict:
+    key = (name, str(device))
+    if key not in _cuda_verdict:
         gen = torch.Generator().manual_seed(1234)
         x = torch.randn(37, 70, generator=gen).to(device=device, dtype=torch.float16)
         shift = torch.randn(70, generator=gen, dtype=torch.float64).to(device)
@@ -118,8 +123,8 @@ def _cuda_kernel_ok(name: str, device: torch.device) -> bool:
         if not ok:
             warnings.warn(f"scalselect: CUDA kernel {name} failed its self-check ({why}); "
                           "using the PyTorch implementation", RuntimeWarning, stacklevel=3)
-        _cuda_verdict[name] = ok
-    return _cuda_verdict[name]
+        _cuda_verdict[key] = ok
+    return _cuda_verdict[key]
 
 
 def _use_native(name: str, device: torch.device, backend: str) -> bool:
@@ -142,7 +147,7 @@ def gram_prep(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | No
     """Centred float32 rows and float64 column sums of a chunk; see twins.gram_prep."""
     x = _as_kernel_input(x)
     d = x.shape[1]
-    shift, inv_scale = _vec(shift, d, x.device), _vec(inv_scale, d, x.device)
+    shift, inv_scale = _vec(shift, d, x.device, required=True), _vec(inv_scale, d, x.device)
     if _use_native("gram_prep", x.device, backend):
         return _native_gram_prep(x, shift, inv_scale, l2_normalize)
     return twins.gram_prep(x, shift, inv_scale, l2_normalize)
@@ -158,7 +163,7 @@ def projected_sqnorm(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tens
     """float64 ||c_i W||^2 per row of a chunk; see twins.projected_sqnorm."""
     x = _as_kernel_input(x)
     d = x.shape[1]
-    shift, inv_scale = _vec(shift, d, x.device), _vec(inv_scale, d, x.device)
+    shift, inv_scale = _vec(shift, d, x.device, required=True), _vec(inv_scale, d, x.device)
     w = w.to(device=x.device, dtype=torch.float32).contiguous()
     if w.dim() != 2 or w.shape[0] != d:
         raise ValueError(f"W must be {d} x k, got shape {tuple(w.shape)}")

@@ -5,7 +5,7 @@
 
 namespace scalselect {
 
-// Element types the kernels read. Values match scalselect/kernels/_dispatch.py.
+// Element types the kernels read. Values match _DTYPE_CODES in scalselect/kernels/__init__.py.
 enum class DType : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
 
 // Row-wise preprocessing shared by both passes, for rows x[i, :] of an n x d matrix:
