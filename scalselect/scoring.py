@@ -94,7 +94,7 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     """
     if not 0.0 < energy <= 1.0:
         raise InputError(f"energy must be in (0, 1], got {energy}")
-    src = data if isinstance(data, RowSource) else open_rows(data, sample_ids)
+    src = open_rows(data, sample_ids)
     dev = resolve_device(device)
     n, d = src.num_rows, src.dim
     if chunk_rows is None:

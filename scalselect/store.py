@@ -143,7 +143,9 @@ def _check_ids(ids: list, n: int, what: str) -> list:
 
 def open_rows(data, sample_ids: Sequence | None = None) -> RowSource:
     """A RowSource for an array-like, a .npy / .npz file, or a store directory."""
-    if isinstance(data, (str, os.PathLike)):
+    if isinstance(data, RowSource):
+        src = RowSource(data.blocks, list(data.ids), data.description)
+    elif isinstance(data, (str, os.PathLike)):
         path = Path(data)
         if not path.exists():
             raise InputError(f"{path}: no such file or directory")
