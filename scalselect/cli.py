@@ -23,7 +23,8 @@ def _refuse_overwrite(outputs: list[Path], inputs: list[Path]) -> None:
     """An output must never replace one of the inputs it is computed from."""
     resolved = {Path(p).resolve() for p in inputs}
     for out in outputs:
-        if out.resolve() in resolved or any(r in out.resolve().parents for r in resolved if r.is_dir()):
+        target = out.resolve()
+        if target in resolved or any(r.is_dir() and r in target.parents for r in resolved):
             raise InputError(f"output {out} would overwrite an input; choose another --out")
 
 
