@@ -35,3 +35,68 @@ def projected_sqnorm(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tens
     c = centre_rows(x, shift, inv_scale, l2_normalize).to(torch.float32)
     y = (c @ w).to(torch.float64)
     return (y * y).sum(dim=1)
+
+
+# --- Representation extraction (issue 3): the twins come first and define the semantics. ---
+
+
+def attention_mass(q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor,
+                   row_is_instruction: torch.Tensor, col_is_vision: torch.Tensor,
+                   scale: float, row_chunk: int = 512) -> torch.Tensor:
+    """Mean layer-0 attention each vision token receives from the instruction tokens.
+
+    q: [B, H, S, hd] rotary-embedded queries; k: [B, Hkv, S, hd] keys, H a multiple of Hkv
+    (query head h reads key head h // (H / Hkv), as transformers' repeat_kv does).
+    key_valid: [B, S] bool, False at padding. row_is_instruction, col_is_vision: [B, S] bool.
+    Softmax over all causal, valid keys (j <= i), in float32, scaled by `scale`.
+    Returns [B, S] float32: a_j = mean over heads and instruction rows of P[i, j] at vision
+    columns, 0 elsewhere (all 0 for a sample without instruction rows). Memory: one
+    [row_chunk, S] block at a time, never [B, H, S, S].
+    """
+    b_size, heads, seq, _ = q.shape
+    group = heads // k.shape[1]
+    out = torch.zeros(b_size, seq, dtype=torch.float32, device=q.device)
+    positions = torch.arange(seq, device=q.device)
+    for b in range(b_size):
+        rows = torch.nonzero(row_is_instruction[b] & key_valid[b]).flatten()  # real tokens only
+        cols = torch.nonzero(col_is_vision[b]).flatten()
+        if rows.numel() == 0 or cols.numel() == 0:
+            continue
+        total = torch.zeros(cols.numel(), dtype=torch.float32, device=q.device)
+        for lo in range(0, rows.numel(), row_chunk):
+            r = rows[lo:lo + row_chunk]
+            allowed = key_valid[b][None, :] & (positions[None, :] <= r[:, None])  # [r, S]
+            for h in range(heads):
+                logits = (q[b, h, r].float() @ k[b, h // group].float().T) * scale
+                probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+                total += probs[:, cols].sum(dim=0)
+        out[b, cols] = total / (heads * rows.numel())
+    return out
+
+
+def top_mass_mean(hidden: torch.Tensor, mass: torch.Tensor, col_is_vision: torch.Tensor,
+                  tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One vector per sample: the mean hidden state of its most-attended vision tokens.
+
+    hidden: [B, S, D] layer-0 outputs; mass: [B, S] from attention_mass; col_is_vision [B, S].
+    Per sample: p = mass / sum(mass) over vision tokens (uniform when the sum is 0); sort p
+    descending (ties: earlier position first); keep the prefix up to and including the first
+    token where the running sum exceeds tau (at least one, at most all). Returns the float32
+    mean of the kept tokens' hidden states [B, D] and the kept counts [B] (0 when a sample has
+    no vision token; its vector is then 0 and the caller skips it).
+    """
+    b_size, _, dim = hidden.shape
+    vectors = torch.zeros(b_size, dim, dtype=torch.float32, device=hidden.device)
+    kept = torch.zeros(b_size, dtype=torch.int64, device=hidden.device)
+    for b in range(b_size):
+        cols = torch.nonzero(col_is_vision[b]).flatten()
+        if cols.numel() == 0:
+            continue
+        a = mass[b, cols].double()
+        p = a / a.sum() if float(a.sum()) > 0 else torch.full_like(a, 1.0 / a.numel())
+        p_sorted, order = torch.sort(p, descending=True, stable=True)
+        n_keep = min(int((torch.cumsum(p_sorted, 0) <= tau).sum()) + 1, cols.numel())
+        chosen = cols[order[:n_keep]]
+        vectors[b] = hidden[b, chosen].float().mean(dim=0)
+        kept[b] = n_keep
+    return vectors, kept

@@ -1,0 +1,109 @@
+"""The extraction twins (attention mass, top-mass mean) against naive full-attention versions."""
+
+import pytest
+import torch
+
+from scalselect.kernels import twins
+
+
+def eager_attention_mass(q, k, key_valid, row_instr, col_vision, scale):
+    """What the reference does: full eager attention, every map kept, heads averaged."""
+    heads, group = q.shape[1], q.shape[1] // k.shape[1]
+    k_full = k.repeat_interleave(group, dim=1)  # transformers' repeat_kv
+    scores = (q.double() @ k_full.double().transpose(-1, -2)) * scale  # [B, H, S, S]
+    seq = q.shape[2]
+    causal = torch.ones(seq, seq, dtype=torch.bool).tril()
+    mask = causal[None, None] & key_valid[:, None, None, :]
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).nan_to_num(0.0)
+    attn = probs.mean(dim=1)  # [B, S, S]
+    out = torch.zeros(q.shape[0], seq, dtype=torch.float64)
+    for b in range(q.shape[0]):
+        rows = row_instr[b] & key_valid[b]
+        if rows.any() and col_vision[b].any():
+            out[b, col_vision[b]] = attn[b][rows][:, col_vision[b]].mean(dim=0)
+    assert heads == q.shape[1]
+    return out
+
+
+def random_batch(seed, batch=3, heads=4, kv_heads=2, seq=23, hd=8, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, seq, hd, generator=gen).to(dtype)
+    k = torch.randn(batch, kv_heads, seq, hd, generator=gen).to(dtype)
+    key_valid = torch.ones(batch, seq, dtype=torch.bool)
+    key_valid[0, :5] = False   # left padding
+    key_valid[-1, -7:] = False  # right padding
+    col_vision = (torch.rand(batch, seq, generator=gen) < 0.4) & key_valid
+    row_instr = ~col_vision & key_valid & (torch.rand(batch, seq, generator=gen) < 0.7)
+    return q, k, key_valid, row_instr, col_vision
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (6, 1)])
+def test_attention_mass_equals_eager_attention(seed, heads, kv_heads):
+    q, k, valid, rows, cols = random_batch(seed, heads=heads, kv_heads=kv_heads)
+    scale = q.shape[-1] ** -0.5
+    got = twins.attention_mass(q, k, valid, rows, cols, scale, row_chunk=3)
+    want = eager_attention_mass(q, k, valid, rows, cols, scale)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-7)
+    assert torch.all(got[~cols] == 0)
+
+
+def test_attention_mass_half_precision_and_empty_samples():
+    q, k, valid, rows, cols = random_batch(7, dtype=torch.bfloat16)
+    rows[1] = False  # no instruction rows
+    cols[2] = False  # no vision tokens
+    got = twins.attention_mass(q, k, valid, rows, cols, 0.3)
+    want = eager_attention_mass(q.float(), k.float(), valid, rows, cols, 0.3)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-7)
+    assert torch.all(got[1] == 0) and torch.all(got[2] == 0)
+
+
+def test_attention_mass_of_a_sample_does_not_depend_on_its_batch_mates():
+    q, k, valid, rows, cols = random_batch(11)
+    together = twins.attention_mass(q, k, valid, rows, cols, 0.35)
+    alone = twins.attention_mass(q[1:2], k[1:2], valid[1:2], rows[1:2], cols[1:2], 0.35)
+    torch.testing.assert_close(together[1:2], alone)
+
+
+def naive_top_mass_mean(hidden, mass, cols, tau):
+    vectors, kept = [], []
+    for b in range(hidden.shape[0]):
+        idx = [j for j in range(hidden.shape[1]) if cols[b, j]]
+        if not idx:
+            vectors.append(torch.zeros(hidden.shape[2], dtype=torch.float64))
+            kept.append(0)
+            continue
+        a = [float(mass[b, j]) for j in idx]
+        total = sum(a)
+        p = [x / total for x in a] if total > 0 else [1.0 / len(a)] * len(a)
+        order = sorted(range(len(idx)), key=lambda t: (-p[t], idx[t]))
+        run, chosen = 0.0, []
+        for t in order:
+            chosen.append(idx[t])
+            run += p[t]
+            if run > tau:
+                break
+        vectors.append(hidden[b, chosen].double().mean(dim=0))
+        kept.append(len(chosen))
+    return torch.stack(vectors), torch.tensor(kept)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("tau", [0.0, 0.5, 0.9, 1.0])
+def test_top_mass_mean_equals_naive(seed, tau):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(4, 30, 16, generator=gen)
+    cols = torch.rand(4, 30, generator=gen) < 0.5
+    cols[3] = False
+    cols[2] = False
+    cols[2, 17] = True  # one vision token
+    mass = torch.rand(4, 30, generator=gen) ** 3
+    mass[1] = 0.0  # no attention at all: uniform
+    mass[0, :10] = 0.25  # ties: earlier position first
+    got, kept = twins.top_mass_mean(hidden, mass, cols, tau)
+    want, want_kept = naive_top_mass_mean(hidden, mass, cols, tau)
+    assert kept.tolist() == want_kept.tolist()
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+    assert kept[2] == 1 and kept[3] == 0 and torch.all(got[3] == 0)
+    if tau >= 1.0:
+        assert kept[1] == int(cols[1].sum())  # uniform mass never exceeds 1: all kept
