@@ -1,0 +1,1 @@
+"""Model families scalselect extracts representations from (adapters land with issue 3)."""
