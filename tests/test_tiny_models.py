@@ -101,3 +101,62 @@ def test_token_roles_refuse_a_mismatched_processor_sequence(tiny_llava):
     rewritten = lambda msgs, gen: _render(processor)(msgs, gen).replace("A dog.", "A DOG.")  # noqa: E731
     with pytest.raises(InputError, match="not where the chat template puts it"):
         reply_char_spans(rewritten, messages)
+
+
+def _reference_vectors(model, batch, instruction, tau):
+    """The reference way: full forward, eager attention, every map kept; hidden_states[1]."""
+    from scalselect.kernels import twins
+
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = model(**batch, output_hidden_states=True, output_attentions=True)
+    finally:
+        model.set_attn_implementation("sdpa")
+    attn = out.attentions[0].double().mean(dim=1)  # heads averaged: [B, S, S]
+    vision = batch["input_ids"] == model.config.image_token_id
+    mass = torch.zeros(vision.shape, dtype=torch.float32)
+    for b in range(vision.shape[0]):
+        mass[b, vision[b]] = attn[b][instruction[b]][:, vision[b]].mean(dim=0).float()
+    return twins.top_mass_mean(out.hidden_states[1], mass, vision, tau)
+
+
+def test_first_layer_fast_path_equals_the_reference_way(tiny_llava):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from scalselect.extract import first_layer_vectors
+    from scalselect.models.roles import reply_char_spans, token_roles
+
+    processor = AutoProcessor.from_pretrained(tiny_llava, local_files_only=True)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_llava, local_files_only=True).eval()
+    model.set_attn_implementation("sdpa")
+    image_id = model.config.image_token_id
+    questions = ["What is shown?", "How many dogs are there in the picture? Read the sign.", "Yes?"]
+    texts, rows = [], []
+    for i, question in enumerate(questions):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": f"There are {i} cats."}]}]
+        text, spans = reply_char_spans(_render(processor), messages)
+        ids = processor(images=[_image(i)], text=[text], return_tensors="pt")["input_ids"][0]
+        texts.append(text)
+        rows.append(token_roles(processor.tokenizer, text, spans, image_id, ids).instruction)
+    batch = processor(images=[_image(i) for i in range(3)], text=texts, return_tensors="pt", padding=True)
+    seq = batch["input_ids"].shape[1]
+    instruction = torch.zeros(3, seq, dtype=torch.bool)
+    for b, r in enumerate(rows):  # right padding: roles sit at the front
+        instruction[b, :len(r)] = r
+    assert processor.tokenizer.padding_side == "right"
+
+    for tau in (0.5, 0.9):
+        vectors, kept = first_layer_vectors(model, batch, instruction, tau)
+        want, want_kept = _reference_vectors(model, batch, instruction, tau)
+        assert kept.tolist() == want_kept.tolist() and min(kept.tolist()) >= 1
+        torch.testing.assert_close(vectors, want, rtol=1e-5, atol=1e-6)
+    # a sample's vector does not depend on its batch-mates
+    alone = {k: v[1:2] for k, v in batch.items()}
+    alone["input_ids"] = alone["input_ids"][:, :len(rows[1])]
+    alone["attention_mask"] = alone["attention_mask"][:, :len(rows[1])]
+    single, _ = first_layer_vectors(model, alone, instruction[1:2, :len(rows[1])], 0.9)
+    torch.testing.assert_close(single[0], first_layer_vectors(model, batch, instruction, 0.9)[0][1],
+                               rtol=1e-5, atol=1e-6)
+    assert model.config._attn_implementation == "sdpa"  # the probe restored it
