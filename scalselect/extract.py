@@ -37,8 +37,12 @@ def _capturing_sdpa(module, query, key, value, attention_mask, **kwargs):
 def first_layer_probe(model):
     """Yields run(**batch) -> {"hidden", "q", "k", "scaling"} that runs `model` up to layer 0."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(_ATTENTION_NAME, _capturing_sdpa)
+    # The padding mask is built per implementation name: without this, an unknown name gets
+    # no mask, and left-padded rows would attend to the padding.
+    AttentionMaskInterface.register(_ATTENTION_NAME, sdpa_mask)
     layer0 = adapter_for(model).decoder_layers(model)[0]
     store: dict = {}
 

@@ -121,7 +121,8 @@ def _reference_vectors(model, batch, instruction, tau):
     return twins.top_mass_mean(out.hidden_states[1], mass, vision, tau)
 
 
-def test_first_layer_fast_path_equals_the_reference_way(tiny_llava):
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_first_layer_fast_path_equals_the_reference_way(tiny_llava, padding_side):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from scalselect.extract import first_layer_vectors
@@ -140,12 +141,14 @@ def test_first_layer_fast_path_equals_the_reference_way(tiny_llava):
         ids = processor(images=[_image(i)], text=[text], return_tensors="pt")["input_ids"][0]
         texts.append(text)
         rows.append(token_roles(processor.tokenizer, text, spans, image_id, ids).instruction)
+    processor.tokenizer.padding_side = padding_side
     batch = processor(images=[_image(i) for i in range(3)], text=texts, return_tensors="pt", padding=True)
     seq = batch["input_ids"].shape[1]
     instruction = torch.zeros(3, seq, dtype=torch.bool)
-    for b, r in enumerate(rows):  # right padding: roles sit at the front
-        instruction[b, :len(r)] = r
-    assert processor.tokenizer.padding_side == "right"
+    for b, r in enumerate(rows):  # each sample's roles sit where its real tokens are
+        real = torch.nonzero(batch["attention_mask"][b]).flatten()
+        instruction[b, real] = r
+    assert int(batch["attention_mask"].sum()) < 3 * seq  # the batch is ragged
 
     for tau in (0.5, 0.9):
         vectors, kept = first_layer_vectors(model, batch, instruction, tau)
@@ -153,10 +156,11 @@ def test_first_layer_fast_path_equals_the_reference_way(tiny_llava):
         assert kept.tolist() == want_kept.tolist() and min(kept.tolist()) >= 1
         torch.testing.assert_close(vectors, want, rtol=1e-5, atol=1e-6)
     # a sample's vector does not depend on its batch-mates
+    real = torch.nonzero(batch["attention_mask"][1]).flatten()
     alone = {k: v[1:2] for k, v in batch.items()}
-    alone["input_ids"] = alone["input_ids"][:, :len(rows[1])]
-    alone["attention_mask"] = alone["attention_mask"][:, :len(rows[1])]
-    single, _ = first_layer_vectors(model, alone, instruction[1:2, :len(rows[1])], 0.9)
+    alone["input_ids"] = alone["input_ids"][:, real]
+    alone["attention_mask"] = alone["attention_mask"][:, real]
+    single, _ = first_layer_vectors(model, alone, instruction[1:2, real], 0.9)
     torch.testing.assert_close(single[0], first_layer_vectors(model, batch, instruction, 0.9)[0][1],
                                rtol=1e-5, atol=1e-6)
     assert model.config._attn_implementation == "sdpa"  # the probe restored it
