@@ -1,0 +1,68 @@
+"""Pool records -> chat messages with image parts, placed as DESIGN.md section 1a says.
+
+Images become image parts before the text of the user turn that carries their `<image>` tags
+(one part per tag, in order); when no turn has a tag, all images go to the first user turn.
+In such a turn the tags are removed and the text is stripped of surrounding whitespace, as
+LLaVA's own training code does. Problems with one record raise InputError with the reason, which
+the extractor records as that sample's skip.
+"""
+
+from __future__ import annotations
+
+from ..errors import InputError
+
+IMAGE_TAG = "<image>"
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+          "system": "system"}
+
+
+def _turns(record: dict, layout: str) -> list[tuple[str, str]]:
+    key, role_key, text_key = (("conversations", "from", "value") if layout == "llava"
+                               else ("messages", "role", "content"))
+    turns = []
+    for i, turn in enumerate(record.get(key) or []):
+        role = _ROLES.get(turn.get(role_key)) if isinstance(turn, dict) else None
+        if role is None:
+            raise InputError(f"turn {i} has no known role (expected human/gpt or user/assistant/system)")
+        text = turn.get(text_key)
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"turn {i} has empty or non-text content")
+        turns.append((role, text))
+    return turns
+
+
+def image_paths(record: dict, layout: str) -> list[str]:
+    images = record.get("image") if layout == "llava" else record.get("images")
+    if images is None:
+        return []
+    images = [images] if isinstance(images, str) else images
+    if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
+        raise InputError("image paths must be a non-empty string or a list of them")
+    return images
+
+
+def to_messages(record: dict, layout: str) -> tuple[list[dict], list[str]]:
+    """Chat messages (content as typed parts) and the record's image paths, in part order."""
+    turns = _turns(record, layout)
+    images = image_paths(record, layout)
+    if not any(role == "user" for role, _ in turns):
+        raise InputError("no user turn")
+    if not any(role == "assistant" for role, _ in turns):
+        raise InputError("no assistant turn")
+    tags = sum(text.count(IMAGE_TAG) for role, text in turns if role == "user")
+    if tags and tags != len(images):
+        raise InputError(f"{tags} {IMAGE_TAG} tags for {len(images)} images")
+    first_user = next(i for i, (role, _) in enumerate(turns) if role == "user")
+    messages = []
+    for i, (role, text) in enumerate(turns):
+        if role != "user":
+            messages.append({"role": role, "content": [{"type": "text", "text": text}]})
+            continue
+        n_images = text.count(IMAGE_TAG) if tags else (len(images) if i == first_user else 0)
+        if n_images:
+            text = text.replace(IMAGE_TAG, "").strip()
+        parts = [{"type": "image"} for _ in range(n_images)]
+        if text:
+            parts = parts + [{"type": "text", "text": text}]
+        messages.append({"role": "user", "content": parts})
+    return messages, images
