@@ -26,9 +26,11 @@ RESIDUAL_TOL = 1e-8
 class TopEigen:
     values: torch.Tensor   # wanted eigenvalues, descending (length k)
     vectors: torch.Tensor  # matching eigenvectors as columns (m x k)
-    k: int
     method: str            # "full" or "krylov"
-    basis_size: int        # Krylov basis dimension used (m for "full")
+
+    @property
+    def k(self) -> int:
+        return int(self.values.numel())
 
 
 def rank_for_energy(values_desc: torch.Tensor, total: float, energy: float) -> int | None:
@@ -49,7 +51,7 @@ def _full(a: torch.Tensor, total: float, energy: float, rank_tol: float) -> TopE
     # energy = 1 (or rounding) can ask for more pairs than the matrix has: stop at its rank
     resolved = _resolved(values, rank_tol)
     k = min(rank_for_energy(values, total, energy) or resolved, resolved)
-    return TopEigen(values[:k], vectors[:, :k], k, "full", a.shape[0])
+    return TopEigen(values[:k], vectors[:, :k], "full")
 
 
 def _orthonormal_block(z: torch.Tensor, basis: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
@@ -112,7 +114,7 @@ def top_eigenpairs(a: torch.Tensor, energy: float, total: float | None = None, *
                 residual = torch.linalg.vector_norm(images[:, :size] @ s[:, :k] - ritz * theta[:k], dim=0)
                 worst = float(residual.max()) / float(theta[0])
                 if worst <= RESIDUAL_TOL and k <= _resolved(theta, rank_tol):
-                    return TopEigen(theta[:k], ritz, k, "krylov", size)
+                    return TopEigen(theta[:k], ritz, "krylov")
                 if worst <= 1e3 * RESIDUAL_TOL:  # nearly there: a check costs less than a block
                     next_check = size + block
             elif k is None and size >= 256:

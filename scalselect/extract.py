@@ -81,6 +81,6 @@ def first_layer_vectors(model, batch: dict, instruction: torch.Tensor, tau: floa
     valid = batch["attention_mask"].bool()
     with first_layer_probe(model) as run:
         got = run(**batch)
-    mass = twins.attention_mass(got["q"], got["k"], valid, instruction & valid & ~vision, vision,
+    mass = twins.attention_mass(got["q"], got["k"], valid, instruction & ~vision, vision,
                                 float(got["scaling"]))
     return twins.top_mass_mean(got["hidden"], mass, vision, tau)

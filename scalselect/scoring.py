@@ -121,18 +121,20 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
 
 
 def add_gram(gram: torch.Tensor, rows: torch.Tensor, blocks: int = 4) -> None:
-    """gram (float64, d x d) += rows^T rows, computed in float32 on the lower block triangle
-    only and mirrored: (blocks + 1) / (2 blocks) of the GEMM work."""
+    """Lower triangle of gram (float64, d x d) += rows^T rows, in float32 GEMMs over the lower
+    block columns only: (blocks + 1) / (2 blocks) of the work. `mirror_lower` completes it once."""
     d = rows.shape[1]
     if d < 1024:
         gram += (rows.T @ rows).to(torch.float64)
         return
     edges = [d * i // blocks for i in range(blocks + 1)]
-    for i in range(blocks):
-        ri = rows[:, edges[i]:edges[i + 1]]
-        lower = (rows[:, edges[i]:].T @ ri).to(torch.float64)  # rows >= block i, columns of block i
-        gram[edges[i]:, edges[i]:edges[i + 1]] += lower
-        gram[edges[i]:edges[i + 1], edges[i + 1]:] += lower[edges[i + 1] - edges[i]:].T
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        gram[lo:, lo:hi] += rows[:, lo:].T @ rows[:, lo:hi]
+
+
+def mirror_lower(gram: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrix whose lower triangle is gram's."""
+    return torch.tril(gram) + torch.tril(gram, -1).T
 
 
 # Eigenvalues below this share of the largest are rounding noise: the Gram side sums float32
@@ -175,10 +177,10 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
             add_gram(gram, centred)
             colsum += sums
             bar.update(chunk.shape[0])
+    gram = mirror_lower(gram)
     delta = colsum / n
     mean = shift + delta
     cov = gram - n * torch.outer(delta, delta)  # centred Gram, exactly
-    cov = (cov + cov.T) / 2
     if not bool(torch.isfinite(cov).all()):
         raise InputError("the Gram matrix overflowed float32: values too large; rescale the vectors")
     raw_second = gram.diagonal() / n + shift * shift  # about mean(x_j^2) per column

@@ -29,6 +29,11 @@ def run_cli(capsys, *args):
     return rc, out, err
 
 
+def select_cmd(scores, data, out, budget="5"):
+    """argv of `scalselect select`."""
+    return ["select", "--scores", scores, "--data", data, "--budget", budget, "--out", out]
+
+
 def assert_error(capsys, args, *substrings):
     """Exit code 2, exactly one non-empty line on stderr, naming the problem, no traceback."""
     rc, out, err = run_cli(capsys, *args)
@@ -362,10 +367,8 @@ def test_error_missing_input_file(tmp_path, capsys):
 
 def test_error_missing_pool_and_scores(tmp_path, capsys, small_pool):
     pool, scores = small_pool
-    assert_error(capsys, ["select", "--scores", scores, "--data", tmp_path / "missing.json",
-                          "--budget", "5", "--out", tmp_path / "o.json"], "missing.json", "no such file")
-    assert_error(capsys, ["select", "--scores", tmp_path / "missing.jsonl", "--data", pool,
-                          "--budget", "5", "--out", tmp_path / "o.json"], "missing.jsonl", "no such file")
+    assert_error(capsys, select_cmd(scores, tmp_path / "missing.json", tmp_path / "o.json"), "missing.json", "no such file")
+    assert_error(capsys, select_cmd(tmp_path / "missing.jsonl", pool, tmp_path / "o.json"), "missing.jsonl", "no such file")
     assert not (tmp_path / "o.json").exists()
 
 
@@ -374,20 +377,17 @@ def test_error_malformed_pool_json(tmp_path, capsys, small_pool):
     bad = tmp_path / "bad.json"
     bad.write_text('[\n {"id": "0000", "conversations": []},\n {"id": "0001", "conversations": [}\n]\n',
                    encoding="utf-8")
-    assert_error(capsys, ["select", "--scores", scores, "--data", bad, "--budget", "5",
-                          "--out", tmp_path / "o.json"], "malformed JSON", "line 3 column")
+    assert_error(capsys, select_cmd(scores, bad, tmp_path / "o.json"), "malformed JSON", "line 3 column")
     badl = tmp_path / "bad.jsonl"
     badl.write_text('{"id": "0000", "conversations": []}\n{"id": "0001", "conversations": [\n',
                     encoding="utf-8")
-    assert_error(capsys, ["select", "--scores", scores, "--data", badl, "--budget", "5",
-                          "--out", tmp_path / "o.json"], "line 2 column")
+    assert_error(capsys, select_cmd(scores, badl, tmp_path / "o.json"), "line 2 column")
 
 
 def test_error_unknown_pool_layout(tmp_path, capsys, small_pool):
     _, scores = small_pool
     pool = write_pool(tmp_path / "odd.jsonl", [{"id": f"{i:04d}", "text": "hello"} for i in range(50)], "jsonl")
-    assert_error(capsys, ["select", "--scores", scores, "--data", pool, "--budget", "5",
-                          "--out", tmp_path / "o.json"], "unknown layout")
+    assert_error(capsys, select_cmd(scores, pool, tmp_path / "o.json"), "unknown layout")
 
 
 def test_error_duplicate_pool_ids(tmp_path, capsys, small_pool):
@@ -395,8 +395,7 @@ def test_error_duplicate_pool_ids(tmp_path, capsys, small_pool):
     ids = [f"{i:04d}" for i in range(50)]
     ids[30] = ids[7]
     pool = write_pool(tmp_path / "dup.json", llava_records(np.random.default_rng(22), 50, ids), "json")
-    assert_error(capsys, ["select", "--scores", scores, "--data", pool, "--budget", "5",
-                          "--out", tmp_path / "o.json"], "duplicated sample id", "'0007'")
+    assert_error(capsys, select_cmd(scores, pool, tmp_path / "o.json"), "duplicated sample id", "'0007'")
 
 
 @pytest.mark.parametrize("budget,expected", [
@@ -408,8 +407,7 @@ def test_error_duplicate_pool_ids(tmp_path, capsys, small_pool):
 ])
 def test_error_bad_budget(tmp_path, capsys, small_pool, budget, expected):
     pool, scores = small_pool
-    line = assert_error(capsys, ["select", "--scores", scores, "--data", pool, "--budget", budget,
-                                 "--out", tmp_path / "o.json"], "budget", expected)
+    line = assert_error(capsys, select_cmd(scores, pool, tmp_path / "o.json", budget), "budget", expected)
     assert budget in line
     assert not (tmp_path / "o.json").exists()
 
@@ -420,13 +418,11 @@ def test_error_scores_for_another_pool(tmp_path, capsys, small_pool):
     with open(other, "w", encoding="utf-8") as f:
         for i, sid in enumerate(["0001", "zzz-1", "zzz-2"]):
             f.write(json.dumps({"sample_id": sid, "importance": 3.0 - i}) + "\n")
-    assert_error(capsys, ["select", "--scores", other, "--data", pool, "--budget", "1",
-                          "--out", tmp_path / "o.json"], "2 scored sample ids are not in pool", "'zzz-1'")
+    assert_error(capsys, select_cmd(other, pool, tmp_path / "o.json", "1"), "2 scored sample ids are not in pool", "'zzz-1'")
     # int ids do not match string ids that look the same
     with open(other, "w", encoding="utf-8") as f:
         f.write(json.dumps({"sample_id": 1, "importance": 1.0}) + "\n")
-    assert_error(capsys, ["select", "--scores", other, "--data", pool, "--budget", "1",
-                          "--out", tmp_path / "o.json"], "not in pool")
+    assert_error(capsys, select_cmd(other, pool, tmp_path / "o.json", "1"), "not in pool")
 
 
 def test_error_malformed_scores_line(tmp_path, capsys, small_pool):
@@ -434,12 +430,10 @@ def test_error_malformed_scores_line(tmp_path, capsys, small_pool):
     bad = tmp_path / "bad_scores.jsonl"
     bad.write_text('{"sample_id": "0001", "importance": 0.5}\n{"sample_id": "0002", "importance": \n',
                    encoding="utf-8")
-    assert_error(capsys, ["select", "--scores", bad, "--data", pool, "--budget", "1",
-                          "--out", tmp_path / "o.json"], "bad_scores.jsonl", "line 2")
+    assert_error(capsys, select_cmd(bad, pool, tmp_path / "o.json", "1"), "bad_scores.jsonl", "line 2")
     bad.write_text('{"sample_id": "0001", "importance": 0.5}\n{"sample_id": "0002"}\n'
                    '{"sample_id": "0003", "importance": 0.1}\n', encoding="utf-8")
-    assert_error(capsys, ["select", "--scores", bad, "--data", pool, "--budget", "1",
-                          "--out", tmp_path / "o.json"], "line 2")
+    assert_error(capsys, select_cmd(bad, pool, tmp_path / "o.json", "1"), "line 2")
 
 
 @pytest.mark.parametrize("bad_row,chunk", [(37, None), (37, 100), (437, 100)],
@@ -592,9 +586,9 @@ def test_big_endian_and_integer_matrices_are_read(tmp_path, capsys):
 def test_outputs_never_overwrite_inputs(tmp_path, capsys, small_pool):
     pool, scores = small_pool
     before = scores.read_bytes()
-    assert_error(capsys, ["select", "--scores", scores, "--data", pool, "--budget", "5", "--out", scores],
+    assert_error(capsys, select_cmd(scores, pool, scores),
                  "would overwrite an input")
-    assert_error(capsys, ["select", "--scores", scores, "--data", pool, "--budget", "5", "--out", pool],
+    assert_error(capsys, select_cmd(scores, pool, pool),
                  "would overwrite an input")
     assert scores.read_bytes() == before
     x = make_matrix(5, 40, 6)
@@ -612,11 +606,9 @@ def test_scores_file_ids_and_values_are_strict(tmp_path, capsys, small_pool):
                            ('{"sample_id": [1], "importance": 1.0}', "string or an integer"),
                            ('{"sample_id": "0001", "importance": "7"}', "must be a number")]:
         bad.write_text(line + "\n", encoding="utf-8")
-        assert_error(capsys, ["select", "--scores", bad, "--data", pool, "--budget", "1",
-                              "--out", tmp_path / "o.json"], expected)
+        assert_error(capsys, select_cmd(bad, pool, tmp_path / "o.json", "1"), expected)
     bad.write_bytes(b'{"sample_id": "0001", "importance": 1.0}\n\xff\xfe\n')
-    assert_error(capsys, ["select", "--scores", bad, "--data", pool, "--budget", "1",
-                          "--out", tmp_path / "o.json"], "UTF-8")
+    assert_error(capsys, select_cmd(bad, pool, tmp_path / "o.json", "1"), "UTF-8")
 
 
 def test_unwritable_output_is_one_line(tmp_path, capsys):
