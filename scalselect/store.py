@@ -222,10 +222,7 @@ def read_store(store: str | os.PathLike) -> RowSource:
     for entry in shards:
         vec_path, ids_path = _shard_paths(store, entry)
         arr = NpyFile.open(vec_path)
-        try:
-            shard_ids = json.loads(ids_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as exc:
-            raise InputError(f"{ids_path}: unreadable sample ids ({exc})") from None
+        shard_ids = _read_json_list(ids_path)
         if len(arr.shape) != 2 or arr.shape[1] != dim or arr.shape[0] != entry["rows"]:
             raise InputError(f"{vec_path}: shape {arr.shape} does not match the manifest "
                              f"({entry['rows']} rows of width {dim})")
@@ -254,10 +251,22 @@ def _shard_paths(store: Path, entry) -> tuple[Path, Path]:
     return store / names[0], store / names[1]
 
 
-class StoreWriter:
-    """Writes a store shard by shard; `close()` writes the manifest that makes it complete."""
+PROGRESS = "progress.json"  # an unfinished store: its settings, for --resume
+SKIPPED = "skipped.jsonl"
 
-    def __init__(self, store: str | os.PathLike, dim: int, dtype: str = "float16", meta: dict | None = None):
+
+class StoreWriter:
+    """Writes a store part by part; `close()` writes the manifest that makes it complete.
+
+    Each part is a shard of rows plus the samples skipped while making it (one JSON line each,
+    `{"sample_id": ..., "reason": ...}`). A part is committed when its ids file exists: vectors
+    and skips are written (atomically) before it. With `resume=True` the committed parts of an
+    unfinished store are kept, provided its settings equal `settings`, and `done_ids` says
+    which samples need no more work; a part cut short by a crash is written again.
+    """
+
+    def __init__(self, store: str | os.PathLike, dim: int, dtype: str = "float16",
+                 meta: dict | None = None, *, settings: dict | None = None, resume: bool = False):
         if dtype not in _STORE_DTYPES:
             raise InputError(f"store dtype must be one of {_STORE_DTYPES}, not {dtype!r}")
         if dtype == "bfloat16":
@@ -265,10 +274,55 @@ class StoreWriter:
         self.store, self.dim, self.dtype, self.meta = Path(store), int(dim), dtype, dict(meta or {})
         if (self.store / MANIFEST).exists():
             raise InputError(f"{self.store}: a store already exists here")
-        self.store.mkdir(parents=True, exist_ok=True)
+        self.settings = {"dim": self.dim, "dtype": dtype, **(settings or {})}
         self.shards: list[dict] = []
+        self.done_ids: set = set()
+        self.skip_counts: dict[str, int] = {}
+        progress = self.store / PROGRESS
+        if progress.exists():
+            if not resume:
+                raise InputError(f"{self.store}: holds an unfinished store; resume it (--resume) "
+                                 "or choose another output")
+            self._load_committed(progress)
+        elif self.store.exists() and any(self.store.iterdir()):
+            raise InputError(f"{self.store}: exists and is not empty; choose another output")
+        self.store.mkdir(parents=True, exist_ok=True)
+        with atomic_open(progress) as f:
+            json.dump(self.settings, f, indent=1, ensure_ascii=False)
 
-    def add(self, vectors, ids: Sequence) -> None:
+    def _load_committed(self, progress: Path) -> None:
+        try:
+            before = json.loads(progress.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{progress}: unreadable ({exc})") from None
+        changed = sorted(k for k in set(before) | set(self.settings) if before.get(k) != self.settings.get(k))
+        if changed:
+            shown = "; ".join(f"{k}: {before.get(k)!r} then, {self.settings.get(k)!r} now" for k in changed)
+            raise InputError(f"{self.store}: cannot resume with other settings ({shown})")
+        while (self.store / f"{self._name(len(self.shards))}.ids.json").exists():
+            name = self._name(len(self.shards))
+            ids = _read_json_list(self.store / f"{name}.ids.json")
+            rows = NpyFile.open(self.store / f"{name}.npy").shape
+            skipped = _read_jsonl(self.store / f"{name}.skipped.jsonl")
+            if len(rows) != 2 or rows[0] != len(ids) or rows[1] != self.dim:
+                raise InputError(f"{self.store}/{name}.npy: shape {rows} does not match its "
+                                 f"{len(ids)} ids and width {self.dim}")
+            self._committed(name, ids, skipped)
+
+    @staticmethod
+    def _name(index: int) -> str:
+        return f"shard-{index:05d}"
+
+    def _committed(self, name: str, ids: list, skipped: list[dict]) -> None:
+        self.shards.append({"vectors": f"{name}.npy", "ids": f"{name}.ids.json",
+                            "skipped": f"{name}.skipped.jsonl", "rows": len(ids)})
+        self.done_ids.update(ids)
+        for skip in skipped:
+            self.done_ids.add(skip["sample_id"])
+            self.skip_counts[skip["reason"]] = self.skip_counts.get(skip["reason"], 0) + 1
+
+    def add(self, vectors, ids: Sequence, skipped: Sequence[dict] = ()) -> None:
+        """Commit one part: rows `vectors` named `ids`, and the skips made along the way."""
         arr = np.asarray(vectors.cpu() if isinstance(vectors, torch.Tensor) else vectors)
         if arr.ndim != 2 or arr.shape[1] != self.dim or arr.shape[0] != len(ids):
             raise InputError(f"shard of shape {arr.shape} with {len(ids)} ids does not fit a "
@@ -278,20 +332,69 @@ class StoreWriter:
             bad = int(np.nonzero(~np.isfinite(stored).all(axis=1))[0][0])
             raise InputError(f"vector of sample {ids[bad]!r} is not finite as {self.dtype} "
                              f"(NaN, inf, or beyond the type's range)")
-        name = f"shard-{len(self.shards):05d}"
+        ids = [_plain_id(i) for i in ids]
+        skipped = [{**s, "sample_id": _plain_id(s["sample_id"])} for s in skipped]
+        name = self._name(len(self.shards))
         with atomic_open(self.store / f"{name}.npy", "wb") as f:
             np.save(f, stored, allow_pickle=False)
-        with atomic_open(self.store / f"{name}.ids.json") as f:
-            json.dump([_plain_id(i) for i in ids], f, ensure_ascii=False)
-        self.shards.append({"vectors": f"{name}.npy", "ids": f"{name}.ids.json", "rows": int(arr.shape[0])})
+        _write_jsonl(self.store / f"{name}.skipped.jsonl", skipped)
+        with atomic_open(self.store / f"{name}.ids.json") as f:  # last: commits the part
+            json.dump(ids, f, ensure_ascii=False)
+        self._committed(name, ids, skipped)
 
-    def close(self) -> Path:
+    def close(self, meta: dict | None = None) -> Path:
+        """Write skipped.jsonl (all parts' skips) and the manifest; `meta` is added to it."""
+        skipped = [s for shard in self.shards for s in _read_jsonl(self.store / shard["skipped"])]
+        _write_jsonl(self.store / SKIPPED, skipped)
         manifest = {"format": STORE_FORMAT, "version": STORE_VERSION, "dim": self.dim,
                     "dtype": self.dtype, "num_rows": sum(s["rows"] for s in self.shards),
-                    "shards": self.shards, "meta": self.meta}
+                    "num_skipped": len(skipped), "skipped_by_reason": dict(sorted(self.skip_counts.items())),
+                    "shards": self.shards, "meta": {**self.meta, **(meta or {})}}
         with atomic_open(self.store / MANIFEST) as f:
-            json.dump(manifest, f, indent=1)
+            json.dump(manifest, f, indent=1, ensure_ascii=False)
+        (self.store / PROGRESS).unlink()
         return self.store
+
+
+def _read_json_list(path: Path) -> list:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise InputError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(value, list):
+        raise InputError(f"{path}: expected a JSON list")
+    return value
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        rows = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError, RecursionError) as exc:
+        raise InputError(f"{path}: unreadable ({exc})") from None
+    if not all(isinstance(r, dict) and "sample_id" in r and "reason" in r for r in rows):
+        raise InputError(f"{path}: every line must be an object with sample_id and reason")
+    return rows
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_skipped(store: str | os.PathLike) -> list[dict]:
+    """The samples a complete store skipped, each {"sample_id", "reason", ...}."""
+    read_manifest(store)
+    path = Path(store) / SKIPPED
+    return _read_jsonl(path) if path.exists() else []
+
+
+def load_representations(store: str | os.PathLike) -> tuple[list, np.ndarray]:
+    """A store's sample ids and its vectors as one float32 array, in store order."""
+    source = open_rows(store)
+    rows = [chunk.to(torch.float32).numpy() for _, chunk in source.chunks(65536)]
+    return source.ids, np.concatenate(rows) if rows else np.zeros((0, source.dim), np.float32)
 
 
 def write_store(store: str | os.PathLike, vectors, ids: Sequence | None = None, *,
