@@ -1,0 +1,122 @@
+"""Pool samples -> model inputs with token roles, and batches of them.
+
+`SampleMaker` turns one pool record into what the model needs: the conversation rendered with
+the checkpoint's chat template, images decoded and run through its processor (in DataLoader
+workers), and which tokens are instructions. A sample that cannot be used raises SampleSkip
+with its reason; `LengthBatcher` groups prepared samples of similar length into padded batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+import torch
+
+from ..errors import InputError
+from ..models.roles import reply_char_spans, token_roles
+from .conversations import to_messages
+from .images import SampleSkip, load_image, resolve_image
+
+
+@dataclass
+class Prepared:
+    sample_id: object
+    inputs: dict               # the processor's tensors for this one sample (batch dim 1)
+    instruction: torch.Tensor  # [S] bool
+
+    @property
+    def length(self) -> int:
+        return int(self.instruction.shape[0])
+
+
+def _per_token(key: str, value, seq: int) -> bool:
+    """Tensors laid out [1, S] along the tokens (ids, masks), as opposed to image tensors."""
+    return (isinstance(value, torch.Tensor) and value.dim() == 2 and tuple(value.shape) == (1, seq)
+            and not key.startswith(("pixel", "image")))
+
+
+class SampleMaker:
+    """Callable record -> Prepared; picklable, so DataLoader workers can run it."""
+
+    def __init__(self, processor, image_token_id: int, image_root: Path, max_length: int,
+                 allow_outside_root: bool = False):
+        self.processor, self.image_token_id = processor, int(image_token_id)
+        self.image_root, self.max_length = image_root, int(max_length)
+        self.allow_outside_root = allow_outside_root
+
+    def _render(self, messages: list, add_generation_prompt: bool) -> str:
+        return self.processor.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    def __call__(self, record: dict, layout: str, sample_id) -> Prepared:
+        try:
+            messages, names = to_messages(record, layout)
+        except InputError as exc:
+            raise SampleSkip("bad record", str(exc)) from None
+        if not names:
+            raise SampleSkip("no image", "the sample has no image, so no vision tokens")
+        images = [load_image(resolve_image(self.image_root, n, self.allow_outside_root)) for n in names]
+        try:
+            text, spans = reply_char_spans(self._render, messages)
+        except InputError as exc:
+            raise SampleSkip("template mismatch", str(exc)) from None
+        try:
+            inputs = dict(self.processor(images=images, text=[text], return_tensors="pt"))
+        except (ValueError, TypeError, RuntimeError, OSError) as exc:
+            raise SampleSkip("processor error", f"{exc.__class__.__name__}: {exc}") from None
+        ids = inputs["input_ids"][0]
+        try:
+            roles = token_roles(self.processor.tokenizer, text, spans, self.image_token_id, ids)
+        except InputError as exc:
+            raise SampleSkip("template mismatch", str(exc)) from None
+        seq = int(ids.shape[0])
+        if seq > self.max_length:
+            last_vision = int(torch.nonzero(roles.vision).max())
+            if last_vision >= self.max_length:
+                raise SampleSkip("vision tokens cut by --max-length",
+                                 f"{seq} tokens, the last vision token at {last_vision}; "
+                                 f"--max-length is {self.max_length}")
+            inputs = {k: v[:, :self.max_length] if _per_token(k, v, seq) else v for k, v in inputs.items()}
+        instruction = roles.instruction[:self.max_length]
+        if not instruction.any():
+            raise SampleSkip("no instruction tokens", "every real token is a vision or reply token")
+        return Prepared(sample_id, inputs, instruction)
+
+
+def collate(samples: list[Prepared], pad_token_id: int) -> tuple[dict, torch.Tensor]:
+    """Right-pad per-token tensors to the longest sample; concatenate image tensors."""
+    seq = max(s.length for s in samples)
+    batch: dict = {}
+    for key, first in samples[0].inputs.items():
+        values = [s.inputs[key] for s in samples]
+        if _per_token(key, first, samples[0].length):
+            fill = pad_token_id if key == "input_ids" else 0
+            padded = torch.full((len(samples), seq), fill, dtype=first.dtype)
+            for row, v in enumerate(values):
+                padded[row, :v.shape[1]] = v[0]
+            batch[key] = padded
+        elif isinstance(first, torch.Tensor):
+            batch[key] = torch.cat(values, dim=0)
+    instruction = torch.zeros(len(samples), seq, dtype=torch.bool)
+    for row, s in enumerate(samples):
+        instruction[row, :s.length] = s.instruction
+    return batch, instruction
+
+
+class LengthBatcher:
+    """Groups prepared samples into batches of similar length, to cut padding.
+
+    Samples are held until `window_batches` batches' worth have arrived; then the window is
+    sorted by length and cut into batches. `flush()` cuts what is left at the end."""
+
+    def __init__(self, batch_size: int, window_batches: int = 8):
+        self.batch_size, self.window = batch_size, batch_size * window_batches
+        self.held: list[Prepared] = []
+
+    def push(self, sample: Prepared) -> list[list[Prepared]]:
+        self.held.append(sample)
+        return self.flush() if len(self.held) >= self.window else []
+
+    def flush(self) -> list[list[Prepared]]:
+        held, self.held = sorted(self.held, key=lambda s: s.length), []
+        return [held[lo:lo + self.batch_size] for lo in range(0, len(held), self.batch_size)]
