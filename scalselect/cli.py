@@ -1,4 +1,4 @@
-"""The `scalselect` command: score, select, info, demo.
+"""The `scalselect` command: extract, score, select, run, info, demo.
 
 Bad input ends with one line on stderr and exit code 2, never a traceback.
 """
@@ -75,6 +75,50 @@ def _select(args) -> dict:
     return summary
 
 
+def _extract_options(args):
+    from .pipeline import ExtractOptions
+
+    return ExtractOptions(tau=args.tau, max_length=args.max_length, batch_size=args.batch_size,
+                          workers=args.workers, device=args.device, dtype=args.dtype,
+                          store_dtype=args.store_dtype, shard_rows=args.shard_rows,
+                          resume=args.resume, trust_remote_code=args.trust_remote_code,
+                          allow_outside_root=args.allow_outside_root, progress=not args.quiet)
+
+
+def _extract(args) -> dict:
+    from .pipeline import extract_store
+
+    _refuse_overwrite([args.out], [args.data, args.model])
+    summary = extract_store(args.model, args.data, args.image_root, args.out, _extract_options(args))
+    reasons = ", ".join(f"{n} {r}" for r, n in summary["skipped_by_reason"].items())
+    print(f"extracted {summary['rows']} vectors, skipped {summary['skipped']}"
+          f"{f' ({reasons})' if reasons else ''} -> {args.out}  "
+          f"[{summary['processed_this_run']} samples in {summary['seconds']:.1f} s on "
+          f"{summary['device']}, {summary['dtype']}]")
+    if summary["skipped"]:
+        print(f"skipped samples and their reasons: {Path(args.out) / 'skipped.jsonl'}")
+    return summary
+
+
+def _run(args) -> dict:
+    """extract + score + select into one folder."""
+    out_dir = Path(args.out_dir)
+    store, scores = out_dir / "store", out_dir / "scores.jsonl"
+    subset = out_dir / f"subset{Path(args.data).suffix or '.json'}"
+    _refuse_overwrite([out_dir], [args.data, args.model])
+    if args.resume and (store / "manifest.json").exists():
+        print(f"{store} is complete; going on to scoring")
+        extracted = {"store": str(store), "resumed_complete": True}
+    else:
+        extracted = _extract(argparse.Namespace(**{**vars(args), "out": store}))
+    scored = _score(argparse.Namespace(input=store, out=scores, energy=args.energy,
+                                       device=args.device, standardize=False, l2_normalize=False,
+                                       chunk_rows=None, quiet=args.quiet))
+    selected = _select(argparse.Namespace(data=args.data, scores=scores, budget=args.budget, out=subset))
+    return {"store": str(store), "scores": str(scores), "subset": str(subset),
+            "extract": extracted, "score": scored, "select": selected}
+
+
 def _info(args) -> dict:
     from . import info
 
@@ -88,25 +132,55 @@ def _info(args) -> dict:
 
 
 def _demo(args) -> dict:
+    from collections import Counter
+
     from .data import read_pool
-    from .demo import make_demo_pool
+    from .demo import SOURCES, prepare_demo
     from .select import read_scores
 
-    out = Path(args.out)
-    if args.n < 100 or args.dim < 64:
-        raise InputError("the demo needs --n >= 100 and --dim >= 64")
-    pool_path, store, rare = make_demo_pool(out, n=args.n, dim=args.dim)
-    print(f"demo pool: {pool_path} ({args.n} samples, {len(rare)} with rare content), store: {store}")
-    scores_path = out / "scores.jsonl"
-    _score(argparse.Namespace(input=store, out=scores_path, energy=0.9, device=args.device,
-                              standardize=False, l2_normalize=False, chunk_rows=None, quiet=True))
-    subset = out / "subset.json"
-    _select(argparse.Namespace(data=pool_path, scores=scores_path, budget=args.budget, out=subset))
-    kept = {r["id"] for r in read_pool(subset).records}
-    ids, _ = read_scores(scores_path)
-    print(f"rare samples kept: {len(kept & rare)} of {len(rare)} "
-          f"(a random subset of this size would keep about {len(rare) * len(kept) / len(ids):.0f})")
-    return {"subset": str(subset), "rare_kept": len(kept & rare), "rare": len(rare)}
+    if args.n < 50:
+        raise InputError("the demo needs --n >= 50")
+    demo = prepare_demo(Path(args.out), n=args.n)
+    print(f"demo pool: {demo['pool']} ({args.n} samples + 2 unusable ones); "
+          f"tiny random LLaVA checkpoint: {demo['model']}")
+    run_args = build_parser().parse_args([
+        "run", "--model", str(demo["model"]), "--data", str(demo["pool"]),
+        "--image-root", str(demo["images"]), "--budget", args.budget, "--out-dir", str(demo["run"]),
+        "--device", args.device, *(["--quiet"] if args.quiet else [])])
+    result = _run(run_args)
+    source = lambda sample_id: str(sample_id).split("-")[0]  # noqa: E731  ids are "<source>-<n>"
+    ids, scores = read_scores(result["scores"])
+    pool = Counter(source(i) for i in ids)
+    subset = Counter(source(i) for i in read_pool(result["subset"]).ids)
+    print("source     pool  subset")
+    for name in SOURCES:
+        print(f"{name:<9}{pool[name]:>6}{subset[name]:>8}")
+    print("highest scores: " + ", ".join(f"{i} ({s:.3g})" for i, s in zip(ids[:3], scores[:3])))
+    print(f"subset: {result['subset']}\nscores: {result['scores']}\nstore:  {result['store']}")
+    return result
+
+
+def _add_extract_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, required=True, help="checkpoint directory (Hugging Face format)")
+    p.add_argument("--data", type=Path, required=True, help="the pool: LLaVA or ShareGPT, JSON or JSONL")
+    p.add_argument("--image-root", type=Path, default=None,
+                   help="folder the pool's image paths are relative to (default: the current folder)")
+    p.add_argument("--tau", type=float, default=0.9,
+                   help="share of attention mass whose vision tokens are kept (default 0.9)")
+    p.add_argument("--max-length", type=int, default=2048, help="tokens per sample, as in training (default 2048)")
+    p.add_argument("--batch-size", type=int, default=8, help="samples per forward (default 8)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: up to 4)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (default: "
+                   "bfloat16 on a GPU that has it, else float32)")
+    p.add_argument("--store-dtype", default="float16", help="float16 or float32 (default float16)")
+    p.add_argument("--shard-rows", type=int, default=4096, help="rows per store shard (default 4096)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted extraction")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run Python code shipped with the checkpoint (off by default)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="allow absolute image paths and paths leaving --image-root")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,16 +208,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="subset file to write")
     p.set_defaults(run=_select)
 
+    p = sub.add_parser("extract", help="one vector per pool sample from the model's first decoder layer")
+    _add_extract_args(p)
+    p.add_argument("--out", type=Path, required=True, help="store directory to write")
+    p.set_defaults(run=_extract)
+
+    p = sub.add_parser("run", help="extract + score + select: the subset of a pool for a model")
+    _add_extract_args(p)
+    p.add_argument("--budget", required=True, help="how many to keep: a count (100000) or a share (16%%)")
+    p.add_argument("--out-dir", type=Path, required=True,
+                   help="folder for store/, scores.jsonl and the subset")
+    p.add_argument("--energy", type=float, default=0.9, help="share of energy the kept subspace holds (default 0.9)")
+    p.set_defaults(run=_run)
+
     p = sub.add_parser("info", help="version, compiled backends, CUDA architectures, GPU")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_info)
 
-    p = sub.add_parser("demo", help="offline demo on a generated pool: score + select")
+    p = sub.add_parser("demo", help="offline demo: a generated pool and a tiny random LLaVA, through `run`")
     p.add_argument("--out", type=Path, default=Path("scalselect-demo"), help="folder for its files")
-    p.add_argument("--n", type=int, default=4000, help="samples in the generated pool")
-    p.add_argument("--dim", type=int, default=256, help="representation width")
+    p.add_argument("--n", type=int, default=600, help="samples in the generated pool (default 600)")
     p.add_argument("--budget", default="16%", help="how many to keep (default 16%%)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_demo)
     return parser
 

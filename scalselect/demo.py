@@ -1,8 +1,10 @@
-"""An offline demo: a synthetic pool and its representations, scored and subset end to end.
+"""The offline demo: a generated pool and a tiny random LLaVA checkpoint, through `scalselect run`.
 
-Until extraction from a real checkpoint lands, the representations are generated: most samples
-repeat a few common "topics" (clusters in a low-dimensional subspace) and a few carry rare
-directions. ScalSelect should keep the rare ones; the demo prints how many it kept.
+Nothing is downloaded. The pool mimics LLaVA-665K's shape: images from a few sources (coco,
+gqa, ocr_vqa, textvqa, vg), each with its own look, multi-turn conversations, some samples with
+two images, one without an image and one with a missing file (both skipped, with reasons). The
+checkpoint's weights are random, so the scores only reflect what the inputs look like: the demo
+shows the whole path and its outputs, not which data is worth training on.
 """
 
 from __future__ import annotations
@@ -15,37 +17,84 @@ import numpy as np
 
 from ._atomic import atomic_open
 from .errors import InputError
-from .store import read_manifest, write_store
 
-TOPICS = ("coco", "gqa", "ocr_vqa", "textvqa", "vg")
+SOURCES = ("coco", "gqa", "ocr_vqa", "textvqa", "vg")
+MARKER = ".scalselect-demo"
+_QUESTIONS = {
+    "coco": ["What is shown in the image?", "Describe the picture in detail.", "What colour is the sky?"],
+    "gqa": ["Is the cat on the left of the sofa?", "How many dogs are there?", "What is next to the window?"],
+    "ocr_vqa": ["Who wrote this book?", "What is the title of this book?", "Is this a cook book?"],
+    "textvqa": ["Read the text on the sign.", "What number is on the bus?", "What does the sign say?"],
+    "vg": ["What is the man holding?", "Where is the red car?", "What is on the table?"],
+}
+_ANSWERS = ["Yes.", "No, it is not.", "There are 3 apples and 12 oranges.", "A cat sits on a red sofa.",
+            "The answer is 7.", "Two dogs next to a window."]
 
 
-def make_demo_pool(out: Path, n: int = 4000, dim: int = 256, rare_share: float = 0.05,
-                   seed: int = 0) -> tuple[Path, Path, set]:
-    """Write DIR/pool.json (LLaVA layout) and DIR/store; return their paths and the rare ids."""
-    rng = np.random.default_rng(seed)
-    common_basis = np.linalg.qr(rng.standard_normal((dim, 16)))[0]
-    centres = rng.standard_normal((len(TOPICS), 16)) * 4
-    topic = rng.integers(0, len(TOPICS), n)
-    x = (centres[topic] + rng.standard_normal((n, 16))) @ common_basis.T
-    rare = rng.random(n) < rare_share
-    rare_dirs = np.linalg.qr(rng.standard_normal((dim, 64)))[0]
-    x[rare] += rng.standard_normal((int(rare.sum()), 64)) @ rare_dirs.T * 6
-    x += rng.standard_normal((n, dim)) * 0.3 + 1.5  # noise and an offset the centring removes
-    ids = [f"{TOPICS[t]}-{i:06d}" for i, t in enumerate(topic)]
-    records = [{"id": sid, "image": f"{TOPICS[t]}/{i:06d}.jpg",
-                "conversations": [{"from": "human", "value": f"<image>\nDescribe image {i}."},
-                                  {"from": "gpt", "value": f"A {TOPICS[t]} picture."}]}
-               for i, (sid, t) in enumerate(zip(ids, topic))]
+def _image(source: str, rng: np.random.Generator):
+    """A small RGB image whose look depends on its source."""
+    from PIL import Image
+
+    h, w = rng.integers(48, 96, size=2)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    if source == "coco":  # smooth colour gradients
+        c = rng.random(3)
+        img = np.stack([c[0] * x, c[1] * y, c[2] * (1 - x)], axis=-1)
+    elif source == "gqa":  # a few colour blocks
+        img = np.repeat(np.repeat(rng.random((3, 3, 3)), -(-h // 3), 0), -(-w // 3), 1)[:h, :w]
+    elif source == "ocr_vqa":  # dark lines of "text" on a light page
+        img = np.ones((h, w, 3)) * 0.9
+        img[(np.arange(h) // 4) % 3 == 0] *= 0.2
+    elif source == "textvqa":  # a sign: a bright rectangle on a darker scene
+        img = np.ones((h, w, 3)) * rng.random(3) * 0.4
+        img[h // 4: h // 2, w // 4: 3 * w // 4] = 1.0
+    else:  # vg: stripes
+        img = np.stack([np.sin(x * rng.integers(3, 9) * np.pi) ** 2] * 3, axis=-1) * rng.random(3)
+    return Image.fromarray((np.clip(img, 0, 1) * 255).astype("uint8"))
+
+
+def _conversation(source: str, rng: np.random.Generator, n_images: int) -> list[dict]:
+    turns = []
+    for t in range(int(rng.integers(1, 4))):
+        question = str(rng.choice(_QUESTIONS[source]))
+        if t == 0:
+            question = "<image>\n" * n_images + question
+        turns += [{"from": "human", "value": question}, {"from": "gpt", "value": str(rng.choice(_ANSWERS))}]
+    return turns
+
+
+def prepare_demo(out: Path, n: int = 600, seed: int = 0) -> dict:
+    """Write DIR/model (tiny LLaVA), DIR/images and DIR/pool.json; return their paths."""
+    from .models.tiny import save_tiny_llava
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise InputError(f"{out} exists and is not a demo folder; choose another --out")
+    for old in ("model", "images", "run"):  # a previous demo run's files
+        shutil.rmtree(out / old, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        source = SOURCES[int(rng.integers(len(SOURCES)))]
+        sample_id = f"{source}-{i:05d}"
+        n_images = 2 if rng.random() < 0.1 else 1
+        names = [f"{source}/{i:05d}-{j}.png" for j in range(n_images)]
+        for name in names:
+            (out / "images" / source).mkdir(parents=True, exist_ok=True)
+            _image(source, rng).save(out / "images" / name)
+        record = {"id": sample_id, "image": names[0] if n_images == 1 else names,
+                  "conversations": _conversation(source, rng, n_images)}
+        records.append(record)
+    # what real pools hold too: a text-only sample and a missing image; both are skipped
+    records.append({"id": "text-only", "conversations": [{"from": "human", "value": "Hello?"},
+                                                          {"from": "gpt", "value": "Hello."}]})
+    records.append({"id": "missing-image", "image": "coco/absent.png",
+                    "conversations": [{"from": "human", "value": "<image>\nWhat is it?"},
+                                      {"from": "gpt", "value": "A cat."}]})
     pool = out / "pool.json"
     with atomic_open(pool) as f:
         json.dump(records, f, indent=1)
-    store = out / "store"
-    if store.exists():  # a previous demo run: replace it, but never anything else
-        if not read_manifest(store).get("meta", {}).get("demo"):
-            raise InputError(f"{store} exists and is not a demo store; choose another --out")
-        shutil.rmtree(store)
-    write_store(store, x.astype(np.float32), ids, dtype="float16", shard_rows=1000,
-                meta={"demo": True, "seed": seed})
-    return pool, store, {sid for sid, r in zip(ids, rare) if r}
+    model = save_tiny_llava(out / "model", image_size=56, seed=seed)
+    return {"pool": pool, "images": out / "images", "model": model, "run": out / "run"}

@@ -535,17 +535,24 @@ def test_info_json(capsys):
 def test_demo_runs_twice(tmp_path, capsys):
     out_dir = tmp_path / "demo"
     for _ in range(2):
-        rc, out, err = run_cli(capsys, "demo", "--out", out_dir, "--n", 1500, "--dim", 64)
+        rc, out, err = run_cli(capsys, "demo", "--out", out_dir, "--n", 60, "--quiet")
         assert rc == 0, err
-        assert "rare samples kept" in out
-        assert (out_dir / "subset.json").is_file()
-        assert (out_dir / "scores.jsonl").is_file()
-        subset = read_pool(out_dir / "subset.json")
+        assert "extracted 60 vectors, skipped 2 (1 no image, 1 unreadable image)" in out
+        subset = read_pool(out_dir / "run" / "subset.json")
         assert subset.layout == "llava" and subset.container == "json"
-        assert len(subset) == 240  # default budget 16% of 1500
-        scores = read_jsonl(out_dir / "scores.jsonl")
-        assert len(scores) == 1500
-        assert set(subset.ids) == {r["sample_id"] for r in scores[:240]}
+        assert len(subset) == 10  # default budget: 16% of the 60 usable samples
+        scores = read_jsonl(out_dir / "run" / "scores.jsonl")
+        assert len(scores) == 60
+        assert set(subset.ids) == {r["sample_id"] for r in scores[:10]}
+        table = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line[:3] in ("coc", "gqa", "ocr", "tex", "vg ")}
+        assert sum(int(pool) for pool, _ in table.values()) == 60
+        assert sum(int(sub) for _, sub in table.values()) == 10
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("keep me")
+    assert_error(capsys, ["demo", "--out", tmp_path, "--n", 60], "is not a demo folder")
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
 def test_error_odd_matrix_files(tmp_path, capsys):

@@ -1,0 +1,234 @@
+"""Pool -> store extraction end to end on a tiny LLaVA: batching, workers, skips, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scalselect import InputError
+from scalselect.cli import main
+from scalselect.demo import prepare_demo
+from scalselect.pipeline import ExtractOptions, extract_store
+from scalselect.store import StoreWriter, load_representations, read_manifest, read_skipped
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A generated pool (multi-turn, some two-image samples, two unusable) and a tiny LLaVA."""
+    return prepare_demo(tmp_path_factory.mktemp("demo"), n=40)
+
+
+def opts(**kw):
+    base = dict(workers=0, progress=False, store_dtype="float32", shard_rows=8)
+    return ExtractOptions(**{**base, **kw})
+
+
+def by_id(store: Path) -> dict:
+    ids, x = load_representations(store)
+    return {i: row for i, row in zip(ids, x)}
+
+
+def assert_same_vectors(a: dict, b: dict, rtol=1e-5, atol=1e-6):
+    assert set(a) == set(b)
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol, err_msg=str(key))
+
+
+def test_store_rows_equal_each_sample_run_alone(demo, tmp_path):
+    """Length-grouped, padded batches of 8 give every sample its batch-size-1 vector."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from scalselect.data import read_pool
+    from scalselect.data.samples import SampleMaker, collate
+    from scalselect.extract import first_layer_vectors
+
+    summary = extract_store(demo["model"], demo["pool"], demo["images"], tmp_path / "s", opts(batch_size=8))
+    assert summary["rows"] == 40 and summary["skipped"] == 2
+    got = by_id(tmp_path / "s")
+
+    processor = AutoProcessor.from_pretrained(demo["model"], local_files_only=True)
+    model = AutoModelForImageTextToText.from_pretrained(demo["model"], local_files_only=True).eval()
+    maker = SampleMaker(processor, model.config.image_token_id, demo["images"], 2048)
+    pool = read_pool(demo["pool"])
+    lengths = set()
+    for record, sample_id in zip(pool.records[:40], pool.ids[:40]):
+        sample = maker(record, pool.layout, sample_id)
+        lengths.add(sample.length)
+        inputs, instruction = collate([sample], processor.tokenizer.pad_token_id)
+        want, kept = first_layer_vectors(model, inputs, instruction, 0.9)
+        assert int(kept[0]) >= 1
+        np.testing.assert_allclose(got[sample_id], want[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert len(lengths) > 3  # the batches really mixed lengths
+
+
+def test_workers_and_batch_size_do_not_change_the_store(demo, tmp_path):
+    extract_store(demo["model"], demo["pool"], demo["images"], tmp_path / "a", opts(batch_size=1))
+    extract_store(demo["model"], demo["pool"], demo["images"], tmp_path / "b", opts(batch_size=5, workers=2))
+    assert_same_vectors(by_id(tmp_path / "a"), by_id(tmp_path / "b"))
+    assert read_skipped(tmp_path / "a") == read_skipped(tmp_path / "b")
+
+
+def test_manifest_records_model_settings_and_counts(demo, tmp_path):
+    extract_store(demo["model"], demo["pool"], demo["images"], tmp_path / "s", opts(tau=0.7, max_length=300))
+    manifest = read_manifest(tmp_path / "s")
+    meta = manifest["meta"]
+    assert manifest["dim"] == 64 and manifest["num_rows"] == 40 and manifest["num_skipped"] == 2
+    assert manifest["skipped_by_reason"] == {"no image": 1, "unreadable image": 1}
+    assert meta["family"] == "llava" and meta["model_class"] == "LlavaForConditionalGeneration"
+    assert meta["model"] == str(Path(demo["model"]).resolve())
+    assert meta["tau"] == 0.7 and meta["max_length"] == 300 and meta["compute_dtype"] == "float32"
+    assert {"scalselect", "torch", "transformers"} <= set(meta["versions"])
+    assert not (tmp_path / "s" / "progress.json").exists()
+
+
+def write_images(root: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    Image.fromarray((rng.random((40, 60, 3)) * 255).astype("uint8")).save(root / "ok.png")
+    Image.fromarray((rng.random((40, 60, 4)) * 255).astype("uint8"), "RGBA").save(root / "alpha.png")
+    Image.fromarray((rng.random((30, 30)) * 255).astype("uint8"), "L").convert("P").save(root / "palette.png")
+    (root / "garbage.png").write_bytes(b"not an image at all")
+    data = (root / "ok.png").read_bytes()
+    (root / "truncated.png").write_bytes(data[: len(data) // 2])
+    (root.parent / "outside.png").write_bytes(data)
+
+
+def turn(user, reply="A cat."):
+    return [{"from": "human", "value": user}, {"from": "gpt", "value": reply}]
+
+
+def test_bad_samples_are_skipped_with_reasons_and_good_ones_kept(demo, tmp_path):
+    root = tmp_path / "img"
+    root.mkdir()
+    write_images(root)
+    records = [
+        {"id": "ok", "image": "ok.png", "conversations": turn("<image>\nWhat is it?")},
+        {"id": "alpha", "image": "alpha.png", "conversations": turn("<image>\nWhat is it?")},
+        {"id": "palette", "image": "palette.png", "conversations": turn("What is it?")},
+        {"id": "two", "image": ["ok.png", "alpha.png"], "conversations": turn("<image> and <image>: same?")
+         + turn("And now?", "No.")},
+        {"id": "no-image", "conversations": turn("Hello?")},
+        {"id": "missing", "image": "absent.png", "conversations": turn("<image>\nWhat?")},
+        {"id": "garbage", "image": "garbage.png", "conversations": turn("<image>\nWhat?")},
+        {"id": "truncated", "image": "truncated.png", "conversations": turn("<image>\nWhat?")},
+        {"id": "escape", "image": "../outside.png", "conversations": turn("<image>\nWhat?")},
+        {"id": "absolute", "image": str(root / "ok.png"), "conversations": turn("<image>\nWhat?")},
+        {"id": "tags", "image": "ok.png", "conversations": turn("<image> <image> two tags?")},
+        {"id": "no-reply", "image": "ok.png", "conversations": turn("<image>\nWhat?")[:1]},
+        {"id": "empty-turn", "image": "ok.png", "conversations": turn("   ")},
+    ]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = extract_store(demo["model"], pool, root, tmp_path / "s", opts())
+    reasons = {s["sample_id"]: s["reason"] for s in read_skipped(tmp_path / "s")}
+    assert reasons == {"no-image": "no image", "missing": "unreadable image",
+                       "garbage": "unreadable image", "truncated": "unreadable image",
+                       "escape": "image outside --image-root", "absolute": "image outside --image-root",
+                       "tags": "bad record", "no-reply": "bad record", "empty-turn": "bad record"}
+    assert set(by_id(tmp_path / "s")) == {"ok", "alpha", "palette", "two"}
+    assert summary["skipped"] == 9 and summary["rows"] == 4
+    details = {s["sample_id"]: s["detail"] for s in read_skipped(tmp_path / "s")}
+    assert "absent.png" in details["missing"] and "2 <image> tags for 1 images" in details["tags"]
+
+    # allowed on request: the two outside paths are then read
+    extract_store(demo["model"], pool, root, tmp_path / "s2", opts(allow_outside_root=True))
+    assert {"escape", "absolute"} <= set(by_id(tmp_path / "s2"))
+
+
+def test_max_length_truncates_text_but_skips_cut_vision_tokens(demo, tmp_path):
+    # 56 px images -> 16 vision tokens each; "USER: " comes first
+    records = [{"id": "one", "image": "coco/a.png", "conversations": turn("<image>\nWhat is shown here?", "A long answer " * 5)},
+               {"id": "two", "image": ["coco/a.png", "coco/a.png"], "conversations": turn("<image><image>Same?")}]
+    from PIL import Image
+    root = tmp_path / "img"
+    (root / "coco").mkdir(parents=True)
+    Image.fromarray((np.random.default_rng(0).random((56, 56, 3)) * 255).astype("uint8")).save(root / "coco/a.png")
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps(records))
+    extract_store(demo["model"], pool, root, tmp_path / "s", opts(max_length=24))
+    skipped = read_skipped(tmp_path / "s")
+    assert [(s["sample_id"], s["reason"]) for s in skipped] == [("two", "vision tokens cut by --max-length")]
+    full = tmp_path / "full"
+    extract_store(demo["model"], pool, root, full, opts(max_length=4096))
+    # truncation changes nothing before the cut, but the instruction rows after it are gone
+    assert set(by_id(full)) == {"one", "two"}
+    assert not np.allclose(by_id(tmp_path / "s")["one"], by_id(full)["one"])
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_store(demo, tmp_path, monkeypatch):
+    extract_store(demo["model"], demo["pool"], demo["images"], tmp_path / "whole", opts())
+    real_add, calls = StoreWriter.add, []
+
+    def add_then_crash(self, *args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Crash  # dies while the third part is being committed
+        return real_add(self, *args, **kw)
+
+    monkeypatch.setattr(StoreWriter, "add", add_then_crash)
+    with pytest.raises(Crash):
+        extract_store(demo["model"], demo["pool"], demo["images"], tmp_path / "s", opts())
+    monkeypatch.setattr(StoreWriter, "add", real_add)
+    assert not (tmp_path / "s" / "manifest.json").exists()
+    with pytest.raises(InputError, match="unfinished store"):
+        extract_store(demo["model"], demo["pool"], demo["images"], tmp_path / "s", opts())
+    with pytest.raises(InputError, match="other settings.*tau"):
+        extract_store(demo["model"], demo["pool"], demo["images"], tmp_path / "s", opts(resume=True, tau=0.5))
+    summary = extract_store(demo["model"], demo["pool"], demo["images"], tmp_path / "s",
+                            opts(resume=True, batch_size=3))
+    assert 0 < summary["processed_this_run"] < 42  # the two committed parts were not redone
+    ids, _ = load_representations(tmp_path / "s")
+    assert len(ids) == len(set(ids)) == 40
+    assert_same_vectors(by_id(tmp_path / "s"), by_id(tmp_path / "whole"))
+    assert sorted(map(str, read_skipped(tmp_path / "s"))) == sorted(map(str, read_skipped(tmp_path / "whole")))
+
+
+def run_cli(capsys, *args):
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    return (rc, *capsys.readouterr())
+
+
+def test_cli_extract_and_run(demo, tmp_path, capsys):
+    rc, out, err = run_cli(capsys, "run", "--model", demo["model"], "--data", demo["pool"],
+                           "--image-root", demo["images"], "--budget", "25%", "--out-dir",
+                           tmp_path / "out", "--workers", 0, "--quiet")
+    assert rc == 0, err
+    assert "extracted 40 vectors, skipped 2 (1 no image, 1 unreadable image)" in out
+    from scalselect.data import read_pool
+    from scalselect.select import read_scores
+    subset = read_pool(tmp_path / "out" / "subset.json")
+    ids, _ = read_scores(tmp_path / "out" / "scores.jsonl")
+    assert len(subset) == 10 and set(subset.ids) == set(ids[:10])
+    # --resume on a complete run goes straight on to scoring
+    rc, out, err = run_cli(capsys, "run", "--model", demo["model"], "--data", demo["pool"],
+                           "--image-root", demo["images"], "--budget", "5", "--out-dir",
+                           tmp_path / "out", "--resume", "--quiet")
+    assert rc == 0, err
+    assert "is complete" in out and len(read_pool(tmp_path / "out" / "subset.json")) == 5
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"--model": "NOMODEL"}, "not a checkpoint directory"),
+    ({"--image-root": "NOROOT"}, "no such directory"),
+    ({"--data": "NOPOOL"}, "no such file"),
+    ({"--tau": "1.5"}, "--tau must be in"),
+    ({"--batch-size": "0"}, "--batch-size must be at least 1"),
+    ({"--dtype": "int8"}, "--dtype 'int8'"),
+    ({"--store-dtype": "bfloat16"}, "bfloat16 cannot be stored"),
+])
+def test_cli_extract_errors_are_one_line(demo, tmp_path, capsys, change, message):
+    args = {"--model": demo["model"], "--data": demo["pool"], "--image-root": demo["images"],
+            "--out": tmp_path / "s"}
+    args.update({k: (tmp_path / v if v.isupper() else v) for k, v in change.items()})
+    rc, out, err = run_cli(capsys, "extract", *[x for kv in args.items() for x in kv], "--quiet")
+    assert rc == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
