@@ -12,7 +12,7 @@ from .data import Pool, read_pool, write_subset
 from .errors import InputError
 from .scoring import LeverageResult, leverage_scores
 from .select import parse_budget, read_scores, select_subset, write_scores
-from .store import StoreWriter, open_rows, read_store, write_store
+from .store import StoreWriter, load_representations, open_rows, read_skipped, read_store, write_store
 
 try:
     __version__ = _version("scalselect")
@@ -32,5 +32,5 @@ def info() -> dict:
 
 
 __all__ = ["InputError", "LeverageResult", "Pool", "StoreWriter", "info", "leverage_scores",
-           "open_rows", "parse_budget", "read_pool", "read_scores", "read_store", "select_subset",
+           "load_representations", "open_rows", "read_skipped", "parse_budget", "read_pool", "read_scores", "read_store", "select_subset",
            "write_scores", "write_store", "write_subset", "__version__"]
