@@ -34,3 +34,4 @@ def adapter_for(model) -> Adapter:
 
 
 from . import llava  # noqa: E402,F401  (registers itself)
+from . import qwen_vl  # noqa: E402,F401  (registers itself)

@@ -1,0 +1,234 @@
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL: tiny random checkpoints load like a user's, and the layer-0
+fast path gives what the reference way (DESIGN.md 1a) gives, whatever the padding and batch-mates."""
+
+import numpy as np
+import pytest
+import torch
+
+from PIL import Image
+
+from scalselect.models import tiny
+
+FAMILIES = {
+    "qwen2_vl": ("Qwen2VLForConditionalGeneration", tiny.save_tiny_qwen2_vl),
+    "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", tiny.save_tiny_qwen2_5_vl),
+    "qwen3_vl": ("Qwen3VLForConditionalGeneration", tiny.save_tiny_qwen3_vl),
+}
+MIN_COSINE = 0.99999
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def qwen(request, tmp_path_factory):
+    """(family, processor, model) of a tiny checkpoint saved to disk and loaded like a user's."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = FAMILIES[request.param][1](tmp_path_factory.mktemp(request.param))
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True).eval()
+    model.set_attn_implementation("sdpa")
+    return request.param, processor, model
+
+
+def _image(seed, h, w):
+    return Image.fromarray((np.random.default_rng(seed).random((h, w, 3)) * 255).astype("uint8"))
+
+
+def _text(text):
+    return {"type": "text", "text": text}
+
+
+def _samples():
+    """Multi-turn conversations with 1 or 2 images of different sizes (images before the text of
+    the user turn that carries them, as scalselect.data renders a pool record)."""
+    return [
+        ([_image(0, 56, 56)],
+         [{"role": "system", "content": [_text("Be brief.")]},
+          {"role": "user", "content": [{"type": "image"}, _text("What is in the picture?")]},
+          {"role": "assistant", "content": [_text("The picture shows a cat.")]},
+          {"role": "user", "content": [_text("How many dogs?")]},
+          {"role": "assistant", "content": [_text("There are 2 dogs.")]}]),
+        ([_image(1, 60, 110), _image(2, 100, 45)],
+         [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, _text("Read the text on the sign.")]},
+          {"role": "assistant", "content": [_text("No.")]},
+          {"role": "user", "content": [_text("What colour is the car?")]},
+          {"role": "assistant", "content": [_text("The car is red and the sky is blue.")]}]),
+        ([_image(3, 84, 84)],
+         [{"role": "user", "content": [_text("Hello.")]},
+          {"role": "assistant", "content": [_text("Yes?")]},
+          {"role": "user", "content": [{"type": "image"}, _text("Describe the picture in detail.")]},
+          {"role": "assistant", "content": [_text("A cat sits on a red sofa next to a window. The sky is blue and there are two dogs.")]}]),
+    ]
+
+
+def _render(processor):
+    return lambda msgs, gen: processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+
+def _prepared(processor, model):
+    """Per sample: (images, rendered text, processor output alone, instruction mask alone)."""
+    from scalselect.models.roles import reply_char_spans, token_roles
+
+    out = []
+    for images, messages in _samples():
+        text, spans = reply_char_spans(_render(processor), messages)
+        alone = processor(images=images, text=[text], return_tensors="pt")
+        roles = token_roles(processor.tokenizer, text, spans, model.config.image_token_id,
+                            alone["input_ids"][0])
+        out.append((images, text, alone, roles.instruction[None]))
+    return out
+
+
+def _kept_by_definition(mass: torch.Tensor, tau: float) -> list[int]:
+    """Indices into `mass` (one value per vision token, in sequence order) that DESIGN.md 1a step 4
+    keeps: normalise, sort descending (ties: earlier first), keep the prefix up to and including the
+    first token where the running sum exceeds tau; at least one."""
+    mass = mass.double()
+    p = mass / mass.sum() if float(mass.sum()) > 0 else torch.full_like(mass, 1.0 / mass.numel())
+    order = sorted(range(p.numel()), key=lambda j: (-float(p[j]), j))
+    kept, running = [], 0.0
+    for j in order:
+        kept.append(j)
+        running += float(p[j])
+        if running > tau:
+            break
+    return kept
+
+
+def _reference(model, batch, instruction, tau):
+    """The reference way, straight from DESIGN.md 1a, for a batch of size 1: full forward with eager
+    attention and every map kept; layer 0's attention averaged over heads; each vision token's mean
+    attention from the instruction rows; top-mass prefix; mean of hidden_states[1] there.
+    Returns (kept positions in the sequence, float64 vector)."""
+    assert batch["input_ids"].shape[0] == 1 and bool(batch["attention_mask"].all())
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = model(**batch, output_hidden_states=True, output_attentions=True)
+    finally:
+        model.set_attn_implementation(previous)
+    probs = out.attentions[0][0].double().mean(dim=0)  # [S, S], heads averaged
+    vision = torch.nonzero(batch["input_ids"][0] == model.config.image_token_id).flatten()
+    rows = torch.nonzero(instruction[0]).flatten()
+    mass = probs[rows][:, vision].mean(dim=0)
+    positions = vision[_kept_by_definition(mass, tau)]
+    return sorted(positions.tolist()), out.hidden_states[1][0, positions].double().mean(dim=0)
+
+
+def _fast(model, batch, instruction, tau, monkeypatch):
+    """first_layer_vectors, and the positions it keeps (from the mass it hands to the selection)."""
+    from scalselect import extract
+
+    seen = {}
+    real_top = extract.twins.top_mass_mean
+
+    def spy(hidden, mass, vision, tau_):
+        seen["mass"], seen["vision"] = mass, vision
+        return real_top(hidden, mass, vision, tau_)
+
+    with monkeypatch.context() as m:
+        m.setattr(extract.twins, "top_mass_mean", spy)
+        vectors, kept = extract.first_layer_vectors(model, batch, instruction, tau)
+    if "mass" not in seen:
+        pytest.fail("first_layer_vectors no longer hands its mass to twins.top_mass_mean: update this spy")
+    positions = []
+    for b in range(vectors.shape[0]):
+        cols = torch.nonzero(seen["vision"][b]).flatten()
+        positions.append(sorted(cols[_kept_by_definition(seen["mass"][b, cols], tau)].tolist()))
+    return vectors, kept, positions
+
+
+def _cosine(a, b):
+    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
+
+
+def _ragged_batch(processor, prepared, padding_side):
+    tokenizer = processor.tokenizer
+    before = tokenizer.padding_side
+    tokenizer.padding_side = padding_side
+    try:
+        batch = processor(images=[im for images, *_ in prepared for im in images],
+                          text=[text for _, text, *_ in prepared], return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = before
+    instruction = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)
+    real = [torch.nonzero(batch["attention_mask"][b]).flatten() for b in range(len(prepared))]
+    for b, (*_, alone_instruction) in enumerate(prepared):
+        instruction[b, real[b]] = alone_instruction[0]  # each sample's roles sit on its real tokens
+    return batch, instruction, real
+
+
+def test_tiny_qwen_checkpoints_are_architecturally_real(qwen):
+    family, processor, model = qwen
+    assert type(model).__name__ == FAMILIES[family][0]
+    text_config = model.config.text_config
+    assert text_config.num_key_value_heads < text_config.num_attention_heads  # GQA
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    assert sum(text_config.rope_parameters["mrope_section"]) == head_dim // 2
+    assert text_config.num_hidden_layers >= 2  # else hidden_states[1] would be the final-normed state
+    assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+
+    from scalselect.models import adapter_for
+    assert adapter_for(model).family == family
+    for images, text, alone, _ in _prepared(processor, model):
+        merge = model.config.vision_config.spatial_merge_size
+        per_image = (alone["image_grid_thw"].prod(dim=-1) // merge ** 2).tolist()
+        assert len(per_image) == len(images) and min(per_image) > 1
+        assert int((alone["input_ids"] == model.config.image_token_id).sum()) == sum(per_image)
+        assert text.count("<|vision_start|><|image_pad|><|vision_end|>") == len(images)
+    counts = [int((a["input_ids"] == model.config.image_token_id).sum()) for _, _, a, _ in _prepared(processor, model)]
+    assert len(set(counts)) == len(counts)  # the samples have different numbers of vision tokens
+    messages = _samples()[0][1]
+    assert processor.apply_chat_template(messages, tokenize=False).endswith("dogs.<|im_end|>\n")
+    assert _render(processor)(messages[:-1], True).endswith("dogs?<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_first_layer_fast_path_equals_the_reference_way(qwen, padding_side, monkeypatch):
+    _, processor, model = qwen
+    prepared = _prepared(processor, model)
+    batch, instruction, real = _ragged_batch(processor, prepared, padding_side)
+    assert int(batch["attention_mask"].sum()) < batch["input_ids"].numel()  # ragged
+    pads_first = [int(r[0]) for r in real]
+    assert (max(pads_first) > 0) == (padding_side == "left")
+
+    cosines = []
+    for tau in (0.5, 0.9):
+        vectors, kept, positions = _fast(model, batch, instruction, tau, monkeypatch)
+        assert [len(p) for p in positions] == kept.tolist()
+        for b, (_, _, alone, alone_instruction) in enumerate(prepared):
+            want_positions, want = _reference(model, alone, alone_instruction, tau)
+            assert int(kept[b]) == len(want_positions) >= 1
+            local = [int(torch.nonzero(real[b] == p)) for p in positions[b]]  # position in the sample
+            assert local == want_positions
+            cosines.append(_cosine(vectors[b], want))
+            # batch invariance: the sample alone (batch size 1) through the fast path
+            single, single_kept, single_positions = _fast(model, alone, alone_instruction, tau, monkeypatch)
+            assert single_kept.tolist() == [len(want_positions)] and single_positions[0] == want_positions
+            cosines.append(_cosine(vectors[b], single[0]))
+            torch.testing.assert_close(vectors[b], single[0], rtol=1e-5, atol=1e-6)
+    assert min(cosines) >= MIN_COSINE, cosines
+    assert model.config._attn_implementation == "sdpa"  # the probe restored it
+
+
+@pytest.mark.parametrize("qwen", ["qwen3_vl"], indirect=True)
+def test_qwen3_vl_hidden_states_1_is_layer_0_output_before_deepstack(qwen):
+    """hidden_states[1] is decoder layer 0's own output; DeepStack adds the visual features to the
+    vision tokens only afterwards, so layer 1 sees them and hidden_states[1] does not."""
+    _, processor, model = qwen
+    assert model.config.vision_config.deepstack_visual_indexes  # the tiny model has DeepStack
+    _, _, batch, _ = _prepared(processor, model)[1]
+    layers = model.model.language_model.layers
+    seen = {}
+    hooks = [layers[0].register_forward_hook(lambda _m, _a, out: seen.__setitem__("out0", out)),
+             layers[1].register_forward_pre_hook(lambda _m, args: seen.__setitem__("in1", args[0]))]
+    try:
+        with torch.no_grad():
+            out = model(**batch, output_hidden_states=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    vision = batch["input_ids"] == model.config.image_token_id
+    assert torch.equal(out.hidden_states[1], seen["out0"])
+    assert torch.equal(seen["in1"][~vision], seen["out0"][~vision])
+    assert not torch.allclose(seen["in1"][vision], seen["out0"][vision])
