@@ -232,3 +232,19 @@ def test_cli_extract_errors_are_one_line(demo, tmp_path, capsys, change, message
     rc, out, err = run_cli(capsys, "extract", *[x for kv in args.items() for x in kv], "--quiet")
     assert rc == 2, (out, err)
     assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_qwen_families_through_the_pipeline(demo, tmp_path, family):
+    """Padded batches of Qwen samples (mm_token_type_ids padded, image_grid_thw concatenated)
+    give every sample its batch-size-1 vector."""
+    from scalselect.models import tiny
+
+    model = getattr(tiny, f"save_tiny_{family}")(tmp_path / "model")
+    records = json.loads(Path(demo["pool"]).read_text())[:10]  # 1 or 2 images, multi-turn
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps(records))
+    one = extract_store(model, pool, demo["images"], tmp_path / "one", opts(batch_size=1))
+    extract_store(model, pool, demo["images"], tmp_path / "many", opts(batch_size=4))
+    assert one["rows"] == 10 and read_manifest(tmp_path / "one")["meta"]["family"] == family
+    assert_same_vectors(by_id(tmp_path / "one"), by_id(tmp_path / "many"))

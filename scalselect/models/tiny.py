@@ -51,8 +51,13 @@ def _tokenizer(vocab_size: int = 400, *, specials: tuple[str, ...] = ("<unk>", "
     return PreTrainedTokenizerFast(tokenizer_object=tok, **special_tokens)
 
 
-def save_tiny_llava(out: str | Path, *, image_size: int = 28, seed: int = 0) -> Path:
-    """A LLaVA-1.5-architecture checkpoint (CLIP vision tower + Llama LM, GQA) in `out`."""
+def save_tiny_llava(out: str | Path, *, image_size: int = 28, seed: int = 0, text_layers: int = 2,
+                    text_hidden: int = 64, text_heads: int = 4, text_kv_heads: int = 2,
+                    vision_hidden: int = 32, vision_layers: int = 2) -> Path:
+    """A LLaVA-1.5-architecture checkpoint (CLIP vision tower + Llama LM, GQA) in `out`.
+
+    (image_size / 14)^2 vision tokens per image; the defaults are tiny, the keywords give the
+    benchmarks a LLaVA-shaped model of any depth and width."""
     import torch
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
@@ -60,12 +65,13 @@ def save_tiny_llava(out: str | Path, *, image_size: int = 28, seed: int = 0) -> 
     out = Path(out)
     tokenizer = _tokenizer()
     patch = 14
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=2, image_size=image_size, patch_size=patch,
-                              projection_dim=32)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                       max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
+    vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                              num_hidden_layers=vision_layers, num_attention_heads=2,
+                              image_size=image_size, patch_size=patch, projection_dim=vision_hidden)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=text_hidden,
+                       intermediate_size=2 * text_hidden, num_hidden_layers=text_layers,
+                       num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+                       max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     config = LlavaConfig(vision_config=vision, text_config=text,
                          image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
