@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 from .data import Pool, read_pool, write_subset
 from .errors import InputError
+from .pipeline import ExtractOptions, extract_store
 from .scoring import LeverageResult, leverage_scores
 from .select import parse_budget, read_scores, select_subset, write_scores
 from .store import StoreWriter, load_representations, open_rows, read_skipped, read_store, write_store
@@ -31,6 +32,6 @@ def info() -> dict:
             "gpu_usable": gpu, "gpu": torch.cuda.get_device_name(0) if gpu else None}
 
 
-__all__ = ["InputError", "LeverageResult", "Pool", "StoreWriter", "info", "leverage_scores",
+__all__ = ["ExtractOptions", "InputError", "LeverageResult", "Pool", "StoreWriter", "extract_store", "info", "leverage_scores",
            "load_representations", "open_rows", "read_skipped", "parse_budget", "read_pool", "read_scores", "read_store", "select_subset",
            "write_scores", "write_store", "write_subset", "__version__"]
