@@ -57,6 +57,28 @@ PYBIND11_MODULE(_C, m) {
                                          ptr<const double>(shift), ptr<const double>(inv_scale),
                                          ptr<const float>(w), k, ptr<double>(out));
       });
+  m.def(
+      "attention_mass_cpu",
+      [](std::uintptr_t q, std::uintptr_t k, int dtype, int64_t batch, int64_t heads,
+         int64_t kv_heads, int64_t seq, int64_t hd, std::uintptr_t key_valid,
+         std::uintptr_t row_is_instruction, std::uintptr_t col_is_vision, double scale,
+         std::uintptr_t out) {
+        py::gil_scoped_release nogil;
+        scalselect::attention_mass_cpu(ptr<const void>(q), ptr<const void>(k), DType(dtype), batch,
+                                       heads, kv_heads, seq, hd, ptr<const uint8_t>(key_valid),
+                                       ptr<const uint8_t>(row_is_instruction),
+                                       ptr<const uint8_t>(col_is_vision), scale, ptr<float>(out));
+      });
+  m.def(
+      "top_mass_mean_cpu",
+      [](std::uintptr_t hidden, int dtype, int64_t batch, int64_t seq, int64_t dim,
+         std::uintptr_t mass, std::uintptr_t col_is_vision, double tau, std::uintptr_t out,
+         std::uintptr_t kept) {
+        py::gil_scoped_release nogil;
+        scalselect::top_mass_mean_cpu(ptr<const void>(hidden), DType(dtype), batch, seq, dim,
+                                      ptr<const double>(mass), ptr<const uint8_t>(col_is_vision),
+                                      tau, ptr<float>(out), ptr<int64_t>(kept));
+      });
 
 #ifdef SCALSELECT_WITH_CUDA
   m.def(
@@ -78,6 +100,29 @@ PYBIND11_MODULE(_C, m) {
         scalselect::projected_sqnorm_cuda(ptr<const void>(x), DType(dtype), n, d, row_stride, l2,
                                           ptr<const double>(shift), ptr<const double>(inv_scale),
                                           ptr<const float>(w), k, ptr<double>(out), stream);
+      });
+  m.def(
+      "attention_mass_cuda",
+      [](std::uintptr_t q, std::uintptr_t k, int dtype, int64_t batch, int64_t heads,
+         int64_t kv_heads, int64_t seq, int64_t hd, std::uintptr_t key_valid,
+         std::uintptr_t row_is_instruction, std::uintptr_t col_is_vision, double scale,
+         std::uintptr_t out, std::uintptr_t stream) {
+        py::gil_scoped_release nogil;
+        scalselect::attention_mass_cuda(ptr<const void>(q), ptr<const void>(k), DType(dtype), batch,
+                                        heads, kv_heads, seq, hd, ptr<const uint8_t>(key_valid),
+                                        ptr<const uint8_t>(row_is_instruction),
+                                        ptr<const uint8_t>(col_is_vision), scale, ptr<float>(out),
+                                        stream);
+      });
+  m.def(
+      "top_mass_mean_cuda",
+      [](std::uintptr_t hidden, int dtype, int64_t batch, int64_t seq, int64_t dim,
+         std::uintptr_t mass, std::uintptr_t col_is_vision, double tau, std::uintptr_t out,
+         std::uintptr_t kept, std::uintptr_t stream) {
+        py::gil_scoped_release nogil;
+        scalselect::top_mass_mean_cuda(ptr<const void>(hidden), DType(dtype), batch, seq, dim,
+                                       ptr<const double>(mass), ptr<const uint8_t>(col_is_vision),
+                                       tau, ptr<float>(out), ptr<int64_t>(kept), stream);
       });
 #endif
 }

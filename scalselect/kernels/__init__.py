@@ -1,6 +1,6 @@
 """Picks the compiled kernel or its pure-PyTorch twin, and checks tensors before a native call.
 
-Both functions take and return torch tensors; `backend` is "auto" (native when available),
+The public functions take and return torch tensors; `backend` is "auto" (native when available),
 "native" (error if not) or "torch" (the twin).
 """
 
@@ -33,10 +33,9 @@ def build_info() -> dict:
     return {"native": True, **_C.build_info()}
 
 
-def native_available(device: torch.device) -> bool:
-    if _C is None:
-        return False
-    return device.type == "cpu" or (device.type == "cuda" and hasattr(_C, "gram_prep_cuda"))
+def native_available(device: torch.device, kernel: str = "gram_prep") -> bool:
+    """Whether `kernel` was compiled for this device type."""
+    return _C is not None and device.type in ("cpu", "cuda") and hasattr(_C, f"{kernel}_{device.type}")
 
 
 def _as_kernel_input(x: torch.Tensor) -> torch.Tensor:
@@ -96,6 +95,65 @@ def _native_projected_sqnorm(x, shift, inv_scale, l2_normalize, w):
     return out
 
 
+def _native_attention_mass(q, k, key_valid, row_is_instruction, col_is_vision, scale):
+    b, heads, seq, hd = q.shape
+    out = torch.empty((b, seq), dtype=torch.float32, device=q.device)  # every entry written
+    args = (q.data_ptr(), k.data_ptr(), _DTYPE_CODES[q.dtype], b, heads, k.shape[1], seq, hd,
+            key_valid.data_ptr(), row_is_instruction.data_ptr(), col_is_vision.data_ptr(),
+            float(scale), out.data_ptr())
+    if q.device.type == "cuda":
+        with torch.cuda.device(q.device):
+            _C.attention_mass_cuda(*args, _stream(q.device))
+    else:
+        _C.attention_mass_cpu(*args)
+    return out
+
+
+def _native_top_mass_mean(hidden, mass, col_is_vision, tau):
+    b, seq, dim = hidden.shape
+    out = torch.empty((b, dim), dtype=torch.float32, device=hidden.device)
+    kept = torch.empty(b, dtype=torch.int64, device=hidden.device)
+    args = (hidden.data_ptr(), _DTYPE_CODES[hidden.dtype], b, seq, dim, mass.data_ptr(),
+            col_is_vision.data_ptr(), float(tau), out.data_ptr(), kept.data_ptr())
+    if hidden.device.type == "cuda":
+        with torch.cuda.device(hidden.device):
+            _C.top_mass_mean_cuda(*args, _stream(hidden.device))
+    else:
+        _C.top_mass_mean_cpu(*args)
+    return out, kept
+
+
+def _self_check(name: str, device: torch.device) -> bool:
+    """The native kernel against its twin on a small input that reaches every code path."""
+    gen = torch.Generator().manual_seed(1234)
+    if name == "attention_mass":  # 70 tokens: several row and key tiles; padding both sides; GQA
+        q = torch.randn(2, 4, 70, 24, generator=gen).to(device=device, dtype=torch.float16)
+        k = torch.randn(2, 2, 70, 24, generator=gen).to(device=device, dtype=torch.float16)
+        valid = torch.ones(2, 70, dtype=torch.bool)
+        valid[0, :6], valid[1, -5:] = False, False
+        vision = (torch.rand(2, 70, generator=gen) < 0.5) & valid
+        masks = [m.to(device) for m in (valid, ~vision & valid, vision)]
+        got, want = _native_attention_mass(q, k, *masks, 0.2), twins.attention_mass(q, k, *masks, 0.2)
+        return torch.allclose(got, want, rtol=1e-4, atol=1e-7)
+    if name == "top_mass_mean":
+        hidden = torch.randn(3, 40, 70, generator=gen).to(device=device, dtype=torch.bfloat16)
+        mass = (torch.rand(3, 40, generator=gen, dtype=torch.float64) ** 3).to(device)
+        vision = torch.rand(3, 40, generator=gen) < 0.6
+        vision[2] = False
+        got, kept = _native_top_mass_mean(hidden, mass, vision.to(device), 0.5)
+        want, want_kept = twins.top_mass_mean(hidden, mass, vision.to(device), 0.5)
+        return torch.equal(kept, want_kept) and torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    x = torch.randn(37, 70, generator=gen).to(device=device, dtype=torch.float16)
+    shift = torch.randn(70, generator=gen, dtype=torch.float64).to(device)
+    scale = torch.rand(70, generator=gen, dtype=torch.float64).to(device) + 0.5
+    w = torch.randn(70, 300, generator=gen).to(device)
+    if name == "gram_prep":
+        got, want = _native_gram_prep(x, shift, scale, True), twins.gram_prep(x, shift, scale, True)
+        return all(torch.allclose(g.double(), e.double(), rtol=1e-5, atol=1e-5) for g, e in zip(got, want))
+    got = _native_projected_sqnorm(x, shift, scale, True, w)
+    return torch.allclose(got, twins.projected_sqnorm(x, shift, scale, True, w), rtol=1e-4, atol=1e-6)
+
+
 # A GPU kernel that has never run on this machine checks itself once against its twin.
 _cuda_verdict: dict[tuple[str, str], bool] = {}
 
@@ -103,19 +161,8 @@ _cuda_verdict: dict[tuple[str, str], bool] = {}
 def _cuda_kernel_ok(name: str, device: torch.device) -> bool:
     key = (name, str(device))
     if key not in _cuda_verdict:
-        gen = torch.Generator().manual_seed(1234)
-        x = torch.randn(37, 70, generator=gen).to(device=device, dtype=torch.float16)
-        shift = torch.randn(70, generator=gen, dtype=torch.float64).to(device)
-        scale = torch.rand(70, generator=gen, dtype=torch.float64).to(device) + 0.5
-        w = torch.randn(70, 300, generator=gen).to(device)
         try:
-            if name == "gram_prep":
-                got, want = _native_gram_prep(x, shift, scale, True), twins.gram_prep(x, shift, scale, True)
-                ok = all(torch.allclose(g.double(), e.double(), rtol=1e-5, atol=1e-5) for g, e in zip(got, want))
-            else:
-                got = _native_projected_sqnorm(x, shift, scale, True, w)
-                want = twins.projected_sqnorm(x, shift, scale, True, w)
-                ok = torch.allclose(got, want, rtol=1e-4, atol=1e-6)
+            ok = _self_check(name, device)
         except RuntimeError as exc:
             ok, why = False, str(exc)
         else:
@@ -132,7 +179,7 @@ def _use_native(name: str, device: torch.device, backend: str) -> bool:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     if backend == "torch":
         return False
-    if not native_available(device):
+    if not native_available(device, name):
         if backend == "native":
             raise RuntimeError(f"no native {device.type} kernel for {name}: "
                                f"{_IMPORT_ERROR or 'module built without it'}")
@@ -173,3 +220,53 @@ def projected_sqnorm(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tens
             return y.square().sum(dim=1, dtype=torch.float64)
         return _native_projected_sqnorm(x, shift, inv_scale, l2_normalize, w)
     return twins.projected_sqnorm(x, shift, inv_scale, l2_normalize, w)
+
+
+def _mask(m: torch.Tensor, shape: tuple, device: torch.device, what: str) -> torch.Tensor:
+    """A contiguous bool [B, S] mask on `device` (the kernels read its bytes as 0 / 1)."""
+    if tuple(m.shape) != shape:
+        raise ValueError(f"{what} must have shape {shape}, got {tuple(m.shape)}")
+    return m.to(device=device, dtype=torch.bool).contiguous()
+
+
+def attention_mass(q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor,
+                   row_is_instruction: torch.Tensor, col_is_vision: torch.Tensor, scale: float,
+                   *, backend: str = "auto") -> torch.Tensor:
+    """[B, S] float32 mean attention of the instruction rows on each vision token; see
+    twins.attention_mass. The native kernels never hold more than a tile of logits."""
+    if q.dim() != 4 or k.dim() != 4:
+        raise ValueError(f"q and k must be [B, H, S, hd], got {tuple(q.shape)} and {tuple(k.shape)}")
+    b, heads, seq, hd = q.shape
+    kv_heads = k.shape[1]
+    if (k.shape[0], k.shape[2], k.shape[3]) != (b, seq, hd) or kv_heads == 0 or heads == 0 or heads % kv_heads:
+        raise ValueError(f"k {tuple(k.shape)} does not fit q {tuple(q.shape)} "
+                         "(same B, S, hd; H a positive multiple of Hkv)")
+    if k.device != q.device:
+        raise ValueError(f"q is on {q.device} but k on {k.device}")
+    masks = [_mask(m, (b, seq), q.device, what) for m, what in
+             ((key_valid, "key_valid"), (row_is_instruction, "row_is_instruction"),
+              (col_is_vision, "col_is_vision"))]
+    if _use_native("attention_mass", q.device, backend):
+        if q.dtype != k.dtype or q.dtype not in _DTYPE_CODES:  # the twin reads both as float32
+            q, k = q.float(), k.float()
+        return _native_attention_mass(q.contiguous(), k.contiguous(), *masks, scale)
+    return twins.attention_mass(q, k, *masks, scale)
+
+
+def top_mass_mean(hidden: torch.Tensor, mass: torch.Tensor, col_is_vision: torch.Tensor,
+                  tau: float, *, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 mean hidden state of each sample's most-attended vision tokens [B, D] and their
+    counts [B] (int64); see twins.top_mass_mean."""
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden must be [B, S, D], got shape {tuple(hidden.shape)}")
+    b, seq, _ = hidden.shape
+    if tuple(mass.shape) != (b, seq):
+        raise ValueError(f"mass must have shape {(b, seq)}, got {tuple(mass.shape)}")
+    cols = _mask(col_is_vision, (b, seq), hidden.device, "col_is_vision")
+    mass = mass.to(hidden.device)
+    if _use_native("top_mass_mean", hidden.device, backend):
+        if hidden.dtype not in _DTYPE_CODES:
+            hidden = hidden.float()
+        # float64: the twin normalises mass in float64, so the kept counts agree exactly
+        return _native_top_mass_mean(hidden.contiguous(), mass.to(torch.float64).contiguous(), cols, tau)
+    return twins.top_mass_mean(hidden, mass, cols, tau)

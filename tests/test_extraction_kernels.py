@@ -1,0 +1,304 @@
+"""Native extraction kernels (attention_mass, top_mass_mean) against their PyTorch twins on
+fresh random inputs: ragged batches, GQA, half precision, empty and degenerate samples."""
+
+import pytest
+import torch
+
+from scalselect import kernels
+from scalselect.kernels import twins
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+# (batch, heads, kv_heads, seq, head_dim, logit sharpness)
+MASS_SHAPES = [
+    (1, 1, 1, 1, 8, 1.0),       # one token
+    (1, 2, 1, 9, 8, 1.0),
+    (3, 4, 4, 23, 16, 1.5),
+    (2, 8, 2, 67, 32, 1.5),     # GQA group 4
+    (4, 6, 3, 130, 128, 1.0),   # group 2, the largest head size
+    (3, 4, 4, 50, 13, 6.0),     # odd head size, sharp softmax (logits of tens)
+    (12, 2, 1, 90, 24, 1.5),    # a larger batch
+    (2, 4, 2, 700, 64, 1.5),    # LLaVA-1.5-like: 576 image tokens
+]
+
+
+def extraction_batch(seed, batch, heads, kv_heads, seq, hd, sharp=1.5, dtype=torch.float32):
+    """q, k and masks like a padded batch: even samples left-padded, odd ones right-padded; a
+    block of vision tokens inside the real tokens (every third sample: scattered ones instead);
+    instruction rows = other real tokens except some (assistant replies)."""
+    gen = torch.Generator().manual_seed(seed)
+    q = (torch.randn(batch, heads, seq, hd, generator=gen) * sharp).to(dtype)
+    k = torch.randn(batch, kv_heads, seq, hd, generator=gen).to(dtype)
+    valid = torch.ones(batch, seq, dtype=torch.bool)
+    vision = torch.zeros(batch, seq, dtype=torch.bool)
+    for b in range(batch):
+        pad = int(torch.randint(0, seq // 4 + 1, (1,), generator=gen))
+        lo, hi = (0, seq - pad) if b % 2 else (pad, seq)
+        valid[b, :lo], valid[b, hi:] = False, False
+        if b % 3 == 2:
+            vision[b, lo:hi] = torch.rand(hi - lo, generator=gen) < 0.4
+        else:
+            length = int((hi - lo) * (0.5 + 0.35 * float(torch.rand(1, generator=gen))))
+            start = lo + int(torch.randint(0, hi - lo - length + 1, (1,), generator=gen))
+            vision[b, start:start + length] = True
+    instruction = ~vision & valid & (torch.rand(batch, seq, generator=gen) < 0.8)
+    return q, k, valid, instruction, vision
+
+
+def check_attention_mass(q, k, valid, rows, cols, scale, device="cpu"):
+    """Native on `device` against the twin on the CPU; returns the native result (CPU)."""
+    want = twins.attention_mass(q, k, valid, rows, cols, scale)
+    got = kernels.attention_mass(*(t.to(device) for t in (q, k, valid, rows, cols)), scale,
+                                 backend="native")
+    assert got.dtype == torch.float32 and got.shape == cols.shape and got.device.type == device
+    got = got.cpu()
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=1e-8)
+    assert torch.all(got[~cols] == 0)
+    assert torch.all(got >= 0)
+    return got
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", MASS_SHAPES)
+def test_attention_mass_matches_twin(shape, dtype):
+    batch, heads, kv_heads, seq, hd, sharp = shape
+    q, k, valid, rows, cols = extraction_batch(seq + hd, batch, heads, kv_heads, seq, hd, sharp, dtype)
+    got = check_attention_mass(q, k, valid, rows, cols, hd ** -0.5)
+    # something was measured: samples with rows before some vision token have mass there
+    for b in range(batch):
+        r, c = torch.nonzero(rows[b] & valid[b]).flatten(), torch.nonzero(cols[b]).flatten()
+        if r.numel() and c.numel() and int(r.max()) >= int(c.min()):
+            assert float(got[b].sum()) > 0
+
+
+def test_attention_mass_degenerate_samples():
+    q, k, valid, rows, cols = extraction_batch(5, 7, 4, 2, 40, 16)
+    rows[0] = False                        # no instruction rows
+    cols[1] = False                        # no vision tokens
+    cols[2] = False
+    cols[2, int(torch.nonzero(valid[2])[0])] = True  # one vision token, the first real one
+    rows[2] = valid[2] & ~cols[2]
+    cols[3, :20], cols[3, 20:] = False, valid[3, 20:]  # every instruction row before the image:
+    rows[3, :20], rows[3, 20:] = valid[3, :20], False  # causal attention gives it nothing
+    valid[4], rows[4], cols[4] = False, False, False  # an all-padding sample
+    valid[5, 34:] = False                  # vision marks on padding get nothing either
+    cols[5] = (torch.arange(40) % 2 == 0) | ~valid[5]
+    rows[5] = valid[5] & ~cols[5]
+    got = check_attention_mass(q, k, valid, rows, cols, 0.25)
+    assert torch.all(got[:2] == 0) and torch.all(got[3:5] == 0)
+    assert float(got[2].sum()) > 0 and int((got[2] > 0).sum()) == 1
+    assert torch.all(got[5, 34:] == 0) and float(got[5].sum()) > 0
+
+
+def test_attention_mass_reads_views_and_mixed_dtypes():
+    """q and k as the attention layer holds them ([B, S, H, hd] transposed), q and k of
+    different dtypes, masks as uint8: all converted before the native call."""
+    q, k, valid, rows, cols = extraction_batch(9, 3, 4, 2, 33, 16)
+    q_view = q.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not q_view.is_contiguous()
+    want = twins.attention_mass(q, k, valid, rows, cols, 0.25)
+    got = kernels.attention_mass(q_view, k, valid.to(torch.uint8), rows, cols, 0.25, backend="native")
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=1e-8)
+    got = kernels.attention_mass(q.half(), k, valid, rows, cols, 0.25, backend="native")
+    torch.testing.assert_close(got, twins.attention_mass(q.half().float(), k, valid, rows, cols, 0.25),
+                               rtol=2e-5, atol=1e-8)
+
+
+def test_attention_mass_of_a_sample_does_not_depend_on_its_batch_mates():
+    q, k, valid, rows, cols = extraction_batch(13, 5, 4, 4, 60, 32)
+    together = kernels.attention_mass(q, k, valid, rows, cols, 0.2, backend="native")
+    alone = kernels.attention_mass(q[3:4], k[3:4], valid[3:4], rows[3:4], cols[3:4], 0.2,
+                                   backend="native")
+    torch.testing.assert_close(together[3:4], alone, rtol=1e-6, atol=0.0)
+
+
+def mass_batch(seed, batch, seq, dim, dtype=torch.float32):
+    """hidden, mass and vision masks with the special samples the selection must handle."""
+    gen = torch.Generator().manual_seed(seed)
+    hidden = (torch.randn(batch, seq, dim, generator=gen) * 2 + 0.5).to(dtype)
+    vision = torch.rand(batch, seq, generator=gen) < 0.6
+    mass = torch.rand(batch, seq, generator=gen) ** 3 / seq  # like attention: many small, a few large
+    specials = ["zero", "ties", "one", "none", "dyadic"]
+    for b in range(min(batch - 1, len(specials))):
+        kind = specials[b]
+        if kind == "zero":  # no attention at all: uniform over the vision tokens
+            vision[b, : seq - seq % 2] = True  # an even count: running sums land on tau = 0.5
+            mass[b] = 0.0
+        elif kind == "ties":  # ties (and mass off the vision tokens, which must not count)
+            mass[b, : seq // 2] = 0.25 / seq
+        elif kind == "one":
+            vision[b] = False
+            vision[b, seq // 2] = True
+        elif kind == "none":
+            vision[b] = False
+        else:  # exactly representable values: the running sums hit tau exactly
+            mass[b] = torch.tensor([0.5, 0.25, 0.125, 0.0625])[torch.arange(seq) % 4]
+    return hidden, mass, vision
+
+
+def check_top_mass_mean(hidden, mass, vision, tau, device="cpu"):
+    want, want_kept = twins.top_mass_mean(hidden, mass, vision, tau)
+    got, kept = kernels.top_mass_mean(hidden.to(device), mass.to(device), vision.to(device), tau,
+                                      backend="native")
+    assert got.dtype == torch.float32 and got.shape == want.shape and got.device.type == device
+    assert kept.dtype == torch.int64 and kept.device.type == device
+    assert kept.tolist() == want_kept.tolist()
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+    return got.cpu(), kept.cpu()
+
+
+MEAN_SHAPES = [(1, 1, 8), (2, 1, 3), (3, 30, 16), (6, 200, 64), (16, 90, 40), (4, 700, 1024)]
+TAUS = [1e-9, 0.5, 0.9, 1.0]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", MEAN_SHAPES)
+def test_top_mass_mean_matches_twin(shape, dtype):
+    batch, seq, dim = shape
+    hidden, mass, vision = mass_batch(seq * 3 + dim, batch, seq, dim, dtype)
+    n_vision = vision.sum(dim=1)
+    previous = None
+    for tau in TAUS:
+        got, kept = check_top_mass_mean(hidden, mass, vision, tau)
+        assert torch.all((kept >= 1) == (n_vision > 0)) and torch.all(kept <= n_vision)
+        assert torch.all(got[n_vision == 0] == 0)
+        if previous is not None:
+            assert torch.all(kept >= previous)  # a larger tau keeps more
+        previous = kept
+    if seq >= 30:  # the tau range spans from one token to (nearly) all of them
+        assert torch.any(previous > 1)
+
+
+def test_top_mass_mean_special_samples():
+    hidden, mass, vision = mass_batch(3, 6, 40, 12)
+    _, kept = check_top_mass_mean(hidden, mass, vision, 0.5)
+    run, below = 0.0, 0  # uniform over 40, the running sum lands on 0.5 (up to rounding)
+    for _ in range(40):
+        run += 1.0 / 40
+        below += run <= 0.5
+    assert kept[0] == below + 1
+    assert kept[2] == 1 and kept[3] == 0
+    _, kept_all = check_top_mass_mean(hidden, mass, vision, 1.0)
+    assert kept_all[0] == 40 and kept_all[4] == int(vision[4].sum())
+    # mass in float64 is used as given (not rounded to float32 first)
+    fine = mass.double()
+    fine[5] += torch.rand(40, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 1e-12
+    check_top_mass_mean(hidden, fine, vision, 0.9)
+
+
+def test_top_mass_mean_selects_the_most_attended_tokens():
+    """An independent check of what the kernel keeps: the hidden state of each token is its
+    position, so the mean tells which tokens were averaged."""
+    seq = 10
+    hidden = torch.arange(seq, dtype=torch.float32).repeat(2, 1)[..., None].expand(2, seq, 3).contiguous()
+    vision = torch.ones(2, seq, dtype=torch.bool)
+    mass = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0],
+                         [0.1] * seq])
+    got, kept = kernels.top_mass_mean(hidden, mass, vision, 0.65, backend="native")
+    assert kept.tolist() == [2, 7]  # 0.5, 0.8 > 0.65; uniform ties: earliest seven
+    torch.testing.assert_close(got[0], torch.full((3,), 2.0))  # positions 1 and 3
+    torch.testing.assert_close(got[1], torch.full((3,), 3.0))  # positions 0..6
+
+
+def test_auto_dispatch_uses_the_native_cpu_kernels(monkeypatch):
+    assert kernels.native_available(torch.device("cpu"), "attention_mass")
+    assert kernels.native_available(torch.device("cpu"), "top_mass_mean")
+    q, k, valid, rows, cols = extraction_batch(21, 2, 2, 1, 30, 8)
+    hidden, mass, vision = mass_batch(21, 3, 30, 8)
+    want_mass = twins.attention_mass(q, k, valid, rows, cols, 0.3)
+    want_mean = twins.top_mass_mean(hidden, mass, vision, 0.9)
+
+    def no_twin(*args, **kwargs):
+        raise AssertionError("the twin ran although the native kernel is there")
+
+    monkeypatch.setattr(twins, "attention_mass", no_twin)
+    monkeypatch.setattr(twins, "top_mass_mean", no_twin)
+    torch.testing.assert_close(kernels.attention_mass(q, k, valid, rows, cols, 0.3), want_mass,
+                               rtol=2e-5, atol=1e-8)
+    got, kept = kernels.top_mass_mean(hidden, mass, vision, 0.9)
+    torch.testing.assert_close(got, want_mean[0], rtol=1e-5, atol=1e-5)
+    assert torch.equal(kept, want_mean[1])
+    with pytest.raises(AssertionError, match="the twin ran"):
+        kernels.attention_mass(q, k, valid, rows, cols, 0.3, backend="torch")
+
+
+def test_without_the_native_module_auto_uses_the_twin_and_native_refuses(monkeypatch):
+    q, k, valid, rows, cols = extraction_batch(22, 2, 2, 2, 20, 8)
+    want = twins.attention_mass(q, k, valid, rows, cols, 0.3)
+    monkeypatch.setattr(kernels, "_C", None)
+    assert torch.equal(kernels.attention_mass(q, k, valid, rows, cols, 0.3), want)
+    with pytest.raises(RuntimeError, match="no native cpu kernel for top_mass_mean"):
+        kernels.top_mass_mean(torch.randn(2, 20, 4), torch.rand(2, 20), cols, 0.9, backend="native")
+
+
+def test_bad_arguments_are_refused_before_the_native_call():
+    q, k, valid, rows, cols = extraction_batch(2, 2, 4, 2, 10, 8)
+    with pytest.raises(ValueError, match="positive multiple"):
+        kernels.attention_mass(q, k[:, :1].expand(2, 3, 10, 8), valid, rows, cols, 0.3, backend="native")
+    with pytest.raises(ValueError, match="does not fit"):
+        kernels.attention_mass(q, k[..., :4], valid, rows, cols, 0.3, backend="native")
+    with pytest.raises(ValueError, match=r"\[B, H, S, hd\]"):
+        kernels.attention_mass(q[0], k[0], valid, rows, cols, 0.3, backend="native")
+    with pytest.raises(ValueError, match="col_is_vision must have shape"):
+        kernels.attention_mass(q, k, valid, rows, cols[:, :9], 0.3, backend="native")
+    with pytest.raises(ValueError, match="mass must have shape"):
+        kernels.top_mass_mean(torch.randn(2, 10, 4), torch.rand(2, 9), cols, 0.9, backend="native")
+    with pytest.raises(ValueError, match="backend"):
+        kernels.top_mass_mean(torch.randn(2, 10, 4), torch.rand(2, 10), cols, 0.9, backend="fast")
+
+
+@pytest.mark.parametrize("name", ["attention_mass", "top_mass_mean"])
+def test_self_check_passes_a_good_kernel_and_rejects_a_wrong_one(monkeypatch, name):
+    """The first-use check a GPU kernel runs, exercised here with the CPU kernels."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(kernels, "_cuda_verdict", {})
+    assert kernels._cuda_kernel_ok(name, cpu)
+
+    real = getattr(kernels, f"_native_{name}")
+
+    def off_by_a_little(*args):
+        out = real(*args)
+        return (out[0] * 1.001, out[1]) if isinstance(out, tuple) else out * 1.001
+
+    monkeypatch.setattr(kernels, f"_native_{name}", off_by_a_little)
+    monkeypatch.setattr(kernels, "_cuda_verdict", {})
+    with pytest.warns(RuntimeWarning, match="failed its self-check"):
+        assert not kernels._cuda_kernel_ok(name, cpu)
+
+
+# --- the CUDA kernels, against the twins on the CPU (skipped without a GPU) ---
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", MASS_SHAPES + [(2, 4, 4, 40, 256, 1.0)])  # 256: shared-memory opt-in
+def test_cuda_attention_mass_matches_twin(shape, dtype):
+    batch, heads, kv_heads, seq, hd, sharp = shape
+    q, k, valid, rows, cols = extraction_batch(seq + hd, batch, heads, kv_heads, seq, hd, sharp, dtype)
+    check_attention_mass(q, k, valid, rows, cols, hd ** -0.5, device="cuda")
+
+
+@pytest.mark.cuda
+def test_cuda_attention_mass_degenerate_samples():
+    q, k, valid, rows, cols = extraction_batch(5, 5, 4, 2, 40, 16)
+    rows[0], cols[1] = False, False
+    valid[4], rows[4], cols[4] = False, False, False
+    got = check_attention_mass(q, k, valid, rows, cols, 0.25, device="cuda")
+    assert torch.all(got[:2] == 0) and torch.all(got[4] == 0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", MEAN_SHAPES + [(2, 3000, 64)])  # 3,000: several rank chunks
+def test_cuda_top_mass_mean_matches_twin(shape, dtype):
+    batch, seq, dim = shape
+    hidden, mass, vision = mass_batch(seq * 3 + dim, batch, seq, dim, dtype)
+    for tau in TAUS:
+        check_top_mass_mean(hidden, mass, vision, tau, device="cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["attention_mass", "top_mass_mean"])
+def test_cuda_self_check_passes(monkeypatch, name):
+    monkeypatch.setattr(kernels, "_cuda_verdict", {})
+    assert kernels._cuda_kernel_ok(name, torch.device("cuda"))
