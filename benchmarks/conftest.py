@@ -28,6 +28,11 @@ RATIOS = [  # (label, numerator, denominator): > 1 means the denominator is fast
     ("projection twin / native fused (k=16)", "proj_twin_k16", "proj_native_k16"),
     ("projection twin / native fused (k=256)", "proj_twin_k256", "proj_native_k256"),
     ("projection twin / native fused (k=1024)", "proj_twin_k1024", "proj_native_k1024"),
+    ("extraction: reference way / scalselect", "extract_reference", "extract_scalselect"),
+    ("extraction: scalselect with twins / scalselect", "extract_scalselect_twins", "extract_scalselect"),
+    ("attention mass: materialised [B,H,S,S] / native", "mass_materialised", "mass_native"),
+    ("attention mass: twin / native", "mass_twin", "mass_native"),
+    ("top-mass mean (D=4096): twin / native", "top_mean_twin", "top_mean_native"),
 ]
 
 

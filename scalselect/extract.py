@@ -13,7 +13,7 @@ import contextlib
 
 import torch
 
-from .kernels import twins
+from . import kernels
 from .models import adapter_for
 
 _ATTENTION_NAME = "scalselect_layer0"
@@ -71,16 +71,18 @@ def first_layer_probe(model):
         model.set_attn_implementation(previous)
 
 
-def first_layer_vectors(model, batch: dict, instruction: torch.Tensor, tau: float = 0.9):
+def first_layer_vectors(model, batch: dict, instruction: torch.Tensor, tau: float = 0.9,
+                        backend: str = "auto"):
     """Representation vectors [B, D] (float32) and kept vision-token counts [B] for a batch.
 
     batch: the processor's output (input_ids, attention_mask, pixel_values, ...);
-    instruction: [B, S] bool, the instruction tokens (see scalselect.models.roles)."""
+    instruction: [B, S] bool, the instruction tokens (see scalselect.models.roles);
+    backend: the kernels' (auto: compiled when available, torch: the PyTorch twins)."""
     adapter = adapter_for(model)
     vision = batch["input_ids"] == adapter.image_token_id(model)
     valid = batch["attention_mask"].bool()
     with first_layer_probe(model) as run:
         got = run(**batch)
-    mass = twins.attention_mass(got["q"], got["k"], valid, instruction & ~vision, vision,
-                                float(got["scaling"]))
-    return twins.top_mass_mean(got["hidden"], mass, vision, tau)
+    mass = kernels.attention_mass(got["q"], got["k"], valid, instruction & ~vision, vision,
+                                  float(got["scaling"]), backend=backend)
+    return kernels.top_mass_mean(got["hidden"], mass, vision, tau, backend=backend)

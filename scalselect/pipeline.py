@@ -40,6 +40,7 @@ class ExtractOptions:
     trust_remote_code: bool = False
     allow_outside_root: bool = False
     progress: bool = True
+    kernel_backend: str = "auto"   # "torch": the PyTorch twins (benchmarks compare the two)
 
     def check(self) -> None:
         if not 0 < self.tau <= 1:
@@ -128,7 +129,8 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
             inputs, instruction = collate(samples, pad_id)
             inputs = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
                       for k, v in inputs.items()}
-            vectors, kept = first_layer_vectors(model, inputs, instruction.to(device), opts.tau)
+            vectors, kept = first_layer_vectors(model, inputs, instruction.to(device), opts.tau,
+                                                opts.kernel_backend)
             stored = vectors.cpu().numpy().astype(opts.store_dtype)
             finite = np.isfinite(stored).all(axis=1)
             for row, sample in enumerate(samples):

@@ -120,17 +120,17 @@ def _fast(model, batch, instruction, tau, monkeypatch):
     from scalselect import extract
 
     seen = {}
-    real_top = extract.twins.top_mass_mean
+    real_top = extract.kernels.top_mass_mean
 
-    def spy(hidden, mass, vision, tau_):
+    def spy(hidden, mass, vision, tau_, **kw):
         seen["mass"], seen["vision"] = mass, vision
-        return real_top(hidden, mass, vision, tau_)
+        return real_top(hidden, mass, vision, tau_, **kw)
 
     with monkeypatch.context() as m:
-        m.setattr(extract.twins, "top_mass_mean", spy)
+        m.setattr(extract.kernels, "top_mass_mean", spy)
         vectors, kept = extract.first_layer_vectors(model, batch, instruction, tau)
     if "mass" not in seen:
-        pytest.fail("first_layer_vectors no longer hands its mass to twins.top_mass_mean: update this spy")
+        pytest.fail("first_layer_vectors no longer hands its mass to kernels.top_mass_mean: update this spy")
     positions = []
     for b in range(vectors.shape[0]):
         cols = torch.nonzero(seen["vision"][b]).flatten()

@@ -1,0 +1,122 @@
+"""Extraction: scalselect's layer-0 fast path vs the reference way, side by side, in samples/s.
+
+    pytest benchmarks/test_bench_extraction.py --benchmark-disable-gc -s
+
+The model is LLaVA-shaped with random weights: a CLIP vision tower at 224 px (256 vision tokens
+per image) and a 16-layer Llama decoder, scaled down in width so that it runs on a CPU. The
+reference way is what the reference implementation does: a full forward with eager attention,
+every layer's attention map and hidden states kept, batch size 1, then the instruction -> vision
+block of layer 0. Both ways start from the same pool file and images and do their own sample
+preparation (image decoding, chat template, processor, token roles).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import RESULTS
+from scalselect.kernels import twins
+
+SAMPLES = 24
+SHAPE = dict(image_size=224, text_layers=16, text_hidden=512, text_heads=8, text_kv_heads=8,
+             vision_hidden=64, vision_layers=2)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from PIL import Image
+
+    from scalselect.models.tiny import save_tiny_llava
+
+    root = tmp_path_factory.mktemp("bench-extract")
+    model = save_tiny_llava(root / "model", **SHAPE)
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(SAMPLES):
+        Image.fromarray((rng.random((200 + i, 260, 3)) * 255).astype("uint8")).save(root / f"{i}.png")
+        conv = [{"from": "human", "value": "<image>\nWhat is shown in the image? Describe it in detail."},
+                {"from": "gpt", "value": "A cat sits on a red sofa next to a window. " * (1 + i % 4)}]
+        if i % 2:
+            conv += [{"from": "human", "value": "How many dogs are there?"}, {"from": "gpt", "value": "Two."}]
+        records.append({"id": i, "image": f"{i}.png", "conversations": conv})
+    (root / "pool.json").write_text(json.dumps(records))
+    return root, model
+
+
+def reference_way(model_dir, pool_path, image_root, tau=0.9):
+    """Full forward, eager attention, every attention map kept, batch size 1.
+
+    Returns the vectors by sample id and the seconds of the loop (model loading excluded)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from scalselect.data import read_pool
+    from scalselect.data.samples import SampleMaker, collate
+
+    processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, local_files_only=True,
+                                                        attn_implementation="eager").eval()
+    image_id = model.config.image_token_id
+    maker = SampleMaker(processor, image_id, image_root, 4096)
+    pool = read_pool(pool_path)
+    vectors = {}
+    t0 = time.perf_counter()
+    for record, sample_id in zip(pool.records, pool.ids):
+        inputs, instruction = collate([maker(record, pool.layout, sample_id)], 0)
+        with torch.no_grad():
+            out = model(**inputs, output_attentions=True, output_hidden_states=True)
+        vision = inputs["input_ids"] == image_id
+        attn = out.attentions[0].mean(dim=1)[0]  # heads averaged, [S, S]
+        mass = torch.zeros(vision.shape)
+        mass[0, vision[0]] = attn[instruction[0]][:, vision[0]].mean(dim=0)
+        vectors[sample_id] = twins.top_mass_mean(out.hidden_states[1], mass, vision, tau)[0][0]
+    return vectors, time.perf_counter() - t0
+
+
+def test_extract_reference_way(benchmark, setup):
+    root, model = setup
+    vectors, seconds = benchmark.pedantic(lambda: reference_way(model, root / "pool.json", root),
+                                          rounds=1, iterations=1)
+    RESULTS["extract_reference"] = seconds
+    print(f"\nreference way: {SAMPLES / seconds:.2f} samples/s")
+    assert len(vectors) == SAMPLES
+
+
+def scalselect_runs(model, root, out_dir, backend: str, rounds: int, benchmark=None):
+    """Best loop time of `rounds` extractions (model loading excluded, as for the reference)."""
+    from scalselect.pipeline import ExtractOptions, extract_store
+
+    runs = []
+
+    def run():
+        out = out_dir / f"{backend}{len(runs)}"
+        runs.append(extract_store(model, root / "pool.json", root, out, ExtractOptions(
+            batch_size=8, progress=False, store_dtype="float32", kernel_backend=backend)))
+        return out
+
+    out = benchmark.pedantic(run, rounds=rounds, iterations=1) if benchmark else [run() for _ in range(rounds)][-1]
+    return out, min(r["seconds"] for r in runs)
+
+
+def test_extract_scalselect(benchmark, setup, tmp_path):
+    from scalselect.store import load_representations
+
+    root, model = setup
+    out, RESULTS["extract_scalselect"] = scalselect_runs(model, root, tmp_path, "auto", 3, benchmark)
+    print(f"\nscalselect: {SAMPLES / RESULTS['extract_scalselect']:.2f} samples/s")
+    ids, x = load_representations(out)
+    want, _ = reference_way(model, root / "pool.json", root)
+    for sample_id, row in zip(ids, x):  # the same vectors as the reference way
+        cos = torch.nn.functional.cosine_similarity(torch.as_tensor(row), want[sample_id].float(), dim=0)
+        assert float(cos) > 0.99999
+
+
+def test_extract_scalselect_twins(setup, tmp_path):
+    """The same, with the PyTorch twins instead of the compiled kernels."""
+    root, model = setup
+    _, RESULTS["extract_scalselect_twins"] = scalselect_runs(model, root, tmp_path, "torch", 2)
+    print(f"\nscalselect with twins: {SAMPLES / RESULTS['extract_scalselect_twins']:.2f} samples/s")
