@@ -1,5 +1,6 @@
-"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL: tiny random checkpoints load like a user's, and the layer-0
-fast path gives what the reference way (DESIGN.md 1a) gives, whatever the padding and batch-mates."""
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL: tiny random checkpoints load like a user's; for them and for
+LLaVA, the layer-0 fast path gives what the reference way (DESIGN.md 1a) gives, whatever the
+padding and batch-mates."""
 
 import numpy as np
 import pytest
@@ -17,16 +18,26 @@ FAMILIES = {
 MIN_COSINE = 0.99999
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def qwen(request, tmp_path_factory):
+def _load(family, tmp_path_factory):
     """(family, processor, model) of a tiny checkpoint saved to disk and loaded like a user's."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    path = FAMILIES[request.param][1](tmp_path_factory.mktemp(request.param))
+    save = tiny.save_tiny_llava if family == "llava" else FAMILIES[family][1]
+    path = save(tmp_path_factory.mktemp(family))
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True).eval()
     model.set_attn_implementation("sdpa")
-    return request.param, processor, model
+    return family, processor, model
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def qwen(request, tmp_path_factory):
+    return _load(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=["llava", *FAMILIES])
+def any_family(request, tmp_path_factory):
+    return _load(request.param, tmp_path_factory)
 
 
 def _image(seed, h, w):
@@ -184,8 +195,8 @@ def test_tiny_qwen_checkpoints_are_architecturally_real(qwen):
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
-def test_first_layer_fast_path_equals_the_reference_way(qwen, padding_side, monkeypatch):
-    _, processor, model = qwen
+def test_first_layer_fast_path_equals_the_reference_way(any_family, padding_side, monkeypatch):
+    _, processor, model = any_family
     prepared = _prepared(processor, model)
     batch, instruction, real = _ragged_batch(processor, prepared, padding_side)
     assert int(batch["attention_mask"].sum()) < batch["input_ids"].numel()  # ragged
