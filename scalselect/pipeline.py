@@ -31,7 +31,7 @@ class ExtractOptions:
     tau: float = 0.9
     max_length: int = 2048
     batch_size: int = 8
-    workers: int | None = None     # DataLoader workers; None: up to 4, fewer on small machines
+    workers: int | None = None     # DataLoader workers; None: one per core but one, at most 8
     device: str = "auto"
     dtype: str = "auto"            # compute dtype of the model
     store_dtype: str = "float16"
@@ -74,10 +74,14 @@ def _unbatched(item):
     return item
 
 
+def _one_thread(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # workers run in parallel already; more threads only oversubscribe
+
+
 def _worker_count(requested: int | None) -> int:
     if requested is not None:
         return requested
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    return max(0, min(8, (os.cpu_count() or 1) - 1))  # leave a core to the forward
 
 
 def _versions() -> dict:
@@ -112,7 +116,7 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
     workers = _worker_count(opts.workers)
     loader = torch.utils.data.DataLoader(
         _PoolSamples(pool, todo, maker), batch_size=None, shuffle=False, num_workers=workers,
-        collate_fn=_unbatched, prefetch_factor=4 if workers else None, persistent_workers=False)
+        collate_fn=_unbatched, prefetch_factor=4 if workers else None, worker_init_fn=_one_thread)
     pad_id = processor.tokenizer.pad_token_id
     pad_id = pad_id if pad_id is not None else (processor.tokenizer.eos_token_id or 0)
 
