@@ -58,28 +58,33 @@ def token_roles(tokenizer, text: str, spans: list[tuple[int, int]], image_token_
                 processor_ids: torch.Tensor) -> Roles:
     """Roles of `processor_ids`, the processor's ids for `text` with its image tokens expanded.
 
-    `text` is tokenised again with offsets; each image token there stands for a run of one or
-    more image tokens in `processor_ids`, and everything else must match one to one."""
+    `text` is tokenised again with offsets; each run of m >= 1 consecutive image tokens there
+    (m > 1 when the template puts image tags side by side) stands for one run of R >= m image
+    tokens in `processor_ids` (the images' expansions, which then touch), and everything else
+    must match one to one."""
     enc = tokenizer(text, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     in_reply = [any(s < hi and lo < e for lo, hi in spans) for s, e in offsets]
     proc = processor_ids.tolist()
     reply: list[bool] = []
     consumed = 0
-    for token, flag in zip(ids, in_reply):
-        j = len(reply)
+    while consumed < len(ids):
+        token, j = ids[consumed], len(reply)
         if token == image_token_id:
-            run = 0
+            m = run = 0
+            while consumed + m < len(ids) and ids[consumed + m] == image_token_id:
+                m += 1
             while j + run < len(proc) and proc[j + run] == image_token_id:
                 run += 1
-            if run == 0:
+            if run < m:  # fewer image tokens than image tags
                 break
             reply.extend([False] * run)
+            consumed += m
         elif j < len(proc) and proc[j] == token:
-            reply.append(flag)
+            reply.append(in_reply[consumed])
+            consumed += 1
         else:
             break
-        consumed += 1
     if consumed != len(ids) or len(reply) != len(proc):
         raise InputError("the processor's tokens do not match the rendered chat text "
                          "(unsupported processor or template)")
