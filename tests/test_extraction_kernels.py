@@ -1,6 +1,8 @@
 """Native extraction kernels (attention_mass, top_mass_mean) against their PyTorch twins on
 fresh random inputs: ragged batches, GQA, half precision, empty and degenerate samples."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -266,12 +268,65 @@ def test_self_check_passes_a_good_kernel_and_rejects_a_wrong_one(monkeypatch, na
         assert not kernels._cuda_kernel_ok(name, cpu)
 
 
+def _refuse(*args):
+    raise RuntimeError("head size too large")
+
+
+def test_native_or_twin_falls_back_with_one_warning_under_auto_only(monkeypatch):
+    """A GPU kernel refusing a shape its self-check never tried: "auto" warns once and uses the
+    twin; "native", or a CPU kernel, lets the error through."""
+    monkeypatch.setattr(kernels, "_fallback_warned", set())
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # a device object needs no GPU
+    call = kernels._native_or_twin
+    message = r"CUDA kernel attention_mass failed on shape \(2, 300\) \(head size too large\)"
+    with pytest.warns(RuntimeWarning, match=message):
+        assert call("attention_mass", cuda, "auto", (2, 300), _refuse, lambda: "twin") == "twin"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second time: no warning
+        assert call("attention_mass", cuda, "auto", (2, 300), _refuse, lambda: "twin") == "twin"
+        assert call("top_mass_mean", cuda, "auto", (1,), lambda: "native", _refuse) == "native"
+    with pytest.raises(RuntimeError, match="head size too large"):
+        call("attention_mass", cuda, "native", (2, 300), _refuse, lambda: "twin")
+    with pytest.raises(RuntimeError, match="head size too large"):
+        call("attention_mass", cpu, "auto", (2, 300), _refuse, lambda: "twin")
+
+
+def _fallback_args(name):
+    if name == "attention_mass":
+        return (*extraction_batch(23, 2, 2, 1, 30, 8), 0.3)
+    if name == "top_mass_mean":
+        return (*mass_batch(23, 3, 30, 8), 0.9)
+    gen = torch.Generator().manual_seed(23)
+    x, shift = torch.randn(9, 12, generator=gen), torch.randn(12, generator=gen, dtype=torch.float64)
+    w = (torch.randn(12, 5, generator=gen),) if name == "projected_sqnorm" else ()
+    return (x, shift, None, True, *w)
+
+
+@pytest.mark.parametrize("name", ["attention_mass", "top_mass_mean", "gram_prep", "projected_sqnorm"])
+def test_public_functions_fall_back_to_the_twin_when_the_gpu_kernel_refuses(monkeypatch, name):
+    """The public functions on the CPU, with the helper told their device is a GPU and the
+    native call replaced by one that raises: the result is the twin's."""
+    real = kernels._native_or_twin
+    monkeypatch.setattr(kernels, "_fallback_warned", set())
+    monkeypatch.setattr(kernels, "_native_or_twin", lambda kernel, device, backend, shape, native, twin:
+                        real(kernel, torch.device("cuda"), backend, shape, _refuse, twin))
+    args = _fallback_args(name)
+    with pytest.warns(RuntimeWarning, match=f"CUDA kernel {name} failed on shape"):
+        got = getattr(kernels, name)(*args)
+    want = getattr(kernels, name)(*args, backend="torch")
+    got, want = (o if isinstance(o, tuple) else (o,) for o in (got, want))
+    assert len(got) == len(want) and all(torch.equal(g, e) for g, e in zip(got, want))
+    with pytest.raises(RuntimeError, match="head size too large"):
+        getattr(kernels, name)(*args, backend="native")
+
+
 # --- the CUDA kernels, against the twins on the CPU (skipped without a GPU) ---
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", MASS_SHAPES + [(2, 4, 4, 40, 256, 1.0)])  # 256: shared-memory opt-in
+# 252: under 48 KiB dynamic, over it with the static part (opt-in needed); 256: opt-in
+@pytest.mark.parametrize("shape", MASS_SHAPES + [(2, 4, 4, 40, 252, 1.0), (2, 4, 4, 40, 256, 1.0)])
 def test_cuda_attention_mass_matches_twin(shape, dtype):
     batch, heads, kv_heads, seq, hd, sharp = shape
     q, k, valid, rows, cols = extraction_batch(seq + hd, batch, heads, kv_heads, seq, hd, sharp, dtype)
@@ -302,3 +357,18 @@ def test_cuda_top_mass_mean_matches_twin(shape, dtype):
 def test_cuda_self_check_passes(monkeypatch, name):
     monkeypatch.setattr(kernels, "_cuda_verdict", {})
     assert kernels._cuda_kernel_ok(name, torch.device("cuda"))
+
+
+@pytest.mark.cuda
+def test_cuda_attention_mass_refuses_a_head_size_beyond_shared_memory(monkeypatch):
+    """hd 4096 needs ~768 KiB of shared memory per block: a clear error with "native", the
+    twin's result (and a warning) with "auto"."""
+    q, k, valid, rows, cols = extraction_batch(24, 1, 2, 2, 20, 4096)
+    args = [t.to("cuda") for t in (q, k, valid, rows, cols)]
+    with pytest.raises(RuntimeError, match="shared memory"):
+        kernels.attention_mass(*args, 0.02, backend="native")
+    monkeypatch.setattr(kernels, "_fallback_warned", set())
+    with pytest.warns(RuntimeWarning, match="attention_mass failed on shape"):
+        got = kernels.attention_mass(*args, 0.02)
+    torch.testing.assert_close(got.cpu(), twins.attention_mass(q, k, valid, rows, cols, 0.02),
+                               rtol=2e-5, atol=1e-8)

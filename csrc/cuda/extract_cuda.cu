@@ -286,14 +286,22 @@ void attention_mass_cuda(const void* q, const void* k, DType dtype, int64_t batc
     throw std::runtime_error("attention_mass_cuda: batch, heads, sequence or head size too large");
   const int stride = int(hd | 1);  // odd: lanes reading one column of the key tile hit 32 banks
   const size_t smem = sizeof(float) * size_t(kRowTile + kKeyTile) * size_t(stride);
-  if (smem > 48 * 1024) {  // beyond the default: opt in, up to what the device allows
-    int device = 0, optin = 0;
-    check(cudaGetDevice(&device), "cudaGetDevice");
+  // The per-block limits count the kernel's static shared memory (`part`) with the dynamic.
+  cudaFuncAttributes attr;
+  check(cudaFuncGetAttributes(&attr, attention_mass_kernel), "cudaFuncGetAttributes");
+  const size_t total = smem + attr.sharedSizeBytes;
+  int device = 0, limit = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlock, device),
+        "cudaDeviceGetAttribute");
+  if (total > size_t(limit)) {  // beyond the default: opt in, up to what the device allows
+    int optin = 0;
     check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
           "cudaDeviceGetAttribute");
-    if (smem + sizeof(float) * kWarps * kKeyTile > size_t(optin))
-      throw std::runtime_error("attention_mass_cuda: head size " + std::to_string(hd) +
-                               " needs more shared memory than the device has");
+    if (total > size_t(optin))
+      throw std::runtime_error("attention_mass_cuda: head size " + std::to_string(hd) + " needs " +
+                               std::to_string(total) + " bytes of shared memory per block; the "
+                               "device allows " + std::to_string(optin));
     check(cudaFuncSetAttribute(attention_mass_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                int(smem)),
           "cudaFuncSetAttribute");

@@ -189,6 +189,26 @@ def _use_native(name: str, device: torch.device, backend: str) -> bool:
     return True
 
 
+# Kernels that fell back to their twin once already (one warning each, not one per batch).
+_fallback_warned: set[str] = set()
+
+
+def _native_or_twin(name: str, device: torch.device, backend: str, shape: tuple, native_fn, twin_fn):
+    """native_fn(), or with backend "auto" on a GPU, twin_fn() if it raises RuntimeError: the
+    first-use self-check tries one small shape, so a shape the kernel refuses (a head size beyond
+    the device's shared memory, say) is met only here. "native" lets the error through."""
+    try:
+        return native_fn()
+    except RuntimeError as exc:
+        if backend != "auto" or device.type != "cuda":
+            raise
+        if name not in _fallback_warned:
+            _fallback_warned.add(name)
+            warnings.warn(f"scalselect: CUDA kernel {name} failed on shape {shape} ({exc}); "
+                          "using the PyTorch implementation", RuntimeWarning, stacklevel=3)
+        return twin_fn()
+
+
 def gram_prep(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None = None,
               l2_normalize: bool = False, *, backend: str = "auto"):
     """Centred float32 rows and float64 column sums of a chunk; see twins.gram_prep."""
@@ -196,7 +216,9 @@ def gram_prep(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | No
     d = x.shape[1]
     shift, inv_scale = _vec(shift, d, x.device, required=True), _vec(inv_scale, d, x.device)
     if _use_native("gram_prep", x.device, backend):
-        return _native_gram_prep(x, shift, inv_scale, l2_normalize)
+        return _native_or_twin("gram_prep", x.device, backend, tuple(x.shape),
+                               lambda: _native_gram_prep(x, shift, inv_scale, l2_normalize),
+                               lambda: twins.gram_prep(x, shift, inv_scale, l2_normalize))
     return twins.gram_prep(x, shift, inv_scale, l2_normalize)
 
 
@@ -218,7 +240,9 @@ def projected_sqnorm(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tens
         if backend == "auto" and x.device.type == "cpu" and w.shape[1] > FUSED_CPU_MAX_K:
             y = _native_gram_prep(x, shift, inv_scale, l2_normalize)[0] @ w
             return y.square().sum(dim=1, dtype=torch.float64)
-        return _native_projected_sqnorm(x, shift, inv_scale, l2_normalize, w)
+        return _native_or_twin("projected_sqnorm", x.device, backend, (*x.shape, w.shape[1]),
+                               lambda: _native_projected_sqnorm(x, shift, inv_scale, l2_normalize, w),
+                               lambda: twins.projected_sqnorm(x, shift, inv_scale, l2_normalize, w))
     return twins.projected_sqnorm(x, shift, inv_scale, l2_normalize, w)
 
 
@@ -249,7 +273,9 @@ def attention_mass(q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor,
     if _use_native("attention_mass", q.device, backend):
         if q.dtype != k.dtype or q.dtype not in _DTYPE_CODES:  # the twin reads both as float32
             q, k = q.float(), k.float()
-        return _native_attention_mass(q.contiguous(), k.contiguous(), *masks, scale)
+        return _native_or_twin("attention_mass", q.device, backend, (tuple(q.shape), tuple(k.shape)),
+                               lambda: _native_attention_mass(q.contiguous(), k.contiguous(), *masks, scale),
+                               lambda: twins.attention_mass(q, k, *masks, scale))
     return twins.attention_mass(q, k, *masks, scale)
 
 
@@ -268,5 +294,8 @@ def top_mass_mean(hidden: torch.Tensor, mass: torch.Tensor, col_is_vision: torch
         if hidden.dtype not in _DTYPE_CODES:
             hidden = hidden.float()
         # float64: the twin normalises mass in float64, so the kept counts agree exactly
-        return _native_top_mass_mean(hidden.contiguous(), mass.to(torch.float64).contiguous(), cols, tau)
+        return _native_or_twin("top_mass_mean", hidden.device, backend, tuple(hidden.shape),
+                               lambda: _native_top_mass_mean(hidden.contiguous(),
+                                                             mass.to(torch.float64).contiguous(), cols, tau),
+                               lambda: twins.top_mass_mean(hidden, mass, cols, tau))
     return twins.top_mass_mean(hidden, mass, cols, tau)
