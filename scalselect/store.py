@@ -34,6 +34,9 @@ from .errors import InputError
 STORE_FORMAT = "scalselect-store"
 STORE_VERSION = 1
 MANIFEST = "manifest.json"
+PROGRESS = "progress.json"  # an unfinished store: its settings, for --resume
+SKIPPED = "skipped.jsonl"
+LOCK = ".lock"  # held by the one process writing the store
 _STORE_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
@@ -197,6 +200,9 @@ def _open_npz(path: Path) -> RowSource:
 def read_manifest(store: str | os.PathLike) -> dict:
     path = Path(store) / MANIFEST
     if not path.is_file():
+        if (Path(store) / PROGRESS).is_file():
+            raise InputError(f"{store}: an unfinished extraction (no {MANIFEST} yet); "
+                             "finish it with `scalselect extract ... --resume`")
         raise InputError(f"{store}: not a representation store (no {MANIFEST})")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -251,10 +257,6 @@ def _shard_paths(store: Path, entry) -> tuple[Path, Path]:
     return store / names[0], store / names[1]
 
 
-PROGRESS = "progress.json"  # an unfinished store: its settings, for --resume
-SKIPPED = "skipped.jsonl"
-
-
 class StoreWriter:
     """Writes a store part by part; `close()` writes the manifest that makes it complete.
 
@@ -283,22 +285,25 @@ class StoreWriter:
             if not resume:
                 raise InputError(f"{self.store}: holds an unfinished store; resume it (--resume) "
                                  "or choose another output")
-            self._load_committed(progress)
-        elif self.store.exists() and any(self.store.iterdir()):
+        elif self.store.exists() and any(p.name != LOCK for p in self.store.iterdir()):
             raise InputError(f"{self.store}: exists and is not empty; choose another output")
         self.store.mkdir(parents=True, exist_ok=True)
-        with atomic_open(progress) as f:
-            json.dump(self.settings, f, indent=1, ensure_ascii=False)
+        self._lock = _lock(self.store / LOCK)
+        try:
+            if progress.exists():
+                self._load_committed(progress)
+            with atomic_open(progress) as f:
+                json.dump(self.settings, f, indent=1, ensure_ascii=False)
+        except BaseException:
+            self._unlock()
+            raise
 
     def _load_committed(self, progress: Path) -> None:
         try:
             before = json.loads(progress.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise InputError(f"{progress}: unreadable ({exc})") from None
-        changed = sorted(k for k in set(before) | set(self.settings) if before.get(k) != self.settings.get(k))
-        if changed:
-            shown = "; ".join(f"{k}: {before.get(k)!r} then, {self.settings.get(k)!r} now" for k in changed)
-            raise InputError(f"{self.store}: cannot resume with other settings ({shown})")
+        check_same_settings(self.store, before, self.settings)
         while (self.store / f"{self._name(len(self.shards))}.ids.json").exists():
             name = self._name(len(self.shards))
             ids = _read_json_list(self.store / f"{name}.ids.json")
@@ -353,7 +358,44 @@ class StoreWriter:
         with atomic_open(self.store / MANIFEST) as f:
             json.dump(manifest, f, indent=1, ensure_ascii=False)
         (self.store / PROGRESS).unlink()
+        self._unlock()
         return self.store
+
+    def abandon(self) -> None:
+        """Stop writing. A store with no committed part is removed again (a failed start
+        should not leave an unfinished store behind); committed parts stay for --resume."""
+        if not self.shards:
+            (self.store / PROGRESS).unlink(missing_ok=True)
+        self._unlock()
+        if not self.shards and not any(self.store.iterdir()):
+            self.store.rmdir()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            (self.store / LOCK).unlink(missing_ok=True)
+            self._lock.close()  # closing the file releases the lock
+            self._lock = None
+
+
+def _lock(path: Path):
+    """An exclusive lock on `path`, held while the returned file stays open."""
+    import fcntl
+
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise InputError(f"{path.parent}: another process is writing this store") from None
+    return f
+
+
+def check_same_settings(store: Path, before: dict, now: dict) -> None:
+    """A store continued or reused must have been made with the same settings."""
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if changed:
+        shown = "; ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in changed)
+        raise InputError(f"{store}: made with other settings ({shown})")
 
 
 def _read_json_list(path: Path) -> list:
