@@ -91,10 +91,12 @@ def _extract(args) -> dict:
     _refuse_overwrite([args.out], [args.data, args.model])
     summary = extract_store(args.model, args.data, args.image_root, args.out, _extract_options(args))
     reasons = ", ".join(f"{n} {r}" for r, n in summary["skipped_by_reason"].items())
-    print(f"extracted {summary['rows']} vectors, skipped {summary['skipped']}"
-          f"{f' ({reasons})' if reasons else ''} -> {args.out}  "
-          f"[{summary['processed_this_run']} samples in {summary['seconds']:.1f} s on "
-          f"{summary['device']}, {summary['dtype']}]")
+    counts = f"{summary['rows']} vectors, {summary['skipped']} skipped{f' ({reasons})' if reasons else ''}"
+    if summary.get("already_complete"):
+        print(f"{args.out} is already complete ({counts}); nothing to extract")
+        return summary
+    print(f"extracted {counts} -> {args.out}  [{summary['processed_this_run']} samples in "
+          f"{summary['seconds']:.1f} s on {summary['device']}, {summary['dtype']}]")
     if summary["skipped"]:
         print(f"skipped samples and their reasons: {Path(args.out) / 'skipped.jsonl'}")
     return summary
@@ -102,15 +104,16 @@ def _extract(args) -> dict:
 
 def _run(args) -> dict:
     """extract + score + select into one folder."""
+    from .select import parse_budget
+
     out_dir = Path(args.out_dir)
     store, scores = out_dir / "store", out_dir / "scores.jsonl"
     subset = out_dir / f"subset{Path(args.data).suffix or '.json'}"
     _refuse_overwrite([out_dir], [args.data, args.model])
-    if args.resume and (store / "manifest.json").exists():
-        print(f"{store} is complete; going on to scoring")
-        extracted = {"store": str(store), "resumed_complete": True}
-    else:
-        extracted = _extract(argparse.Namespace(**{**vars(args), "out": store}))
+    parse_budget(args.budget, 1 << 62)  # its form, now: not after hours of extraction
+    if not 0 < args.energy <= 1:
+        raise InputError(f"--energy must be in (0, 1], got {args.energy}")
+    extracted = _extract(argparse.Namespace(**{**vars(args), "out": store}))
     scored = _score(argparse.Namespace(input=store, out=scores, energy=args.energy,
                                        device=args.device, standardize=False, l2_normalize=False,
                                        chunk_rows=None, quiet=args.quiet))

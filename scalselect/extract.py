@@ -71,18 +71,24 @@ def first_layer_probe(model):
         model.set_attn_implementation(previous)
 
 
-def first_layer_vectors(model, batch: dict, instruction: torch.Tensor, tau: float = 0.9,
-                        backend: str = "auto"):
-    """Representation vectors [B, D] (float32) and kept vision-token counts [B] for a batch.
+def probe_vectors(model, run, batch: dict, instruction: torch.Tensor, tau: float = 0.9,
+                  backend: str = "auto"):
+    """Representation vectors [B, D] (float32) and kept vision-token counts [B] for a batch,
+    with `run` from an open first_layer_probe(model).
 
     batch: the processor's output (input_ids, attention_mask, pixel_values, ...);
     instruction: [B, S] bool, the instruction tokens (see scalselect.models.roles);
     backend: the kernels' (auto: compiled when available, torch: the PyTorch twins)."""
-    adapter = adapter_for(model)
-    vision = batch["input_ids"] == adapter.image_token_id(model)
+    vision = batch["input_ids"] == adapter_for(model).image_token_id(model)
     valid = batch["attention_mask"].bool()
-    with first_layer_probe(model) as run:
-        got = run(**batch)
+    got = run(**batch)
     mass = kernels.attention_mass(got["q"], got["k"], valid, instruction & ~vision, vision,
                                   float(got["scaling"]), backend=backend)
     return kernels.top_mass_mean(got["hidden"], mass, vision, tau, backend=backend)
+
+
+def first_layer_vectors(model, batch: dict, instruction: torch.Tensor, tau: float = 0.9,
+                        backend: str = "auto"):
+    """probe_vectors for one batch, the probe opened and closed around it."""
+    with first_layer_probe(model) as run:
+        return probe_vectors(model, run, batch, instruction, tau, backend)

@@ -8,6 +8,7 @@ reason; an interrupted job resumes from the committed parts.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -20,10 +21,10 @@ from tqdm import tqdm
 from .data import read_pool
 from .data.images import SampleSkip, check_image_root
 from .data.samples import LengthBatcher, SampleMaker, collate
-from .errors import InputError
-from .extract import first_layer_vectors
-from .models.load import load_checkpoint, pick_device, pick_dtype
-from .store import StoreWriter
+from .errors import InputError, first_line
+from .extract import first_layer_probe, probe_vectors
+from .models.load import fingerprint, load_checkpoint, pick_device, pick_dtype, read_config
+from .store import MANIFEST, SKIPPED, StoreWriter, check_same_settings, read_manifest
 
 
 @dataclass
@@ -52,36 +53,47 @@ class ExtractOptions:
             raise InputError("--workers must be 0 or more")
 
 
-class _PoolSamples(torch.utils.data.Dataset):
-    """Item i: the Prepared sample at pool position positions[i], or its SampleSkip."""
+def _skip(sample_id, reason: str, detail: str) -> dict:
+    return {"sample_id": sample_id, "reason": reason, "detail": detail}
 
-    def __init__(self, pool, positions: list[int], maker: SampleMaker):
+
+class _PoolSamples(torch.utils.data.Dataset):
+    """Item i: the Prepared sample at pool position positions[i], or its skip record."""
+
+    def __init__(self, pool, positions: np.ndarray, maker: SampleMaker):
         self.pool, self.positions, self.maker = pool, positions, maker
 
     def __len__(self) -> int:
         return len(self.positions)
 
     def __getitem__(self, i: int):
-        pos = self.positions[i]
+        pos = int(self.positions[i])
         sample_id = self.pool.ids[pos]
         try:
             return self.maker(self.pool.records[pos], self.pool.layout, sample_id)
         except SampleSkip as skip:
-            return {"sample_id": sample_id, "reason": skip.reason, "detail": skip.detail}
+            return _skip(sample_id, skip.reason, skip.detail)
+        except Exception as exc:  # one odd sample must not stop a job of millions
+            return _skip(sample_id, "sample error", first_line(exc))
 
 
 def _unbatched(item):
     return item
 
 
-def _one_thread(_worker_id: int) -> None:
-    torch.set_num_threads(1)  # workers run in parallel already; more threads only oversubscribe
-
-
 def _worker_count(requested: int | None) -> int:
     if requested is not None:
         return requested
-    return max(0, min(8, (os.cpu_count() or 1) - 1))  # leave a core to the forward
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(8, cores - 1))  # the cores this job may use, one left to the forward
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _versions() -> dict:
@@ -94,75 +106,70 @@ def _versions() -> dict:
 def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
                   image_root: str | os.PathLike | None, out: str | os.PathLike,
                   options: ExtractOptions | None = None) -> dict:
-    """Extract every sample of the pool into the store `out`; returns the store's summary."""
+    """Extract every sample of the pool into the store `out`; returns the store's summary.
+
+    Everything cheap is checked before the model is loaded: options, pool, image root, the
+    checkpoint's config, and the output (or, with resume, that it was made the same way)."""
     opts = options or ExtractOptions()
     opts.check()
     root = check_image_root(image_root)
     pool = read_pool(pool_path)
     device = pick_device(opts.device)
     dtype = pick_dtype(opts.dtype, device)
-    processor, model, adapter = load_checkpoint(model_dir, device, dtype, opts.trust_remote_code,
-                                                opts.progress)
-    dim = int(model.config.get_text_config().hidden_size)
-    settings = {"model": str(Path(model_dir).resolve()), "model_class": type(model).__name__,
-                "pool": str(Path(pool_path).resolve()), "pool_samples": len(pool),
-                "image_root": str(root.resolve()), "tau": opts.tau, "max_length": opts.max_length,
-                "compute_dtype": str(dtype).removeprefix("torch."),
+    config = read_config(model_dir, opts.trust_remote_code)
+    out = Path(out)
+    settings = {"model": str(Path(model_dir).resolve()), "model_fingerprint": fingerprint(model_dir),
+                "architecture": (config.architectures or [config.model_type])[0],
+                "pool": str(Path(pool_path).resolve()), "pool_sha256": _sha256(Path(pool_path)),
+                "pool_samples": len(pool), "image_root": str(root.resolve()), "tau": opts.tau,
+                "max_length": opts.max_length, "compute_dtype": str(dtype).removeprefix("torch."),
                 "allow_outside_root": opts.allow_outside_root}
+    dim = int(config.get_text_config().hidden_size)
+    if opts.resume and (out / MANIFEST).exists():
+        return _complete_store(out, {"dim": dim, "dtype": opts.store_dtype, **settings})
     writer = StoreWriter(out, dim, opts.store_dtype, settings=settings, resume=opts.resume)
-    todo = [pos for pos, sid in enumerate(pool.ids) if sid not in writer.done_ids]
-    maker = SampleMaker(processor, adapter.image_token_id(model), root, opts.max_length,
-                        opts.allow_outside_root)
-    workers = _worker_count(opts.workers)
-    loader = torch.utils.data.DataLoader(
-        _PoolSamples(pool, todo, maker), batch_size=None, shuffle=False, num_workers=workers,
-        collate_fn=_unbatched, prefetch_factor=4 if workers else None, worker_init_fn=_one_thread)
-    pad_id = processor.tokenizer.pad_token_id
-    pad_id = pad_id if pad_id is not None else (processor.tokenizer.eos_token_id or 0)
-
-    part = _Part()
-    batcher = LengthBatcher(opts.batch_size)
-    t0 = time.perf_counter()
-    kept_tokens = 0
-    bar = tqdm(total=len(todo), unit="sample", disable=not opts.progress, desc="extract",
-               dynamic_ncols=True, smoothing=0.1)
-
-    def run_batches(batches: list) -> None:
-        nonlocal kept_tokens
-        for samples in batches:
-            inputs, instruction = collate(samples, pad_id)
-            inputs = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
-                      for k, v in inputs.items()}
-            vectors, kept = first_layer_vectors(model, inputs, instruction.to(device), opts.tau,
-                                                opts.kernel_backend)
-            stored = vectors.cpu().numpy().astype(opts.store_dtype)
-            finite = np.isfinite(stored).all(axis=1)
-            for row, sample in enumerate(samples):
-                if finite[row]:
-                    part.add_row(sample.sample_id, stored[row])
-                    kept_tokens += int(kept[row])
-                else:
-                    part.skips.append({"sample_id": sample.sample_id, "reason": "non-finite vector",
-                                       "detail": f"NaN or inf as {opts.store_dtype}"})
-            bar.update(len(samples))
-            bar.set_postfix(skipped=part.skipped_so_far + len(part.skips), refresh=False)
-            if len(part.ids) >= opts.shard_rows:
-                part.commit(writer, dim, opts.store_dtype)
-
-    for item in loader:
-        if isinstance(item, dict):
-            part.skips.append(item)
-            bar.update(1)
-        else:
-            run_batches(batcher.push(item))
-    run_batches(batcher.flush())
-    part.commit(writer, dim, opts.store_dtype)
-    bar.close()
-    seconds = time.perf_counter() - t0
-    meta = {**settings, "family": adapter.family, "versions": _versions(),
+    job = None
+    try:
+        processor, model, adapter = load_checkpoint(model_dir, config, device, dtype,
+                                                    opts.trust_remote_code, opts.progress)
+        todo = np.fromiter((p for p, sid in enumerate(pool.ids) if sid not in writer.done_ids), np.int64)
+        maker = SampleMaker(processor, adapter.image_token_id(model), root, opts.max_length,
+                            opts.allow_outside_root)
+        workers = _worker_count(opts.workers)
+        loader = torch.utils.data.DataLoader(
+            _PoolSamples(pool, todo, maker), batch_size=None, shuffle=False, num_workers=workers,
+            collate_fn=_unbatched, prefetch_factor=4 if workers else None)
+        pad_id = processor.tokenizer.pad_token_id
+        pad_id = pad_id if pad_id is not None else (processor.tokenizer.eos_token_id or 0)
+        batcher = LengthBatcher(opts.batch_size)
+        t0 = time.perf_counter()
+        with first_layer_probe(model) as run, tqdm(
+                total=len(todo), unit="sample", disable=not opts.progress, desc="extract",
+                dynamic_ncols=True, smoothing=0.1) as bar:
+            job = _Job(model, run, writer, opts, device, dtype, pad_id, bar)
+            for item in loader:
+                if isinstance(item, dict):
+                    job.skip(item)
+                    continue
+                for samples in batcher.push(item):
+                    job.run(samples)
+            for samples in batcher.flush():
+                job.run(samples)
+            job.commit()
+        seconds = time.perf_counter() - t0
+    except KeyboardInterrupt:
+        if job is not None:
+            job.commit()  # the finished rows are kept for --resume
+        writer.abandon()
+        raise
+    except BaseException:
+        writer.abandon()
+        raise
+    meta = {**settings, "family": adapter.family, "model_class": type(model).__name__,
+            "versions": _versions(),
             "batch_size": opts.batch_size, "extract_seconds_last_run": seconds,
             "samples_per_second_last_run": len(todo) / seconds if seconds > 0 else None,
-            "mean_kept_vision_tokens_last_run": kept_tokens / max(1, part.rows_total)}
+            "mean_kept_vision_tokens_last_run": job.kept_tokens / max(1, job.rows_made)}
     writer.close(meta)
     summary = {"store": str(out), "rows": sum(s["rows"] for s in writer.shards),
                "skipped": sum(writer.skip_counts.values()),
@@ -172,29 +179,92 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
     if summary["rows"] == 0:
         reasons = ", ".join(f"{n} {r}" for r, n in summary["skipped_by_reason"].items())
         raise InputError(f"no sample of {pool_path} could be used ({reasons}); "
-                         f"see {Path(out) / 'skipped.jsonl'}")
+                         f"see {out / SKIPPED}")
     return summary
 
 
-class _Part:
-    """Rows and skips waiting to be committed to the store as one part."""
+def _complete_store(out: Path, settings: dict) -> dict:
+    """--resume on a finished store: nothing to do, if it was made the same way."""
+    manifest = read_manifest(out)
+    made = {"dim": manifest.get("dim"), "dtype": manifest.get("dtype"),
+            **{k: manifest.get("meta", {}).get(k) for k in settings if k not in ("dim", "dtype")}}
+    check_same_settings(out, made, settings)
+    return {"store": str(out), "rows": manifest["num_rows"], "skipped": manifest.get("num_skipped", 0),
+            "skipped_by_reason": manifest.get("skipped_by_reason", {}), "processed_this_run": 0,
+            "seconds": 0.0, "already_complete": True}
 
-    def __init__(self):
+
+# Reasons that, when they hit every one of the first samples, mean the setup is wrong
+# (image root, model, processor), not the data: stop early instead of skipping the whole pool.
+_SETUP_REASONS = ("unreadable image", "sample error", "processor error", "forward error")
+_FAIL_FAST_AFTER = 100
+
+
+class _Job:
+    """The main process's side of an extraction: forwards batches, commits rows and skips."""
+
+    def __init__(self, model, run, writer: StoreWriter, opts: ExtractOptions, device, dtype,
+                 pad_id: int, bar):
+        self.model, self.run_probe, self.writer, self.opts = model, run, writer, opts
+        self.device, self.dtype, self.pad_id, self.bar = device, dtype, pad_id, bar
         self.ids: list = []
         self.rows: list = []
         self.skips: list[dict] = []
-        self.skipped_so_far = 0
-        self.rows_total = 0
+        self.rows_made = self.kept_tokens = self.setup_failures = self.skipped = 0
 
-    def add_row(self, sample_id, vector) -> None:
-        self.ids.append(sample_id)
-        self.rows.append(vector)
-        self.rows_total += 1
+    def skip(self, record: dict) -> None:
+        self.skips.append(record)
+        self.skipped += 1
+        self.bar.update(1)
+        self.bar.set_postfix(skipped=self.skipped, refresh=False)
+        if self.rows_made == 0 and record["reason"] in _SETUP_REASONS:
+            self.setup_failures += 1
+            if self.setup_failures >= _FAIL_FAST_AFTER:
+                raise InputError(f"the first {self.setup_failures} samples all failed "
+                                 f"(last: {record['reason']}: {record['detail']}); "
+                                 "check --image-root, the model and the pool")
 
-    def commit(self, writer: StoreWriter, dim: int, dtype: str) -> None:
+    def _forward(self, samples: list):
+        inputs, instruction = collate(samples, self.pad_id)
+        inputs = {k: v.to(device=self.device, dtype=self.dtype if v.is_floating_point() else v.dtype)
+                  for k, v in inputs.items()}
+        vectors, kept = probe_vectors(self.model, self.run_probe, inputs, instruction.to(self.device),
+                                      self.opts.tau, self.opts.kernel_backend)
+        return vectors.cpu().numpy().astype(self.opts.store_dtype), kept.cpu().tolist()
+
+    def run(self, samples: list) -> None:
+        try:
+            stored, kept = self._forward(samples)
+        except Exception as exc:  # out of memory, or one sample the model rejects
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(samples) > 1:  # find the culprit: every sample alone
+                for sample in samples:
+                    self.run([sample])
+                return
+            reason = "out of memory" if isinstance(exc, torch.OutOfMemoryError) else "forward error"
+            self.skip(_skip(samples[0].sample_id, reason, first_line(exc)))
+            return
+        finite = np.isfinite(stored).all(axis=1)
+        for row, sample in enumerate(samples):
+            if kept[row] == 0:
+                self.skip(_skip(sample.sample_id, "no vision tokens", "the processor made none"))
+            elif not finite[row]:
+                self.skip(_skip(sample.sample_id, "non-finite vector",
+                                f"NaN or inf as {self.opts.store_dtype}"))
+            else:
+                self.ids.append(sample.sample_id)
+                self.rows.append(stored[row])
+                self.rows_made += 1
+                self.kept_tokens += kept[row]
+                self.bar.update(1)
+        if len(self.ids) >= self.opts.shard_rows:
+            self.commit()
+
+    def commit(self) -> None:
+        """Write the rows and skips gathered so far as one part of the store."""
         if not self.ids and not self.skips:
             return
-        vectors = np.stack(self.rows) if self.rows else np.zeros((0, dim), dtype=dtype)
-        writer.add(vectors, self.ids, self.skips)
-        self.skipped_so_far += len(self.skips)
+        vectors = np.stack(self.rows) if self.rows else np.zeros((0, self.writer.dim), self.opts.store_dtype)
+        self.writer.add(vectors, self.ids, self.skips)
         self.ids, self.rows, self.skips = [], [], []

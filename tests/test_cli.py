@@ -537,7 +537,7 @@ def test_demo_runs_twice(tmp_path, capsys):
     for _ in range(2):
         rc, out, err = run_cli(capsys, "demo", "--out", out_dir, "--n", 60, "--quiet")
         assert rc == 0, err
-        assert "extracted 60 vectors, skipped 2 (1 no image, 1 unreadable image)" in out
+        assert "extracted 60 vectors, 2 skipped (1 no image, 1 unreadable image)" in out
         subset = read_pool(out_dir / "run" / "subset.json")
         assert subset.layout == "llava" and subset.container == "json"
         assert len(subset) == 10  # default budget: 16% of the 60 usable samples

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from scalselect import InputError
 from scalselect.cli import main
@@ -78,7 +79,8 @@ def test_manifest_records_model_settings_and_counts(demo, tmp_path):
     assert manifest["dim"] == 64 and manifest["num_rows"] == 40 and manifest["num_skipped"] == 2
     assert manifest["skipped_by_reason"] == {"no image": 1, "unreadable image": 1}
     assert meta["family"] == "llava" and meta["model_class"] == "LlavaForConditionalGeneration"
-    assert meta["model"] == str(Path(demo["model"]).resolve())
+    assert meta["model"] == str(Path(demo["model"]).resolve()) and len(meta["model_fingerprint"]) == 16
+    assert meta["architecture"] == "LlavaForConditionalGeneration" and len(meta["pool_sha256"]) == 16
     assert meta["tau"] == 0.7 and meta["max_length"] == 300 and meta["compute_dtype"] == "float32"
     assert {"scalselect", "torch", "transformers"} <= set(meta["versions"])
     assert not (tmp_path / "s" / "progress.json").exists()
@@ -202,7 +204,7 @@ def test_cli_extract_and_run(demo, tmp_path, capsys):
                            "--image-root", demo["images"], "--budget", "25%", "--out-dir",
                            tmp_path / "out", "--workers", 0, "--quiet")
     assert rc == 0, err
-    assert "extracted 40 vectors, skipped 2 (1 no image, 1 unreadable image)" in out
+    assert "extracted 40 vectors, 2 skipped (1 no image, 1 unreadable image)" in out
     from scalselect.data import read_pool
     from scalselect.select import read_scores
     subset = read_pool(tmp_path / "out" / "subset.json")
@@ -213,7 +215,7 @@ def test_cli_extract_and_run(demo, tmp_path, capsys):
                            "--image-root", demo["images"], "--budget", "5", "--out-dir",
                            tmp_path / "out", "--resume", "--quiet")
     assert rc == 0, err
-    assert "is complete" in out and len(read_pool(tmp_path / "out" / "subset.json")) == 5
+    assert "is already complete (40 vectors, 2 skipped" in out and len(read_pool(tmp_path / "out" / "subset.json")) == 5
 
 
 @pytest.mark.parametrize("change,message", [
@@ -248,3 +250,121 @@ def test_qwen_families_through_the_pipeline(demo, tmp_path, family):
     extract_store(model, pool, demo["images"], tmp_path / "many", opts(batch_size=4))
     assert one["rows"] == 10 and read_manifest(tmp_path / "one")["meta"]["family"] == family
     assert_same_vectors(by_id(tmp_path / "one"), by_id(tmp_path / "many"))
+
+
+def extract_args(demo, out, *extra):
+    return ["extract", "--model", demo["model"], "--data", demo["pool"], "--image-root",
+            demo["images"], "--out", out, "--workers", 0, "--quiet", *extra]
+
+
+def assert_one_line_error(capsys, args, message):
+    rc, out, err = run_cli(capsys, *args)
+    assert rc == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err, err
+
+
+def test_resume_of_a_complete_store_checks_its_settings(demo, tmp_path, capsys):
+    assert run_cli(capsys, *extract_args(demo, tmp_path / "s"))[0] == 0
+    rc, out, _ = run_cli(capsys, *extract_args(demo, tmp_path / "s", "--resume"))
+    assert rc == 0 and "already complete (40 vectors, 2 skipped" in out
+    assert_one_line_error(capsys, extract_args(demo, tmp_path / "s", "--resume", "--tau", "0.3"),
+                          "made with other settings (tau: 0.9 then, 0.3 now)")
+    assert_one_line_error(capsys, extract_args(demo, tmp_path / "s"), "a store already exists here")
+
+
+def copy_checkpoint(src, dst, drop: str | None = None, truncate: bool = False):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    weights = dst / "model.safetensors"
+    if drop:
+        tensors = load_file(weights)
+        del tensors[next(k for k in tensors if drop in k)]
+        save_file(tensors, weights, metadata={"format": "pt"})
+    if truncate:
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return dst
+
+
+def test_a_checkpoint_without_layer0_weights_or_corrupt_is_refused(demo, tmp_path, capsys):
+    base = Path(demo["model"])
+    no_q = copy_checkpoint(base, tmp_path / "no-q", drop="layers.0.self_attn.q_proj")
+    args = extract_args(demo, tmp_path / "s")
+    args[args.index("--model") + 1] = no_q
+    assert_one_line_error(capsys, args, "lacks 1 weights the first layer needs")
+    assert not (tmp_path / "s").exists()  # a failed start leaves no unfinished store behind
+    # a weight of a later layer is not needed: only layer 0 is loaded
+    no_l1 = copy_checkpoint(base, tmp_path / "no-l1", drop="layers.1.mlp.up_proj")
+    args[args.index("--model") + 1] = no_l1
+    assert run_cli(capsys, *args)[0] == 0
+    cut = copy_checkpoint(base, tmp_path / "cut", truncate=True)
+    args = extract_args(demo, tmp_path / "s2")
+    args[args.index("--model") + 1] = cut
+    assert_one_line_error(capsys, args, "cannot load it")
+
+
+def test_only_layer_0_is_loaded(demo):
+    from scalselect.models.load import load_checkpoint, read_config
+
+    config = read_config(demo["model"])
+    _, model, adapter = load_checkpoint(demo["model"], config, torch.device("cpu"), torch.float32)
+    assert len(adapter.decoder_layers(model)) == 1 and config.text_config.num_hidden_layers == 2
+
+
+def test_one_store_has_one_writer(tmp_path):
+    writer = StoreWriter(tmp_path / "s", 4, "float32")
+    with pytest.raises(InputError, match="another process is writing this store"):
+        StoreWriter(tmp_path / "s", 4, "float32", resume=True)
+    writer.add(np.ones((2, 4)), ["a", "b"])
+    writer.close()
+    assert not (tmp_path / "s" / ".lock").exists()
+    assert_same_vectors(by_id(tmp_path / "s"), {"a": np.ones(4), "b": np.ones(4)})
+
+
+def test_an_unfinished_store_is_named_as_such(demo, tmp_path, capsys):
+    writer = StoreWriter(tmp_path / "s", 4, "float32")
+    writer.add(np.ones((2, 4)), ["a", "b"])
+    writer.abandon()
+    assert_one_line_error(capsys, ["score", tmp_path / "s", "--out", tmp_path / "x.jsonl"],
+                          "an unfinished extraction (no manifest.json yet)")
+
+
+def test_odd_samples_and_failing_forwards_become_skips(demo, tmp_path, monkeypatch):
+    import scalselect.pipeline as pipeline
+
+    records = json.loads(Path(demo["pool"]).read_text())[:12]
+    records[3]["image"] = "coco/a\u0000b.png"  # Path.resolve raises ValueError
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps(records))
+    victim = records[7]["id"]
+    real_forward = pipeline._Job._forward
+
+    def forward(job, samples):
+        if any(s.sample_id == victim for s in samples):
+            raise RuntimeError("simulated CUDA error")
+        return real_forward(job, samples)
+
+    monkeypatch.setattr(pipeline._Job, "_forward", forward)
+    summary = extract_store(demo["model"], pool, demo["images"], tmp_path / "s", opts(batch_size=4))
+    skipped = {s["sample_id"]: (s["reason"], s["detail"]) for s in read_skipped(tmp_path / "s")}
+    assert skipped[victim] == ("forward error", "RuntimeError: simulated CUDA error")
+    assert skipped[records[3]["id"]][0] == "sample error" and "null" in skipped[records[3]["id"]][1]
+    assert summary["rows"] == 10 and summary["skipped"] == 2  # the victim's batch-mates redone alone
+
+
+def test_a_wrong_image_root_stops_early(demo, tmp_path):
+    records = [{"id": i, "image": f"img{i}.png", "conversations": turn("<image>\nWhat?")} for i in range(150)]
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps(records))
+    with pytest.raises(InputError, match="the first 100 samples all failed .*unreadable image.*check --image-root"):
+        extract_store(demo["model"], pool, tmp_path, tmp_path / "s", opts())
+    assert not (tmp_path / "s").exists()
+
+
+def test_run_checks_the_budget_before_extracting(demo, tmp_path, capsys):
+    assert_one_line_error(capsys, ["run", "--model", demo["model"], "--data", demo["pool"],
+                                   "--image-root", demo["images"], "--budget", "abc", "--out-dir",
+                                   tmp_path / "out"], "budget 'abc'")
+    assert not (tmp_path / "out").exists()

@@ -70,6 +70,8 @@ class SampleMaker:
         except InputError as exc:
             raise SampleSkip("template mismatch", str(exc)) from None
         seq = int(ids.shape[0])
+        if not roles.vision.any():
+            raise SampleSkip("no vision tokens", "the processor expanded no image token")
         if seq > self.max_length:
             last_vision = int(torch.nonzero(roles.vision).max())
             if last_vision >= self.max_length:

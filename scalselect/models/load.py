@@ -1,20 +1,26 @@
 """Load a user's checkpoint directory like a trainer would: AutoProcessor + AutoModelForImageTextToText.
 
 Nothing is downloaded (local files only), and code shipped with a checkpoint runs only when the
-user passes trust_remote_code.
+user passes trust_remote_code. Only what the fast path runs is loaded: the vision tower, the
+projector, the embeddings and decoder layer 0 (a 72B checkpoint then needs a few GB).
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
+import re
 from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 from . import adapter_for
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# weights a layer-0 model may lack without changing its output: the LM head and the final norm
+_UNUSED_WEIGHTS = re.compile(r"(^|\.)lm_head\.|language_model\.norm\.")
 
 
 def pick_device(device: str) -> torch.device:
@@ -38,27 +44,70 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_checkpoint(path: str | os.PathLike, device: torch.device, dtype: torch.dtype,
-                    trust_remote_code: bool = False, progress: bool = True):
-    """(processor, model in eval mode on `device`, its adapter); InputError when it cannot load."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-    from transformers.utils import logging
-
-    if not progress:
-        logging.disable_progress_bar()
+def read_config(path: str | os.PathLike, trust_remote_code: bool = False):
+    """The checkpoint's config (cheap: no weights), or InputError."""
+    from transformers import AutoConfig
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise InputError(f"--model {path}: not a checkpoint directory (no config.json)")
     try:
+        return AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises many kinds for a bad config
+        raise InputError(f"--model {path}: cannot read its config ({first_line(exc)})") from None
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """Identifies a checkpoint's contents cheaply: config.json, and each weight file's name and size."""
+    path = Path(path)
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for f in sorted(path.iterdir()):
+        if f.suffix in (".safetensors", ".bin", ".pt", ".pth") or f.name.endswith(".index.json"):
+            digest.update(f"{f.name}:{f.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _layer0_config(config):
+    """A copy of `config` whose language model has decoder layer 0 only."""
+    cut = copy.deepcopy(config)
+    text = cut.get_text_config()
+    text.num_hidden_layers = 1
+    if isinstance(getattr(text, "layer_types", None), list):
+        text.layer_types = text.layer_types[:1]
+    return cut
+
+
+def load_checkpoint(path: str | os.PathLike, config, device: torch.device, dtype: torch.dtype,
+                    trust_remote_code: bool = False, progress: bool = True):
+    """(processor, layer-0 model in eval mode on `device`, its adapter); InputError when it
+    cannot load or lacks weights the fast path uses."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.utils import logging
+
+    path = Path(path)
+    if not progress:
+        logging.disable_progress_bar()
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # the layers left out would be reported as unused weights
+    try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True,
                                                   trust_remote_code=trust_remote_code)
-        model = AutoModelForImageTextToText.from_pretrained(
-            path, local_files_only=True, trust_remote_code=trust_remote_code, dtype=dtype,
-            attn_implementation="sdpa")
-    except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise InputError(f"--model {path}: cannot load it ({first})") from None
+        model, info = AutoModelForImageTextToText.from_pretrained(
+            path, config=_layer0_config(config), local_files_only=True, dtype=dtype,
+            trust_remote_code=trust_remote_code, attn_implementation="sdpa", output_loading_info=True)
+    except ImportError as exc:
+        raise InputError(f"--model {path}: its processor needs a package that is not installed "
+                         f"({first_line(exc)}); for Qwen-VL: pip install torchvision "
+                         "(the build that matches your torch)") from None
+    except Exception as exc:  # corrupt weights, unknown classes, ...: one line, not a traceback
+        raise InputError(f"--model {path}: cannot load it ({first_line(exc)})") from None
+    finally:
+        logging.set_verbosity(verbosity)
+    missing = [k for k in info.get("missing_keys", []) if not _UNUSED_WEIGHTS.search(k)]
+    if missing:
+        shown = ", ".join(sorted(missing)[:4]) + (", ..." if len(missing) > 4 else "")
+        raise InputError(f"--model {path}: the checkpoint lacks {len(missing)} weights the first "
+                         f"layer needs ({shown}); they would be random")
     adapter = adapter_for(model)
     if getattr(processor, "chat_template", None) is None:
         raise InputError(f"--model {path}: the processor has no chat template")
