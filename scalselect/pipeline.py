@@ -162,8 +162,12 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
             job.commit()  # the finished rows are kept for --resume
         writer.abandon()
         raise
-    except BaseException:
+    except BaseException as exc:
         writer.abandon()
+        if isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc):
+            raise InputError(f"an image-loading worker died ({first_line(exc)}); in a container, give "
+                             "it more shared memory (docker --shm-size) or pass --workers 0; "
+                             "then --resume") from None
         raise
     meta = {**settings, "family": adapter.family, "model_class": type(model).__name__,
             "versions": _versions(),
