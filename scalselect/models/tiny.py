@@ -150,11 +150,16 @@ def _qwen_ids(tokenizer) -> dict:
         ("video", "<|video_pad|>"), ("vision_start", "<|vision_start|>"), ("vision_end", "<|vision_end|>")]}
 
 
-def _qwen_text_config(tokenizer, ids: dict, mrope_section: list[int], **extra) -> dict:
+def _qwen_text_config(tokenizer, ids: dict, mrope_section: list[int], mrope_interleaved: bool = False,
+                      bos_is_pad: bool = False, **extra) -> dict:
     """A Qwen decoder: 2 layers, hidden 64, 4 query heads over 2 KV heads (GQA), head_dim 16.
 
     mrope_section splits the head_dim / 2 = 8 rotary frequencies over (temporal, height, width)."""
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section}
+    if mrope_interleaved:
+        rope["mrope_interleaved"] = True
+    if bos_is_pad:  # as Qwen2's config has it
+        extra["bos_token_id"] = ids["pad"]
     return dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
                 rope_parameters=rope, pad_token_id=ids["pad"], eos_token_id=ids["eos"], **extra)
@@ -172,7 +177,26 @@ def _qwen_pixels(patch: int, merge: int = 2, min_tokens: int = 4, max_tokens: in
     return {"shortest_edge": unit * min_tokens, "longest_edge": unit * max_tokens}
 
 
-def _save(out, model, processor) -> Path:
+def _save_tiny_qwen(out, seed: int, family: str, text: dict, vision: dict, template: str,
+                    image_kwargs: dict | None = None) -> Path:
+    """Build the `family` classes of transformers ("Qwen2VL", ...) from these configs, save them."""
+    import torch
+    import transformers
+
+    cls = {kind: getattr(transformers, f"{family}{kind}")
+           for kind in ("Config", "ForConditionalGeneration", "Processor")}
+    video_cls = transformers.Qwen3VLVideoProcessor if family == "Qwen3VL" else transformers.Qwen2VLVideoProcessor
+    tokenizer = _qwen_tokenizer()
+    ids = _qwen_ids(tokenizer)
+    config = cls["Config"](text_config=_qwen_text_config(tokenizer, ids, **text), vision_config=vision,
+                           **_qwen_special_ids(ids))
+    torch.manual_seed(seed)
+    model = cls["ForConditionalGeneration"](config).eval()
+    patch = vision["patch_size"]
+    images = dict(size=_qwen_pixels(patch), patch_size=patch, merge_size=2)
+    processor = cls["Processor"](
+        image_processor=transformers.Qwen2VLImageProcessor(**images, **(image_kwargs or {})),
+        video_processor=video_cls(**images), tokenizer=tokenizer, chat_template=template)
     out = Path(out)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -183,80 +207,31 @@ def save_tiny_qwen2_vl(out: str | Path, *, seed: int = 0) -> Path:
     """A Qwen2-VL-architecture checkpoint (ViT with 2x2 patch merger + Qwen2 LM with mrope, GQA).
 
     Patch 14, merge 2: a 56x56 image gives 2x2 = 4 vision tokens; each image gives 4 to 16."""
-    import torch
-    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
-                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
-
-    tokenizer = _qwen_tokenizer()
-    ids = _qwen_ids(tokenizer)
-    patch = 14
-    config = Qwen2VLConfig(
-        text_config=_qwen_text_config(tokenizer, ids, [2, 3, 3], bos_token_id=ids["pad"]),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2,
-                           patch_size=patch, spatial_merge_size=2, temporal_patch_size=2),
-        **_qwen_special_ids(ids))
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    size = _qwen_pixels(patch)
-    processor = Qwen2VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size=size, patch_size=patch, merge_size=2),
-        video_processor=Qwen2VLVideoProcessor(size=size, patch_size=patch, merge_size=2),
-        tokenizer=tokenizer, chat_template=QWEN2_VL_CHAT_TEMPLATE)
-    return _save(out, model, processor)
+    return _save_tiny_qwen(
+        out, seed, "Qwen2VL", dict(mrope_section=[2, 3, 3], bos_is_pad=True),
+        dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
+             spatial_merge_size=2, temporal_patch_size=2),
+        QWEN2_VL_CHAT_TEMPLATE)
 
 
 def save_tiny_qwen2_5_vl(out: str | Path, *, seed: int = 0) -> Path:
     """A Qwen2.5-VL-architecture checkpoint: windowed-attention ViT (window 56 px = 2x2 merged
     tokens; block 1 full attention), RMSNorm/SwiGLU vision blocks, Qwen2 LM with mrope, GQA."""
-    import torch
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                              Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
-
-    tokenizer = _qwen_tokenizer()
-    ids = _qwen_ids(tokenizer)
-    patch = 14
-    config = Qwen2_5_VLConfig(
-        text_config=_qwen_text_config(tokenizer, ids, [2, 3, 3], bos_token_id=ids["pad"]),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
-                           out_hidden_size=64, patch_size=patch, spatial_merge_size=2,
-                           temporal_patch_size=2, window_size=2 * patch * 2, fullatt_block_indexes=[1]),
-        **_qwen_special_ids(ids))
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    size = _qwen_pixels(patch)
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size=size, patch_size=patch, merge_size=2),
-        video_processor=Qwen2VLVideoProcessor(size=size, patch_size=patch, merge_size=2),
-        tokenizer=tokenizer, chat_template=QWEN2_VL_CHAT_TEMPLATE)
-    return _save(out, model, processor)
+    return _save_tiny_qwen(
+        out, seed, "Qwen2_5_VL", dict(mrope_section=[2, 3, 3], bos_is_pad=True),
+        dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+             patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+             fullatt_block_indexes=[1]),
+        QWEN2_VL_CHAT_TEMPLATE)
 
 
 def save_tiny_qwen3_vl(out: str | Path, *, seed: int = 0) -> Path:
     """A Qwen3-VL-architecture checkpoint: ViT (patch 16, learned position grid 8x8) whose blocks 0
     and 1 also feed DeepStack features into the LM after decoder layers 0 and 1; Qwen3 LM (q/k norm,
     interleaved mrope), GQA. A 64x64 image gives 2x2 = 4 vision tokens; each image gives 4 to 16."""
-    import torch
-    from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
-                              Qwen3VLProcessor, Qwen3VLVideoProcessor)
-
-    tokenizer = _qwen_tokenizer()
-    ids = _qwen_ids(tokenizer)
-    patch = 16
-    text = _qwen_text_config(tokenizer, ids, [4, 2, 2], head_dim=16)
-    text["rope_parameters"]["mrope_interleaved"] = True
-    config = Qwen3VLConfig(
-        text_config=text,
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
-                           out_hidden_size=64, patch_size=patch, spatial_merge_size=2,
-                           temporal_patch_size=2, num_position_embeddings=64,
-                           deepstack_visual_indexes=[0, 1]),
-        **_qwen_special_ids(ids))
-    torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(config).eval()
-    size = _qwen_pixels(patch)
-    processor = Qwen3VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size=size, patch_size=patch, merge_size=2,
-                                              image_mean=[0.5] * 3, image_std=[0.5] * 3),
-        video_processor=Qwen3VLVideoProcessor(size=size, patch_size=patch, merge_size=2),
-        tokenizer=tokenizer, chat_template=QWEN3_VL_CHAT_TEMPLATE)
-    return _save(out, model, processor)
+    return _save_tiny_qwen(
+        out, seed, "Qwen3VL", dict(mrope_section=[4, 2, 2], mrope_interleaved=True, head_dim=16),
+        dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+             patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+             deepstack_visual_indexes=[0, 1]),
+        QWEN3_VL_CHAT_TEMPLATE, image_kwargs=dict(image_mean=[0.5] * 3, image_std=[0.5] * 3))
