@@ -68,17 +68,22 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
+def _launch(name: str, device: torch.device, args: tuple) -> None:
+    """Run the compiled kernel `name` for `device`: the CUDA one on the device's current stream."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):  # launches and allocations go to this GPU
+            getattr(_C, f"{name}_cuda")(*args, _stream(device))
+    else:
+        getattr(_C, f"{name}_cpu")(*args)
+
+
 def _native_gram_prep(x, shift, inv_scale, l2_normalize):
     n, d = x.shape
     out = torch.empty((n, d), dtype=torch.float32, device=x.device)
     colsum = torch.zeros(d, dtype=torch.float64, device=x.device)
     args = (x.data_ptr(), _DTYPE_CODES[x.dtype], n, d, x.stride(0), bool(l2_normalize),
             _ptr(shift), _ptr(inv_scale), out.data_ptr(), colsum.data_ptr())
-    if x.device.type == "cuda":
-        with torch.cuda.device(x.device):  # launches and allocations go to x's GPU
-            _C.gram_prep_cuda(*args, _stream(x.device))
-    else:
-        _C.gram_prep_cpu(*args)
+    _launch("gram_prep", x.device, args)
     return out, colsum
 
 
@@ -87,11 +92,7 @@ def _native_projected_sqnorm(x, shift, inv_scale, l2_normalize, w):
     out = torch.zeros(n, dtype=torch.float64, device=x.device)
     args = (x.data_ptr(), _DTYPE_CODES[x.dtype], n, d, x.stride(0), bool(l2_normalize),
             _ptr(shift), _ptr(inv_scale), w.data_ptr(), w.shape[1], out.data_ptr())
-    if x.device.type == "cuda":
-        with torch.cuda.device(x.device):
-            _C.projected_sqnorm_cuda(*args, _stream(x.device))
-    else:
-        _C.projected_sqnorm_cpu(*args)
+    _launch("projected_sqnorm", x.device, args)
     return out
 
 
@@ -101,11 +102,7 @@ def _native_attention_mass(q, k, key_valid, row_is_instruction, col_is_vision, s
     args = (q.data_ptr(), k.data_ptr(), _DTYPE_CODES[q.dtype], b, heads, k.shape[1], seq, hd,
             key_valid.data_ptr(), row_is_instruction.data_ptr(), col_is_vision.data_ptr(),
             float(scale), out.data_ptr())
-    if q.device.type == "cuda":
-        with torch.cuda.device(q.device):
-            _C.attention_mass_cuda(*args, _stream(q.device))
-    else:
-        _C.attention_mass_cpu(*args)
+    _launch("attention_mass", q.device, args)
     return out
 
 
@@ -115,11 +112,7 @@ def _native_top_mass_mean(hidden, mass, col_is_vision, tau):
     kept = torch.empty(b, dtype=torch.int64, device=hidden.device)
     args = (hidden.data_ptr(), _DTYPE_CODES[hidden.dtype], b, seq, dim, mass.data_ptr(),
             col_is_vision.data_ptr(), float(tau), out.data_ptr(), kept.data_ptr())
-    if hidden.device.type == "cuda":
-        with torch.cuda.device(hidden.device):
-            _C.top_mass_mean_cuda(*args, _stream(hidden.device))
-    else:
-        _C.top_mass_mean_cpu(*args)
+    _launch("top_mass_mean", hidden.device, args)
     return out, kept
 
 
