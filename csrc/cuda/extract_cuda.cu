@@ -6,24 +6,10 @@
 #include <stdexcept>
 #include <string>
 
-#include "scalselect/half.h"
-#include "scalselect/kernels.h"
+#include "common.cuh"
 
 namespace scalselect {
 namespace {
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
-
-__device__ __forceinline__ float load_f32(const void* x, DType dtype, int64_t idx) {
-  switch (dtype) {
-    case DType::F32: return static_cast<const float*>(x)[idx];
-    case DType::F64: return float(static_cast<const double*>(x)[idx]);
-    case DType::F16: return f16_to_float(static_cast<const uint16_t*>(x)[idx]);
-    default: return bf16_to_float(static_cast<const uint16_t*>(x)[idx]);
-  }
-}
 
 // Stream-ordered device scratch, freed when the call returns (after the kernels, in order).
 struct Scratch {
@@ -98,7 +84,7 @@ __global__ void attention_mass_kernel(const void* q, const void* k, DType dtype,
 
   for (int e = threadIdx.x; e < kRowTile * hd; e += blockDim.x) {
     const int r = e / hd, d = e % hd;
-    qs[r * stride + d] = r < nr ? load_f32(q, dtype, (q_base + my_rows[r]) * hd + d) : 0.0f;
+    qs[r * stride + d] = r < nr ? load_as<float>(q, dtype, (q_base + my_rows[r]) * hd + d) : 0.0f;
   }
   int64_t row_pos[2];
   for (int u = 0; u < 2; ++u) {
@@ -120,7 +106,7 @@ __global__ void attention_mass_kernel(const void* q, const void* k, DType dtype,
       for (int e = threadIdx.x; e < kKeyTile * hd; e += blockDim.x) {
         const int kk = e / hd, d = e % hd;
         const int64_t jj = t * kKeyTile + kk;
-        ks[kk * stride + d] = jj < jmax ? load_f32(k, dtype, (k_base + jj) * hd + d) : 0.0f;
+        ks[kk * stride + d] = jj < jmax ? load_as<float>(k, dtype, (k_base + jj) * hd + d) : 0.0f;
       }
       __syncthreads();
       float dot[2] = {0.0f, 0.0f};
@@ -265,7 +251,7 @@ __global__ void top_mass_mean_kernel(const void* hidden, DType dtype, int64_t se
   const int64_t n = kept[b];
   double acc = 0.0;
   for (int64_t r = 0; r < n; ++r)
-    acc += load_f32(hidden, dtype, (b * seq + sorted_pos[b * seq + r]) * dim + d);
+    acc += load_as<float>(hidden, dtype, (b * seq + sorted_pos[b * seq + r]) * dim + d);
   out[b * dim + d] = n > 0 ? float(acc / double(n)) : 0.0f;
 }
 

@@ -4,24 +4,10 @@
 #include <stdexcept>
 #include <string>
 
-#include "scalselect/half.h"
-#include "scalselect/kernels.h"
+#include "common.cuh"
 
 namespace scalselect {
 namespace {
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
-
-__device__ __forceinline__ double load(const void* x, DType dtype, int64_t idx) {
-  switch (dtype) {
-    case DType::F32: return static_cast<const float*>(x)[idx];
-    case DType::F64: return static_cast<const double*>(x)[idx];
-    case DType::F16: return f16_to_float(static_cast<const uint16_t*>(x)[idx]);
-    default: return bf16_to_float(static_cast<const uint16_t*>(x)[idx]);
-  }
-}
 
 constexpr int kThreads = 256;
 
@@ -46,7 +32,7 @@ __global__ void row_inv_norm_kernel(const void* x, DType dtype, int64_t n, int64
   if (i >= n) return;
   double ss = 0.0;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-    const double v = load(x, dtype, i * row_stride + j);
+    const double v = load_as<double>(x, dtype, i * row_stride + j);
     ss += v * v;
   }
   ss = block_sum(ss, scratch);
@@ -56,7 +42,7 @@ __global__ void row_inv_norm_kernel(const void* x, DType dtype, int64_t n, int64
 __device__ __forceinline__ double centred(const void* x, DType dtype, int64_t i, int64_t j,
                                           int64_t row_stride, const double* inv_norm,
                                           const double* shift, const double* inv_scale) {
-  double v = load(x, dtype, i * row_stride + j) * (inv_norm ? inv_norm[i] : 1.0) - shift[j];
+  double v = load_as<double>(x, dtype, i * row_stride + j) * (inv_norm ? inv_norm[i] : 1.0) - shift[j];
   return inv_scale ? v * inv_scale[j] : v;
 }
 
