@@ -265,48 +265,63 @@ class StoreWriter:
     and skips are written (atomically) before it. With `resume=True` the committed parts of an
     unfinished store are kept, provided its settings equal `settings`, and `done_ids` says
     which samples need no more work; a part cut short by a crash is written again.
+
+    Under torchrun (`comm` of scalselect.distributed) every rank has a writer: rank 0 checks and
+    prepares the directory, each rank writes its own parts (shard-r<rank>-NNNNN) under its own
+    lock, and `close()` gathers all of them into the manifest on rank 0. Parts are found by
+    name, so a store begun with one world size can be resumed with another.
     """
 
     def __init__(self, store: str | os.PathLike, dim: int, dtype: str = "float16",
-                 meta: dict | None = None, *, settings: dict | None = None, resume: bool = False):
+                 meta: dict | None = None, *, settings: dict | None = None, resume: bool = False,
+                 comm=None):
+        from .distributed import Comm
+
         if dtype not in _STORE_DTYPES:
             raise InputError(f"store dtype must be one of {_STORE_DTYPES}, not {dtype!r}")
         if dtype == "bfloat16":
             raise InputError("bfloat16 cannot be stored in .npy; use float16 or float32")
         self.store, self.dim, self.dtype, self.meta = Path(store), int(dim), dtype, dict(meta or {})
-        if (self.store / MANIFEST).exists():
-            raise InputError(f"{self.store}: a store already exists here")
+        self.comm = comm or Comm()
         self.settings = {"dim": self.dim, "dtype": dtype, **(settings or {})}
-        self.shards: list[dict] = []
-        self.done_ids: set = set()
-        self.skip_counts: dict[str, int] = {}
-        progress = self.store / PROGRESS
-        if progress.exists():
-            if not resume:
-                raise InputError(f"{self.store}: holds an unfinished store; resume it (--resume) "
-                                 "or choose another output")
-        elif self.store.exists() and any(p.name != LOCK for p in self.store.iterdir()):
-            raise InputError(f"{self.store}: exists and is not empty; choose another output")
-        self.store.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock(self.store / LOCK)
+        self._prefix = f"shard-r{self.comm.rank}-" if self.comm.active else "shard-"
+        self.comm.on_rank0(lambda: self._prepare(resume))
+        self._lock = _lock(self.store / (f"{LOCK}-r{self.comm.rank}" if self.comm.active else LOCK))
         try:
-            if progress.exists():
-                self._load_committed(progress)
-            with atomic_open(progress) as f:
-                json.dump(self.settings, f, indent=1, ensure_ascii=False)
+            self._scan()
         except BaseException:
             self._unlock()
             raise
 
-    def _load_committed(self, progress: Path) -> None:
-        try:
-            before = json.loads(progress.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{progress}: unreadable ({exc})") from None
-        check_same_settings(self.store, before, self.settings)
-        while (self.store / f"{self._name(len(self.shards))}.ids.json").exists():
-            name = self._name(len(self.shards))
-            ids = _read_json_list(self.store / f"{name}.ids.json")
+    def _prepare(self, resume: bool) -> None:
+        """Check the directory (and, resuming, the settings it was begun with); write progress.json."""
+        progress = self.store / PROGRESS
+        if (self.store / MANIFEST).exists():
+            raise InputError(f"{self.store}: a store already exists here")
+        if progress.exists():
+            if not resume:
+                raise InputError(f"{self.store}: holds an unfinished store; resume it (--resume) "
+                                 "or choose another output")
+            try:
+                before = json.loads(progress.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise InputError(f"{progress}: unreadable ({exc})") from None
+            check_same_settings(self.store, before, self.settings)
+        elif self.store.exists() and any(not p.name.startswith(LOCK) for p in self.store.iterdir()):
+            raise InputError(f"{self.store}: exists and is not empty; choose another output")
+        self.store.mkdir(parents=True, exist_ok=True)
+        with atomic_open(progress) as f:
+            json.dump(self.settings, f, indent=1, ensure_ascii=False)
+
+    def _scan(self) -> None:
+        """The committed parts of every writer, in name order (each part's ids file commits it)."""
+        self.shards: list[dict] = []
+        self.done_ids: set = set()
+        self.skip_counts: dict[str, int] = {}
+        self._next = 0
+        for ids_file in sorted(self.store.glob("shard-*.ids.json")):
+            name = ids_file.name.removesuffix(".ids.json")
+            ids = _read_json_list(ids_file)
             rows = NpyFile.open(self.store / f"{name}.npy").shape
             skipped = _read_jsonl(self.store / f"{name}.skipped.jsonl")
             if len(rows) != 2 or rows[0] != len(ids) or rows[1] != self.dim:
@@ -314,9 +329,11 @@ class StoreWriter:
                                  f"{len(ids)} ids and width {self.dim}")
             self._committed(name, ids, skipped)
 
-    @staticmethod
-    def _name(index: int) -> str:
-        return f"shard-{index:05d}"
+    def _name(self) -> str:
+        """The next part's name: this writer's prefix and the first index no committed part has."""
+        while (self.store / f"{self._prefix}{self._next:05d}.ids.json").exists():
+            self._next += 1
+        return f"{self._prefix}{self._next:05d}"
 
     def _committed(self, name: str, ids: list, skipped: list[dict]) -> None:
         self.shards.append({"vectors": f"{name}.npy", "ids": f"{name}.ids.json",
@@ -339,7 +356,7 @@ class StoreWriter:
                              f"(NaN, inf, or beyond the type's range)")
         ids = [_plain_id(i) for i in ids]
         skipped = [{**s, "sample_id": _plain_id(s["sample_id"])} for s in skipped]
-        name = self._name(len(self.shards))
+        name = self._name()
         with atomic_open(self.store / f"{name}.npy", "wb") as f:
             np.save(f, stored, allow_pickle=False)
         _write_jsonl(self.store / f"{name}.skipped.jsonl", skipped)
@@ -348,31 +365,38 @@ class StoreWriter:
         self._committed(name, ids, skipped)
 
     def close(self, meta: dict | None = None) -> Path:
-        """Write skipped.jsonl (all parts' skips) and the manifest; `meta` is added to it."""
-        skipped = [s for shard in self.shards for s in _read_jsonl(self.store / shard["skipped"])]
-        _write_jsonl(self.store / SKIPPED, skipped)
-        manifest = {"format": STORE_FORMAT, "version": STORE_VERSION, "dim": self.dim,
-                    "dtype": self.dtype, "num_rows": sum(s["rows"] for s in self.shards),
-                    "num_skipped": len(skipped), "skipped_by_reason": dict(sorted(self.skip_counts.items())),
-                    "shards": self.shards, "meta": {**self.meta, **(meta or {})}}
-        with atomic_open(self.store / MANIFEST) as f:
-            json.dump(manifest, f, indent=1, ensure_ascii=False)
-        (self.store / PROGRESS).unlink()
+        """Write skipped.jsonl (all parts' skips) and the manifest; `meta` is added to it.
+
+        Under torchrun every rank calls it; rank 0 writes, after all ranks have committed."""
+        self.comm.barrier()
+        if self.comm.is_main:
+            if self.comm.active:
+                self._scan()  # the other ranks' parts too
+            skipped = [s for shard in self.shards for s in _read_jsonl(self.store / shard["skipped"])]
+            _write_jsonl(self.store / SKIPPED, skipped)
+            manifest = {"format": STORE_FORMAT, "version": STORE_VERSION, "dim": self.dim,
+                        "dtype": self.dtype, "num_rows": sum(s["rows"] for s in self.shards),
+                        "num_skipped": len(skipped), "skipped_by_reason": dict(sorted(self.skip_counts.items())),
+                        "shards": self.shards, "meta": {**self.meta, **(meta or {})}}
+            with atomic_open(self.store / MANIFEST) as f:
+                json.dump(manifest, f, indent=1, ensure_ascii=False)
+            (self.store / PROGRESS).unlink()
         self._unlock()
+        self.comm.barrier()  # the manifest exists for every rank from here on
         return self.store
 
     def abandon(self) -> None:
         """Stop writing. A store with no committed part is removed again (a failed start
         should not leave an unfinished store behind); committed parts stay for --resume."""
-        if not self.shards:
-            (self.store / PROGRESS).unlink(missing_ok=True)
         self._unlock()
-        if not self.shards and not any(self.store.iterdir()):
-            self.store.rmdir()
+        if self.comm.is_main and not any(self.store.glob("shard-*.ids.json")):
+            (self.store / PROGRESS).unlink(missing_ok=True)
+            if not any(self.store.iterdir()):
+                self.store.rmdir()
 
     def _unlock(self) -> None:
         if self._lock is not None:
-            (self.store / LOCK).unlink(missing_ok=True)
+            Path(self._lock.name).unlink(missing_ok=True)
             self._lock.close()  # closing the file releases the lock
             self._lock = None
 
