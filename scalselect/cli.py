@@ -6,6 +6,8 @@ Bad input ends with one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import time
@@ -37,6 +39,11 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _score(args) -> dict:
+    # Under torchrun the other ranks wait for rank 0 (distributed scoring: issue 4, in progress).
+    return args.comm.on_rank0(lambda: _score_here(args))
+
+
+def _score_here(args) -> dict:
     from .scoring import leverage_scores
     from .select import write_scores
 
@@ -59,6 +66,10 @@ def _score(args) -> dict:
 
 
 def _select(args) -> dict:
+    return args.comm.on_rank0(lambda: _select_here(args))
+
+
+def _select_here(args) -> dict:
     from .data import read_pool
     from .select import read_scores, select_subset
 
@@ -89,7 +100,8 @@ def _extract(args) -> dict:
     from .pipeline import extract_store
 
     _refuse_overwrite([args.out], [args.data, args.model])
-    summary = extract_store(args.model, args.data, args.image_root, args.out, _extract_options(args))
+    summary = extract_store(args.model, args.data, args.image_root, args.out, _extract_options(args),
+                            args.comm)
     reasons = ", ".join(f"{n} {r}" for r, n in summary["skipped_by_reason"].items())
     counts = f"{summary['rows']} vectors, {summary['skipped']} skipped{f' ({reasons})' if reasons else ''}"
     if summary.get("already_complete"):
@@ -116,8 +128,9 @@ def _run(args) -> dict:
     extracted = _extract(argparse.Namespace(**{**vars(args), "out": store}))
     scored = _score(argparse.Namespace(input=store, out=scores, energy=args.energy,
                                        device=args.device, standardize=False, l2_normalize=False,
-                                       chunk_rows=None, quiet=args.quiet))
-    selected = _select(argparse.Namespace(data=args.data, scores=scores, budget=args.budget, out=subset))
+                                       chunk_rows=None, quiet=args.quiet, comm=args.comm))
+    selected = _select(argparse.Namespace(data=args.data, scores=scores, budget=args.budget, out=subset,
+                                          comm=args.comm))
     return {"store": str(store), "scores": str(scores), "subset": str(subset),
             "extract": extracted, "score": scored, "select": selected}
 
@@ -150,6 +163,7 @@ def _demo(args) -> dict:
         "run", "--model", str(demo["model"]), "--data", str(demo["pool"]),
         "--image-root", str(demo["images"]), "--budget", args.budget, "--out-dir", str(demo["run"]),
         "--device", args.device, *(["--quiet"] if args.quiet else [])])
+    run_args.comm = args.comm
     result = _run(run_args)
     source = lambda sample_id: str(sample_id).split("-")[0]  # noqa: E731  ids are "<source>-<n>"
     ids, scores = read_scores(result["scores"])
@@ -184,6 +198,15 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-outside-root", action="store_true",
                    help="allow absolute image paths and paths leaving --image-root")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_dist_timeout(p)
+
+
+def _add_dist_timeout(p: argparse.ArgumentParser) -> None:
+    from .distributed import DEFAULT_TIMEOUT_MINUTES
+
+    p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_MINUTES,
+                   help="under torchrun: minutes a rank waits for the others before failing "
+                        f"(default {DEFAULT_TIMEOUT_MINUTES:g})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--l2-normalize", action="store_true", help="scale rows to unit length first")
     p.add_argument("--chunk-rows", type=int, default=None, help="rows per streamed chunk")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_dist_timeout(p)
     p.set_defaults(run=_score)
 
     p = sub.add_parser("select", help="write the top-scored samples of a pool in its own format")
@@ -239,17 +263,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .distributed import DEFAULT_TIMEOUT_MINUTES, RankFailure, context
+
     args = build_parser().parse_args(argv)
+    name = f"scalselect {args.command}"
     try:
-        args.run(args)
+        with context(getattr(args, "dist_timeout", DEFAULT_TIMEOUT_MINUTES)) as comm:
+            args.comm = comm
+            if comm.active:
+                name += f" [rank {comm.rank} of {comm.world}]"
+            quiet = contextlib.redirect_stdout(io.StringIO()) if not comm.is_main else contextlib.nullcontext()
+            with quiet:  # under torchrun, rank 0 speaks for all
+                args.run(args)
     except InputError as exc:
-        print(f"scalselect {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
     except (OSError, RecursionError) as exc:  # unreadable / unwritable paths, absurd nesting
-        print(f"scalselect {args.command}: error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 2
+    except RankFailure as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"scalselect {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
     return 0
 

@@ -17,9 +17,23 @@ from typing import Callable, Iterator
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 DEFAULT_TIMEOUT_MINUTES = 30.0
+
+
+class RankFailure(RuntimeError):
+    """Another rank died or did not answer in time; this rank stops too."""
+
+
+@contextlib.contextmanager
+def _collective(what: str, timeout_minutes: float):
+    try:
+        yield
+    except RuntimeError as exc:  # gloo / NCCL report a dead or silent peer as RuntimeError
+        raise RankFailure(f"{what}: another rank failed or did not answer within "
+                          f"{timeout_minutes:g} min (--dist-timeout) [{first_line(exc)}]; "
+                          "the parts already written are kept: rerun with --resume") from None
 
 
 @dataclass
@@ -28,6 +42,7 @@ class Comm:
     world: int = 1
     local_rank: int = 0
     device: torch.device | None = None  # where collectives' tensors live (NCCL: this GPU)
+    timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES
 
     @property
     def active(self) -> bool:
@@ -39,14 +54,16 @@ class Comm:
 
     def barrier(self) -> None:
         if self.active:
-            torch.distributed.barrier()
+            with _collective("barrier", self.timeout_minutes):
+                torch.distributed.barrier()
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum of `t` over ranks, on every rank (t's device and dtype)."""
         if not self.active:
             return t
         buf = t.to(self.device)
-        torch.distributed.all_reduce(buf)
+        with _collective("all_reduce", self.timeout_minutes):
+            torch.distributed.all_reduce(buf)
         return buf.to(t.device)
 
     def broadcast(self, t: torch.Tensor) -> torch.Tensor:
@@ -54,14 +71,16 @@ class Comm:
         if not self.active:
             return t
         buf = t.to(self.device).contiguous()
-        torch.distributed.broadcast(buf, src=0)
+        with _collective("broadcast", self.timeout_minutes):
+            torch.distributed.broadcast(buf, src=0)
         return buf.to(t.device)
 
     def broadcast_object(self, obj):
         if not self.active:
             return obj
         box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
+        with _collective("broadcast", self.timeout_minutes):
+            torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
     def gather_objects(self, obj) -> list | None:
@@ -69,7 +88,8 @@ class Comm:
         if not self.active:
             return [obj]
         out = [None] * self.world if self.is_main else None
-        torch.distributed.gather_object(obj, out, dst=0)
+        with _collective("gather", self.timeout_minutes):
+            torch.distributed.gather_object(obj, out, dst=0)
         return out
 
     def on_rank0(self, fn: Callable):
@@ -104,9 +124,10 @@ def context(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> Iterator[Comm]:
     if gpu:
         torch.cuda.set_device(local_rank)
     device = torch.device("cuda", local_rank) if gpu else torch.device("cpu")
-    torch.distributed.init_process_group(
-        backend="nccl" if gpu else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
+    with _collective("joining the process group", timeout_minutes):
+        torch.distributed.init_process_group(
+            backend="nccl" if gpu else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
     try:
-        yield Comm(rank, world, local_rank, device)
+        yield Comm(rank, world, local_rank, device, timeout_minutes)
     finally:
         torch.distributed.destroy_process_group()

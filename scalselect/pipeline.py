@@ -21,6 +21,7 @@ from tqdm import tqdm
 from .data import read_pool
 from .data.images import SampleSkip, check_image_root
 from .data.samples import LengthBatcher, SampleMaker, collate
+from .distributed import Comm
 from .errors import InputError, first_line
 from .extract import first_layer_probe, probe_vectors
 from .models.load import fingerprint, load_checkpoint, pick_device, pick_dtype, read_config
@@ -105,16 +106,20 @@ def _versions() -> dict:
 
 def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
                   image_root: str | os.PathLike | None, out: str | os.PathLike,
-                  options: ExtractOptions | None = None) -> dict:
+                  options: ExtractOptions | None = None, comm: Comm | None = None) -> dict:
     """Extract every sample of the pool into the store `out`; returns the store's summary.
 
     Everything cheap is checked before the model is loaded: options, pool, image root, the
-    checkpoint's config, and the output (or, with resume, that it was made the same way)."""
+    checkpoint's config, and the output (or, with resume, that it was made the same way).
+    Under torchrun (`comm`), rank r of W takes every W-th sample still to do, on its own GPU."""
     opts = options or ExtractOptions()
+    comm = comm or Comm()
     opts.check()
     root = check_image_root(image_root)
     pool = read_pool(pool_path)
     device = pick_device(opts.device)
+    if comm.active and device.type == "cuda":
+        device = torch.device("cuda", comm.local_rank)
     dtype = pick_dtype(opts.dtype, device)
     config = read_config(model_dir, opts.trust_remote_code)
     out = Path(out)
@@ -127,25 +132,27 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
     dim = int(config.get_text_config().hidden_size)
     if opts.resume and (out / MANIFEST).exists():
         return _complete_store(out, {"dim": dim, "dtype": opts.store_dtype, **settings})
-    writer = StoreWriter(out, dim, opts.store_dtype, settings=settings, resume=opts.resume)
+    writer = StoreWriter(out, dim, opts.store_dtype, settings=settings, resume=opts.resume, comm=comm)
     job = None
     try:
         processor, model, adapter = load_checkpoint(model_dir, config, device, dtype,
                                                     opts.trust_remote_code, opts.progress)
         todo = np.fromiter((p for p, sid in enumerate(pool.ids) if sid not in writer.done_ids), np.int64)
+        mine = todo[comm.rank::comm.world]  # every rank sees the same committed parts, so the same todo
         maker = SampleMaker(processor, adapter.image_token_id(model), root, opts.max_length,
                             opts.allow_outside_root)
         workers = _worker_count(opts.workers)
         loader = torch.utils.data.DataLoader(
-            _PoolSamples(pool, todo, maker), batch_size=None, shuffle=False, num_workers=workers,
+            _PoolSamples(pool, mine, maker), batch_size=None, shuffle=False, num_workers=workers,
             collate_fn=_unbatched, prefetch_factor=4 if workers else None)
         pad_id = processor.tokenizer.pad_token_id
         pad_id = pad_id if pad_id is not None else (processor.tokenizer.eos_token_id or 0)
         batcher = LengthBatcher(opts.batch_size)
         t0 = time.perf_counter()
+        desc = f"extract (rank 0 of {comm.world})" if comm.active else "extract"
         with first_layer_probe(model) as run, tqdm(
-                total=len(todo), unit="sample", disable=not opts.progress, desc="extract",
-                dynamic_ncols=True, smoothing=0.1) as bar:
+                total=len(mine), unit="sample", disable=not (opts.progress and comm.is_main),
+                desc=desc, dynamic_ncols=True, smoothing=0.1) as bar:
             job = _Job(model, run, writer, opts, device, dtype, pad_id, bar)
             for item in loader:
                 if isinstance(item, dict):
@@ -172,12 +179,13 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
     meta = {**settings, "family": adapter.family, "model_class": type(model).__name__,
             "versions": _versions(),
             "batch_size": opts.batch_size, "extract_seconds_last_run": seconds,
+            "world_size_last_run": comm.world,
             "samples_per_second_last_run": len(todo) / seconds if seconds > 0 else None,
             "mean_kept_vision_tokens_last_run": job.kept_tokens / max(1, job.rows_made)}
     writer.close(meta)
-    summary = {"store": str(out), "rows": sum(s["rows"] for s in writer.shards),
-               "skipped": sum(writer.skip_counts.values()),
-               "skipped_by_reason": dict(sorted(writer.skip_counts.items())),
+    manifest = read_manifest(out)  # every rank's parts, for every rank
+    summary = {"store": str(out), "rows": manifest["num_rows"], "skipped": manifest["num_skipped"],
+               "skipped_by_reason": manifest["skipped_by_reason"],
                "processed_this_run": len(todo), "seconds": seconds, "device": str(device),
                "dtype": settings["compute_dtype"]}
     if summary["rows"] == 0:

@@ -1,0 +1,146 @@
+"""Extraction under torchrun (gloo, 2 processes on this machine): the merged store equals a
+single-process one, a run of 2 ranks cut short resumes with 1, a silent rank fails the job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scalselect.demo import prepare_demo
+from scalselect.pipeline import ExtractOptions, extract_store
+from scalselect.store import load_representations, read_manifest, read_skipped
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_argv(nproc: int, *args) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+            "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+            "-m", "scalselect", *map(str, args)]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def torchrun(nproc: int, *args, timeout=240) -> subprocess.CompletedProcess:
+    return subprocess.run(torchrun_argv(nproc, *args), capture_output=True, text=True, env=ENV,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return prepare_demo(tmp_path_factory.mktemp("demo"), n=60)
+
+
+def extract_args(demo, out, pool=None, *extra):
+    return ["extract", "--model", demo["model"], "--data", pool or demo["pool"], "--image-root",
+            demo["images"], "--out", out, "--workers", 0, "--quiet", "--store-dtype", "float32",
+            "--shard-rows", 8, *extra]
+
+
+def by_id(store):
+    ids, x = load_representations(store)
+    return dict(zip(ids, x))
+
+
+def assert_same_store(a, b):
+    va, vb = by_id(a), by_id(b)
+    assert set(va) == set(vb)
+    for key in va:
+        np.testing.assert_allclose(va[key], vb[key], rtol=1e-5, atol=1e-6, err_msg=str(key))
+    assert sorted(map(json.dumps, read_skipped(a))) == sorted(map(json.dumps, read_skipped(b)))
+
+
+def single(demo, out, pool=None):
+    extract_store(demo["model"], pool or demo["pool"], demo["images"], out,
+                  ExtractOptions(workers=0, progress=False, store_dtype="float32", shard_rows=8))
+    return out
+
+
+def test_two_ranks_write_one_store_equal_to_a_single_process(demo, tmp_path):
+    proc = torchrun(2, *extract_args(demo, tmp_path / "two"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "extracted 60 vectors, 2 skipped" in proc.stdout and proc.stdout.count("extracted") == 1
+    manifest = read_manifest(tmp_path / "two")
+    names = [s["vectors"] for s in manifest["shards"]]
+    assert any(n.startswith("shard-r0-") for n in names) and any(n.startswith("shard-r1-") for n in names)
+    assert manifest["meta"]["world_size_last_run"] == 2
+    assert not list((tmp_path / "two").glob(".lock*"))
+    assert_same_store(tmp_path / "two", single(demo, tmp_path / "one"))
+
+
+def test_a_two_rank_run_cut_short_resumes_with_one_rank(demo, tmp_path):
+    """One sample's image is a FIFO that blocks the rank reading it, as a hung file system would;
+    the job is killed once both ranks have committed parts, and resumed by a single process."""
+    records = json.loads(Path(demo["pool"]).read_text())
+    records.append({"id": "blocked", "image": "blocked.png",
+                    "conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                      {"from": "gpt", "value": "A cat."}]})
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps(records))
+    fifo = Path(demo["images"]) / "blocked.png"
+    os.mkfifo(fifo)
+    try:
+        # batch size 1: samples are not held back in the length-grouping window, parts commit early
+        argv = torchrun_argv(2, *extract_args(demo, tmp_path / "s", pool, "--batch-size", 1))
+        job = subprocess.Popen(argv, env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and not (list((tmp_path / "s").glob("shard-r0-*.ids.json"))
+                                               and list((tmp_path / "s").glob("shard-r1-*.ids.json"))):
+            assert job.poll() is None, "the job ended before it could be cut short"
+            time.sleep(0.05)
+        assert time.time() < deadline, "both ranks should have committed parts by now"
+        time.sleep(1.0)
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=30)
+    finally:
+        fifo.unlink()
+    assert not (tmp_path / "s" / "manifest.json").exists()
+    parts_before = len(list((tmp_path / "s").glob("shard-*.ids.json")))
+    assert parts_before >= 2
+    fifo.write_bytes((Path(demo["images"]) / "coco").iterdir().__next__().read_bytes())  # now a real image
+    try:
+        summary = extract_store(demo["model"], pool, demo["images"], tmp_path / "s",
+                                ExtractOptions(workers=0, progress=False, store_dtype="float32",
+                                               shard_rows=8, resume=True))
+        assert 0 < summary["processed_this_run"] < 63
+        ids, _ = load_representations(tmp_path / "s")
+        assert len(ids) == len(set(ids)) == 61
+        assert_same_store(tmp_path / "s", single(demo, tmp_path / "one", pool))
+    finally:
+        fifo.unlink()
+
+
+def test_a_rank_that_does_not_answer_fails_the_job_within_the_timeout(demo, tmp_path):
+    records = json.loads(Path(demo["pool"]).read_text())[:6]
+    records.append({"id": "blocked", "image": "blocked2.png",
+                    "conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                      {"from": "gpt", "value": "A cat."}]})
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps(records))
+    fifo = Path(demo["images"]) / "blocked2.png"
+    os.mkfifo(fifo)
+    try:
+        t0 = time.time()
+        proc = torchrun(2, *extract_args(demo, tmp_path / "s", pool, "--dist-timeout", 0.1), timeout=120)
+    finally:
+        fifo.unlink()
+    assert proc.returncode != 0 and time.time() - t0 < 90
+    # the rank left waiting says why in one line (torchrun then reports the job's failure)
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("scalselect extract [rank ")]
+    assert any("error: barrier: another rank failed or did not answer within 0.1 min" in line
+               and "rerun with --resume" in line for line in ours), proc.stderr[-3000:]
