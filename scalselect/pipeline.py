@@ -33,7 +33,7 @@ class ExtractOptions:
     tau: float = 0.9
     max_length: int = 2048
     batch_size: int = 8
-    workers: int | None = None     # DataLoader workers; None: one per core but one, at most 8
+    workers: int | None = None     # DataLoader workers; None: one per core of this rank but one, at most 8
     device: str = "auto"
     dtype: str = "auto"            # compute dtype of the model
     store_dtype: str = "float16"
@@ -86,7 +86,8 @@ def _worker_count(requested: int | None) -> int:
     if requested is not None:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, min(8, cores - 1))  # the cores this job may use, one left to the forward
+    cores //= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: the node's ranks share them
+    return max(0, min(8, cores - 1))  # the cores this rank may use, one left to the forward
 
 
 def _sha256(path: Path) -> str:

@@ -6,46 +6,68 @@ The centred Gram follows exactly: C = G_s - N (mu - s)(mu - s)^T. Its leading ei
 V_k and sigma_k^2; k is the smallest rank whose energy reaches `energy` x trace(C). Pass 2 reads
 each row once more and returns ||(x_i - mu) V_k Sigma_k^-1||^2, the leverage of row i in the top-k
 left singular subspace of the centred matrix. When N < D the N x N kernel is the cheaper side.
+
+Under torchrun (a `Comm` of more than one process) the input is a store and each rank reads
+only its share of the shards (`store.part_shards`). The shift is the one a single process
+takes, the mean of the store's first rows, sent by the rank that holds them to all (so each
+shard's float32 products are the very ones of a single process, and the scores agree with it
+to float64 rounding, not just float32's); pass 1 runs locally and its Gram matrix, column sums
+and row count are summed over the ranks; rank 0 finds the eigenpairs and broadcasts them; pass
+2 scores each rank's own rows.
+On the N x N side every rank sends its rows to rank 0, which scores them all and sends each
+rank its own scores back. Each rank's result holds its own rows; `gather_result` collects all
+of them, in store order, on rank 0. An error one rank meets in its local work is held until the
+end of that step, when every rank learns of it (`_step`), so no rank is left waiting in a
+collective: the rank that met it raises it, the others raise "rank R: <message>".
 """
 
 from __future__ import annotations
 
+import bisect
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import kernels
-from .eigen import METHODS, top_eigenpairs
+from .distributed import Comm
+from .eigen import METHODS, TopEigen, top_eigenpairs
 from .errors import InputError
-from .store import RowSource, open_rows
+from .store import RowSource, _check_ids, open_rows, part_shards, read_manifest, read_store
 
 # Target size of one streamed chunk (its float32 centred copy).
 _CHUNK_BYTES = 128 << 20
+# Rows of the early mean estimate that the Gram side shifts by (at most; the first chunk's).
+_HEAD_ROWS = 1024
 
 
 @dataclass
 class LeverageResult:
-    scores: np.ndarray          # float64, one per row, in input order
-    sample_ids: list            # id of each row
+    scores: np.ndarray          # float64, one per row, in input order (distributed: this rank's rows)
+    sample_ids: list            # id of each row (distributed: this rank's rows)
     k: int                      # rank kept
     captured_energy: float      # sum of the top-k sigma^2 over the total
     singular_values: np.ndarray  # sigma_1 .. sigma_k of the centred (scaled) matrix
     total_energy: float         # sum of all sigma^2 (trace)
-    num_rows: int
+    num_rows: int               # all rows of the input (distributed: of every rank together)
     dim: int
     side: str                   # "gram" (D x D) or "kernel" (N x N)
     eig_method: str             # "full" or "krylov"
     device: str
     timings: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    world: int = 1              # processes that scored the input together
+    rank: int = 0               # the process whose rows `scores` holds
+    shards: list = field(default_factory=list)  # distributed: [(manifest index, rows)] of `scores`
 
     def summary(self) -> dict:
         return {"num_rows": self.num_rows, "dim": self.dim, "k": self.k,
                 "captured_energy": self.captured_energy, "total_energy": self.total_energy,
                 "singular_values": self.singular_values.tolist(), "side": self.side,
-                "eig_method": self.eig_method, "device": self.device,
+                "eig_method": self.eig_method, "device": self.device, "world_size": self.world,
                 "settings": self.settings, "timings_s": self.timings}
 
 
@@ -69,21 +91,116 @@ def _progress(total: int, desc: str, enabled: bool):
                 leave=False, dynamic_ncols=True)
 
 
-def _check_finite(sums: torch.Tensor, rows: torch.Tensor, start: int, ids: list) -> None:
+def _same_row(r: int) -> int:
+    return r
+
+
+def _check_finite(sums: torch.Tensor, rows: torch.Tensor, start: int, ids: list, row_of=_same_row) -> None:
     """A NaN or inf anywhere in `rows` makes its column sums non-finite: checking the d sums
-    is free, and only then are the rows searched for the culprits."""
+    is free, and only then are the rows searched for the culprits. `row_of` turns an index
+    into `ids` into the row number the message shows (distributed: the row in the store)."""
     if bool(torch.isfinite(sums).all()):
         return
     bad = ~torch.isfinite(rows).all(dim=1)
     if bool(bad.any()):
         rows = (torch.nonzero(bad).flatten() + start).tolist()
-        named = ", ".join(f"row {r} (sample id {ids[r]!r})" for r in rows[:3])
+        named = ", ".join(f"row {row_of(r)} (sample id {ids[r]!r})" for r in rows[:3])
         raise InputError(f"non-finite values (NaN or inf) in {len(rows)} rows of this chunk, first: {named}")
+
+
+def _check_scores(scores: np.ndarray) -> None:
+    if not np.all(np.isfinite(scores)):
+        raise RuntimeError("scalselect produced non-finite scores; please report this with the input's shape")
+
+
+def _step(comm: Comm, fn, main_only: bool = False):
+    """fn(), the local work of one step, run on every rank (on rank 0 only with main_only).
+
+    With more than one process an exception is held until fn() has ended on every rank, and
+    then raised on all of them: the rank that met it raises it; the others raise InputError
+    (RuntimeError for any other error) "rank R: <message>" of the lowest failing rank R, or
+    the message alone for a main_only step. So no rank waits for ever in the next collective.
+    Returns fn()'s result (None on the other ranks with main_only)."""
+    if not comm.active:
+        return fn()
+    result, error = None, None
+    if comm.is_main or not main_only:
+        try:
+            result = fn()
+        except Exception as exc:  # held, so that every rank reaches the agreement below
+            error = exc
+    flags = torch.zeros(comm.world, dtype=torch.float64)
+    if error is not None:
+        flags[comm.rank] = 1.0
+    failed = torch.nonzero(comm.all_reduce_sum(flags)).flatten().tolist()
+    if not failed:
+        return result
+    first = failed[0]
+    told = comm.gather_objects(None if error is None else (isinstance(error, InputError), str(error)))
+    is_input, message = comm.broadcast_object(told[first] if comm.is_main else None)
+    if error is not None:
+        raise error
+    raise (InputError if is_input else RuntimeError)(message if main_only else f"rank {first}: {message}")
+
+
+@dataclass
+class _Part:
+    """This rank's share of a store: its shards and where their rows sit in the whole store."""
+    src: RowSource
+    shards: list        # [(manifest index, rows)], in the order src reads them
+    num_rows: int       # of the whole store
+    dim: int
+    local_starts: list  # first row of each non-empty shard in src ...
+    store_starts: list  # ... and in the whole store
+    head_rank: int      # the rank that reads the store's first rows (its first non-empty shard)
+
+    def store_row(self, r: int) -> int:
+        j = bisect.bisect_right(self.local_starts, r) - 1
+        return self.store_starts[j] + r - self.local_starts[j]
+
+
+def _open_part(data, sample_ids, comm: Comm) -> _Part:
+    """Open rank comm.rank's shards of the store `data`; duplicate ids over all ranks are refused."""
+    def open_part() -> _Part:
+        if sample_ids is not None:
+            raise InputError("sample_ids cannot be given when scoring with several processes: "
+                             "the store names its rows")
+        if not isinstance(data, (str, os.PathLike)) or not Path(data).is_dir():
+            what = repr(str(data)) if isinstance(data, (str, os.PathLike)) else type(data).__name__
+            raise InputError(f"with {comm.world} processes the input must be a store directory "
+                             f"(each process reads its share of the shards), not {what}")
+        part = (comm.rank, comm.world)
+        src = read_store(data, part=part)
+        manifest = read_manifest(data)  # checked by read_store
+        entries = manifest["shards"]
+        rows = [int(entry["rows"]) for entry in entries]
+        starts = np.cumsum([0] + rows).tolist()
+        shards = [(i, rows[i]) for i in part_shards(len(entries), part)]
+        first = next(i for i, count in enumerate(rows) if count)  # read_store: some shard has rows
+        local_starts, store_starts, lo = [], [], 0
+        for i, count in shards:
+            if count:
+                local_starts.append(lo)
+                store_starts.append(starts[i])
+            lo += count
+        return _Part(src, shards, starts[-1], int(manifest["dim"]), local_starts, store_starts,
+                     first % comm.world)
+
+    part = _step(comm, open_part)
+    every = comm.gather_objects(part.src.ids)
+
+    def check_ids() -> None:  # rank 0: each part's ids are unique, but over all parts?
+        ids = [i for ids in every for i in ids]
+        _check_ids(ids, len(ids), str(data))
+
+    _step(comm, check_ids, main_only=True)
+    return part
 
 
 def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standardize: bool = False,
                     l2_normalize: bool = False, sample_ids=None, chunk_rows: int | None = None,
-                    backend: str = "auto", eig_method: str = "auto", progress: bool = False) -> LeverageResult:
+                    backend: str = "auto", eig_method: str = "auto", progress: bool = False,
+                    comm: Comm | None = None) -> LeverageResult:
     """ScalSelect importance scores of the rows of `data`.
 
     data: numpy array / memmap / torch tensor (N x D), a `.npy` file, the reference's
@@ -91,12 +208,23 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     energy: share of the centred matrix's energy the kept subspace must hold (0 < energy <= 1).
     standardize: divide each centred column by its standard deviation (ddof 0) first.
     l2_normalize: scale each row to unit length before centring.
+    comm: with more than one process (torchrun; see scalselect.distributed) `data` must be a
+    store directory, every rank must call this with the same arguments, and each scores only
+    its share of the shards: the result's `scores` and `sample_ids` are that rank's rows (k,
+    sigma, energies and num_rows are those of the whole store). `gather_result` collects them.
+    A rank may have no rows at all (more ranks than shards): it takes part with nothing.
     """
     if not 0.0 < energy <= 1.0:
         raise InputError(f"energy must be in (0, 1], got {energy}")
-    src = open_rows(data, sample_ids)
+    comm = comm if comm is not None else Comm()
+    if comm.active:
+        part = _open_part(data, sample_ids, comm)
+        src, n, d, row_of, shards = part.src, part.num_rows, part.dim, part.store_row, part.shards
+        reads_head = comm.rank == part.head_rank
+    else:
+        src = open_rows(data, sample_ids)
+        n, d, row_of, shards, reads_head = src.num_rows, src.dim, _same_row, [], True
     dev = resolve_device(device)
-    n, d = src.num_rows, src.dim
     if chunk_rows is None:
         chunk_rows = max(256, _CHUNK_BYTES // (4 * d))
     if int(chunk_rows) < 1:
@@ -107,17 +235,41 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
                 "chunk_rows": chunk_rows, "backend": backend, "eig_method": eig_method}
     timings: dict[str, float] = {}
     opts = dict(standardize=standardize, l2_normalize=l2_normalize, backend=backend,
-                eig_method=eig_method, progress=progress, timings=timings)
+                eig_method=eig_method, progress=progress and comm.is_main, timings=timings,
+                comm=comm, dim=d, row_of=row_of, reads_head=reads_head)
     side = "kernel" if n < d else "gram"
     run_side = _kernel_side if side == "kernel" else _gram_side
     scores, total, top, eig = run_side(src, dev, energy, chunk_rows, **opts)
-    if not np.all(np.isfinite(scores)):
-        raise RuntimeError("scalselect produced non-finite scores; please report this with the input's shape")
+    _step(comm, lambda: _check_scores(scores))
     captured = float(top.sum()) / total
     return LeverageResult(
         scores=scores, sample_ids=list(src.ids), k=int(top.numel()), captured_energy=captured,
         singular_values=top.clamp_min(0).sqrt().cpu().numpy(), total_energy=total, num_rows=n,
-        dim=d, side=side, eig_method=eig, device=str(dev), timings=timings, settings=settings)
+        dim=d, side=side, eig_method=eig, device=str(dev), timings=timings, settings=settings,
+        world=comm.world, rank=comm.rank, shards=shards)
+
+
+def gather_result(result: LeverageResult, comm: Comm | None) -> LeverageResult | None:
+    """Every rank's rows of a distributed `leverage_scores`, in store order (the manifest's
+    shard order, as one process gives them), on rank 0; None on the other ranks. Every rank
+    must call it. With one process the result itself."""
+    if comm is None or not comm.active:
+        return result
+    every = comm.gather_objects((result.shards, result.sample_ids, result.scores))
+    if not comm.is_main:
+        return None
+    pieces = []
+    for shards, ids, scores in every:
+        lo = 0
+        for index, rows in shards:
+            pieces.append((index, rows, ids[lo:lo + rows], scores[lo:lo + rows]))
+            lo += rows
+    pieces.sort(key=lambda piece: piece[0])
+    ids = [i for piece in pieces for i in piece[2]]
+    scores = np.concatenate([piece[3] for piece in pieces])
+    if len(ids) != result.num_rows:
+        raise RuntimeError(f"gathered {len(ids)} scores for a store of {result.num_rows} rows")
+    return replace(result, scores=scores, sample_ids=ids, shards=[piece[:2] for piece in pieces])
 
 
 def add_gram(gram: torch.Tensor, rows: torch.Tensor, blocks: int = 4) -> None:
@@ -158,26 +310,80 @@ def _inv_std(var: torch.Tensor, second_moment: torch.Tensor) -> torch.Tensor:
 
 
 def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normalize, backend,
-               eig_method, progress, timings):
-    n, d = src.num_rows, src.dim
+               eig_method, progress, timings, comm: Comm, dim: int, row_of, reads_head: bool):
+    n_local, d = src.num_rows, dim
     t0 = time.perf_counter()
+    zero = torch.zeros(d, dtype=torch.float64, device=dev)
+
+    def head():  # an early mean estimate keeps the shifted sums small
+        if not reads_head:
+            return zero, 0
+        for start, chunk in src.chunks(min(_HEAD_ROWS, chunk_rows)):
+            chunk = chunk.to(dev, non_blocking=True)
+            sums = kernels.gram_prep(chunk, zero, None, l2_normalize, backend=backend)[1]
+            _check_finite(sums, chunk, start, src.ids, row_of)
+            return sums, chunk.shape[0]
+        return zero, 0
+
+    head_sums, head_rows = _step(comm, head)
+    if comm.active:  # the same shift on every rank: the one rank that reads the head sends it
+        both = comm.all_reduce_sum(torch.cat([head_sums, head_sums.new_tensor([head_rows])]))
+        head_sums, head_rows = both[:d], both[d]
+    shift = head_sums / head_rows
     gram = torch.zeros(d, d, dtype=torch.float64, device=dev)
     colsum = torch.zeros(d, dtype=torch.float64, device=dev)
-    shift = None
-    with _progress(n, "pass 1/2 (Gram)", progress) as bar:
-        for start, chunk in src.chunks(chunk_rows):
-            chunk = chunk.to(dev, non_blocking=True)
-            if shift is None:  # an early mean estimate keeps the shifted sums small
-                head = chunk[:1024]
-                zero = torch.zeros(d, dtype=torch.float64, device=dev)
-                shift = kernels.gram_prep(head, zero, None, l2_normalize, backend=backend)[1] / head.shape[0]
-                _check_finite(shift, head, start, src.ids)
-            centred, sums = kernels.gram_prep(chunk, shift, None, l2_normalize, backend=backend)
-            _check_finite(sums, chunk, start, src.ids)
-            add_gram(gram, centred)
-            colsum += sums
-            bar.update(chunk.shape[0])
-    gram = mirror_lower(gram)
+
+    def pass1():
+        with _progress(n_local, "pass 1/2 (Gram)", progress) as bar:
+            for start, chunk in src.chunks(chunk_rows):
+                chunk = chunk.to(dev, non_blocking=True)
+                centred, sums = kernels.gram_prep(chunk, shift, None, l2_normalize, backend=backend)
+                _check_finite(sums, chunk, start, src.ids, row_of)
+                add_gram(gram, centred)
+                colsum.add_(sums)
+                bar.update(chunk.shape[0])
+
+    _step(comm, pass1)
+    n = n_local
+    if comm.active:  # sums over the ranks (the lower triangle is all that mirror_lower reads)
+        gram = comm.all_reduce_sum(gram)
+        both = comm.all_reduce_sum(torch.cat([colsum, colsum.new_tensor([n_local])]))
+        colsum, n = both[:d], int(both[d])
+
+    def finish():
+        cov, mean, inv_scale, total = _centred_gram(mirror_lower(gram), colsum, shift, n, standardize)
+        timings["gram_pass"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        eig = top_eigenpairs(cov, energy, total, method=eig_method, rank_tol=_RANK_TOL["gram"])
+        timings["eigen"] = time.perf_counter() - t1
+        return mean, inv_scale, total, eig
+
+    if comm.active:  # rank 0 solves; every rank gets its answer
+        mean, inv_scale, total, eig = _share_solution(comm, _step(comm, finish, main_only=True), d, dev)
+        timings.setdefault("gram_pass", time.perf_counter() - t0)
+    else:
+        mean, inv_scale, total, eig = finish()
+
+    t0 = time.perf_counter()
+    w = (eig.vectors / eig.values.clamp_min(1e-300).sqrt()).to(torch.float32)
+    scores = np.empty(n_local, dtype=np.float64)
+
+    def pass2():
+        with _progress(n_local, "pass 2/2 (scores)", progress) as bar:
+            for start, chunk in src.chunks(chunk_rows):
+                chunk = chunk.to(dev, non_blocking=True)
+                part = kernels.projected_sqnorm(chunk, mean, inv_scale, l2_normalize, w, backend=backend)
+                scores[start:start + chunk.shape[0]] = part.cpu().numpy()
+                bar.update(chunk.shape[0])
+
+    _step(comm, pass2)
+    timings["score_pass"] = time.perf_counter() - t0
+    return scores, total, eig.values, eig.method
+
+
+def _centred_gram(gram: torch.Tensor, colsum: torch.Tensor, shift: torch.Tensor, n: int, standardize: bool):
+    """The centred (and, with standardize, scaled) Gram matrix from pass 1's shifted sums, with
+    the mean, the column scale (or None) and the trace."""
     delta = colsum / n
     mean = shift + delta
     cov = gram - n * torch.outer(delta, delta)  # centred Gram, exactly
@@ -189,35 +395,65 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
     if standardize:
         inv_scale = _inv_std(cov.diagonal().clamp_min(0) / n, raw_second)
         cov = cov * torch.outer(inv_scale, inv_scale)
-    total = float(cov.trace())
-    timings["gram_pass"] = time.perf_counter() - t0
+    return cov, mean, inv_scale, float(cov.trace())
 
-    t0 = time.perf_counter()
-    eig = top_eigenpairs(cov, energy, total, method=eig_method, rank_tol=_RANK_TOL["gram"])
-    timings["eigen"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    w = (eig.vectors / eig.values.clamp_min(1e-300).sqrt()).to(torch.float32)
-    scores = np.empty(n, dtype=np.float64)
-    with _progress(n, "pass 2/2 (scores)", progress) as bar:
-        for start, chunk in src.chunks(chunk_rows):
-            chunk = chunk.to(dev, non_blocking=True)
-            part = kernels.projected_sqnorm(chunk, mean, inv_scale, l2_normalize, w, backend=backend)
-            scores[start:start + chunk.shape[0]] = part.cpu().numpy()
-            bar.update(chunk.shape[0])
-    timings["score_pass"] = time.perf_counter() - t0
-    return scores, total, eig.values, eig.method
+def _share_solution(comm: Comm, solution, d: int, dev):
+    """Rank 0's (mean, inv_scale, total, eigenpairs) on every rank: the sizes, then the tensors."""
+    if comm.is_main:
+        mean, inv_scale, total, eig = solution
+        sizes = (eig.k, eig.method, total, inv_scale is not None)
+    k, method, total, scaled = comm.broadcast_object(sizes if comm.is_main else None)
+
+    def share(name: str, shape: tuple) -> torch.Tensor:
+        if comm.is_main:
+            t = {"values": eig.values, "vectors": eig.vectors, "mean": mean, "inv_scale": inv_scale}[name]
+            return comm.broadcast(t.to(torch.float64).contiguous())
+        return comm.broadcast(torch.empty(shape, dtype=torch.float64, device=dev))
+
+    values, vectors, mean = share("values", (k,)), share("vectors", (d, k)), share("mean", (d,))
+    inv_scale = share("inv_scale", (d,)) if scaled else None
+    return mean, inv_scale, total, TopEigen(values, vectors, method)
 
 
 def _kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normalize, backend,
-                 eig_method, progress, timings):
-    """N < D: centre the (small) matrix in memory and take the N x N side."""
+                 eig_method, progress, timings, comm: Comm, dim: int, row_of, reads_head):
+    """N < D: centre the (small) matrix in memory and take the N x N side. Distributed: every
+    rank checks and sends its rows to rank 0, which scores them all and sends each rank its own."""
     t0 = time.perf_counter()
-    x = torch.cat([chunk for _, chunk in src.chunks(chunk_rows)]).to(dev)
-    n = x.shape[0]
-    zero = torch.zeros(x.shape[1], dtype=torch.float64, device=dev)
-    rows = kernels.twins.centre_rows(x, zero, None, l2_normalize)
-    _check_finite(rows.sum(dim=0), rows, 0, src.ids)
+    zero = torch.zeros(dim, dtype=torch.float64, device=dev)
+
+    def load():
+        chunks = [chunk for _, chunk in src.chunks(chunk_rows)]
+        x = torch.cat(chunks).to(dev) if chunks else torch.zeros(0, dim, device=dev)
+        rows = kernels.twins.centre_rows(x, zero, None, l2_normalize)
+        _check_finite(rows.sum(dim=0), rows, 0, src.ids, row_of)
+        return x, rows
+
+    def solve(rows):
+        scores, total, values, method = _kernel_solve(rows, energy, standardize, eig_method, timings, t0)
+        return scores.cpu().numpy(), total, values, method
+
+    x, rows = _step(comm, load)
+    if not comm.active:
+        return solve(rows)
+    every = comm.gather_objects(x.cpu())  # as stored: float16 stores send half the bytes
+
+    def solve_all():
+        x = torch.cat([part.to(dev, torch.float64) for part in every])
+        scores, total, values, method = solve(kernels.twins.centre_rows(x, zero, None, l2_normalize))
+        splits = np.cumsum([int(part.shape[0]) for part in every])[:-1]
+        return np.split(scores, splits), total, values.cpu(), method
+
+    answer = comm.broadcast_object(_step(comm, solve_all, main_only=True))
+    timings.setdefault("gram_pass", time.perf_counter() - t0)
+    scores, total, values, method = answer
+    return scores[comm.rank], total, values.to(dev), method
+
+
+def _kernel_solve(rows: torch.Tensor, energy, standardize, eig_method, timings, t0):
+    """Scores of the rows (float64, already l2-normalised if asked) on the N x N side."""
+    n = rows.shape[0]
     raw_second = rows.pow(2).mean(dim=0)
     rows = rows - rows.mean(dim=0)
     var = rows.pow(2).mean(dim=0)
@@ -232,4 +468,4 @@ def _kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_nor
     eig = top_eigenpairs(kernel, energy, total, method=eig_method, rank_tol=_RANK_TOL["kernel"])
     timings["eigen"] = time.perf_counter() - t0
     scores = (eig.vectors ** 2).sum(dim=1)  # rows of U_k: the left singular vectors
-    return scores.cpu().numpy(), total, eig.values, eig.method
+    return scores, total, eig.values, eig.method

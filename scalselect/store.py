@@ -216,16 +216,40 @@ def read_manifest(store: str | os.PathLike) -> dict:
     return manifest
 
 
-def read_store(store: str | os.PathLike) -> RowSource:
-    """Open a store's shards for chunked reading, checking them against the manifest."""
+def part_shards(num_shards: int, part: tuple[int, int] | None = None) -> range:
+    """Manifest indices of the shards that part (rank, world) of a store reads: every world-th
+    shard from `rank` on (rank r of a world of w takes shards r, r + w, r + 2w, ...). All of
+    them without a part. The one rule for splitting a store between processes."""
+    if part is None:
+        return range(num_shards)
+    rank, world = part
+    if not 0 <= rank < world:
+        raise ValueError(f"part must be (rank, world) with 0 <= rank < world, got {part!r}")
+    return range(rank, num_shards, world)
+
+
+def read_store(store: str | os.PathLike, part: tuple[int, int] | None = None) -> RowSource:
+    """Open a store's shards for chunked reading, checking them against the manifest.
+
+    part=(rank, world): only the shards `part_shards` gives that rank, in manifest order (the
+    other shards' files are not opened; their ids are not checked against these). Such a part
+    may hold no rows at all; the store as a whole may not."""
     store = Path(store)
     manifest = read_manifest(store)
     dim = manifest.get("dim")
     shards = manifest.get("shards")
     if not isinstance(shards, list) or not isinstance(dim, int):
         raise InputError(f"{store}/{MANIFEST}: corrupt manifest ('shards' must be a list, 'dim' an integer)")
+    if part is not None:
+        for entry in shards:  # every entry well-formed, so that the rows add up
+            _shard_paths(store, entry)
+        total = sum(int(entry["rows"]) for entry in shards)
+        if total != manifest.get("num_rows"):
+            raise InputError(f"{store}: shards hold {total} rows, manifest says {manifest.get('num_rows')}")
+        if not total:
+            raise InputError(f"{store}: the store holds no vectors")
     blocks, ids = [], []
-    for entry in shards:
+    for entry in (shards[i] for i in part_shards(len(shards), part)):
         vec_path, ids_path = _shard_paths(store, entry)
         arr = NpyFile.open(vec_path)
         shard_ids = _read_json_list(ids_path)
@@ -237,6 +261,9 @@ def read_store(store: str | os.PathLike) -> RowSource:
         if arr.shape[0]:
             blocks.append(arr)
         ids.extend(shard_ids)
+    if part is not None:
+        what = f"{store} (shards {part[0]}::{part[1]})"
+        return RowSource(blocks, _check_ids(ids, len(ids), what), what)
     if not blocks:
         raise InputError(f"{store}: the store holds no vectors")
     if len(ids) != manifest.get("num_rows"):
