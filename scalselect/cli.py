@@ -39,20 +39,22 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _score(args) -> dict:
-    # Under torchrun the other ranks wait for rank 0 (distributed scoring: issue 4, in progress).
-    return args.comm.on_rank0(lambda: _score_here(args))
-
-
-def _score_here(args) -> dict:
-    from .scoring import leverage_scores
-    from .select import write_scores
+    """Under torchrun every rank scores its share of the store's shards; rank 0 writes."""
+    from .scoring import gather_result, leverage_scores
 
     out = Path(args.out)
     _refuse_overwrite([out, _summary_path(out)], [args.input])
     t0 = time.perf_counter()
     result = leverage_scores(args.input, energy=args.energy, device=args.device,
                              standardize=args.standardize, l2_normalize=args.l2_normalize,
-                             chunk_rows=args.chunk_rows, progress=not args.quiet)
+                             chunk_rows=args.chunk_rows, progress=not args.quiet, comm=args.comm)
+    result = gather_result(result, args.comm)
+    return args.comm.on_rank0(lambda: _write_scores(args, out, result, t0))
+
+
+def _write_scores(args, out: Path, result, t0: float) -> dict:
+    from .select import write_scores
+
     write_scores(out, result.sample_ids, result.scores)
     summary = {"input": str(args.input), "scores": str(out), **result.summary()}
     summary["timings_s"]["total"] = time.perf_counter() - t0

@@ -120,7 +120,11 @@ def context(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> Iterator[Comm]:
         raise InputError(f"--dist-timeout must be positive, got {timeout_minutes}")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    gpu = torch.cuda.is_available() and local_rank < torch.cuda.device_count()
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    gpu = torch.cuda.is_available()
+    if gpu and torch.cuda.device_count() < local_world:  # all ranks of a group need one backend
+        raise InputError(f"{local_world} ranks on this node but {torch.cuda.device_count()} GPUs: "
+                         "start one rank per GPU (--nproc-per-node)")
     if gpu:
         torch.cuda.set_device(local_rank)
     device = torch.device("cuda", local_rank) if gpu else torch.device("cpu")

@@ -349,9 +349,10 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
         gram = comm.all_reduce_sum(gram)
         both = comm.all_reduce_sum(torch.cat([colsum, colsum.new_tensor([n_local])]))
         colsum, n = both[:d], int(both[d])
+    gram = mirror_lower(gram)
 
     def finish():
-        cov, mean, inv_scale, total = _centred_gram(mirror_lower(gram), colsum, shift, n, standardize)
+        cov, mean, inv_scale, total = _centred_gram(gram, colsum, shift, n, standardize)
         timings["gram_pass"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         eig = top_eigenpairs(cov, energy, total, method=eig_method, rank_tol=_RANK_TOL["gram"])
@@ -363,6 +364,7 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
         timings.setdefault("gram_pass", time.perf_counter() - t0)
     else:
         mean, inv_scale, total, eig = finish()
+    gram = None  # not needed in pass 2
 
     t0 = time.perf_counter()
     w = (eig.vectors / eig.values.clamp_min(1e-300).sqrt()).to(torch.float32)

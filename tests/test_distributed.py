@@ -1,4 +1,4 @@
-"""Extraction under torchrun (gloo, 2 processes on this machine): the merged store equals a
+"""Extraction and `run` under torchrun (gloo, 2 processes on this machine): the merged store equals a
 single-process one, a run of 2 ranks cut short resumes with 1, a silent rank fails the job."""
 
 from __future__ import annotations
@@ -144,3 +144,24 @@ def test_a_rank_that_does_not_answer_fails_the_job_within_the_timeout(demo, tmp_
     ours = [line for line in proc.stderr.splitlines() if line.startswith("scalselect extract [rank ")]
     assert any("error: barrier: another rank failed or did not answer within 0.1 min" in line
                and "rerun with --resume" in line for line in ours), proc.stderr[-3000:]
+
+
+def test_run_under_torchrun_gives_the_single_process_subset(demo, tmp_path):
+    from scalselect.cli import main
+    from scalselect.data import read_pool
+    from scalselect.select import read_scores
+
+    common = ["--model", demo["model"], "--data", demo["pool"], "--image-root", demo["images"],
+              "--budget", "16%", "--workers", 0, "--quiet", "--store-dtype", "float32", "--shard-rows", 8]
+    proc = torchrun(2, "run", *common, "--out-dir", tmp_path / "two")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("scored 60 samples") == 1 and proc.stdout.count("selected 10 of 60") == 1
+    # the distributed scores are those of one process scoring the same store
+    assert main(["score", str(tmp_path / "two" / "store"), "--out", str(tmp_path / "alone.jsonl"), "--quiet"]) == 0
+    two_ids, two = read_scores(tmp_path / "two" / "scores.jsonl")
+    alone_ids, alone = read_scores(tmp_path / "alone.jsonl")
+    assert two_ids == alone_ids  # same order: same top-N
+    np.testing.assert_allclose(two, alone, rtol=1e-6, atol=0)
+    # and the subset is the one a single-process run selects
+    assert main(["run", *map(str, common), "--out-dir", str(tmp_path / "one")]) == 0
+    assert read_pool(tmp_path / "two" / "subset.json").records == read_pool(tmp_path / "one" / "subset.json").records
