@@ -82,17 +82,24 @@ def test_two_ranks_write_one_store_equal_to_a_single_process(demo, tmp_path):
     assert_same_store(tmp_path / "two", single(demo, tmp_path / "one"))
 
 
-def test_a_two_rank_run_cut_short_resumes_with_one_rank(demo, tmp_path):
-    """One sample's image is a FIFO that blocks the rank reading it, as a hung file system would;
-    the job is killed once both ranks have committed parts, and resumed by a single process."""
-    records = json.loads(Path(demo["pool"]).read_text())
-    records.append({"id": "blocked", "image": "blocked.png",
+def pool_with_a_blocking_image(demo, tmp_path, name: str, first: int | None = None):
+    """The demo pool (its first `first` records) plus a sample whose image is a FIFO: the rank
+    reading it blocks, as on a hung file system. Returns the pool and the FIFO."""
+    records = json.loads(Path(demo["pool"]).read_text())[:first]
+    records.append({"id": "blocked", "image": name,
                     "conversations": [{"from": "human", "value": "<image>\nWhat?"},
                                       {"from": "gpt", "value": "A cat."}]})
     pool = tmp_path / "pool.json"
     pool.write_text(json.dumps(records))
-    fifo = Path(demo["images"]) / "blocked.png"
+    fifo = Path(demo["images"]) / name
     os.mkfifo(fifo)
+    return pool, fifo
+
+
+def test_a_two_rank_run_cut_short_resumes_with_one_rank(demo, tmp_path):
+    """One rank blocks on an image; the job is killed once both ranks have committed parts, and
+    resumed by a single process."""
+    pool, fifo = pool_with_a_blocking_image(demo, tmp_path, "blocked.png")
     try:
         # batch size 1: samples are not held back in the length-grouping window, parts commit early
         argv = torchrun_argv(2, *extract_args(demo, tmp_path / "s", pool, "--batch-size", 1))
@@ -126,14 +133,7 @@ def test_a_two_rank_run_cut_short_resumes_with_one_rank(demo, tmp_path):
 
 
 def test_a_rank_that_does_not_answer_fails_the_job_within_the_timeout(demo, tmp_path):
-    records = json.loads(Path(demo["pool"]).read_text())[:6]
-    records.append({"id": "blocked", "image": "blocked2.png",
-                    "conversations": [{"from": "human", "value": "<image>\nWhat?"},
-                                      {"from": "gpt", "value": "A cat."}]})
-    pool = tmp_path / "pool.json"
-    pool.write_text(json.dumps(records))
-    fifo = Path(demo["images"]) / "blocked2.png"
-    os.mkfifo(fifo)
+    pool, fifo = pool_with_a_blocking_image(demo, tmp_path, "blocked2.png", first=6)
     try:
         t0 = time.time()
         proc = torchrun(2, *extract_args(demo, tmp_path / "s", pool, "--dist-timeout", 0.1), timeout=120)
