@@ -1,0 +1,313 @@
+"""The bad-input corpus: every case and its outcome, in one place (issue 6).
+
+A problem with one sample of a pool is a recorded skip with its reason, while every good sample
+is still extracted; a problem with a whole input is one line on stderr and exit code 2. The table
+in docs/bad-input.md is rendered from SAMPLE_CASES and INPUT_CASES; a test keeps it current
+(`python tests/test_bad_input_corpus.py > docs/bad-input.md` rewrites it).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "bad-input.md"
+
+
+def turn(user, reply="A cat."):
+    return [{"from": "human", "value": user}, {"from": "gpt", "value": reply}]
+
+
+def ask(image):
+    return {"image": image, "conversations": turn("<image>\nWhat is it?")}
+
+
+# ------------------------------------------------------------------------ one sample of a pool
+
+@dataclass
+class SampleCase:
+    name: str
+    record: dict
+    outcome: str  # a skip reason, or "kept"
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG header that claims a huge image: what a decompression bomb looks like to a reader."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def write_images(root: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    rgb = (rng.random((40, 50, 3)) * 255).astype("uint8")
+    Image.fromarray(rgb).save(root / "ok.png")
+    (root / "zero.png").write_bytes(b"")
+    data = (root / "ok.png").read_bytes()
+    (root / "truncated.png").write_bytes(data[: len(data) // 2])
+    (root / "text.jpg").write_text("this is not an image\n")
+    jpeg = root / "ok.jpg"
+    Image.fromarray(rgb).save(jpeg, quality=90)
+    raw = bytearray(jpeg.read_bytes())
+    raw[200:] = bytes(rng.integers(0, 256, len(raw) - 200, dtype=np.uint8))
+    (root / "corrupt.jpg").write_bytes(bytes(raw))
+    Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg")
+    Image.fromarray((rng.random((30, 30)) * 65535).astype("uint16")).save(root / "deep16.png")
+    Image.fromarray(rgb).convert("P").save(root / "palette.png")
+    Image.fromarray((rng.random((30, 30, 4)) * 255).astype("uint8"), "RGBA").save(root / "alpha.png")
+    (root / "bomb.png").write_bytes(_png_claiming(20_000, 20_000))
+    (root.parent / "outside.png").write_bytes(data)
+
+
+SAMPLE_CASES = [
+    SampleCase("image file missing", ask("absent.png"), "unreadable image"),
+    SampleCase("zero-byte image", ask("zero.png"), "unreadable image"),
+    SampleCase("truncated image", ask("truncated.png"), "unreadable image"),
+    SampleCase("a text file named .jpg", ask("text.jpg"), "unreadable image"),
+    SampleCase("corrupt JPEG data", ask("corrupt.jpg"), "unreadable image"),
+    SampleCase("image over the decompression-bomb limit (20,000 x 20,000)", ask("bomb.png"), "unreadable image"),
+    SampleCase("CMYK JPEG", ask("cmyk.jpg"), "kept"),
+    SampleCase("16-bit greyscale PNG", ask("deep16.png"), "kept"),
+    SampleCase("palette PNG", ask("palette.png"), "kept"),
+    SampleCase("PNG with alpha (composited on white)", ask("alpha.png"), "kept"),
+    SampleCase("no image", {"conversations": turn("Hello?")}, "no image"),
+    SampleCase("image path leaving --image-root", ask("../outside.png"), "image outside --image-root"),
+    SampleCase("absolute image path", ask("/etc/hostname"), "image outside --image-root"),
+    SampleCase("NUL byte in the image path", ask("a\u0000b.png"), "sample error"),
+    SampleCase("image list holding a number", ask(["ok.png", 7]), "bad record"),
+    SampleCase("no user turn", {"image": "ok.png", "conversations": [{"from": "gpt", "value": "A cat."}]},
+               "bad record"),
+    SampleCase("no assistant turn", {"image": "ok.png", "conversations": turn("<image>\nWhat?")[:1]},
+               "bad record"),
+    SampleCase("empty turn", {"image": "ok.png", "conversations": turn("<image>", "  ")}, "bad record"),
+    SampleCase("non-string content", {"image": "ok.png", "conversations": turn("<image>\nWhat?", 42)},
+               "bad record"),
+    SampleCase("unknown role", {"image": "ok.png", "conversations": [{"from": "robot", "value": "hi"}]
+                                + turn("<image>\nWhat?")}, "bad record"),
+    SampleCase("more <image> tags than images",
+               {"image": "ok.png", "conversations": turn("<image> and <image>?")}, "bad record"),
+    SampleCase("fewer <image> tags than images",
+               {"image": ["ok.png", "ok.png"], "conversations": turn("<image> only one tag")}, "bad record"),
+    SampleCase("vision tokens beyond --max-length (image after a 3,000-token turn)",
+               {"image": "ok.png", "conversations": turn("cat " * 3000) + turn("<image>\nAnd this?")},
+               "vision tokens cut by --max-length"),
+    SampleCase("text beyond --max-length after the image (truncated)",
+               {"image": "ok.png", "conversations": turn("<image>\nWhat?", "dog " * 3000)}, "kept"),
+    SampleCase("two images, multi-turn", {"image": ["ok.png", "palette.png"],
+                                           "conversations": turn("<image><image>Same?") + turn("Sure?")}, "kept"),
+]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from scalselect.demo import prepare_demo
+
+    return prepare_demo(tmp_path_factory.mktemp("demo"), n=50)
+
+
+@pytest.fixture(scope="module")
+def corpus_store(demo, tmp_path_factory):
+    """One extraction of a pool holding every sample case plus 6 good samples."""
+    from scalselect.pipeline import ExtractOptions, extract_store
+
+    tmp = tmp_path_factory.mktemp("corpus")
+    root = tmp / "images"
+    root.mkdir()
+    write_images(root)
+    records = [{"id": f"case-{i}", **case.record} for i, case in enumerate(SAMPLE_CASES)]
+    records += [{"id": f"good-{i}", **ask("ok.png")} for i in range(6)]
+    pool = tmp / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in records))
+    extract_store(demo["model"], pool, root, tmp / "store",
+                  ExtractOptions(workers=0, progress=False, max_length=2048))
+    return tmp / "store"
+
+
+@pytest.mark.parametrize("i", range(len(SAMPLE_CASES)), ids=[c.name for c in SAMPLE_CASES])
+def test_one_bad_sample_is_a_recorded_skip(corpus_store, i):
+    from scalselect.store import read_skipped
+
+    skipped = {s["sample_id"]: s for s in read_skipped(corpus_store)}
+    case = SAMPLE_CASES[i]
+    got = skipped[f"case-{i}"]["reason"] if f"case-{i}" in skipped else "kept"
+    assert got == case.outcome, skipped.get(f"case-{i}")
+    if got != "kept":
+        assert skipped[f"case-{i}"]["detail"]  # says exactly why
+
+
+def test_every_good_sample_is_still_extracted(corpus_store):
+    from scalselect.store import load_representations, read_manifest
+
+    ids, x = load_representations(corpus_store)
+    kept = {f"case-{i}" for i, c in enumerate(SAMPLE_CASES) if c.outcome == "kept"}
+    assert set(ids) == kept | {f"good-{i}" for i in range(6)}
+    assert np.isfinite(x).all()
+    manifest = read_manifest(corpus_store)
+    assert manifest["num_skipped"] == sum(c.outcome != "kept" for c in SAMPLE_CASES)
+    assert sum(manifest["skipped_by_reason"].values()) == manifest["num_skipped"]
+
+
+# ------------------------------------------------------------------------ a whole input
+
+@dataclass
+class InputCase:
+    name: str
+    setup: Callable  # (tmp, demo) -> argv of the scalselect command
+    message: str     # what the one line on stderr must say
+
+
+def _pool(tmp: Path, text: str, name="pool.json") -> Path:
+    (tmp / name).write_text(text)
+    return tmp / name
+
+
+def _store(tmp: Path, rows=40, dim=8, name="store"):
+    from scalselect.store import write_store
+
+    x = np.random.default_rng(1).standard_normal((rows, dim)).astype(np.float32)
+    return write_store(tmp / name, x, [f"s{i}" for i in range(rows)], dtype="float32", shard_rows=16)
+
+
+def _scores(tmp: Path, n=40) -> Path:
+    from scalselect.scoring import leverage_scores
+    from scalselect.select import write_scores
+
+    res = leverage_scores(_store(tmp, n, name="for-scores"))
+    write_scores(tmp / "scores.jsonl", res.sample_ids, res.scores)
+    return tmp / "scores.jsonl"
+
+
+def _select(tmp: Path, budget: str, n=40) -> list:
+    pool = _pool(tmp, json.dumps([{"id": f"s{i}", **ask("ok.png")} for i in range(n)]))
+    return ["select", "--scores", _scores(tmp, n), "--data", pool, "--budget", budget, "--out", tmp / "sub.json"]
+
+
+def _extract(tmp: Path, demo, **change) -> list:
+    args = {"--model": demo["model"], "--data": demo["pool"], "--image-root": demo["images"],
+            "--out": tmp / "out-store", **change}
+    return ["extract", *[x for kv in args.items() for x in kv], "--quiet", "--workers", "0"]
+
+
+def _wrong_width(tmp: Path) -> list:
+    store = _store(tmp)
+    np.save(store / "shard-00001.npy", np.ones((16, 9), np.float32))
+    return ["score", store, "--out", tmp / "s.jsonl"]
+
+
+def _truncated_shard(tmp: Path) -> list:
+    store = _store(tmp)
+    shard = store / "shard-00000.npy"
+    shard.write_bytes(shard.read_bytes()[:200])
+    return ["score", store, "--out", tmp / "s.jsonl"]
+
+
+def _non_finite(tmp: Path) -> list:
+    x = np.random.default_rng(2).standard_normal((30, 6))
+    x[17, 2] = np.nan
+    np.save(tmp / "x.npy", x)
+    return ["score", tmp / "x.npy", "--out", tmp / "s.jsonl"]
+
+
+def _other_pool_scores(tmp: Path) -> list:
+    pool = _pool(tmp, json.dumps([{"id": f"x{i}", **ask("ok.png")} for i in range(40)]))
+    return ["select", "--scores", _scores(tmp), "--data", pool, "--budget", "5", "--out", tmp / "sub.json"]
+
+
+INPUT_CASES = [
+    InputCase("malformed JSON pool", lambda t, d: _select_pool(t, '[{"id": 1,\n  "image": }]'),
+              "malformed JSON at line 2 column"),
+    InputCase("JSONL pool with one bad line",
+              lambda t, d: _select_pool(t, json.dumps({"id": 0, **ask("a")}) + "\n{oops\n", "pool.jsonl"),
+              "malformed JSONL at line 2 column 2"),
+    InputCase("empty pool file", lambda t, d: _select_pool(t, ""), "file is empty"),
+    InputCase("unknown record layout", lambda t, d: _select_pool(t, '[{"id": 1, "text": "hi"}]'),
+              "unknown layout"),
+    InputCase("duplicate sample ids in the pool",
+              lambda t, d: _select_pool(t, json.dumps([{"id": 1, **ask("a")}, {"id": 1, **ask("b")}])),
+              "duplicated sample id(s): 1 at records 0, 1"),
+    InputCase("store shard with the wrong width", lambda t, d: _wrong_width(t), "does not match the manifest"),
+    InputCase("truncated store shard", lambda t, d: _truncated_shard(t), "shard-00000.npy: not a readable .npy array"),
+    InputCase("non-finite vector in a matrix", lambda t, d: _non_finite(t), "row 17 (sample id 17)"),
+    InputCase("scores file for another pool", lambda t, d: _other_pool_scores(t),
+              "is the scores file for another pool?"),
+    InputCase("budget 0", lambda t, d: _select(t, "0"), "must be at least 1"),
+    InputCase("negative budget", lambda t, d: _select(t, "-5"), "must be at least 1"),
+    InputCase("budget over N", lambda t, d: _select(t, "41"), "exceeds the 40 scored samples"),
+    InputCase("budget 0%", lambda t, d: _select(t, "0%"), "a percentage must be in (0%, 100%]"),
+    InputCase("budget 120%", lambda t, d: _select(t, "120%"), "a percentage must be in (0%, 100%]"),
+    InputCase("malformed budget", lambda t, d: _select(t, "16 percent"), "expected a count like 100000"),
+    InputCase("checkpoint folder without config.json", lambda t, d: _extract(t, d, **{"--model": _empty_dir(t)}),
+              "not a checkpoint directory"),
+    InputCase("image root that does not exist", lambda t, d: _extract(t, d, **{"--image-root": t / "nope"}),
+              "no such directory"),
+    InputCase("resuming a store made with another model or settings",
+              lambda t, d: _resume_other(t, d), "made with other settings"),
+]
+
+
+def _empty_dir(tmp: Path) -> Path:
+    (tmp / "not-a-model").mkdir()
+    return tmp / "not-a-model"
+
+
+def _select_pool(tmp: Path, text: str, name="pool.json") -> list:
+    pool = _pool(tmp, text, name)
+    return ["select", "--scores", _scores(tmp), "--data", pool, "--budget", "5", "--out", tmp / "sub.json"]
+
+
+def _resume_other(tmp: Path, demo) -> list:
+    from scalselect.cli import main
+
+    assert main([str(a) for a in _extract(tmp, demo, **{"--tau": "0.9"})]) == 0
+    return _extract(tmp, demo, **{"--tau": "0.5"}) + ["--resume"]
+
+
+@pytest.mark.parametrize("i", range(len(INPUT_CASES)), ids=[c.name for c in INPUT_CASES])
+def test_a_bad_input_is_one_line_and_exit_2(demo, tmp_path, capsys, i):
+    from scalselect.cli import main
+
+    case = INPUT_CASES[i]
+    argv = [str(a) for a in case.setup(tmp_path, demo)]
+    capsys.readouterr()
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert case.message in lines[0], lines[0]
+
+
+# ------------------------------------------------------------------------ the docs table
+
+def render_table() -> str:
+    rows = ["# Bad input: every case and what scalselect does with it", "",
+            "Rendered from `tests/test_bad_input_corpus.py`, which runs every case in CI.",
+            "A problem with one sample is a skip: one line `{\"sample_id\", \"reason\", \"detail\"}` in the",
+            "store's `skipped.jsonl`, counted in the manifest, while the other samples go on. A problem",
+            "with a whole input is one line on stderr and exit code 2.", "",
+            "## One sample of a pool", "", "| case | outcome |", "| --- | --- |"]
+    rows += [f"| {c.name} | {'extracted' if c.outcome == 'kept' else 'skipped: ' + c.outcome} |"
+             for c in SAMPLE_CASES]
+    rows += ["", "## A whole input", "", "| case | the error line says |", "| --- | --- |"]
+    rows += [f"| {c.name} | `{c.message}` |" for c in INPUT_CASES]
+    return "\n".join(rows) + "\n"
+
+
+def test_the_docs_table_lists_every_case():
+    assert DOCS.read_text() == render_table(), \
+        "docs/bad-input.md is out of date: python tests/test_bad_input_corpus.py > docs/bad-input.md"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_table())
