@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -84,7 +83,7 @@ class NpyFile:
         """An NpyFile, or the array itself when it is not a C-ordered numeric matrix."""
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)  # parses and checks the header
-        except (ValueError, OSError, EOFError) as exc:
+        except Exception as exc:  # a corrupt header raises ValueError, SyntaxError, TokenError, ...
             raise InputError(f"{path}: not a readable .npy array ({exc or 'empty file'})") from None
         if not isinstance(arr, np.ndarray):
             raise InputError(f"{path}: holds an .npz archive, not one .npy array")
@@ -188,7 +187,9 @@ def _open_npz(path: Path) -> RowSource:
                 raise InputError(f"{path}: no 'representations' array (has: {', '.join(z.files)})")
             reps = z["representations"]
             ids = z["sample_ids"] if "sample_ids" in z.files else None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except InputError:
+        raise
+    except Exception as exc:  # corrupt archives and headers raise many kinds
         raise InputError(f"{path}: not a readable .npz archive without pickled objects ({exc or 'empty file'})") from None
     _check_matrix(reps.shape, str(path))
     if ids is not None and ids.ndim != 1:
