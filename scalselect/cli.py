@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -274,9 +274,9 @@ def main(argv: list[str] | None = None) -> int:
             args.comm = comm
             if comm.active:
                 name += f" [rank {comm.rank} of {comm.world}]"
-            quiet = contextlib.redirect_stdout(io.StringIO()) if not comm.is_main else contextlib.nullcontext()
-            with quiet:  # under torchrun, rank 0 speaks for all
-                args.run(args)
+            with open(os.devnull, "w") as devnull, \
+                    contextlib.redirect_stdout(devnull if not comm.is_main else sys.stdout):
+                args.run(args)  # under torchrun, rank 0 speaks for all
     except InputError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2

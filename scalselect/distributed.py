@@ -1,10 +1,18 @@
 """Running under torchrun: which process this is, and the few collectives the jobs need.
 
 torchrun (or srun + torchrun) sets RANK, WORLD_SIZE and LOCAL_RANK; `context()` then joins the
-process group (NCCL when this rank has a GPU, gloo otherwise) with a timeout, so that a rank
-that dies makes the others fail instead of waiting forever. Without torchrun it is a world of
-one, and every collective is a no-op. A failure on one rank of a step that every rank runs
-together (`on_rank0`) is sent to all of them, so they all stop with the same message.
+process group with a timeout, so that a rank that hangs makes the others fail instead of
+waiting forever (a rank whose process dies is caught by torchrun itself, at once). Without
+torchrun it is a world of one, and every collective is a no-op.
+
+The group is gloo, also on GPU machines: the collectives here are few and small (the largest is
+one D x D float64 Gram matrix, 134 MB at D = 4,096), and gloo reports a silent peer as an error
+that can be turned into a clear message, where NCCL's watchdog aborts the process. Each rank
+still computes on its own GPU (cuda:LOCAL_RANK).
+
+A step that every rank runs (`together`), or rank 0 alone (`on_rank0`), ends the same way on
+every rank: if it failed anywhere, every rank raises, so no rank is left waiting in the next
+collective.
 """
 
 from __future__ import annotations
@@ -19,18 +27,18 @@ import torch
 
 from .errors import InputError, first_line
 
-DEFAULT_TIMEOUT_MINUTES = 30.0
+DEFAULT_TIMEOUT_MINUTES = 60.0
 
 
 class RankFailure(RuntimeError):
-    """Another rank died or did not answer in time; this rank stops too."""
+    """Another rank failed, died, or did not answer in time; this rank stops too."""
 
 
 @contextlib.contextmanager
 def _collective(what: str, timeout_minutes: float):
     try:
         yield
-    except RuntimeError as exc:  # gloo / NCCL report a dead or silent peer as RuntimeError
+    except RuntimeError as exc:  # gloo reports a dead or silent peer as RuntimeError
         raise RankFailure(f"{what}: another rank failed or did not answer within "
                           f"{timeout_minutes:g} min (--dist-timeout) [{first_line(exc)}]; "
                           "the parts already written are kept: rerun with --resume") from None
@@ -41,7 +49,6 @@ class Comm:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    device: torch.device | None = None  # where collectives' tensors live (NCCL: this GPU)
     timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES
 
     @property
@@ -52,6 +59,10 @@ class Comm:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def gpu(self) -> torch.device:
+        """This rank's GPU (ranks share GPUs round-robin when a node has fewer than ranks)."""
+        return torch.device("cuda", self.local_rank % max(1, torch.cuda.device_count()))
+
     def barrier(self) -> None:
         if self.active:
             with _collective("barrier", self.timeout_minutes):
@@ -61,27 +72,28 @@ class Comm:
         """Sum of `t` over ranks, on every rank (t's device and dtype)."""
         if not self.active:
             return t
-        buf = t.to(self.device)
+        buf = t.cpu().contiguous()
         with _collective("all_reduce", self.timeout_minutes):
             torch.distributed.all_reduce(buf)
         return buf.to(t.device)
 
-    def broadcast(self, t: torch.Tensor) -> torch.Tensor:
-        """Rank 0's `t` on every rank (same shape and dtype on all ranks)."""
-        if not self.active:
-            return t
-        buf = t.to(self.device).contiguous()
-        with _collective("broadcast", self.timeout_minutes):
-            torch.distributed.broadcast(buf, src=0)
-        return buf.to(t.device)
-
     def broadcast_object(self, obj):
+        """Rank 0's `obj` on every rank."""
         if not self.active:
             return obj
         box = [obj]
         with _collective("broadcast", self.timeout_minutes):
             torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
+
+    def all_gather_objects(self, obj) -> list:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if not self.active:
+            return [obj]
+        out = [None] * self.world
+        with _collective("all_gather", self.timeout_minutes):
+            torch.distributed.all_gather_object(out, obj)
+        return out
 
     def gather_objects(self, obj) -> list | None:
         """Every rank's `obj`, in rank order, on rank 0 (None elsewhere)."""
@@ -92,18 +104,34 @@ class Comm:
             torch.distributed.gather_object(obj, out, dst=0)
         return out
 
-    def on_rank0(self, fn: Callable):
-        """Run fn() on rank 0 only; its result, or its InputError, reaches every rank."""
+    def together(self, fn: Callable, main_only: bool = False):
+        """fn() on every rank (on rank 0 only with main_only), then agree on how it ended.
+
+        If it raised anywhere, it raises everywhere: the rank that met the error raises it, the
+        others InputError (for bad input) or RankFailure "rank R: <message>" of the lowest
+        failing rank R. Returns fn()'s result (None on the other ranks with main_only)."""
         result, error = None, None
-        if self.is_main:
+        if self.is_main or not main_only:
             try:
                 result = fn()
-            except InputError as exc:
-                error = str(exc)
-        result, error = self.broadcast_object((result, error)) if self.active else (result, error)
+            except Exception as exc:  # held until every rank knows
+                if not self.active:
+                    raise
+                error = exc
+        if not self.active:
+            return result
+        told = self.all_gather_objects(None if error is None else (isinstance(error, InputError), str(error)))
+        failed = [r for r, t in enumerate(told) if t is not None]
+        if not failed:
+            return result
         if error is not None:
-            raise InputError(error)
-        return result
+            raise error
+        is_input, message = told[failed[0]]
+        raise (InputError if is_input else RankFailure)(f"rank {failed[0]}: {message}")
+
+    def on_rank0(self, fn: Callable):
+        """fn() on rank 0 only; its result, or its error, reaches every rank."""
+        return self.broadcast_object(self.together(fn, main_only=True))
 
 
 def launched_by_torchrun() -> bool:
@@ -118,20 +146,14 @@ def context(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> Iterator[Comm]:
         return
     if timeout_minutes <= 0:
         raise InputError(f"--dist-timeout must be positive, got {timeout_minutes}")
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    gpu = torch.cuda.is_available()
-    if gpu and torch.cuda.device_count() < local_world:  # all ranks of a group need one backend
-        raise InputError(f"{local_world} ranks on this node but {torch.cuda.device_count()} GPUs: "
-                         "start one rank per GPU (--nproc-per-node)")
-    if gpu:
-        torch.cuda.set_device(local_rank)
-    device = torch.device("cuda", local_rank) if gpu else torch.device("cpu")
+    comm = Comm(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                int(os.environ.get("LOCAL_RANK", "0")), timeout_minutes)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(comm.gpu())
     with _collective("joining the process group", timeout_minutes):
         torch.distributed.init_process_group(
-            backend="nccl" if gpu else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
+            backend="gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
     try:
-        yield Comm(rank, world, local_rank, device, timeout_minutes)
+        yield comm
     finally:
         torch.distributed.destroy_process_group()

@@ -120,7 +120,7 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
     pool = read_pool(pool_path)
     device = pick_device(opts.device)
     if comm.active and device.type == "cuda":
-        device = torch.device("cuda", comm.local_rank)
+        device = comm.gpu()
     dtype = pick_dtype(opts.dtype, device)
     config = read_config(model_dir, opts.trust_remote_code)
     out = Path(out)
@@ -137,7 +137,7 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
     job = None
     try:
         processor, model, adapter = load_checkpoint(model_dir, config, device, dtype,
-                                                    opts.trust_remote_code, opts.progress)
+                                                    opts.trust_remote_code, opts.progress and comm.is_main)
         todo = np.fromiter((p for p, sid in enumerate(pool.ids) if sid not in writer.done_ids), np.int64)
         mine = todo[comm.rank::comm.world]  # every rank sees the same committed parts, so the same todo
         maker = SampleMaker(processor, adapter.image_token_id(model), root, opts.max_length,
@@ -183,7 +183,7 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
             "world_size_last_run": comm.world,
             "samples_per_second_last_run": len(todo) / seconds if seconds > 0 else None,
             "mean_kept_vision_tokens_last_run": job.kept_tokens / max(1, job.rows_made)}
-    writer.close(meta)
+    writer.close(meta, expected=len(pool))
     manifest = read_manifest(out)  # every rank's parts, for every rank
     summary = {"store": str(out), "rows": manifest["num_rows"], "skipped": manifest["num_skipped"],
                "skipped_by_reason": manifest["skipped_by_reason"],

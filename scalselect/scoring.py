@@ -17,7 +17,7 @@ and row count are summed over the ranks; rank 0 finds the eigenpairs and broadca
 On the N x N side every rank sends its rows to rank 0, which scores them all and sends each
 rank its own scores back. Each rank's result holds its own rows; `gather_result` collects all
 of them, in store order, on rank 0. An error one rank meets in its local work is held until the
-end of that step, when every rank learns of it (`_step`), so no rank is left waiting in a
+end of that step, when every rank learns of it (`Comm.together`), so no rank is left waiting in a
 collective: the rank that met it raises it, the others raise "rank R: <message>".
 """
 
@@ -113,36 +113,6 @@ def _check_scores(scores: np.ndarray) -> None:
         raise RuntimeError("scalselect produced non-finite scores; please report this with the input's shape")
 
 
-def _step(comm: Comm, fn, main_only: bool = False):
-    """fn(), the local work of one step, run on every rank (on rank 0 only with main_only).
-
-    With more than one process an exception is held until fn() has ended on every rank, and
-    then raised on all of them: the rank that met it raises it; the others raise InputError
-    (RuntimeError for any other error) "rank R: <message>" of the lowest failing rank R, or
-    the message alone for a main_only step. So no rank waits for ever in the next collective.
-    Returns fn()'s result (None on the other ranks with main_only)."""
-    if not comm.active:
-        return fn()
-    result, error = None, None
-    if comm.is_main or not main_only:
-        try:
-            result = fn()
-        except Exception as exc:  # held, so that every rank reaches the agreement below
-            error = exc
-    flags = torch.zeros(comm.world, dtype=torch.float64)
-    if error is not None:
-        flags[comm.rank] = 1.0
-    failed = torch.nonzero(comm.all_reduce_sum(flags)).flatten().tolist()
-    if not failed:
-        return result
-    first = failed[0]
-    told = comm.gather_objects(None if error is None else (isinstance(error, InputError), str(error)))
-    is_input, message = comm.broadcast_object(told[first] if comm.is_main else None)
-    if error is not None:
-        raise error
-    raise (InputError if is_input else RuntimeError)(message if main_only else f"rank {first}: {message}")
-
-
 @dataclass
 class _Part:
     """This rank's share of a store: its shards and where their rows sit in the whole store."""
@@ -186,14 +156,14 @@ def _open_part(data, sample_ids, comm: Comm) -> _Part:
         return _Part(src, shards, starts[-1], int(manifest["dim"]), local_starts, store_starts,
                      first % comm.world)
 
-    part = _step(comm, open_part)
+    part = comm.together(open_part)
     every = comm.gather_objects(part.src.ids)
 
     def check_ids() -> None:  # rank 0: each part's ids are unique, but over all parts?
         ids = [i for ids in every for i in ids]
         _check_ids(ids, len(ids), str(data))
 
-    _step(comm, check_ids, main_only=True)
+    comm.together(check_ids, main_only=True)
     return part
 
 
@@ -240,7 +210,7 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     side = "kernel" if n < d else "gram"
     run_side = _kernel_side if side == "kernel" else _gram_side
     scores, total, top, eig = run_side(src, dev, energy, chunk_rows, **opts)
-    _step(comm, lambda: _check_scores(scores))
+    comm.together(lambda: _check_scores(scores))
     captured = float(top.sum()) / total
     return LeverageResult(
         scores=scores, sample_ids=list(src.ids), k=int(top.numel()), captured_energy=captured,
@@ -325,7 +295,7 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
             return sums, chunk.shape[0]
         return zero, 0
 
-    head_sums, head_rows = _step(comm, head)
+    head_sums, head_rows = comm.together(head)
     if comm.active:  # the same shift on every rank: the one rank that reads the head sends it
         both = comm.all_reduce_sum(torch.cat([head_sums, head_sums.new_tensor([head_rows])]))
         head_sums, head_rows = both[:d], both[d]
@@ -343,7 +313,7 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
                 colsum.add_(sums)
                 bar.update(chunk.shape[0])
 
-    _step(comm, pass1)
+    comm.together(pass1)
     n = n_local
     if comm.active:  # sums over the ranks (the lower triangle is all that mirror_lower reads)
         gram = comm.all_reduce_sum(gram)
@@ -360,7 +330,7 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
         return mean, inv_scale, total, eig
 
     if comm.active:  # rank 0 solves; every rank gets its answer
-        mean, inv_scale, total, eig = _share_solution(comm, _step(comm, finish, main_only=True), d, dev)
+        mean, inv_scale, total, eig = _share_solution(comm, comm.together(finish, main_only=True), dev)
         timings.setdefault("gram_pass", time.perf_counter() - t0)
     else:
         mean, inv_scale, total, eig = finish()
@@ -378,7 +348,7 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
                 scores[start:start + chunk.shape[0]] = part.cpu().numpy()
                 bar.update(chunk.shape[0])
 
-    _step(comm, pass2)
+    comm.together(pass2)
     timings["score_pass"] = time.perf_counter() - t0
     return scores, total, eig.values, eig.method
 
@@ -400,22 +370,15 @@ def _centred_gram(gram: torch.Tensor, colsum: torch.Tensor, shift: torch.Tensor,
     return cov, mean, inv_scale, float(cov.trace())
 
 
-def _share_solution(comm: Comm, solution, d: int, dev):
-    """Rank 0's (mean, inv_scale, total, eigenpairs) on every rank: the sizes, then the tensors."""
+def _share_solution(comm: Comm, solution, dev):
+    """Rank 0's (mean, inv_scale, total, eigenpairs) on every rank."""
     if comm.is_main:
         mean, inv_scale, total, eig = solution
-        sizes = (eig.k, eig.method, total, inv_scale is not None)
-    k, method, total, scaled = comm.broadcast_object(sizes if comm.is_main else None)
-
-    def share(name: str, shape: tuple) -> torch.Tensor:
-        if comm.is_main:
-            t = {"values": eig.values, "vectors": eig.vectors, "mean": mean, "inv_scale": inv_scale}[name]
-            return comm.broadcast(t.to(torch.float64).contiguous())
-        return comm.broadcast(torch.empty(shape, dtype=torch.float64, device=dev))
-
-    values, vectors, mean = share("values", (k,)), share("vectors", (d, k)), share("mean", (d,))
-    inv_scale = share("inv_scale", (d,)) if scaled else None
-    return mean, inv_scale, total, TopEigen(values, vectors, method)
+        solution = (mean.cpu(), None if inv_scale is None else inv_scale.cpu(), total,
+                    eig.values.cpu(), eig.vectors.cpu(), eig.method)
+    mean, inv_scale, total, values, vectors, method = comm.broadcast_object(solution)
+    inv_scale = None if inv_scale is None else inv_scale.to(dev)
+    return mean.to(dev), inv_scale, total, TopEigen(values.to(dev), vectors.to(dev), method)
 
 
 def _kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normalize, backend,
@@ -436,7 +399,7 @@ def _kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_nor
         scores, total, values, method = _kernel_solve(rows, energy, standardize, eig_method, timings, t0)
         return scores.cpu().numpy(), total, values, method
 
-    x, rows = _step(comm, load)
+    x, rows = comm.together(load)
     if not comm.active:
         return solve(rows)
     every = comm.gather_objects(x.cpu())  # as stored: float16 stores send half the bytes
@@ -447,7 +410,7 @@ def _kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_nor
         splits = np.cumsum([int(part.shape[0]) for part in every])[:-1]
         return np.split(scores, splits), total, values.cpu(), method
 
-    answer = comm.broadcast_object(_step(comm, solve_all, main_only=True))
+    answer = comm.broadcast_object(comm.together(solve_all, main_only=True))
     timings.setdefault("gram_pass", time.perf_counter() - t0)
     scores, total, values, method = answer
     return scores[comm.rank], total, values.to(dev), method

@@ -294,10 +294,11 @@ class StoreWriter:
     unfinished store are kept, provided its settings equal `settings`, and `done_ids` says
     which samples need no more work; a part cut short by a crash is written again.
 
-    Under torchrun (`comm` of scalselect.distributed) every rank has a writer: rank 0 checks and
-    prepares the directory, each rank writes its own parts (shard-r<rank>-NNNNN) under its own
-    lock, and `close()` gathers all of them into the manifest on rank 0. Parts are found by
-    name, so a store begun with one world size can be resumed with another.
+    Under torchrun (`comm` of scalselect.distributed) every rank has a writer: rank 0 locks,
+    checks and prepares the directory and reads what is committed (every rank gets the same
+    account of it), each rank writes its own parts (shard-r<rank>-NNNNN), and `close()` gathers
+    all of them into the manifest on rank 0. Parts are found by name, so a store begun with one
+    world size can be resumed with another.
     """
 
     def __init__(self, store: str | os.PathLike, dim: int, dtype: str = "float16",
@@ -313,16 +314,25 @@ class StoreWriter:
         self.comm = comm or Comm()
         self.settings = {"dim": self.dim, "dtype": dtype, **(settings or {})}
         self._prefix = f"shard-r{self.comm.rank}-" if self.comm.active else "shard-"
-        self.comm.on_rank0(lambda: self._prepare(resume))
-        self._lock = _lock(self.store / (f"{LOCK}-r{self.comm.rank}" if self.comm.active else LOCK))
+        self._lock = None
+        self._next = 0
+        state = self.comm.on_rank0(lambda: self._open(resume))
+        self.shards, self.done_ids, self.skip_counts = state
+
+    def _open(self, resume: bool):
+        """Rank 0: lock the store, check it (resuming: the settings it was begun with), write
+        progress.json, and read the committed parts."""
+        self.store.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.store / LOCK)
         try:
+            self._prepare(resume)
             self._scan()
         except BaseException:
             self._unlock()
             raise
+        return self.shards, self.done_ids, self.skip_counts
 
     def _prepare(self, resume: bool) -> None:
-        """Check the directory (and, resuming, the settings it was begun with); write progress.json."""
         progress = self.store / PROGRESS
         if (self.store / MANIFEST).exists():
             raise InputError(f"{self.store}: a store already exists here")
@@ -335,9 +345,8 @@ class StoreWriter:
             except (OSError, ValueError) as exc:
                 raise InputError(f"{progress}: unreadable ({exc})") from None
             check_same_settings(self.store, before, self.settings)
-        elif self.store.exists() and any(not p.name.startswith(LOCK) for p in self.store.iterdir()):
+        elif any(p.name != LOCK for p in self.store.iterdir()):
             raise InputError(f"{self.store}: exists and is not empty; choose another output")
-        self.store.mkdir(parents=True, exist_ok=True)
         with atomic_open(progress) as f:
             json.dump(self.settings, f, indent=1, ensure_ascii=False)
 
@@ -346,7 +355,6 @@ class StoreWriter:
         self.shards: list[dict] = []
         self.done_ids: set = set()
         self.skip_counts: dict[str, int] = {}
-        self._next = 0
         for ids_file in sorted(self.store.glob("shard-*.ids.json")):
             name = ids_file.name.removesuffix(".ids.json")
             ids = _read_json_list(ids_file)
@@ -366,9 +374,12 @@ class StoreWriter:
     def _committed(self, name: str, ids: list, skipped: list[dict]) -> None:
         self.shards.append({"vectors": f"{name}.npy", "ids": f"{name}.ids.json",
                             "skipped": f"{name}.skipped.jsonl", "rows": len(ids)})
-        self.done_ids.update(ids)
+        for sample_id in [*ids, *(skip["sample_id"] for skip in skipped)]:
+            if sample_id in self.done_ids:
+                raise InputError(f"{self.store}: sample {sample_id!r} is in two parts (was the store "
+                                 "written by two jobs at once?)")
+            self.done_ids.add(sample_id)
         for skip in skipped:
-            self.done_ids.add(skip["sample_id"])
             self.skip_counts[skip["reason"]] = self.skip_counts.get(skip["reason"], 0) + 1
 
     def add(self, vectors, ids: Sequence, skipped: Sequence[dict] = ()) -> None:
@@ -392,53 +403,65 @@ class StoreWriter:
             json.dump(ids, f, ensure_ascii=False)
         self._committed(name, ids, skipped)
 
-    def close(self, meta: dict | None = None) -> Path:
+    def close(self, meta: dict | None = None, expected: int | None = None) -> Path:
         """Write skipped.jsonl (all parts' skips) and the manifest; `meta` is added to it.
+        With `expected`, refuse unless the parts account for exactly that many samples.
 
         Under torchrun every rank calls it; rank 0 writes, after all ranks have committed."""
         self.comm.barrier()
-        if self.comm.is_main:
-            if self.comm.active:
-                self._scan()  # the other ranks' parts too
-            skipped = [s for shard in self.shards for s in _read_jsonl(self.store / shard["skipped"])]
-            _write_jsonl(self.store / SKIPPED, skipped)
-            manifest = {"format": STORE_FORMAT, "version": STORE_VERSION, "dim": self.dim,
-                        "dtype": self.dtype, "num_rows": sum(s["rows"] for s in self.shards),
-                        "num_skipped": len(skipped), "skipped_by_reason": dict(sorted(self.skip_counts.items())),
-                        "shards": self.shards, "meta": {**self.meta, **(meta or {})}}
-            with atomic_open(self.store / MANIFEST) as f:
-                json.dump(manifest, f, indent=1, ensure_ascii=False)
-            (self.store / PROGRESS).unlink()
-        self._unlock()
-        self.comm.barrier()  # the manifest exists for every rank from here on
+        self.comm.on_rank0(lambda: self._write_manifest(meta, expected))
         return self.store
 
-    def abandon(self) -> None:
-        """Stop writing. A store with no committed part is removed again (a failed start
-        should not leave an unfinished store behind); committed parts stay for --resume."""
+    def _write_manifest(self, meta: dict | None, expected: int | None) -> None:
+        self._scan()  # every rank's parts, as committed
+        if expected is not None and len(self.done_ids) != expected:
+            raise InputError(f"{self.store}: the parts account for {len(self.done_ids)} of "
+                             f"{expected} samples; rerun with --resume")
+        skipped = [s for shard in self.shards for s in _read_jsonl(self.store / shard["skipped"])]
+        _write_jsonl(self.store / SKIPPED, skipped)
+        manifest = {"format": STORE_FORMAT, "version": STORE_VERSION, "dim": self.dim,
+                    "dtype": self.dtype, "num_rows": sum(s["rows"] for s in self.shards),
+                    "num_skipped": len(skipped), "skipped_by_reason": dict(sorted(self.skip_counts.items())),
+                    "shards": self.shards, "meta": {**self.meta, **(meta or {})}}
+        with atomic_open(self.store / MANIFEST) as f:
+            json.dump(manifest, f, indent=1, ensure_ascii=False)
+        (self.store / PROGRESS).unlink()
         self._unlock()
-        if self.comm.is_main and not any(self.store.glob("shard-*.ids.json")):
-            (self.store / PROGRESS).unlink(missing_ok=True)
-            if not any(self.store.iterdir()):
-                self.store.rmdir()
+
+    def abandon(self) -> None:
+        """Stop writing. A single process's store with no committed part is removed again (a
+        failed start should not leave an unfinished store behind); committed parts stay for
+        --resume. Under torchrun nothing is removed: other ranks may still be committing."""
+        self._unlock()
+        if self.comm.active or self.shards:
+            return
+        (self.store / PROGRESS).unlink(missing_ok=True)
+        if not any(self.store.iterdir()):
+            self.store.rmdir()
 
     def _unlock(self) -> None:
         if self._lock is not None:
-            Path(self._lock.name).unlink(missing_ok=True)
+            (self.store / LOCK).unlink(missing_ok=True)
             self._lock.close()  # closing the file releases the lock
             self._lock = None
 
 
 def _lock(path: Path):
-    """An exclusive lock on `path`, held while the returned file stays open."""
+    """An exclusive lock on `path`, held while the returned file stays open. On a file system
+    without locks (Lustre without -o flock, some NFS) it warns and goes on unlocked."""
     import fcntl
+    import warnings
 
     f = open(path, "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
-        raise InputError(f"{path.parent}: another process is writing this store") from None
+        raise InputError(f"{path.parent}: another process is writing this store (or, on NFS, "
+                         "one that died less than a lease ago)") from None
+    except OSError as exc:
+        warnings.warn(f"{path.parent}: cannot lock the store on this file system ({exc.strerror}); "
+                      "make sure no other job writes it", RuntimeWarning)
     return f
 
 

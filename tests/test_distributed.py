@@ -103,8 +103,7 @@ def test_a_two_rank_run_cut_short_resumes_with_one_rank(demo, tmp_path):
     try:
         # batch size 1: samples are not held back in the length-grouping window, parts commit early
         argv = torchrun_argv(2, *extract_args(demo, tmp_path / "s", pool, "--batch-size", 1))
-        job = subprocess.Popen(argv, env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        job = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while time.time() < deadline and not (list((tmp_path / "s").glob("shard-r0-*.ids.json"))
                                                and list((tmp_path / "s").glob("shard-r1-*.ids.json"))):
@@ -112,8 +111,8 @@ def test_a_two_rank_run_cut_short_resumes_with_one_rank(demo, tmp_path):
             time.sleep(0.05)
         assert time.time() < deadline, "both ranks should have committed parts by now"
         time.sleep(1.0)
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait(timeout=30)
+        job.send_signal(signal.SIGTERM)  # as Slurm does; torchrun passes it on to the ranks
+        job.wait(timeout=60)
     finally:
         fifo.unlink()
     assert not (tmp_path / "s" / "manifest.json").exists()
@@ -165,3 +164,19 @@ def test_run_under_torchrun_gives_the_single_process_subset(demo, tmp_path):
     # and the subset is the one a single-process run selects
     assert main(["run", *map(str, common), "--out-dir", str(tmp_path / "one")]) == 0
     assert read_pool(tmp_path / "two" / "subset.json").records == read_pool(tmp_path / "one" / "subset.json").records
+
+
+def test_an_error_on_rank_0_alone_reaches_the_other_ranks_at_once(tmp_path):
+    """Rank 0 cannot write the scores (--out under a regular file): rank 1 must not wait for the
+    timeout (5 minutes here) but stop with rank 0's reason."""
+    from scalselect.store import write_store
+
+    x = np.random.default_rng(0).standard_normal((50, 6)).astype(np.float32)
+    store = write_store(tmp_path / "store", x, dtype="float32", shard_rows=10)
+    (tmp_path / "file").write_text("")
+    t0 = time.time()
+    proc = torchrun(2, "score", store, "--out", tmp_path / "file" / "scores.jsonl", "--quiet",
+                    "--dist-timeout", 5, timeout=200)
+    assert proc.returncode != 0 and time.time() - t0 < 120, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("scalselect score [rank 1 of 2]")]
+    assert lines and "rank 0: " in lines[0] and "File exists" in lines[0], proc.stderr[-2000:]
