@@ -61,8 +61,12 @@ def _write_scores(args, out: Path, result, t0: float) -> dict:
     _write_json(_summary_path(out), summary)
     sv = result.singular_values
     lead = ", ".join(f"{v:.4g}" for v in sv[:5]) + (", ..." if len(sv) > 5 else "")
-    print(f"scored {result.num_rows} samples of dim {result.dim}: k={result.k} "
+    print(f"scored {len(result.scores)} samples of dim {result.dim}: k={result.k} "
           f"(captured energy {result.captured_energy:.4f}), sigma = [{lead}]")
+    if result.excluded:
+        shown = ", ".join(repr(i) for i in result.excluded[:5]) + (", ..." if len(result.excluded) > 5 else "")
+        print(f"note: left out {len(result.excluded)} rows holding NaN or inf ({shown}); "
+              f"their ids are in {_summary_path(out)}")
     print(f"wrote {out} and {_summary_path(out)} in {summary['timings_s']['total']:.2f} s")
     return summary
 

@@ -23,7 +23,6 @@ collective: the rank that met it raises it, the others raise "rank R: <message>"
 
 from __future__ import annotations
 
-import bisect
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -62,12 +61,21 @@ class LeverageResult:
     world: int = 1              # processes that scored the input together
     rank: int = 0               # the process whose rows `scores` holds
     shards: list = field(default_factory=list)  # distributed: [(manifest index, rows)] of `scores`
+    excluded: list = field(default_factory=list)  # ids of the rows with a NaN or inf: not scored
+
+    def without_excluded(self) -> "LeverageResult":
+        """The rows left out (NaN scores) dropped from scores and sample_ids, their ids listed."""
+        keep = ~np.isnan(self.scores)
+        return replace(self, scores=self.scores[keep],
+                       sample_ids=[i for i, k in zip(self.sample_ids, keep) if k],
+                       excluded=self.excluded + [i for i, k in zip(self.sample_ids, keep) if not k])
 
     def summary(self) -> dict:
         return {"num_rows": self.num_rows, "dim": self.dim, "k": self.k,
                 "captured_energy": self.captured_energy, "total_energy": self.total_energy,
                 "singular_values": self.singular_values.tolist(), "side": self.side,
                 "eig_method": self.eig_method, "device": self.device, "world_size": self.world,
+                "excluded_non_finite": len(self.excluded), "excluded_sample_ids": self.excluded[:100],
                 "settings": self.settings, "timings_s": self.timings}
 
 
@@ -91,25 +99,21 @@ def _progress(total: int, desc: str, enabled: bool):
                 leave=False, dynamic_ncols=True)
 
 
-def _same_row(r: int) -> int:
-    return r
-
-
-def _check_finite(sums: torch.Tensor, rows: torch.Tensor, start: int, ids: list, row_of=_same_row) -> None:
-    """A NaN or inf anywhere in `rows` makes its column sums non-finite: checking the d sums
-    is free, and only then are the rows searched for the culprits. `row_of` turns an index
-    into `ids` into the row number the message shows (distributed: the row in the store)."""
+def _finite_rows(sums: torch.Tensor, rows: torch.Tensor) -> torch.Tensor | None:
+    """None when every row is finite, else a mask of the finite rows. A NaN or inf anywhere in
+    `rows` makes its column sums non-finite: checking the d sums is free, and only then are the
+    rows searched."""
     if bool(torch.isfinite(sums).all()):
-        return
-    bad = ~torch.isfinite(rows).all(dim=1)
-    if bool(bad.any()):
-        rows = (torch.nonzero(bad).flatten() + start).tolist()
-        named = ", ".join(f"row {row_of(r)} (sample id {ids[r]!r})" for r in rows[:3])
-        raise InputError(f"non-finite values (NaN or inf) in {len(rows)} rows of this chunk, first: {named}")
+        return None
+    good = torch.isfinite(rows).all(dim=1)
+    if bool(good.all()):
+        raise InputError("the column sums overflowed: values too large; rescale the vectors")
+    return good
 
 
-def _check_scores(scores: np.ndarray) -> None:
-    if not np.all(np.isfinite(scores)):
+def _check_scores(scores: np.ndarray, excluded: list) -> None:
+    """Every score is finite but those of the rows left out (NaN)."""
+    if not np.all(np.isfinite(np.delete(scores, excluded))):
         raise RuntimeError("scalselect produced non-finite scores; please report this with the input's shape")
 
 
@@ -120,13 +124,7 @@ class _Part:
     shards: list        # [(manifest index, rows)], in the order src reads them
     num_rows: int       # of the whole store
     dim: int
-    local_starts: list  # first row of each non-empty shard in src ...
-    store_starts: list  # ... and in the whole store
     head_rank: int      # the rank that reads the store's first rows (its first non-empty shard)
-
-    def store_row(self, r: int) -> int:
-        j = bisect.bisect_right(self.local_starts, r) - 1
-        return self.store_starts[j] + r - self.local_starts[j]
 
 
 def _open_part(data, sample_ids, comm: Comm) -> _Part:
@@ -147,14 +145,7 @@ def _open_part(data, sample_ids, comm: Comm) -> _Part:
         starts = np.cumsum([0] + rows).tolist()
         shards = [(i, rows[i]) for i in part_shards(len(entries), part)]
         first = next(i for i, count in enumerate(rows) if count)  # read_store: some shard has rows
-        local_starts, store_starts, lo = [], [], 0
-        for i, count in shards:
-            if count:
-                local_starts.append(lo)
-                store_starts.append(starts[i])
-            lo += count
-        return _Part(src, shards, starts[-1], int(manifest["dim"]), local_starts, store_starts,
-                     first % comm.world)
+        return _Part(src, shards, starts[-1], int(manifest["dim"]), first % comm.world)
 
     part = comm.together(open_part)
     every = comm.gather_objects(part.src.ids)
@@ -189,11 +180,11 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     comm = comm if comm is not None else Comm()
     if comm.active:
         part = _open_part(data, sample_ids, comm)
-        src, n, d, row_of, shards = part.src, part.num_rows, part.dim, part.store_row, part.shards
+        src, n, d, shards = part.src, part.num_rows, part.dim, part.shards
         reads_head = comm.rank == part.head_rank
     else:
         src = open_rows(data, sample_ids)
-        n, d, row_of, shards, reads_head = src.num_rows, src.dim, _same_row, [], True
+        n, d, shards, reads_head = src.num_rows, src.dim, [], True
     dev = resolve_device(device)
     if chunk_rows is None:
         chunk_rows = max(256, _CHUNK_BYTES // (4 * d))
@@ -206,17 +197,20 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     timings: dict[str, float] = {}
     opts = dict(standardize=standardize, l2_normalize=l2_normalize, backend=backend,
                 eig_method=eig_method, progress=progress and comm.is_main, timings=timings,
-                comm=comm, dim=d, row_of=row_of, reads_head=reads_head)
+                comm=comm, dim=d, reads_head=reads_head)
     side = "kernel" if n < d else "gram"
     run_side = _kernel_side if side == "kernel" else _gram_side
-    scores, total, top, eig = run_side(src, dev, energy, chunk_rows, **opts)
-    comm.together(lambda: _check_scores(scores))
+    scores, total, top, eig, left_out = run_side(src, dev, energy, chunk_rows, **opts)
+    scores[left_out] = np.nan
+    comm.together(lambda: _check_scores(scores, left_out))
     captured = float(top.sum()) / total
-    return LeverageResult(
+    result = LeverageResult(
         scores=scores, sample_ids=list(src.ids), k=int(top.numel()), captured_energy=captured,
         singular_values=top.clamp_min(0).sqrt().cpu().numpy(), total_energy=total, num_rows=n,
         dim=d, side=side, eig_method=eig, device=str(dev), timings=timings, settings=settings,
         world=comm.world, rank=comm.rank, shards=shards)
+    # distributed: the rows stay aligned with the shards until gather_result
+    return result if comm.active else result.without_excluded()
 
 
 def gather_result(result: LeverageResult, comm: Comm | None) -> LeverageResult | None:
@@ -239,7 +233,8 @@ def gather_result(result: LeverageResult, comm: Comm | None) -> LeverageResult |
     scores = np.concatenate([piece[3] for piece in pieces])
     if len(ids) != result.num_rows:
         raise RuntimeError(f"gathered {len(ids)} scores for a store of {result.num_rows} rows")
-    return replace(result, scores=scores, sample_ids=ids, shards=[piece[:2] for piece in pieces])
+    return replace(result, scores=scores, sample_ids=ids,
+                   shards=[piece[:2] for piece in pieces]).without_excluded()
 
 
 def add_gram(gram: torch.Tensor, rows: torch.Tensor, blocks: int = 4) -> None:
@@ -280,45 +275,54 @@ def _inv_std(var: torch.Tensor, second_moment: torch.Tensor) -> torch.Tensor:
 
 
 def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normalize, backend,
-               eig_method, progress, timings, comm: Comm, dim: int, row_of, reads_head: bool):
+               eig_method, progress, timings, comm: Comm, dim: int, reads_head: bool):
     n_local, d = src.num_rows, dim
     t0 = time.perf_counter()
     zero = torch.zeros(d, dtype=torch.float64, device=dev)
+    left_out: list[int] = []  # this rank's rows with a NaN or inf
+
+    def prep(chunk, shift, start=None):
+        """gram_prep of the chunk's finite rows (noting the others when start is given)."""
+        centred, sums = kernels.gram_prep(chunk, shift, None, l2_normalize, backend=backend)
+        good = _finite_rows(sums, chunk)
+        if good is None:
+            return centred, sums
+        if start is not None:
+            left_out.extend((torch.nonzero(~good).flatten() + start).tolist())
+        return kernels.gram_prep(chunk[good], shift, None, l2_normalize, backend=backend)
 
     def head():  # an early mean estimate keeps the shifted sums small
         if not reads_head:
             return zero, 0
-        for start, chunk in src.chunks(min(_HEAD_ROWS, chunk_rows)):
-            chunk = chunk.to(dev, non_blocking=True)
-            sums = kernels.gram_prep(chunk, zero, None, l2_normalize, backend=backend)[1]
-            _check_finite(sums, chunk, start, src.ids, row_of)
-            return sums, chunk.shape[0]
+        for _, chunk in src.chunks(min(_HEAD_ROWS, chunk_rows)):
+            centred, sums = prep(chunk.to(dev, non_blocking=True), zero)
+            return sums, centred.shape[0]
         return zero, 0
 
     head_sums, head_rows = comm.together(head)
     if comm.active:  # the same shift on every rank: the one rank that reads the head sends it
         both = comm.all_reduce_sum(torch.cat([head_sums, head_sums.new_tensor([head_rows])]))
         head_sums, head_rows = both[:d], both[d]
-    shift = head_sums / head_rows
+    shift = head_sums / head_rows if head_rows > 0 else zero
     gram = torch.zeros(d, d, dtype=torch.float64, device=dev)
     colsum = torch.zeros(d, dtype=torch.float64, device=dev)
 
     def pass1():
         with _progress(n_local, "pass 1/2 (Gram)", progress) as bar:
             for start, chunk in src.chunks(chunk_rows):
-                chunk = chunk.to(dev, non_blocking=True)
-                centred, sums = kernels.gram_prep(chunk, shift, None, l2_normalize, backend=backend)
-                _check_finite(sums, chunk, start, src.ids, row_of)
+                centred, sums = prep(chunk.to(dev, non_blocking=True), shift, start)
                 add_gram(gram, centred)
                 colsum.add_(sums)
                 bar.update(chunk.shape[0])
 
     comm.together(pass1)
-    n = n_local
+    n = n_local - len(left_out)
     if comm.active:  # sums over the ranks (the lower triangle is all that mirror_lower reads)
         gram = comm.all_reduce_sum(gram)
-        both = comm.all_reduce_sum(torch.cat([colsum, colsum.new_tensor([n_local])]))
+        both = comm.all_reduce_sum(torch.cat([colsum, colsum.new_tensor([n])]))
         colsum, n = both[:d], int(both[d])
+    if n == 0:  # every rank knows it (n is summed)
+        raise InputError("every row holds a NaN or inf: there is nothing to score")
     gram = mirror_lower(gram)
 
     def finish():
@@ -350,7 +354,7 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
 
     comm.together(pass2)
     timings["score_pass"] = time.perf_counter() - t0
-    return scores, total, eig.values, eig.method
+    return scores, total, eig.values, eig.method, left_out
 
 
 def _centred_gram(gram: torch.Tensor, colsum: torch.Tensor, shift: torch.Tensor, n: int, standardize: bool):
@@ -382,38 +386,35 @@ def _share_solution(comm: Comm, solution, dev):
 
 
 def _kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normalize, backend,
-                 eig_method, progress, timings, comm: Comm, dim: int, row_of, reads_head):
+                 eig_method, progress, timings, comm: Comm, dim: int, reads_head):
     """N < D: centre the (small) matrix in memory and take the N x N side. Distributed: every
-    rank checks and sends its rows to rank 0, which scores them all and sends each rank its own."""
+    rank sends its finite rows to rank 0, which scores them all and sends each rank its own."""
     t0 = time.perf_counter()
     zero = torch.zeros(dim, dtype=torch.float64, device=dev)
 
-    def load():
+    def load():  # this rank's finite rows, and which rows were left out
         chunks = [chunk for _, chunk in src.chunks(chunk_rows)]
         x = torch.cat(chunks).to(dev) if chunks else torch.zeros(0, dim, device=dev)
+        good = torch.isfinite(x).all(dim=1)
+        return x[good], torch.nonzero(~good).flatten().tolist()
+
+    def solve(parts: list):
+        x = torch.cat([part.to(dev, torch.float64) for part in parts])
+        if x.shape[0] == 0:
+            raise InputError("every row holds a NaN or inf: there is nothing to score")
         rows = kernels.twins.centre_rows(x, zero, None, l2_normalize)
-        _check_finite(rows.sum(dim=0), rows, 0, src.ids, row_of)
-        return x, rows
-
-    def solve(rows):
         scores, total, values, method = _kernel_solve(rows, energy, standardize, eig_method, timings, t0)
-        return scores.cpu().numpy(), total, values, method
+        splits = np.cumsum([int(part.shape[0]) for part in parts])[:-1]
+        return np.split(scores.cpu().numpy(), splits), total, values.cpu(), method
 
-    x, rows = comm.together(load)
-    if not comm.active:
-        return solve(rows)
+    x, left_out = comm.together(load)
     every = comm.gather_objects(x.cpu())  # as stored: float16 stores send half the bytes
-
-    def solve_all():
-        x = torch.cat([part.to(dev, torch.float64) for part in every])
-        scores, total, values, method = solve(kernels.twins.centre_rows(x, zero, None, l2_normalize))
-        splits = np.cumsum([int(part.shape[0]) for part in every])[:-1]
-        return np.split(scores, splits), total, values.cpu(), method
-
-    answer = comm.broadcast_object(comm.together(solve_all, main_only=True))
+    answer = comm.broadcast_object(comm.together(lambda: solve(every), main_only=True))
     timings.setdefault("gram_pass", time.perf_counter() - t0)
-    scores, total, values, method = answer
-    return scores[comm.rank], total, values.to(dev), method
+    parts, total, values, method = answer
+    scores = np.full(src.num_rows, np.nan)
+    scores[np.setdiff1d(np.arange(src.num_rows), left_out)] = parts[comm.rank]
+    return scores, total, values.to(dev), method, left_out
 
 
 def _kernel_solve(rows: torch.Tensor, energy, standardize, eig_method, timings, t0):

@@ -212,13 +212,6 @@ def _truncated_shard(tmp: Path) -> list:
     return ["score", store, "--out", tmp / "s.jsonl"]
 
 
-def _non_finite(tmp: Path) -> list:
-    x = np.random.default_rng(2).standard_normal((30, 6))
-    x[17, 2] = np.nan
-    np.save(tmp / "x.npy", x)
-    return ["score", tmp / "x.npy", "--out", tmp / "s.jsonl"]
-
-
 def _other_pool_scores(tmp: Path) -> list:
     pool = _pool(tmp, json.dumps([{"id": f"x{i}", **ask("ok.png")} for i in range(40)]))
     return ["select", "--scores", _scores(tmp), "--data", pool, "--budget", "5", "--out", tmp / "sub.json"]
@@ -238,7 +231,6 @@ INPUT_CASES = [
               "duplicated sample id(s): 1 at records 0, 1"),
     InputCase("store shard with the wrong width", lambda t, d: _wrong_width(t), "does not match the manifest"),
     InputCase("truncated store shard", lambda t, d: _truncated_shard(t), "shard-00000.npy: not a readable .npy array"),
-    InputCase("non-finite vector in a matrix", lambda t, d: _non_finite(t), "row 17 (sample id 17)"),
     InputCase("scores file for another pool", lambda t, d: _other_pool_scores(t),
               "is the scores file for another pool?"),
     InputCase("budget 0", lambda t, d: _select(t, "0"), "must be at least 1"),
@@ -288,6 +280,21 @@ def test_a_bad_input_is_one_line_and_exit_2(demo, tmp_path, capsys, i):
     assert case.message in lines[0], lines[0]
 
 
+# ------------------------------------------------------------------------ one vector of a matrix
+
+def test_a_vector_with_nan_or_inf_is_left_out_and_reported(tmp_path, capsys):
+    from scalselect.cli import main
+
+    x = np.random.default_rng(2).standard_normal((30, 6))
+    x[17, 2], x[4, 0] = np.nan, np.inf
+    np.save(tmp_path / "x.npy", x)
+    capsys.readouterr()
+    assert main(["score", str(tmp_path / "x.npy"), "--out", str(tmp_path / "s.jsonl")]) == 0
+    assert "left out 2 rows holding NaN or inf (4, 17)" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "s.summary.json").read_text())
+    assert summary["excluded_non_finite"] == 2 and summary["excluded_sample_ids"] == [4, 17]
+
+
 # ------------------------------------------------------------------------ the docs table
 
 def render_table() -> str:
@@ -299,6 +306,9 @@ def render_table() -> str:
             "## One sample of a pool", "", "| case | outcome |", "| --- | --- |"]
     rows += [f"| {c.name} | {'extracted' if c.outcome == 'kept' else 'skipped: ' + c.outcome} |"
              for c in SAMPLE_CASES]
+    rows += ["", "## One vector of a matrix or store", "", "| case | outcome |", "| --- | --- |",
+             "| a vector holding NaN or inf | left out of the scoring (the others are scored as if it "
+             "were not there), counted and named in `scores.summary.json`, a note on stdout |"]
     rows += ["", "## A whole input", "", "| case | the error line says |", "| --- | --- |"]
     rows += [f"| {c.name} | `{c.message}` |" for c in INPUT_CASES]
     return "\n".join(rows) + "\n"

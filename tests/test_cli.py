@@ -436,36 +436,34 @@ def test_error_malformed_scores_line(tmp_path, capsys, small_pool):
     assert_error(capsys, select_cmd(bad, pool, tmp_path / "o.json", "1"), "line 2")
 
 
-@pytest.mark.parametrize("bad_row,chunk", [(37, None), (37, 100), (437, 100)],
-                         ids=["first-chunk-default", "first-chunk-of-5", "later-chunk"])
-def test_error_nan_row_named_gram_side(tmp_path, capsys, bad_row, chunk):
-    """N >= D (Gram side): the message names the row that holds the NaN, not every row."""
-    x = make_matrix(30, 500, 20)
-    x[bad_row, 3] = np.nan
+@pytest.mark.parametrize("bad_rows,chunk,width", [([37], None, 20), ([37, 38], 100, 20), ([0, 437], 100, 20),
+                                                   ([7], None, 100)],
+                         ids=["first-chunk-default", "first-chunk-of-5", "head-and-later", "kernel-side"])
+def test_rows_with_nan_or_inf_are_left_out_and_reported(tmp_path, capsys, bad_rows, chunk, width):
+    """A NaN or inf makes a row unusable: it is left out of the scoring (the others are scored
+    as if it were not there), named in the summary, and the command says so."""
+    x = make_matrix(30, 500 if width == 20 else 40, width)
+    for i, row in enumerate(bad_rows):
+        x[row, 3] = np.nan if i % 2 == 0 else np.inf
     np.save(tmp_path / "nan.npy", x)
     extra = [] if chunk is None else ["--chunk-rows", chunk]
-    line = assert_error(capsys, ["score", tmp_path / "nan.npy", "--out", tmp_path / "s.jsonl", "--quiet",
-                                 *extra], "non-finite", f"row {bad_row} ")
-    assert "row 0 " not in line
-    assert "in 1 rows" in line
-    assert not (tmp_path / "s.jsonl").exists()
+    rc, out, err = run_cli(capsys, "score", tmp_path / "nan.npy", "--out", tmp_path / "s.jsonl", *extra)
+    assert rc == 0, err
+    assert f"left out {len(bad_rows)} rows holding NaN or inf" in out
+    summary = json.loads((tmp_path / "s.summary.json").read_text())
+    assert summary["excluded_non_finite"] == len(bad_rows) and summary["excluded_sample_ids"] == bad_rows
+    scores = read_jsonl(tmp_path / "s.jsonl")
+    assert len(scores) == len(x) - len(bad_rows) and not {r["sample_id"] for r in scores} & set(bad_rows)
+    from scalselect import leverage_scores
+    kept = [i for i in range(len(x)) if i not in bad_rows]
+    want = leverage_scores(x[kept], sample_ids=kept)
+    got = {r["sample_id"]: r["importance"] for r in scores}
+    np.testing.assert_allclose([got[i] for i in want.sample_ids], want.scores, rtol=1e-6)
 
 
-def test_error_nan_row_named_kernel_side(tmp_path, capsys):
-    """N < D (kernel side)."""
-    x = make_matrix(31, 40, 100)
-    x[7, 3] = np.inf
-    np.save(tmp_path / "nan.npy", x)
-    assert_error(capsys, ["score", tmp_path / "nan.npy", "--out", tmp_path / "s.jsonl", "--quiet"],
-                 "non-finite", "row 7")
-
-
-def test_error_nan_without_quiet_is_one_line(tmp_path, capsys):
-    """Without --quiet, stderr (not a terminal here) must still hold only the one error line."""
-    x = make_matrix(32, 500, 20)
-    x[450, 0] = np.nan
-    np.save(tmp_path / "nan.npy", x)
-    assert_error(capsys, ["score", tmp_path / "nan.npy", "--out", tmp_path / "s.jsonl"], "non-finite")
+def test_every_row_non_finite_is_an_error(tmp_path, capsys):
+    np.save(tmp_path / "nan.npy", np.full((20, 6), np.nan))
+    assert_error(capsys, ["score", tmp_path / "nan.npy", "--out", tmp_path / "s.jsonl"], "every row holds a NaN or inf")
 
 
 def test_error_non_2d_npy(tmp_path, capsys):
