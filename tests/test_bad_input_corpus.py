@@ -130,7 +130,7 @@ def corpus_store(demo, tmp_path_factory):
     pool = tmp / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in records))
     extract_store(demo["model"], pool, root, tmp / "store",
-                  ExtractOptions(workers=0, progress=False, max_length=2048))
+                  ExtractOptions(workers=0, progress=False, max_length=2048, device="cpu"))
     return tmp / "store"
 
 

@@ -30,7 +30,7 @@ def demo(tmp_path_factory):
 def extract_argv(demo, out, *extra) -> list[str]:
     return [sys.executable, "-m", "scalselect", "extract", "--model", str(demo["model"]),
             "--data", str(demo["pool"]), "--image-root", str(demo["images"]), "--out", str(out),
-            "--workers", "0", "--quiet", "--batch-size", "1", "--shard-rows", "4",
+            "--workers", "0", "--quiet", "--batch-size", "1", "--shard-rows", "4", "--device", "cpu",
             "--store-dtype", "float32", *extra]
 
 

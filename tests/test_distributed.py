@@ -47,7 +47,7 @@ def demo(tmp_path_factory):
 
 def extract_args(demo, out, pool=None, *extra):
     return ["extract", "--model", demo["model"], "--data", pool or demo["pool"], "--image-root",
-            demo["images"], "--out", out, "--workers", 0, "--quiet", "--store-dtype", "float32",
+            demo["images"], "--out", out, "--workers", 0, "--quiet", "--device", "cpu", "--store-dtype", "float32",
             "--shard-rows", 8, *extra]
 
 
@@ -66,7 +66,8 @@ def assert_same_store(a, b):
 
 def single(demo, out, pool=None):
     extract_store(demo["model"], pool or demo["pool"], demo["images"], out,
-                  ExtractOptions(workers=0, progress=False, store_dtype="float32", shard_rows=8))
+                  ExtractOptions(workers=0, progress=False, store_dtype="float32", shard_rows=8,
+                                device="cpu"))
     return out
 
 
@@ -122,7 +123,7 @@ def test_a_two_rank_run_cut_short_resumes_with_one_rank(demo, tmp_path):
     try:
         summary = extract_store(demo["model"], pool, demo["images"], tmp_path / "s",
                                 ExtractOptions(workers=0, progress=False, store_dtype="float32",
-                                               shard_rows=8, resume=True))
+                                               shard_rows=8, resume=True, device="cpu"))
         assert 0 < summary["processed_this_run"] < 63
         ids, _ = load_representations(tmp_path / "s")
         assert len(ids) == len(set(ids)) == 61
@@ -151,7 +152,8 @@ def test_run_under_torchrun_gives_the_single_process_subset(demo, tmp_path):
     from scalselect.select import read_scores
 
     common = ["--model", demo["model"], "--data", demo["pool"], "--image-root", demo["images"],
-              "--budget", "16%", "--workers", 0, "--quiet", "--store-dtype", "float32", "--shard-rows", 8]
+              "--budget", "16%", "--workers", 0, "--quiet", "--device", "cpu", "--store-dtype", "float32",
+              "--shard-rows", 8]
     proc = torchrun(2, "run", *common, "--out-dir", tmp_path / "two")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("scored 60 samples") == 1 and proc.stdout.count("selected 10 of 60") == 1

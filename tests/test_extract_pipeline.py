@@ -23,7 +23,7 @@ def demo(tmp_path_factory):
 
 
 def opts(**kw):
-    base = dict(workers=0, progress=False, store_dtype="float32", shard_rows=8)
+    base = dict(workers=0, progress=False, store_dtype="float32", shard_rows=8, device="cpu")
     return ExtractOptions(**{**base, **kw})
 
 
@@ -254,7 +254,7 @@ def test_qwen_families_through_the_pipeline(demo, tmp_path, family):
 
 def extract_args(demo, out, *extra):
     return ["extract", "--model", demo["model"], "--data", demo["pool"], "--image-root",
-            demo["images"], "--out", out, "--workers", 0, "--quiet", *extra]
+            demo["images"], "--out", out, "--workers", 0, "--quiet", "--device", "cpu", *extra]
 
 
 def assert_one_line_error(capsys, args, message):
