@@ -1,6 +1,7 @@
 // CUDA kernels for the two streaming passes; same contracts as the CPU ones (kernels.h).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -138,9 +139,18 @@ void gram_prep_cuda(const void* x, DType dtype, int64_t n, int64_t d, int64_t ro
   if (n <= 0 || d <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   InvNorms norms(x, dtype, n, d, row_stride, l2_normalize, s);
-  // Rows per slab: 64, or more when that would exceed the grid's y limit (65,535).
-  const int64_t slab = n / 64 < 65535 ? 64 : (n + 65534) / 65535;
-  dim3 grid(unsigned((d + kThreads - 1) / kThreads), unsigned((n + slab - 1) / slab));
+  // Rows per slab from the device: enough slabs for about 8 resident blocks of kThreads per SM
+  // (a short chunk still fills the GPU), 16 to 64 rows each (longer slabs, fewer colsum
+  // atomics), and never more slabs than the grid's y limit allows.
+  int device = 0, sms = 0, max_grid_y = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&max_grid_y, cudaDevAttrMaxGridDimY, device), "cudaDeviceGetAttribute");
+  const int64_t col_tiles = (d + kThreads - 1) / kThreads;
+  const int64_t want_slabs = std::max<int64_t>(1, (8 * int64_t(sms) + col_tiles - 1) / col_tiles);
+  int64_t slab = std::min<int64_t>(64, std::max<int64_t>(16, (n + want_slabs - 1) / want_slabs));
+  slab = std::max<int64_t>(slab, (n + max_grid_y - 1) / max_grid_y);
+  dim3 grid(unsigned(col_tiles), unsigned((n + slab - 1) / slab));
   gram_prep_kernel<<<grid, kThreads, 0, s>>>(x, dtype, n, d, row_stride, norms.ptr, shift,
                                              inv_scale, slab, out, colsum);
   check(cudaGetLastError(), "gram_prep_kernel");
