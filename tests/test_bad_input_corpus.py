@@ -295,6 +295,22 @@ def test_a_vector_with_nan_or_inf_is_left_out_and_reported(tmp_path, capsys):
     assert summary["excluded_non_finite"] == 2 and summary["excluded_sample_ids"] == [4, 17]
 
 
+def test_pool_samples_without_a_score_are_not_eligible_and_counted(tmp_path, capsys):
+    """A scores file that misses some of the pool's ids (their samples were skipped at
+    extraction, say): the others are selected, the missing ones counted, with a note."""
+    from scalselect.cli import main
+
+    argv = [str(a) for a in _select(tmp_path, "5", n=40)]
+    pool = Path(argv[argv.index("--data") + 1])
+    records = json.loads(pool.read_text())
+    pool.write_text(json.dumps(records + [{"id": "unscored", **ask("ok.png")}]))
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "note: 1 pool samples had no score and were not eligible" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "sub.selection.json").read_text())
+    assert summary["unscored_in_pool"] == 1 and summary["selected"] == 5
+
+
 # ------------------------------------------------------------------------ the docs table
 
 def render_table() -> str:
@@ -306,9 +322,12 @@ def render_table() -> str:
             "## One sample of a pool", "", "| case | outcome |", "| --- | --- |"]
     rows += [f"| {c.name} | {'extracted' if c.outcome == 'kept' else 'skipped: ' + c.outcome} |"
              for c in SAMPLE_CASES]
-    rows += ["", "## One vector of a matrix or store", "", "| case | outcome |", "| --- | --- |",
+    rows += ["", "## Noted, not refused", "", "| case | outcome |", "| --- | --- |",
              "| a vector holding NaN or inf | left out of the scoring (the others are scored as if it "
-             "were not there), counted and named in `scores.summary.json`, a note on stdout |"]
+             "were not there), counted and named in `scores.summary.json`, a note on stdout |",
+             "| pool samples missing from the scores file | not eligible; counted in "
+             "`subset.selection.json` (`unscored_in_pool`), a note on stdout |",
+             "| pool records without an `id` | addressed by their 0-based position in the pool |"]
     rows += ["", "## A whole input", "", "| case | the error line says |", "| --- | --- |"]
     rows += [f"| {c.name} | `{c.message}` |" for c in INPUT_CASES]
     return "\n".join(rows) + "\n"
