@@ -67,6 +67,15 @@ def job(store, out, **options):
     return {"store": str(store), "out": str(out), "options": options}
 
 
+def assert_same_top(scores, ref, top, rtol=1e-6):
+    """The same top-`top` set; only rows tied with the cut (within rtol) may trade places. (The
+    order inside the set is not compared: scores 1e-8 apart may swap, and a subset is written
+    in pool order anyway.)"""
+    mine, want = set(np.argsort(-scores)[:top]), set(np.argsort(-ref)[:top])
+    cut = np.sort(ref)[::-1][top - 1]
+    assert all(abs(ref[i] - cut) <= rtol * cut for i in mine ^ want), sorted(mine ^ want)
+
+
 def check_against_one_process(store, out, world, **options):
     got = json.loads(Path(out).read_text(encoding="utf-8"))
     ref = leverage_scores(store, device="cpu", **options)
@@ -78,8 +87,7 @@ def check_against_one_process(store, out, world, **options):
     scores = np.asarray(got["scores"])
     err = np.max(np.abs(scores - ref.scores) / np.abs(ref.scores))
     assert err <= 1e-6, f"relative score error {err:.2e}"
-    top = int(round(0.16 * len(scores)))
-    assert np.array_equal(np.argsort(-scores, kind="stable")[:top], np.argsort(-ref.scores, kind="stable")[:top])
+    assert_same_top(scores, ref.scores, int(round(0.16 * len(scores))))
     # each rank held exactly the shards r, r + world, ... of the manifest
     manifest = json.loads((Path(store) / "manifest.json").read_text(encoding="utf-8"))
     for rank in range(world):
