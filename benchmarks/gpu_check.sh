@@ -83,7 +83,8 @@ CORES=$(nproc 2>/dev/null || echo 2)
 declare -A FLOOR CAP
 case "$MODE" in
   full)
-    FLOOR=([build]=150 [tests]=90 [sanitizer]=45 [kernels]=45 [leverage]=45 [extraction]=75 [report]=20)
+    # floors + 10 s of --kill-after each stay under the bound: 345 + 70 = 415 s worst case
+    FLOOR=([build]=120 [tests]=60 [sanitizer]=30 [kernels]=30 [leverage]=30 [extraction]=60 [report]=15)
     CAP=([build]=240 [tests]=240 [sanitizer]=120 [kernels]=120 [leverage]=120 [extraction]=180 [report]=60) ;;
   quick)
     FLOOR=([build]=90 [tests]=30 [sanitizer]=0 [kernels]=20 [leverage]=20 [extraction]=40 [report]=15)
@@ -94,6 +95,9 @@ case "$MODE" in
 esac
 ORDER=(build tests sanitizer kernels leverage extraction report)
 START=$(date +%s)
+# Stopped from outside (a device's time limit, Ctrl-C): still write the report of what ran.
+trap 'echo "gpu_check.sh: stopped; writing the report of the steps that ran" >&2
+      "$PY" "$CHECK" report --out "$OUT" --mode "$MODE" || true; exit 143' TERM INT
 
 step_timeout() {  # NAME -> seconds
   local name=$1 reserve=0 after=0 s left t

@@ -296,7 +296,8 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
             return zero, 0
         for _, chunk in src.chunks(min(_HEAD_ROWS, chunk_rows)):
             centred, sums = prep(chunk.to(dev, non_blocking=True), zero)
-            return sums, centred.shape[0]
+            if centred.shape[0]:  # a chunk of NaN rows only: the next one
+                return sums, centred.shape[0]
         return zero, 0
 
     head_sums, head_rows = comm.together(head)

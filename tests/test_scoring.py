@@ -193,3 +193,14 @@ def test_bad_input_is_named():
         leverage_scores(x, chunk_rows=0)
     with pytest.raises(InputError, match="eig_method"):
         leverage_scores(x, eig_method="lanczos")
+
+
+def test_a_first_chunk_of_nan_rows_does_not_cost_the_shift():
+    """The shift comes from the first finite rows: data far from the origin whose first chunk is
+    all NaN is scored as if those rows were not there (a zero shift would cancel it away)."""
+    x = (1e4 + 0.1 * np.random.default_rng(9).standard_normal((6000, 32))).astype(np.float32)
+    x[:1024] = np.nan
+    got = leverage_scores(x, chunk_rows=1024)
+    want = leverage_scores(x[1024:], sample_ids=list(range(1024, 6000)))
+    assert got.excluded == list(range(1024)) and got.k == want.k
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-4)
