@@ -71,7 +71,7 @@ class LeverageResult:
                        excluded=self.excluded + [i for i, k in zip(self.sample_ids, keep) if not k])
 
     def summary(self) -> dict:
-        return {"num_rows": self.num_rows, "dim": self.dim, "k": self.k,
+        return {"num_rows": self.num_rows, "num_scored": len(self.scores), "dim": self.dim, "k": self.k,
                 "captured_energy": self.captured_energy, "total_energy": self.total_energy,
                 "singular_values": self.singular_values.tolist(), "side": self.side,
                 "eig_method": self.eig_method, "device": self.device, "world_size": self.world,
