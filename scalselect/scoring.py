@@ -119,7 +119,7 @@ def _check_scores(scores: np.ndarray, excluded: list) -> None:
 
 @dataclass
 class _Part:
-    """This rank's share of a store: its shards and where their rows sit in the whole store."""
+    """This rank's share of a store, and what every rank needs to know of the whole store."""
     src: RowSource
     shards: list        # [(manifest index, rows)], in the order src reads them
     num_rows: int       # of the whole store
@@ -142,10 +142,9 @@ def _open_part(data, sample_ids, comm: Comm) -> _Part:
         manifest = read_manifest(data)  # checked by read_store
         entries = manifest["shards"]
         rows = [int(entry["rows"]) for entry in entries]
-        starts = np.cumsum([0] + rows).tolist()
         shards = [(i, rows[i]) for i in part_shards(len(entries), part)]
         first = next(i for i, count in enumerate(rows) if count)  # read_store: some shard has rows
-        return _Part(src, shards, starts[-1], int(manifest["dim"]), first % comm.world)
+        return _Part(src, shards, sum(rows), int(manifest["dim"]), first % comm.world)
 
     part = comm.together(open_part)
     every = comm.gather_objects(part.src.ids)
