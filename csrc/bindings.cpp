@@ -41,11 +41,11 @@ PYBIND11_MODULE(_C, m) {
       "gram_prep_cpu",
       [](std::uintptr_t x, int dtype, int64_t n, int64_t d, int64_t row_stride, bool l2,
          std::uintptr_t shift, std::uintptr_t inv_scale, std::uintptr_t out,
-         std::uintptr_t colsum) {
+         std::uintptr_t colsum, std::uintptr_t colsumsq) {
         py::gil_scoped_release nogil;
         scalselect::gram_prep_cpu(ptr<const void>(x), DType(dtype), n, d, row_stride, l2,
                                   ptr<const double>(shift), ptr<const double>(inv_scale),
-                                  ptr<float>(out), ptr<double>(colsum));
+                                  ptr<float>(out), ptr<double>(colsum), ptr<double>(colsumsq));
       });
   m.def(
       "projected_sqnorm_cpu",
@@ -85,11 +85,12 @@ PYBIND11_MODULE(_C, m) {
       "gram_prep_cuda",
       [](std::uintptr_t x, int dtype, int64_t n, int64_t d, int64_t row_stride, bool l2,
          std::uintptr_t shift, std::uintptr_t inv_scale, std::uintptr_t out,
-         std::uintptr_t colsum, std::uintptr_t stream) {
+         std::uintptr_t colsum, std::uintptr_t colsumsq, std::uintptr_t stream) {
         py::gil_scoped_release nogil;
         scalselect::gram_prep_cuda(ptr<const void>(x), DType(dtype), n, d, row_stride, l2,
                                    ptr<const double>(shift), ptr<const double>(inv_scale),
-                                   ptr<float>(out), ptr<double>(colsum), stream);
+                                   ptr<float>(out), ptr<double>(colsum), ptr<double>(colsumsq),
+                                   stream);
       });
   m.def(
       "projected_sqnorm_cuda",

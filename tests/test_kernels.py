@@ -33,11 +33,19 @@ def test_gram_prep_matches_twin(shape, dtype, l2, scaled):
     x, shift, inv_scale = _inputs(n, d, dtype, seed=n * 31 + d)
     inv_scale = inv_scale if scaled else None
     got_c, got_s = kernels.gram_prep(x, shift, inv_scale, l2, backend="native")
-    want_c, want_s = twins.gram_prep(x, shift, inv_scale, l2)
+    want_c, want_s, want_sq = twins.sketch_prep(x, shift, inv_scale, l2)
     assert got_c.dtype == torch.float32 and got_c.shape == (n, d)
     assert got_s.dtype == torch.float64 and got_s.shape == (d,)
     torch.testing.assert_close(got_c, want_c, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(got_s, want_s, rtol=1e-12, atol=1e-9)
+    # sketch_prep: the same kernel with the column sums of squares as well
+    sk_c, sk_s, sk_sq = kernels.sketch_prep(x, shift, inv_scale, l2, backend="native")
+    assert sk_sq.dtype == torch.float64 and sk_sq.shape == (d,)
+    torch.testing.assert_close(sk_c, got_c, rtol=0, atol=0)
+    torch.testing.assert_close(sk_s, got_s, rtol=0, atol=0)
+    torch.testing.assert_close(sk_sq, want_sq, rtol=1e-12, atol=1e-9)
+    if n:
+        torch.testing.assert_close(sk_sq.sum(), want_c.double().pow(2).sum(), rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("shape,dtype", list(itertools.product(SHAPES, DTYPES)))
@@ -100,10 +108,13 @@ def test_cuda_kernels_match_twins(shape, dtype):
     x, shift, inv_scale = _inputs(n, d, dtype, seed=n + d, device="cuda")
     w = torch.randn(d, 300, device="cuda") / d ** 0.5
     for l2, scale in [(False, None), (True, inv_scale)]:
-        got_c, got_s = kernels.gram_prep(x, shift, scale, l2, backend="native")
-        want_c, want_s = twins.gram_prep(x, shift, scale, l2)
+        got_c, got_s, got_sq = kernels.sketch_prep(x, shift, scale, l2, backend="native")
+        want_c, want_s, want_sq = twins.sketch_prep(x, shift, scale, l2)
         torch.testing.assert_close(got_c, want_c, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(got_s, want_s, rtol=1e-10, atol=1e-8)
+        torch.testing.assert_close(got_sq, want_sq, rtol=1e-10, atol=1e-8)
+        torch.testing.assert_close(kernels.gram_prep(x, shift, scale, l2, backend="native")[1], want_s,
+                                   rtol=1e-10, atol=1e-8)
         torch.testing.assert_close(kernels.projected_sqnorm(x, shift, scale, l2, w, backend="native"),
                                    twins.projected_sqnorm(x, shift, scale, l2, w), rtol=2e-5, atol=1e-9)
 

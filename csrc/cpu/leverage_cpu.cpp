@@ -129,11 +129,14 @@ void register_tile(const float* c, int64_t ldc, const float* panel, int64_t dept
 
 void gram_prep_cpu(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
                    bool l2_normalize, const double* shift, const double* inv_scale,
-                   float* out, double* colsum) {
+                   float* out, double* colsum, double* colsumsq) {
   if (n <= 0 || d <= 0) return;
   const int threads = thread_count(n);
-  // Each thread sums its rows into its own column vector; merged once at the end.
-  std::vector<double> partial(size_t(threads) * size_t(d), 0.0);
+  const bool squares = colsumsq != nullptr;
+  // Each thread sums its rows into its own column vectors (sums, then squares); merged once at
+  // the end.
+  const size_t width = size_t(d) * (squares ? 2 : 1);
+  std::vector<double> partial(size_t(threads) * width, 0.0);
 #pragma omp parallel num_threads(threads)
   {
 #ifdef _OPENMP
@@ -142,7 +145,7 @@ void gram_prep_cpu(const void* x, DType dtype, int64_t n, int64_t d, int64_t row
     const int tid = 0;
 #endif
     std::vector<double> row(d);
-    double* mine = partial.data() + size_t(tid) * size_t(d);
+    double* mine = partial.data() + size_t(tid) * width;
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < n; ++i) {
       read_row(x, dtype, i, d, row_stride, row.data());
@@ -152,10 +155,16 @@ void gram_prep_cpu(const void* x, DType dtype, int64_t n, int64_t d, int64_t row
         mine[j] += row[j];
         o[j] = float(row[j]);
       }
+      if (squares)
+        for (int64_t j = 0; j < d; ++j) mine[d + j] += row[j] * row[j];
     }
   }
-  for (int t = 0; t < threads; ++t)
-    for (int64_t j = 0; j < d; ++j) colsum[j] += partial[size_t(t) * size_t(d) + size_t(j)];
+  for (int t = 0; t < threads; ++t) {
+    const double* theirs = partial.data() + size_t(t) * width;
+    for (int64_t j = 0; j < d; ++j) colsum[j] += theirs[j];
+    if (squares)
+      for (int64_t j = 0; j < d; ++j) colsumsq[j] += theirs[d + j];
+  }
 }
 
 void projected_sqnorm_cpu(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,

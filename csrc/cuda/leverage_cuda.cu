@@ -51,18 +51,20 @@ __device__ __forceinline__ double centred(const void* x, DType dtype, int64_t i,
 __global__ void gram_prep_kernel(const void* x, DType dtype, int64_t n, int64_t d,
                                  int64_t row_stride, const double* inv_norm, const double* shift,
                                  const double* inv_scale, int64_t rows_per_slab, float* out,
-                                 double* colsum) {
+                                 double* colsum, double* colsumsq) {
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= d) return;
   const int64_t i0 = int64_t(blockIdx.y) * rows_per_slab;
   const int64_t i1 = n < i0 + rows_per_slab ? n : i0 + rows_per_slab;
-  double s = 0.0;
+  double s = 0.0, sq = 0.0;
   for (int64_t i = i0; i < i1; ++i) {
     const double c = centred(x, dtype, i, j, row_stride, inv_norm, shift, inv_scale);
     out[i * d + j] = float(c);
     s += c;
+    sq += c * c;
   }
   atomicAdd(colsum + j, s);
+  if (colsumsq) atomicAdd(colsumsq + j, sq);
 }
 
 constexpr int kRows = 8;    // rows per block in the projection
@@ -135,7 +137,7 @@ struct InvNorms {
 
 void gram_prep_cuda(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
                     bool l2_normalize, const double* shift, const double* inv_scale,
-                    float* out, double* colsum, std::uintptr_t stream) {
+                    float* out, double* colsum, double* colsumsq, std::uintptr_t stream) {
   if (n <= 0 || d <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   InvNorms norms(x, dtype, n, d, row_stride, l2_normalize, s);
@@ -152,7 +154,7 @@ void gram_prep_cuda(const void* x, DType dtype, int64_t n, int64_t d, int64_t ro
   slab = std::max<int64_t>(slab, (n + max_grid_y - 1) / max_grid_y);
   dim3 grid(unsigned(col_tiles), unsigned((n + slab - 1) / slab));
   gram_prep_kernel<<<grid, kThreads, 0, s>>>(x, dtype, n, d, row_stride, norms.ptr, shift,
-                                             inv_scale, slab, out, colsum);
+                                             inv_scale, slab, out, colsum, colsumsq);
   check(cudaGetLastError(), "gram_prep_kernel");
 }
 

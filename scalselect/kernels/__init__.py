@@ -77,14 +77,16 @@ def _launch(name: str, device: torch.device, args: tuple) -> None:
         getattr(_C, f"{name}_cpu")(*args)
 
 
-def _native_gram_prep(x, shift, inv_scale, l2_normalize):
+def _native_gram_prep(x, shift, inv_scale, l2_normalize, squares=False):
+    """(centred, colsum), and colsumsq after them when `squares`: gram_prep or sketch_prep."""
     n, d = x.shape
     out = torch.empty((n, d), dtype=torch.float32, device=x.device)
     colsum = torch.zeros(d, dtype=torch.float64, device=x.device)
+    colsumsq = torch.zeros(d, dtype=torch.float64, device=x.device) if squares else None
     args = (x.data_ptr(), _DTYPE_CODES[x.dtype], n, d, x.stride(0), bool(l2_normalize),
-            _ptr(shift), _ptr(inv_scale), out.data_ptr(), colsum.data_ptr())
+            _ptr(shift), _ptr(inv_scale), out.data_ptr(), colsum.data_ptr(), _ptr(colsumsq))
     _launch("gram_prep", x.device, args)
-    return out, colsum
+    return (out, colsum, colsumsq) if squares else (out, colsum)
 
 
 def _native_projected_sqnorm(x, shift, inv_scale, l2_normalize, w):
@@ -140,8 +142,8 @@ def _self_check(name: str, device: torch.device) -> bool:
     shift = torch.randn(70, generator=gen, dtype=torch.float64).to(device)
     scale = torch.rand(70, generator=gen, dtype=torch.float64).to(device) + 0.5
     w = torch.randn(70, 300, generator=gen).to(device)
-    if name == "gram_prep":
-        got, want = _native_gram_prep(x, shift, scale, True), twins.gram_prep(x, shift, scale, True)
+    if name == "gram_prep":  # with the squares: sketch_prep's path too
+        got, want = _native_gram_prep(x, shift, scale, True, True), twins.sketch_prep(x, shift, scale, True)
         return all(torch.allclose(g.double(), e.double(), rtol=1e-5, atol=1e-5) for g, e in zip(got, want))
     got = _native_projected_sqnorm(x, shift, scale, True, w)
     return torch.allclose(got, twins.projected_sqnorm(x, shift, scale, True, w), rtol=1e-4, atol=1e-6)
@@ -213,6 +215,20 @@ def gram_prep(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | No
                                lambda: _native_gram_prep(x, shift, inv_scale, l2_normalize),
                                lambda: twins.gram_prep(x, shift, inv_scale, l2_normalize))
     return twins.gram_prep(x, shift, inv_scale, l2_normalize)
+
+
+def sketch_prep(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None = None,
+                l2_normalize: bool = False, *, backend: str = "auto"):
+    """gram_prep plus the float64 column sums of squares, in the same read; see
+    twins.sketch_prep. The native kernel is gram_prep's."""
+    x = _as_kernel_input(x)
+    d = x.shape[1]
+    shift, inv_scale = _vec(shift, d, x.device, required=True), _vec(inv_scale, d, x.device)
+    if _use_native("gram_prep", x.device, backend):
+        return _native_or_twin("gram_prep", x.device, backend, tuple(x.shape),
+                               lambda: _native_gram_prep(x, shift, inv_scale, l2_normalize, True),
+                               lambda: twins.sketch_prep(x, shift, inv_scale, l2_normalize))
+    return twins.sketch_prep(x, shift, inv_scale, l2_normalize)
 
 
 # Above this k the CPU's BLAS GEMM beats the fused C++ kernel (benchmarks/README.md), so on the

@@ -29,6 +29,13 @@ def gram_prep(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | No
     return c.to(torch.float32), c.sum(dim=0)
 
 
+def sketch_prep(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None,
+                l2_normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """gram_prep's centred rows and column sums, and the float64 column sums of c_ij^2."""
+    c = centre_rows(x, shift, inv_scale, l2_normalize)
+    return c.to(torch.float32), c.sum(dim=0), (c * c).sum(dim=0)
+
+
 def projected_sqnorm(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None,
                      l2_normalize: bool, w: torch.Tensor) -> torch.Tensor:
     """float64 ||c_i W||^2 per row, with W (d x k) float32."""

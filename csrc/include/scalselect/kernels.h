@@ -13,11 +13,13 @@ enum class DType : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
 //   c_i = (r_i - shift) * inv_scale          (inv_scale may be null: no scaling)
 // all in float64.
 
-// Pass 1 (Gram accumulation): writes c_i as float32 to out (n x d, contiguous) and adds
-// sum_i c_i (float64) into colsum. The caller then forms out^T out with a BLAS GEMM.
+// Pass 1 (Gram accumulation) and the sketch update: writes c_i as float32 to out (n x d,
+// contiguous), adds sum_i c_i (float64) into colsum and, when colsumsq is not null,
+// sum_i c_i^2 per column (float64, from the unrounded values) into colsumsq. The caller then
+// forms the products (out^T out, or out times a test matrix) with a BLAS GEMM.
 void gram_prep_cpu(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
                    bool l2_normalize, const double* shift, const double* inv_scale,
-                   float* out, double* colsum);
+                   float* out, double* colsum, double* colsumsq);
 
 // Pass 2 (scores): score_i = || c_i W ||^2 with W (d x k, float32, row-major), in float64,
 // without storing the n x k product.
@@ -52,7 +54,7 @@ void top_mass_mean_cpu(const void* hidden, DType dtype, int64_t batch, int64_t s
 // colsum and out live on the device; colsum is accumulated with atomics.
 void gram_prep_cuda(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
                     bool l2_normalize, const double* shift, const double* inv_scale,
-                    float* out, double* colsum, std::uintptr_t stream);
+                    float* out, double* colsum, double* colsumsq, std::uintptr_t stream);
 void projected_sqnorm_cuda(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
                            bool l2_normalize, const double* shift, const double* inv_scale,
                            const float* w, int64_t k, double* out, std::uintptr_t stream);
