@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .errors import InputError
@@ -45,9 +46,12 @@ def _score(args) -> dict:
     out = Path(args.out)
     _refuse_overwrite([out, _summary_path(out)], [args.input])
     t0 = time.perf_counter()
-    result = leverage_scores(args.input, energy=args.energy, device=args.device,
-                             standardize=args.standardize, l2_normalize=args.l2_normalize,
-                             chunk_rows=args.chunk_rows, progress=not args.quiet, comm=args.comm)
+    with warnings.catch_warnings():  # said below, on one line, from the summary
+        warnings.filterwarnings("ignore", message="scalselect: the sketch")
+        result = leverage_scores(args.input, energy=args.energy, device=args.device,
+                                 standardize=args.standardize, l2_normalize=args.l2_normalize,
+                                 chunk_rows=args.chunk_rows, progress=not args.quiet, comm=args.comm,
+                                 method=args.method, sketch_size=args.sketch_size, seed=args.seed)
     result = gather_result(result, args.comm)
     return args.comm.on_rank0(lambda: _write_scores(args, out, result, t0))
 
@@ -63,6 +67,15 @@ def _write_scores(args, out: Path, result, t0: float) -> dict:
     lead = ", ".join(f"{v:.4g}" for v in sv[:5]) + (", ..." if len(sv) > 5 else "")
     print(f"scored {len(result.scores)} samples of dim {result.dim}: k={result.k} "
           f"(captured energy {result.captured_energy:.4f}), sigma = [{lead}]")
+    if result.method == "sketch":
+        sk = result.sketch
+        print(f"method: sketch of size {sk['sketch_size']}, estimated score error "
+              f"{sk['score_error_estimate']:.2%} (certified up to {sk['certify_error']:.0%})"
+              if sk.get("score_error_estimate") is not None else f"method: sketch of size {sk['sketch_size']}")
+    elif "auto_choice" in result.sketch:
+        print(f"method: {result.sketch['auto_choice']}")
+    for text in result.warnings():
+        print(f"warning: {text}", file=sys.stderr)
     if result.excluded:
         shown = ", ".join(repr(i) for i in result.excluded[:5]) + (", ..." if len(result.excluded) > 5 else "")
         print(f"note: left out {len(result.excluded)} rows holding NaN or inf ({shown}); "
@@ -134,7 +147,8 @@ def _run(args) -> dict:
     extracted = _extract(argparse.Namespace(**{**vars(args), "out": store}))
     scored = _score(argparse.Namespace(input=store, out=scores, energy=args.energy,
                                        device=args.device, standardize=False, l2_normalize=False,
-                                       chunk_rows=None, quiet=args.quiet, comm=args.comm))
+                                       chunk_rows=None, quiet=args.quiet, comm=args.comm,
+                                       method=args.method, sketch_size=args.sketch_size, seed=args.seed))
     selected = _select(argparse.Namespace(data=args.data, scores=scores, budget=args.budget, out=subset,
                                           comm=args.comm))
     return {"store": str(store), "scores": str(scores), "subset": str(subset),
@@ -207,6 +221,16 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     _add_dist_timeout(p)
 
 
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=("auto", "exact", "sketch"), default="auto",
+                   help="exact: two passes over the vectors, O(N D^2); sketch: one pass, O(N D l), with an "
+                        "error estimate; auto (default): the sketch where it is 2x cheaper and certifies its "
+                        "accuracy, else exact")
+    p.add_argument("--sketch-size", type=int, default=None,
+                   help="columns l of the sketch (default: chosen from a pilot sample's spectrum)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sketch's pilot sample and test matrix (default 0)")
+
+
 def _add_dist_timeout(p: argparse.ArgumentParser) -> None:
     from .distributed import DEFAULT_TIMEOUT_MINUTES
 
@@ -230,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--standardize", action="store_true", help="divide centred columns by their std")
     p.add_argument("--l2-normalize", action="store_true", help="scale rows to unit length first")
     p.add_argument("--chunk-rows", type=int, default=None, help="rows per streamed chunk")
+    _add_method_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dist_timeout(p)
     p.set_defaults(run=_score)
@@ -252,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, required=True,
                    help="folder for store/, scores.jsonl and the subset")
     p.add_argument("--energy", type=float, default=0.9, help="share of energy the kept subspace holds (default 0.9)")
+    _add_method_args(p)
     p.set_defaults(run=_run)
 
     p = sub.add_parser("info", help="version, compiled backends, CUDA architectures, GPU")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -62,6 +63,8 @@ class LeverageResult:
     rank: int = 0               # the process whose rows `scores` holds
     shards: list = field(default_factory=list)  # distributed: [(manifest index, rows)] of `scores`
     excluded: list = field(default_factory=list)  # ids of the rows with a NaN or inf: not scored
+    method: str = "exact"       # "exact" or "sketch" (what ran; see `sketch` for auto's reason)
+    sketch: dict = field(default_factory=dict)  # the sketch's plan and error estimate, or auto's choice
 
     def without_excluded(self) -> "LeverageResult":
         """The rows left out (NaN scores) dropped from scores and sample_ids, their ids listed."""
@@ -76,7 +79,15 @@ class LeverageResult:
                 "singular_values": self.singular_values.tolist(), "side": self.side,
                 "eig_method": self.eig_method, "device": self.device, "world_size": self.world,
                 "excluded_non_finite": len(self.excluded), "excluded_sample_ids": self.excluded[:100],
+                "method": self.method, "sketch": self.sketch, "warnings": self.warnings(),
                 "settings": self.settings, "timings_s": self.timings}
+
+    def warnings(self) -> list[str]:
+        """Lines the user should read: a sketch that cannot certify its accuracy."""
+        from .sketch import warning_text
+
+        text = warning_text(self.sketch, self.settings["energy"]) if self.method == "sketch" else None
+        return [text] if text else []
 
 
 def resolve_device(device: str) -> torch.device:
@@ -157,10 +168,14 @@ def _open_part(data, sample_ids, comm: Comm) -> _Part:
     return part
 
 
+METHODS_SCORE = ("exact", "sketch", "auto")
+
+
 def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standardize: bool = False,
                     l2_normalize: bool = False, sample_ids=None, chunk_rows: int | None = None,
                     backend: str = "auto", eig_method: str = "auto", progress: bool = False,
-                    comm: Comm | None = None) -> LeverageResult:
+                    comm: Comm | None = None, method: str = "auto", sketch_size: int | None = None,
+                    seed: int = 0) -> LeverageResult:
     """ScalSelect importance scores of the rows of `data`.
 
     data: numpy array / memmap / torch tensor (N x D), a `.npy` file, the reference's
@@ -173,6 +188,14 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     its share of the shards: the result's `scores` and `sample_ids` are that rank's rows (k,
     sigma, energies and num_rows are those of the whole store). `gather_result` collects them.
     A rank may have no rows at all (more ranks than shards): it takes part with nothing.
+    method: "exact" (two passes, the D x D Gram), "sketch" (one pass, a randomized sketch of
+    size sketch_size, chosen from a pilot sample when None; see scalselect.sketch) or "auto":
+    the sketch when N >= D and the pilot's spectrum makes it at least 2x cheaper (sketch.costs;
+    about N >= 40,000 at D = 4,096), and then only if it certifies its accuracy (else the exact
+    engine runs after it).
+    The result's `sketch` holds the sketch's plan and error estimate, and auto's reason; a
+    sketch that cannot certify its accuracy says so in `warnings()` and with a RuntimeWarning.
+    seed: the pilot sample's and the test matrix's random seed.
     """
     if not 0.0 < energy <= 1.0:
         raise InputError(f"energy must be in (0, 1], got {energy}")
@@ -191,15 +214,40 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
         raise InputError(f"chunk_rows must be at least 1, got {chunk_rows}")
     if eig_method not in METHODS:
         raise InputError(f"eig_method must be one of {METHODS}, not {eig_method!r}")
+    if method not in METHODS_SCORE:
+        raise InputError(f"method must be one of {METHODS_SCORE}, not {method!r}")
+    if sketch_size is not None and int(sketch_size) < 1:
+        raise InputError(f"sketch_size must be at least 1, got {sketch_size}")
     settings = {"energy": energy, "standardize": standardize, "l2_normalize": l2_normalize,
-                "chunk_rows": chunk_rows, "backend": backend, "eig_method": eig_method}
+                "chunk_rows": chunk_rows, "backend": backend, "eig_method": eig_method,
+                "method": method, "sketch_size": sketch_size, "seed": seed}
     timings: dict[str, float] = {}
     opts = dict(standardize=standardize, l2_normalize=l2_normalize, backend=backend,
                 eig_method=eig_method, progress=progress and comm.is_main, timings=timings,
                 comm=comm, dim=d, reads_head=reads_head)
     side = "kernel" if n < d else "gram"
-    run_side = _kernel_side if side == "kernel" else _gram_side
-    scores, total, top, eig, left_out = run_side(src, dev, energy, chunk_rows, **opts)
+    details: dict = {}
+    found = None
+    from . import sketch  # it builds on this module's helpers
+
+    if method == "sketch" or (method == "auto" and sketch.may_pay(n, d)):
+        whole = (read_store(data) if comm.active else src) if comm.is_main else None
+        found = sketch.sketch_side(src, dev, energy, chunk_rows, standardize=standardize, l2_normalize=l2_normalize,
+                            backend=backend, progress=progress and comm.is_main, timings=timings, comm=comm,
+                            dim=d, num_rows=n, pilot_source=whole, sketch_size=sketch_size, seed=seed,
+                            auto=method == "auto", details=details)
+        if found is not None and method == "auto" and not details["certified"]:
+            details["auto_choice"] = "exact: the sketch could not certify its scores"
+            found = None
+    elif method == "auto":
+        details["auto_choice"] = "exact: at this size a sketch's pilot alone costs over half the exact engine"
+    if found is not None:
+        side, chosen = "sketch", "sketch"
+        scores, total, top, eig, left_out = found
+    else:
+        run_side = _kernel_side if side == "kernel" else _gram_side
+        scores, total, top, eig, left_out = run_side(src, dev, energy, chunk_rows, **opts)
+        chosen = "exact"
     scores[left_out] = np.nan
     comm.together(lambda: _check_scores(scores, left_out))
     captured = float(top.sum()) / total
@@ -207,7 +255,10 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
         scores=scores, sample_ids=list(src.ids), k=int(top.numel()), captured_energy=captured,
         singular_values=top.clamp_min(0).sqrt().cpu().numpy(), total_energy=total, num_rows=n,
         dim=d, side=side, eig_method=eig, device=str(dev), timings=timings, settings=settings,
-        world=comm.world, rank=comm.rank, shards=shards)
+        world=comm.world, rank=comm.rank, shards=shards, method=chosen, sketch=details)
+    for text in result.warnings():
+        if comm.is_main:
+            warnings.warn(f"scalselect: {text}", RuntimeWarning, stacklevel=2)
     # distributed: the rows stay aligned with the shards until gather_result
     return result if comm.active else result.without_excluded()
 

@@ -66,6 +66,23 @@ class RowSource:
                     yield start + lo, _as_tensor(block[lo:lo + chunk_rows])
             start += int(block.shape[0])
 
+    def take(self, rows: Sequence[int]) -> torch.Tensor:
+        """The rows at these ascending indices, as one CPU tensor (a sample, not a pass)."""
+        parts, start = [], 0
+        rows = np.asarray(rows, dtype=np.int64)
+        for block in self.blocks:
+            count = int(block.shape[0])
+            mine = rows[(rows >= start) & (rows < start + count)] - start
+            if len(mine):
+                if isinstance(block, NpyFile):
+                    parts.append(block.take(mine))
+                elif isinstance(block, torch.Tensor):
+                    parts.append(block[torch.from_numpy(mine).to(block.device)].cpu())
+                else:
+                    parts.append(_as_tensor(block[mine]))
+            start += count
+        return torch.cat([p.to(parts[0].dtype) for p in parts]) if parts else torch.zeros(0, self.dim)
+
 
 @dataclass
 class NpyFile:
@@ -102,6 +119,20 @@ class NpyFile:
                 if arr.size != count * dim:
                     raise InputError(f"{self.path}: file is shorter than its header says (truncated?)")
                 yield start + lo, _as_tensor(arr.reshape(count, dim))
+
+    def take(self, rows: np.ndarray) -> torch.Tensor:
+        """The rows at these ascending indices, one read each."""
+        dim = self.shape[1]
+        row_bytes = dim * self.dtype.itemsize
+        out = np.empty((len(rows), dim), dtype=self.dtype)
+        with open(self.path, "rb") as f:
+            for slot, row in enumerate(rows):
+                f.seek(self.offset + int(row) * row_bytes)
+                arr = np.fromfile(f, dtype=self.dtype, count=dim)
+                if arr.size != dim:
+                    raise InputError(f"{self.path}: file is shorter than its header says (truncated?)")
+                out[slot] = arr
+        return _as_tensor(out)
 
 
 def _as_tensor(part) -> torch.Tensor:

@@ -1,0 +1,345 @@
+"""Single-pass sketch scoring: ScalSelect's leverage scores from one read of the rows.
+
+The exact engine (scoring.py) forms the D x D Gram matrix, O(N D^2), and reads the rows twice.
+This one reads them once and costs O(N D l) with l << D:
+
+1. Pilot: a random sample of rows (PILOT_ROWS) gives an early mean, which the pass subtracts
+   (its `shift`), and the leading right singular directions of the sample. The test matrix
+   Omega (D x l) is those directions plus l/8 Gaussian columns for what the sample missed.
+   Without `sketch_size`, l covers the directions that hold all but a quarter of the energy
+   left out of the top-k subspace (97.5 % at energy 0.9), and at least 2k, on the pilot.
+2. Pass: for each chunk of shifted rows x~ the range sketch y = x~ Omega (l numbers per row) is
+   kept, and X~^T Y (D x l), Y^T Y (l x l), the column sums and the column sums of squares are
+   accumulated in float64 (`Sketch.update`). A random holdout of rows is kept whole.
+3. Solve: centring is linear, so the centred sums follow exactly from the shifted ones. With
+   Y_c = Q R, the sums give B = Q^T A_c without a second read: the result is the exact SVD of
+   P_Y A_c, the centred matrix projected onto the range of its sketch (what a two-pass
+   randomized SVD gives). Its singular values give k, against the true total energy (tracked
+   exactly), and each row's score is its leverage in the top-k left subspace, ||Q_i U~_k||^2,
+   computed from its y row.
+
+Error estimate, a posteriori: the holdout rows are scored twice, through their y rows like every
+row, and from their full vectors with the right singular directions of P_Y A_c (A_c^T Y_c is
+known, so these are one power step better than the sketch's own). The RMS difference, relative
+to the mean score, estimates the scores' error: on the synthetic spectra of benchmarks/README.md
+it came within a factor of 2.5 of the true error. The result is certified when the estimate is
+at most CERTIFY_ERROR (there the top-16 % sets overlapped the exact ones by >= 0.99), else it
+says so and the caller warns. The energy the sketch misses, ||A_c - P_Y A_c||_F^2, is reported
+exactly too.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import kernels
+from .distributed import Comm
+from .eigen import rank_for_energy
+from .errors import InputError
+from .scoring import _check_spread, _finite_rows, _inv_std, _progress
+from .store import RowSource
+
+# Rows in the pilot sample, and in the holdout that checks the result.
+PILOT_ROWS = 2048
+HOLDOUT_ROWS = 2048
+# Largest estimated relative score error that is certified (see the module docstring).
+CERTIFY_ERROR = 0.02
+# Share of the test matrix's columns that are random rather than pilot directions (at least 8).
+_RANDOM_SHARE = 1 / 8
+# Eigenvalues below this share of the largest are float32 rounding, not range.
+_RANGE_TOL = 1e-7
+
+
+@dataclass
+class Sketch:
+    """The running float64 sums of one pass over the rows, shifted (centred after the pass)."""
+    omega: torch.Tensor      # D x l float32 test matrix
+    shift: torch.Tensor      # D float64, subtracted from every row before the products
+    rows: torch.Tensor       # () float64 count of rows summed
+    colsum: torch.Tensor     # D: sum of x~
+    colsumsq: torch.Tensor   # D: sum of x~^2
+    cross: torch.Tensor      # D x l: X~^T Y
+    ygram: torch.Tensor      # l x l: Y^T Y
+    ysum: torch.Tensor       # l: sum of y
+
+    SUMS = ("rows", "colsum", "colsumsq", "cross", "ygram", "ysum")
+
+    @classmethod
+    def start(cls, omega: torch.Tensor, shift: torch.Tensor) -> "Sketch":
+        d, size = omega.shape
+        zeros = [torch.zeros(shape, dtype=torch.float64, device=omega.device)
+                 for shape in ((), (d,), (d,), (d, size), (size, size), (size,))]
+        return cls(omega.to(torch.float32).contiguous(), shift.to(omega.device, torch.float64), *zeros)
+
+    @property
+    def size(self) -> int:
+        return int(self.omega.shape[1])
+
+    def update(self, chunk: torch.Tensor, l2_normalize: bool, backend: str = "auto"):
+        """Add a chunk's finite rows (the chunk is on the sketch's device). Returns their y rows
+        (float32) and a mask of the finite rows (None when all are). The elementwise part is
+        the native prep kernel; the products are GEMMs."""
+        centred, sums, squares = kernels.sketch_prep(chunk, self.shift, None, l2_normalize, backend=backend)
+        good = _finite_rows(sums, chunk)  # a NaN or inf shows in the sums: free to check
+        if good is not None:
+            centred, sums, squares = kernels.sketch_prep(chunk[good], self.shift, None, l2_normalize,
+                                                         backend=backend)
+        y = centred @ self.omega
+        self.rows += centred.shape[0]
+        self.colsum += sums
+        self.colsumsq += squares
+        self.cross += (centred.T @ y).to(torch.float64)
+        self.ygram += (y.T @ y).to(torch.float64)
+        self.ysum += y.sum(dim=0, dtype=torch.float64)
+        return y, good
+
+    def sums(self) -> list[torch.Tensor]:
+        return [getattr(self, name) for name in self.SUMS]
+
+    def with_sums(self, sums: list[torch.Tensor]) -> "Sketch":
+        """This sketch's test matrix and shift with other sums (merged over ranks, say)."""
+        return Sketch(self.omega, self.shift, *[s.to(self.omega.device) for s in sums])
+
+
+@dataclass
+class SketchSolution:
+    """What scoring the rows needs, and what the summary reports."""
+    ymean: torch.Tensor      # l float64: the mean y row, subtracted before projecting
+    w: torch.Tensor          # l x k float32: ||(y_i - ymean) w||^2 is row i's score
+    values: torch.Tensor     # sigma^_1^2 .. sigma^_k^2 (float64, descending)
+    total: float             # exact energy of the centred (scaled) matrix
+    mean: torch.Tensor       # D float64 column mean
+    inv_scale: torch.Tensor | None  # D float64 column scale (standardize), else None
+    direct: torch.Tensor     # D x k float64: ||(x_i - mean) inv_scale direct||^2 scores a whole row
+    info: dict = field(default_factory=dict)
+
+    def to(self, device) -> "SketchSolution":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return SketchSolution(move(self.ymean), move(self.w), move(self.values), self.total, move(self.mean),
+                              move(self.inv_scale), move(self.direct), self.info)
+
+
+def sample_rows(num_rows: int, count: int, seed: int) -> np.ndarray:
+    """`count` distinct row indices drawn uniformly (all rows when there are fewer), ascending."""
+    if num_rows <= count:
+        return np.arange(num_rows)
+    return np.sort(np.random.default_rng(seed).choice(num_rows, size=count, replace=False))
+
+
+def plan_test_matrix(pilot: torch.Tensor, *, energy: float, standardize: bool, l2_normalize: bool,
+                     sketch_size: int | None, max_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(Omega, shift, plan) from the pilot's finite rows (CPU). The centred pilot H (p x D)
+    gives its leading right singular vectors through the p x p kernel H H^T."""
+    h = kernels.twins.centre_rows(pilot, torch.zeros(pilot.shape[1], dtype=torch.float64), None, l2_normalize)
+    shift = h.mean(dim=0)
+    h = h - shift
+    inv = None
+    if standardize:  # directions of the scaled pilot, mapped back to the unscaled rows below
+        std = h.pow(2).mean(dim=0).sqrt()
+        inv = torch.where(std > 0, 1.0 / std.clamp_min(1e-300), torch.zeros_like(std))
+        h = h * inv
+    values, vectors = torch.linalg.eigh(h @ h.T)
+    values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
+    resolved = int((values > _RANGE_TOL * values[0]).sum()) if values[0] > 0 else 0
+    total = float(values.sum())
+    pilot_k = rank_for_energy(values, total, energy) or resolved
+    if sketch_size is None:
+        covered = rank_for_energy(values, total, 1 - (1 - energy) / 4) or resolved
+        wanted = max(covered, 2 * pilot_k)
+        size = wanted + max(8, math.ceil(wanted * _RANDOM_SHARE))
+    else:
+        size = sketch_size
+    size = max(1, min(size, max_size))
+    directions = min(resolved, size - min(size, max(8, math.ceil(size * _RANDOM_SHARE))))
+    right = h.T @ (vectors[:, :directions] / values[:directions].sqrt())  # D x directions, orthonormal
+    if inv is not None:
+        right = right * inv[:, None]  # Y = A_c Omega should span the scaled matrix's top range
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(pilot.shape[1], size - directions, generator=gen, dtype=torch.float64)
+    # orthonormal columns: Y is then no worse conditioned than the rows themselves, which keeps
+    # the float32 y rows' rounding small after whitening
+    omega = torch.linalg.qr(torch.cat([right, noise], dim=1)).Q
+    plan = {"pilot_rows": int(pilot.shape[0]), "pilot_k": pilot_k, "pilot_directions": directions,
+            "sketch_size": size}
+    return omega.to(torch.float32), shift, plan
+
+
+def solve(sketch: Sketch, energy: float, standardize: bool) -> SketchSolution:
+    """The leading singular triplets of P_Y A_c from the pass's sums."""
+    n = float(sketch.rows)
+    delta = sketch.colsum / n
+    ymean = sketch.ysum / n
+    cross = sketch.cross - n * torch.outer(delta, ymean)       # A_c^T Y_c
+    ygram = sketch.ygram - n * torch.outer(ymean, ymean)       # Y_c^T Y_c
+    col_energy = (sketch.colsumsq - n * delta * delta).clamp_min(0)  # centred energy per column
+    raw_second = sketch.colsumsq / n - delta * delta + (sketch.shift + delta) ** 2  # mean(x_j^2)
+    _check_spread(float(col_energy.sum()), n * float(raw_second.sum()), int(n))
+    inv = None
+    if standardize:
+        inv = _inv_std(col_energy / n, raw_second)
+        cross = cross * inv[:, None]
+        col_energy = col_energy * inv * inv
+    total = float(col_energy.sum())
+    lam, vecs = torch.linalg.eigh((ygram + ygram.T) / 2)
+    keep = lam > _RANGE_TOL * lam.max().clamp_min(1e-300)
+    whiten = vecs[:, keep] / lam[keep].sqrt()                  # Q = Y_c whiten: orthonormal columns
+    b = whiten.T @ cross.T                                      # Q^T A_c, r x D
+    values, left = torch.linalg.eigh(b @ b.T)
+    values, left = values.flip(0).clamp_min(0), left.flip(1)
+    k = rank_for_energy(values, total, energy)
+    reached = k is not None
+    k = k if reached else max(1, int((values > 0).sum()))
+    w = whiten @ left[:, :k]
+    info = {"sketch_size": sketch.size, "range_rank": int(keep.sum()), "energy_reached": reached,
+            "sketch_energy": float(values.sum()) / total,
+            "residual_energy": max(total - float(values.sum()), 0.0) / total}
+    return SketchSolution(ymean, w.to(torch.float32), values[:k], total, sketch.shift + delta, inv,
+                          (cross @ w) / values[:k], info)
+
+
+def holdout_errors(solution: SketchSolution, rows: torch.Tensor, ys: torch.Tensor,
+                   l2_normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(sketch scores, direct scores) of the holdout rows: through their y rows, and from their
+    whole vectors with the right singular directions of P_Y A_c."""
+    through_y = kernels.twins.projected_sqnorm(ys, solution.ymean, None, False, solution.w)
+    whole = kernels.twins.centre_rows(rows, solution.mean, solution.inv_scale, l2_normalize)
+    direct = (whole @ solution.direct).pow(2).sum(dim=1)
+    return through_y.cpu().numpy(), direct.cpu().numpy()
+
+
+def error_estimate(through_y: np.ndarray, direct: np.ndarray) -> dict:
+    """The holdout's relative RMS score difference and rank correlation, and the verdict."""
+    if len(direct) < 2:
+        return {"holdout_rows": len(direct), "score_error_estimate": None, "holdout_spearman": None}
+    error = float(np.sqrt(np.mean((through_y - direct) ** 2)) / max(np.mean(direct), 1e-300))
+    ranks = [np.argsort(np.argsort(v, kind="stable"), kind="stable") for v in (through_y, direct)]
+    spearman = float(np.corrcoef(*ranks)[0, 1]) if np.std(ranks[0]) > 0 else 1.0
+    return {"holdout_rows": len(direct), "score_error_estimate": error, "holdout_spearman": spearman}
+
+
+def certify(info: dict) -> dict:
+    estimate = info.get("score_error_estimate")
+    info["certify_error"] = CERTIFY_ERROR
+    info["certified"] = bool(info["energy_reached"] and estimate is not None and estimate <= CERTIFY_ERROR)
+    return info
+
+
+def warning_text(info: dict, energy: float) -> str | None:
+    """One line for the user when the sketch cannot certify its result, else None."""
+    if not info.get("energy_reached", True):
+        return (f"the sketch of size {info['sketch_size']} holds only {info['sketch_energy']:.1%} of the "
+                f"energy, less than the {energy:.0%} asked for: k is capped and the scores are "
+                "approximate; use --method exact or a larger --sketch-size")
+    if not info.get("certified", True):
+        estimate = info.get("score_error_estimate")
+        said = "cannot be estimated (too few rows)" if estimate is None else f"is estimated at {estimate:.1%}"
+        return (f"the sketch cannot certify its scores: their error {said}, above {CERTIFY_ERROR:.0%}; "
+                f"the spectrum decays too slowly for a sketch of size {info['sketch_size']}; "
+                "use --method exact or a larger --sketch-size")
+    return None
+
+
+def costs(n: int, d: int, size: int, k: int, pilot_rows: int = PILOT_ROWS) -> dict:
+    """Rough float32 multiply-add counts of the two engines. exact: the Gram (lower blocks, 5/8 of
+    N D^2) and the projection. sketch: the pilot (a float64 p x p kernel, 2x, and its eigh,
+    ~12 p^3 on this scale), the pass's two products, Y^T Y and the projection of the y rows."""
+    pilot = 2 * pilot_rows ** 2 * d + 12 * pilot_rows ** 3
+    return {"exact": n * d * (5 * d / 8 + k), "sketch": pilot + n * size * (2 * d + size + k)}
+
+
+def may_pay(n: int, d: int) -> bool:
+    """Whether "auto" should plan a sketch at all: the pilot alone must cost under half the
+    exact engine."""
+    return n >= d and 2 * costs(n, d, 0, 0)["sketch"] < costs(n, d, 0, 0)["exact"]
+
+
+def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normalize, backend,
+                progress, timings, comm: Comm, dim: int, num_rows: int, pilot_source: RowSource | None,
+                sketch_size: int | None, seed: int, auto: bool, details: dict):
+    """Scores of this rank's rows from one pass, as scoring's sides return them. With `auto`,
+    None (and why, in details) when the pilot predicts that the exact engine costs less than
+    twice the sketch. pilot_source: every row, on the rank that plans (rank 0)."""
+    t0 = time.perf_counter()
+
+    def plan():
+        pilot = pilot_source.take(sample_rows(num_rows, PILOT_ROWS, seed))
+        pilot = pilot[torch.isfinite(pilot).all(dim=1)]
+        if pilot.shape[0] < 2:
+            raise InputError(f"fewer than 2 of the {PILOT_ROWS} sampled rows are finite (no NaN or inf): "
+                             "there is nothing to plan a sketch from; use --method exact")
+        return plan_test_matrix(pilot, energy=energy, standardize=standardize, l2_normalize=l2_normalize,
+                                sketch_size=sketch_size, max_size=min(dim, num_rows), seed=seed)
+
+    omega, shift, planned = comm.broadcast_object(comm.together(plan, main_only=True)) if comm.active else plan()
+    timings["pilot"] = time.perf_counter() - t0
+    details.update(planned)
+    size = planned["sketch_size"]
+    if auto:
+        cost = costs(num_rows, dim, size, planned["pilot_k"])
+        details["cost_estimate"] = cost
+        if not 2 * cost["sketch"] < cost["exact"]:
+            details["auto_choice"] = "exact: the pilot's spectrum asks for a sketch that is not 2x cheaper"
+            return None
+        details["auto_choice"] = "sketch: the pilot's spectrum allows a sketch at under half the exact cost"
+
+    t0 = time.perf_counter()
+    sketch = Sketch.start(omega.to(dev), shift)
+    ys = torch.zeros(src.num_rows, size, dtype=torch.float32)  # the range sketch, kept per row
+    # this rank's share of the holdout, kept whole as the pass meets it
+    holdout = sample_rows(src.num_rows, math.ceil(HOLDOUT_ROWS * src.num_rows / num_rows), seed + 1)
+    held: list[torch.Tensor] = []
+    left_out: list[int] = []
+
+    def one_pass():
+        with _progress(src.num_rows, "sketch pass", progress) as bar:
+            for start, chunk in src.chunks(chunk_rows):
+                mine = holdout[(holdout >= start) & (holdout < start + len(chunk))] - start
+                held.append(chunk[torch.from_numpy(mine)].to(torch.float64))
+                y, good = sketch.update(chunk.to(dev, non_blocking=True), l2_normalize, backend)
+                if good is None:
+                    ys[start:start + len(y)] = y.cpu()
+                else:
+                    good = good.cpu()
+                    left_out.extend((torch.nonzero(~good).flatten() + start).tolist())
+                    ys[torch.arange(start, start + len(good))[good]] = y.cpu()
+                bar.update(len(chunk))
+
+    comm.together(one_pass)
+    sums = sketch.sums()
+    if comm.active:
+        flat = comm.all_reduce_sum(torch.cat([s.reshape(-1) for s in sums]))
+        sums = [piece.reshape(s.shape) for piece, s in zip(flat.split([s.numel() for s in sums]), sums)]
+        sketch = sketch.with_sums(sums)
+    if not all(bool(torch.isfinite(s).all()) for s in sums):
+        raise InputError("the sketch's sums overflowed: values too large; rescale the vectors")
+    if int(sketch.rows) == 0:
+        raise InputError("every row holds a NaN or inf: there is nothing to score")
+    timings["sketch_pass"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    found = comm.together(lambda: solve(sketch, energy, standardize).to("cpu"), main_only=True)
+    found = comm.broadcast_object(found) if comm.active else found
+
+    rows = torch.cat(held) if held else torch.zeros(0, dim, dtype=torch.float64)
+    finite = torch.isfinite(rows).all(dim=1)
+    pairs = holdout_errors(found, rows[finite], ys[torch.from_numpy(holdout)][finite], l2_normalize)
+    if comm.active:
+        every = comm.all_gather_objects(pairs)
+        pairs = tuple(np.concatenate([p[i] for p in every]) for i in range(2))
+    details.update(certify(found.info | error_estimate(*pairs)))
+    timings["solve"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    found = found.to(dev)
+    scores = np.empty(src.num_rows, dtype=np.float64)
+    for lo in range(0, src.num_rows, chunk_rows):
+        part = ys[lo:lo + chunk_rows].to(dev)
+        scores[lo:lo + len(part)] = kernels.projected_sqnorm(part, found.ymean, None, False, found.w,
+                                                             backend=backend).cpu().numpy()
+    timings["score_pass"] = time.perf_counter() - t0
+    return scores, found.total, found.values, "sketch", left_out

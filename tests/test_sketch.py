@@ -1,0 +1,171 @@
+"""The single-pass sketch engine (method="sketch") against the exact engine, on fresh random
+matrices: its algebra is exact when the sketch spans everything, it is accurate and certified
+where the spectrum decays, and it says so when it cannot certify."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from scalselect import InputError, leverage_scores
+from scalselect import sketch as sketch_mod
+from scalselect.sketch import Sketch, plan_test_matrix, sample_rows
+from scalselect.store import open_rows, write_store
+
+
+def decaying(n, d, seed, kind="exp", noise=1e-3, offset=3.0):
+    """Rows with a known spectrum, heavy-tailed row weights and a mean far from the origin."""
+    gen = torch.Generator().manual_seed(seed)
+    i = torch.arange(1, d + 1, dtype=torch.float64)
+    sv = {"exp": torch.exp(-i / 12), "pow1": i ** -1.0, "mid": i ** -0.7, "slow": i ** -0.3}[kind]
+    left = torch.randn(n, d, generator=gen, dtype=torch.float64) * sv
+    left = left * torch.exp(0.5 * torch.randn(n, 1, generator=gen, dtype=torch.float64))
+    right = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))[0]
+    x = left @ right.T + noise * torch.randn(n, d, generator=gen, dtype=torch.float64)
+    return (x + offset * torch.rand(d, generator=gen, dtype=torch.float64)).float()
+
+
+def top_overlap(a, b, share=0.16):
+    m = int(round(share * len(a)))
+    return len(set(np.argsort(-a)[:m]) & set(np.argsort(-b)[:m])) / m
+
+
+def quiet_sketch(x, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return leverage_scores(x, method="sketch", device="cpu", **options)
+
+
+@pytest.mark.parametrize("options", [{}, {"standardize": True}, {"l2_normalize": True},
+                                     {"standardize": True, "l2_normalize": True, "chunk_rows": 97}])
+def test_a_sketch_that_spans_every_column_gives_the_exact_scores(options):
+    """With l = D the sketch's range is the whole column space: P_Y A_c = A_c, so only rounding
+    separates it from the exact engine. This checks the centring (and scaling) algebra."""
+    x = decaying(3000, 40, seed=1, kind="slow")
+    exact = leverage_scores(x, method="exact", **options)
+    got = quiet_sketch(x, sketch_size=40, **options)
+    assert got.method == "sketch" and got.side == "sketch" and got.k == exact.k
+    np.testing.assert_allclose(got.scores, exact.scores, rtol=2e-5, atol=1e-5 * exact.scores.mean())
+    np.testing.assert_allclose(got.singular_values, exact.singular_values, rtol=1e-5)
+    assert got.total_energy == pytest.approx(exact.total_energy, rel=1e-6)
+    assert got.sketch["residual_energy"] < 1e-5
+    assert got.sketch["certified"] and got.warnings() == []
+
+
+@pytest.mark.parametrize("kind,seed", [("exp", 2), ("pow1", 3), ("exp", 4)])
+def test_default_sketch_is_accurate_and_certified_where_the_spectrum_decays(kind, seed):
+    x = decaying(12000, 256, seed=seed, kind=kind)
+    exact = leverage_scores(x, method="exact")
+    got = quiet_sketch(x, seed=seed)
+    assert got.sketch["sketch_size"] < 256 // 2, got.sketch  # much smaller than D
+    assert got.k == exact.k
+    assert top_overlap(got.scores, exact.scores) >= 0.99
+    rel = np.sqrt(np.mean((got.scores - exact.scores) ** 2)) / exact.scores.mean()
+    assert rel <= got.sketch["certify_error"]
+    # the estimate is of the right size (the holdout sees the same error as the whole)
+    assert got.sketch["score_error_estimate"] <= 3 * rel + 1e-6
+    assert got.sketch["score_error_estimate"] >= rel / 3
+    assert got.sketch["certified"] and got.warnings() == []
+    np.testing.assert_allclose(got.singular_values, exact.singular_values, rtol=1e-2)
+    assert got.total_energy == pytest.approx(exact.total_energy, rel=1e-6)  # tracked exactly
+
+
+def test_a_sketch_too_small_for_a_slow_spectrum_warns_and_auto_falls_back(monkeypatch):
+    x = decaying(6000, 200, seed=5, kind="mid")
+    with pytest.warns(RuntimeWarning, match="cannot certify"):
+        got = leverage_scores(x, method="sketch", sketch_size=80)
+    assert not got.sketch["certified"]
+    assert got.sketch["score_error_estimate"] > got.sketch["certify_error"]
+    assert len(got.warnings()) == 1 and "--method exact" in got.warnings()[0]
+    assert got.summary()["warnings"] == got.warnings()
+    # auto would not plan a sketch at this size; made to, it rejects the uncertified sketch
+    assert leverage_scores(x, method="auto").sketch["auto_choice"].startswith("exact")
+    monkeypatch.setattr(sketch_mod, "costs", lambda *a, **k: {"exact": 10.0, "sketch": 1.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: the exact engine's result is returned
+        auto = leverage_scores(x, method="auto", sketch_size=80)
+    assert auto.method == "exact" and "could not certify" in auto.sketch["auto_choice"]
+    np.testing.assert_array_equal(auto.scores, leverage_scores(x, method="exact").scores)
+
+
+def test_the_energy_a_small_sketch_cannot_reach_is_said():
+    x = decaying(4000, 120, seed=6, kind="slow")
+    with pytest.warns(RuntimeWarning, match="holds only"):
+        got = leverage_scores(x, method="sketch", sketch_size=4)
+    assert not got.sketch["energy_reached"] and got.k <= 4
+    assert got.captured_energy < 0.9
+
+
+def test_sums_do_not_depend_on_chunking_or_backend():
+    """Sketch.update over chunks of 1, 7 and all rows, native and twin, equals the float64 sums."""
+    x = decaying(300, 33, seed=7, kind="pow1")
+    omega, shift, _ = plan_test_matrix(x[:100].double(), energy=0.9, standardize=False, l2_normalize=False,
+                                       sketch_size=12, max_size=33, seed=0)
+    xs = x.double() - shift
+    y = (xs.float() @ omega).double()
+    want = {"rows": torch.tensor(300.0, dtype=torch.float64), "colsum": xs.sum(0), "colsumsq": (xs * xs).sum(0),
+            "cross": xs.T @ y, "ygram": y.T @ y, "ysum": y.sum(0)}
+    for backend in ("native", "torch"):
+        for size in (1, 7, 300):
+            sk = Sketch.start(omega, shift)
+            ys = torch.cat([sk.update(x[lo:lo + size], False, backend)[0] for lo in range(0, 300, size)])
+            torch.testing.assert_close(ys.double(), y, rtol=1e-5, atol=1e-5)
+            for name, value in want.items():
+                torch.testing.assert_close(getattr(sk, name), value, rtol=1e-5, atol=1e-5 * float(value.abs().max()))
+
+
+def test_rows_with_nan_or_inf_are_left_out_as_by_the_exact_engine():
+    x = decaying(5000, 64, seed=8)
+    x[[3, 1200, 4999], [0, 5, 63]] = torch.tensor([float("nan"), float("inf"), float("-inf")])
+    ids = [f"s{i}" for i in range(5000)]
+    exact = leverage_scores(x, method="exact", sample_ids=ids)
+    got = quiet_sketch(x, sample_ids=ids)
+    assert got.excluded == exact.excluded == ["s3", "s1200", "s4999"]
+    assert got.sample_ids == exact.sample_ids and np.all(np.isfinite(got.scores))
+    assert top_overlap(got.scores, exact.scores) >= 0.99
+
+
+def test_small_inputs_and_edges():
+    x = decaying(5, 3, seed=9)
+    got = quiet_sketch(x)  # fewer rows than the pilot: the pilot is every row
+    assert got.sketch["pilot_rows"] == 5 and got.sketch["sketch_size"] == 3
+    np.testing.assert_allclose(got.scores, leverage_scores(x, method="exact").scores, rtol=1e-4, atol=1e-5)
+    capped = quiet_sketch(decaying(500, 20, seed=10), sketch_size=10_000)
+    assert capped.sketch["sketch_size"] == 20
+    with pytest.raises(InputError, match="sketch_size"):
+        leverage_scores(x, method="sketch", sketch_size=0)
+    with pytest.raises(InputError, match="method"):
+        leverage_scores(x, method="fast")
+    with pytest.raises(InputError, match="identical"):
+        leverage_scores(np.ones((50, 4), np.float32), method="sketch")
+    nan = np.full((30, 4), np.nan, np.float32)
+    with pytest.raises(InputError, match="finite"):
+        leverage_scores(nan, method="sketch")
+
+
+def test_same_seed_same_scores_other_seed_close():
+    x = decaying(4000, 96, seed=11)
+    a, b, c = (quiet_sketch(x, seed=s).scores for s in (1, 1, 2))
+    np.testing.assert_array_equal(a, b)
+    assert top_overlap(a, c) >= 0.99
+
+
+def test_store_and_npy_inputs_are_sampled_in_place(tmp_path):
+    x = decaying(3000, 48, seed=12)
+    write_store(tmp_path / "store", x.numpy(), [f"r{i}" for i in range(3000)], dtype="float32", shard_rows=700)
+    np.save(tmp_path / "x.npy", x.numpy())
+    rows = sample_rows(3000, 50, 0)
+    for src in (open_rows(tmp_path / "store"), open_rows(tmp_path / "x.npy"), open_rows(x), open_rows(x.numpy())):
+        torch.testing.assert_close(src.take(rows).float(), x[torch.from_numpy(rows)])
+    want = quiet_sketch(x).scores
+    for path in (tmp_path / "store", tmp_path / "x.npy"):
+        np.testing.assert_allclose(quiet_sketch(path).scores, want, rtol=1e-6, atol=1e-9)
+
+
+def test_auto_takes_the_exact_engine_where_the_pilot_would_not_pay():
+    x = decaying(3000, 64, seed=13)
+    got = leverage_scores(x)  # the default method is auto
+    assert got.method == "exact" and "pilot" in got.sketch["auto_choice"]
+    np.testing.assert_array_equal(got.scores, leverage_scores(x, method="exact").scores)
+    assert got.summary()["method"] == "exact" and got.summary()["warnings"] == []
