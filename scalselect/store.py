@@ -36,6 +36,7 @@ MANIFEST = "manifest.json"
 PROGRESS = "progress.json"  # an unfinished store: its settings, for --resume
 SKIPPED = "skipped.jsonl"
 LOCK = ".lock"  # held by the one process writing the store
+SIDECAR = ".sidecar.npz"  # a part's extra arrays (StoreWriter.add), beside its vectors
 _STORE_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
@@ -403,8 +404,11 @@ class StoreWriter:
         return f"{self._prefix}{self._next:05d}"
 
     def _committed(self, name: str, ids: list, skipped: list[dict]) -> None:
-        self.shards.append({"vectors": f"{name}.npy", "ids": f"{name}.ids.json",
-                            "skipped": f"{name}.skipped.jsonl", "rows": len(ids)})
+        entry = {"vectors": f"{name}.npy", "ids": f"{name}.ids.json", "skipped": f"{name}.skipped.jsonl",
+                 "rows": len(ids)}
+        if (self.store / f"{name}{SIDECAR}").exists():
+            entry["sidecar"] = f"{name}{SIDECAR}"
+        self.shards.append(entry)
         for sample_id in [*ids, *(skip["sample_id"] for skip in skipped)]:
             if sample_id in self.done_ids:
                 raise InputError(f"{self.store}: sample {sample_id!r} is in two parts (was the store "
@@ -413,8 +417,10 @@ class StoreWriter:
         for skip in skipped:
             self.skip_counts[skip["reason"]] = self.skip_counts.get(skip["reason"], 0) + 1
 
-    def add(self, vectors, ids: Sequence, skipped: Sequence[dict] = ()) -> None:
-        """Commit one part: rows `vectors` named `ids`, and the skips made along the way."""
+    def add(self, vectors, ids: Sequence, skipped: Sequence[dict] = (), sidecar: dict | None = None) -> None:
+        """Commit one part: rows `vectors` named `ids`, and the skips made along the way.
+        sidecar: named numeric arrays committed with the part (a sketch's sums, say); see
+        `read_sidecar`."""
         arr = np.asarray(vectors.cpu() if isinstance(vectors, torch.Tensor) else vectors)
         if arr.ndim != 2 or arr.shape[1] != self.dim or arr.shape[0] != len(ids):
             raise InputError(f"shard of shape {arr.shape} with {len(ids)} ids does not fit a "
@@ -430,6 +436,9 @@ class StoreWriter:
         with atomic_open(self.store / f"{name}.npy", "wb") as f:
             np.save(f, stored, allow_pickle=False)
         _write_jsonl(self.store / f"{name}.skipped.jsonl", skipped)
+        if sidecar is not None:
+            with atomic_open(self.store / f"{name}{SIDECAR}", "wb") as f:
+                np.savez(f, **{key: np.asarray(value) for key, value in sidecar.items()})
         with atomic_open(self.store / f"{name}.ids.json") as f:  # last: commits the part
             json.dump(ids, f, ensure_ascii=False)
         self._committed(name, ids, skipped)
@@ -529,6 +538,18 @@ def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
     with atomic_open(path) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_sidecar(store: str | os.PathLike, entry: dict) -> dict[str, np.ndarray]:
+    """The arrays committed with one part of the store (a manifest shard entry); no pickles."""
+    name = entry.get("sidecar")
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(SIDECAR):
+        raise InputError(f"{store}/{MANIFEST}: shard {entry.get('vectors')!r} has no sidecar file")
+    try:
+        with np.load(Path(store) / name, allow_pickle=False) as z:
+            return {key: z[key] for key in z.files}
+    except Exception as exc:  # corrupt archives raise many kinds
+        raise InputError(f"{store}/{name}: not a readable .npz archive ({exc or 'empty file'})") from None
 
 
 def read_skipped(store: str | os.PathLike) -> list[dict]:
