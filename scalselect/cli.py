@@ -51,7 +51,8 @@ def _score(args) -> dict:
         result = leverage_scores(args.input, energy=args.energy, device=args.device,
                                  standardize=args.standardize, l2_normalize=args.l2_normalize,
                                  chunk_rows=args.chunk_rows, progress=not args.quiet, comm=args.comm,
-                                 method=args.method, sketch_size=args.sketch_size, seed=args.seed)
+                                 method=args.method, sketch_size=args.sketch_size, seed=args.seed,
+                                 pilot_rows=args.pilot_rows)
     result = gather_result(result, args.comm)
     return args.comm.on_rank0(lambda: _write_scores(args, out, result, t0))
 
@@ -107,12 +108,16 @@ def _select_here(args) -> dict:
 
 def _extract_options(args):
     from .pipeline import ExtractOptions
+    from .sketch import PILOT_ROWS
 
     return ExtractOptions(tau=args.tau, max_length=args.max_length, batch_size=args.batch_size,
                           workers=args.workers, device=args.device, dtype=args.dtype,
                           store_dtype=args.store_dtype, shard_rows=args.shard_rows,
                           resume=args.resume, trust_remote_code=args.trust_remote_code,
-                          allow_outside_root=args.allow_outside_root, progress=not args.quiet)
+                          allow_outside_root=args.allow_outside_root, progress=not args.quiet,
+                          no_store=getattr(args, "no_store", False), sketch_size=getattr(args, "sketch_size", None),
+                          sketch_seed=getattr(args, "seed", 0), sketch_energy=getattr(args, "energy", 0.9),
+                          sketch_pilot_rows=getattr(args, "pilot_rows", None) or PILOT_ROWS)
 
 
 def _extract(args) -> dict:
@@ -129,7 +134,7 @@ def _extract(args) -> dict:
     print(f"extracted {counts} -> {args.out}  [{summary['processed_this_run']} samples in "
           f"{summary['seconds']:.1f} s on {summary['device']}, {summary['dtype']}]")
     if summary["skipped"]:
-        print(f"skipped samples and their reasons: {Path(args.out) / 'skipped.jsonl'}")
+        print(f"skipped samples and their reasons: {summary['skipped_file']}")
     return summary
 
 
@@ -138,7 +143,9 @@ def _run(args) -> dict:
     from .select import parse_budget
 
     out_dir = Path(args.out_dir)
-    store, scores = out_dir / "store", out_dir / "scores.jsonl"
+    store, scores = out_dir / ("sketch" if args.no_store else "store"), out_dir / "scores.jsonl"
+    if args.no_store and args.method == "exact":
+        raise InputError("--no-store keeps no vectors for the exact engine; use --method sketch or auto")
     subset = out_dir / f"subset{Path(args.data).suffix or '.json'}"
     _refuse_overwrite([out_dir], [args.data, args.model])
     parse_budget(args.budget, 1 << 62)  # its form, now: not after hours of extraction
@@ -148,7 +155,8 @@ def _run(args) -> dict:
     scored = _score(argparse.Namespace(input=store, out=scores, energy=args.energy,
                                        device=args.device, standardize=False, l2_normalize=False,
                                        chunk_rows=None, quiet=args.quiet, comm=args.comm,
-                                       method=args.method, sketch_size=args.sketch_size, seed=args.seed))
+                                       method=args.method, sketch_size=args.sketch_size, seed=args.seed,
+                                 pilot_rows=args.pilot_rows))
     selected = _select(argparse.Namespace(data=args.data, scores=scores, budget=args.budget, out=subset,
                                           comm=args.comm))
     return {"store": str(store), "scores": str(scores), "subset": str(subset),
@@ -222,6 +230,8 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_method_args(p: argparse.ArgumentParser) -> None:
+    from .sketch import PILOT_ROWS
+
     p.add_argument("--method", choices=("auto", "exact", "sketch"), default="auto",
                    help="exact: two passes over the vectors, O(N D^2); sketch: one pass, O(N D l), with an "
                         "error estimate; auto (default): the sketch where it is 2x cheaper and certifies its "
@@ -229,6 +239,8 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sketch-size", type=int, default=None,
                    help="columns l of the sketch (default: chosen from a pilot sample's spectrum)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sketch's pilot sample and test matrix (default 0)")
+    p.add_argument("--pilot-rows", type=int, default=PILOT_ROWS,
+                   help=f"rows sampled to plan the sketch: its directions and size (default {PILOT_ROWS})")
 
 
 def _add_dist_timeout(p: argparse.ArgumentParser) -> None:
@@ -278,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for store/, scores.jsonl and the subset")
     p.add_argument("--energy", type=float, default=0.9, help="share of energy the kept subspace holds (default 0.9)")
     _add_method_args(p)
+    p.add_argument("--no-store", action="store_true",
+                   help="do not store the N x D vectors: extraction feeds a sketch (l numbers per sample "
+                        "and its sums, checkpointed with every part; --resume works) that is then scored")
     p.set_defaults(run=_run)
 
     p = sub.add_parser("info", help="version, compiled backends, CUDA architectures, GPU")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import sketch
 from .data import read_pool
 from .data.images import SampleSkip, check_image_root
 from .data.samples import LengthBatcher, SampleMaker, collate
@@ -43,6 +44,11 @@ class ExtractOptions:
     allow_outside_root: bool = False
     progress: bool = True
     kernel_backend: str = "auto"   # "torch": the PyTorch twins (benchmarks compare the two)
+    no_store: bool = False         # feed a sketch store instead (`run --no-store`)
+    sketch_size: int | None = None  # its size (None: from the pilot)
+    sketch_seed: int = 0
+    sketch_energy: float = 0.9     # the energy the pilot sizes the sketch for
+    sketch_pilot_rows: int = sketch.PILOT_ROWS
 
     def check(self) -> None:
         if not 0 < self.tau <= 1:
@@ -50,6 +56,10 @@ class ExtractOptions:
         for name in ("max_length", "batch_size", "shard_rows"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.no_store and self.sketch_pilot_rows < 2:
+            raise InputError("--pilot-rows must be at least 2")
+        if self.no_store and self.sketch_size is not None and self.sketch_size < 1:
+            raise InputError("--sketch-size must be at least 1")
         if self.workers is not None and self.workers < 0:
             raise InputError("--workers must be 0 or more")
 
@@ -112,7 +122,9 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
 
     Everything cheap is checked before the model is loaded: options, pool, image root, the
     checkpoint's config, and the output (or, with resume, that it was made the same way).
-    Under torchrun (`comm`), rank r of W takes every W-th sample still to do, on its own GPU."""
+    Under torchrun (`comm`), rank r of W takes every W-th sample still to do, on its own GPU.
+    With options.no_store the vectors are not stored: `out` becomes a sketch store (see
+    scalselect.sketch), which `leverage_scores` scores."""
     opts = options or ExtractOptions()
     comm = comm or Comm()
     opts.check()
@@ -131,80 +143,156 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
                 "max_length": opts.max_length, "compute_dtype": str(dtype).removeprefix("torch."),
                 "allow_outside_root": opts.allow_outside_root}
     dim = int(config.get_text_config().hidden_size)
-    if opts.resume and (out / MANIFEST).exists():
-        return _complete_store(out, {"dim": dim, "dtype": opts.store_dtype, **settings})
-    writer = StoreWriter(out, dim, opts.store_dtype, settings=settings, resume=opts.resume, comm=comm)
+    rows_dir = out / sketch.SKETCH_ROWS if opts.no_store else out
+    if opts.resume and (rows_dir / MANIFEST).exists():
+        made = settings if opts.no_store else {"dim": dim, "dtype": opts.store_dtype, **settings}
+        return {**_complete_store(rows_dir, made), "store": str(out)}
+    if opts.no_store and not opts.resume and out.exists() and any(out.iterdir()):
+        raise InputError(f"{out}: exists and is not empty; choose another output (or --resume)")
+    writer = None if opts.no_store else StoreWriter(out, dim, opts.store_dtype, settings=settings,
+                                                  resume=opts.resume, comm=comm)
     job = None
     try:
-        processor, model, adapter = load_checkpoint(model_dir, config, device, dtype,
-                                                    opts.trust_remote_code, opts.progress and comm.is_main)
-        todo = np.fromiter((p for p, sid in enumerate(pool.ids) if sid not in writer.done_ids), np.int64)
-        mine = todo[comm.rank::comm.world]  # every rank sees the same committed parts, so the same todo
-        maker = SampleMaker(processor, adapter.image_token_id(model), root, opts.max_length,
-                            opts.allow_outside_root)
-        workers = _worker_count(opts.workers)
-        loader = torch.utils.data.DataLoader(
-            _PoolSamples(pool, mine, maker), batch_size=None, shuffle=False, num_workers=workers,
-            collate_fn=_unbatched, prefetch_factor=4 if workers else None)
-        pad_id = processor.tokenizer.pad_token_id
-        pad_id = pad_id if pad_id is not None else (processor.tokenizer.eos_token_id or 0)
-        batcher = LengthBatcher(opts.batch_size)
+        loaded = load_checkpoint(model_dir, config, device, dtype, opts.trust_remote_code,
+                                 opts.progress and comm.is_main)
+        extraction = _Extraction(loaded, pool, root, opts, device, dtype, comm)
         t0 = time.perf_counter()
-        desc = f"extract (rank 0 of {comm.world})" if comm.active else "extract"
-        with first_layer_probe(model) as run, tqdm(
-                total=len(mine), unit="sample", disable=not (opts.progress and comm.is_main),
-                desc=desc, dynamic_ncols=True, smoothing=0.1) as bar:
-            job = _Job(model, run, writer, opts, device, dtype, pad_id, bar)
-            for item in loader:
-                if isinstance(item, dict):
-                    job.skip(item)
-                    continue
-                for samples in batcher.push(item):
-                    job.run(samples)
-            for samples in batcher.flush():
-                job.run(samples)
-            job.commit()
+        if opts.no_store:
+            writer, sink, replay, replay_positions = _open_sketch(extraction, out, settings, dim)
+        else:
+            sink, replay, replay_positions = writer, [], []
+        done = writer.done_ids | {pool.ids[p] for p in replay_positions}
+        todo = np.fromiter((p for p, sid in enumerate(pool.ids) if sid not in done), np.int64)
+        for part in replay:  # the pilot's vectors, extracted before the plan existed
+            sink.add(*part)
+        job = extraction.run(todo, sink, "extract")
         seconds = time.perf_counter() - t0
-    except KeyboardInterrupt:
-        if job is not None:
-            job.commit()  # the finished rows are kept for --resume
-        writer.abandon()
-        raise
+        processed = len(todo) + len(replay_positions)
     except BaseException as exc:
-        writer.abandon()
+        if writer is not None:
+            writer.abandon()
         if isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc):
             raise InputError(f"an image-loading worker died ({first_line(exc)}); in a container, give "
                              "it more shared memory (docker --shm-size) or pass --workers 0; "
                              "then --resume") from None
         raise
+    processor, model, adapter = loaded
     meta = {**settings, "family": adapter.family, "model_class": type(model).__name__,
             "versions": _versions(),
             "batch_size": opts.batch_size, "extract_seconds_last_run": seconds,
             "world_size_last_run": comm.world,
-            "samples_per_second_last_run": len(todo) / seconds if seconds > 0 else None,
+            "samples_per_second_last_run": processed / seconds if seconds > 0 else None,
             "mean_kept_vision_tokens_last_run": job.kept_tokens / max(1, job.rows_made)}
     writer.close(meta, expected=len(pool))
-    manifest = read_manifest(out)  # every rank's parts, for every rank
+    manifest = read_manifest(rows_dir)  # every rank's parts, for every rank
     summary = {"store": str(out), "rows": manifest["num_rows"], "skipped": manifest["num_skipped"],
                "skipped_by_reason": manifest["skipped_by_reason"],
-               "processed_this_run": len(todo), "seconds": seconds, "device": str(device),
-               "dtype": settings["compute_dtype"]}
+               "processed_this_run": processed, "seconds": seconds, "device": str(device),
+               "dtype": settings["compute_dtype"], "skipped_file": str(rows_dir / SKIPPED)}
     if summary["rows"] == 0:
         reasons = ", ".join(f"{n} {r}" for r, n in summary["skipped_by_reason"].items())
         raise InputError(f"no sample of {pool_path} could be used ({reasons}); "
-                         f"see {out / SKIPPED}")
+                         f"see {rows_dir / SKIPPED}")
     return summary
+
+
+class _Extraction:
+    """The loaded model and what it needs to turn pool positions into vectors for a sink."""
+
+    def __init__(self, loaded, pool, root, opts: ExtractOptions, device, dtype, comm: Comm):
+        processor, self.model, adapter = loaded
+        self.pool, self.opts, self.device, self.dtype, self.comm = pool, opts, device, dtype, comm
+        self.maker = SampleMaker(processor, adapter.image_token_id(self.model), root, opts.max_length,
+                                 opts.allow_outside_root)
+        pad_id = processor.tokenizer.pad_token_id
+        self.pad_id = pad_id if pad_id is not None else (processor.tokenizer.eos_token_id or 0)
+
+    def run(self, positions: np.ndarray, sink, what: str) -> "_Job":
+        """This rank's share (every W-th) of `positions` through the model into `sink`. On
+        Ctrl-C the finished rows are committed first (kept for --resume)."""
+        mine = positions[self.comm.rank::self.comm.world]  # every rank has the same list
+        workers = _worker_count(self.opts.workers)
+        loader = torch.utils.data.DataLoader(
+            _PoolSamples(self.pool, mine, self.maker), batch_size=None, shuffle=False, num_workers=workers,
+            collate_fn=_unbatched, prefetch_factor=4 if workers else None)
+        batcher = LengthBatcher(self.opts.batch_size)
+        desc = f"{what} (rank 0 of {self.comm.world})" if self.comm.active else what
+        with first_layer_probe(self.model) as probe, tqdm(
+                total=len(mine), unit="sample", disable=not (self.opts.progress and self.comm.is_main),
+                desc=desc, dynamic_ncols=True, smoothing=0.1) as bar:
+            job = _Job(self.model, probe, sink, self.opts, self.device, self.dtype, self.pad_id, bar)
+            try:
+                for item in loader:
+                    if isinstance(item, dict):
+                        job.skip(item)
+                        continue
+                    for samples in batcher.push(item):
+                        job.run(samples)
+                for samples in batcher.flush():
+                    job.run(samples)
+            except KeyboardInterrupt:
+                job.commit()
+                raise
+            job.commit()
+        return job
+
+
+class _Collect:
+    """A sink that keeps the parts in memory (the sketch's pilot, before its plan exists)."""
+
+    def __init__(self, dim: int):
+        self.dim, self.parts = dim, []
+
+    def add(self, vectors, ids, skipped=()) -> None:
+        self.parts.append((vectors, list(ids), list(skipped)))
+
+
+def _open_sketch(extraction: _Extraction, out: Path, settings: dict, dim: int):
+    """(writer, sink, parts to replay, their pool positions) of a sketch store: its plan read
+    back, or made from a pilot sample extracted now (rank 0 plans from every rank's pilot
+    rows; each rank replays its own pilot parts into the sink, so the positions of every
+    rank's are done)."""
+    opts, comm, pool = extraction.opts, extraction.comm, extraction.pool
+    pilot = sketch.sample_rows(len(pool), opts.sketch_pilot_rows, opts.sketch_seed)
+    replay, replay_positions = [], []
+    if comm.broadcast_object(not (out / sketch.SKETCH_INFO).exists() if comm.is_main else None):
+        collect = _Collect(dim)
+        extraction.run(pilot, collect, "pilot")
+        replay, replay_positions = collect.parts, pilot
+        vectors = [part[0] for part in replay if len(part[0])]
+        every = comm.gather_objects(np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32))
+
+        def plan():
+            rows = torch.from_numpy(np.concatenate(every).astype(np.float32))
+            omega, shift, planned = sketch.plan_test_matrix(
+                rows, energy=opts.sketch_energy, standardize=False, l2_normalize=False,
+                sketch_size=opts.sketch_size, max_size=min(dim, len(pool)), seed=opts.sketch_seed,
+                every_row=len(pool) <= opts.sketch_pilot_rows)
+            out.mkdir(parents=True, exist_ok=True)
+            sketch.write_plan(out, omega, shift, {"plan": planned, "l2_normalize": False,
+                                                  "energy_for_size": opts.sketch_energy,
+                                                  "seed": opts.sketch_seed, "pilot_rows": opts.sketch_pilot_rows})
+        comm.together(plan, main_only=True)
+    omega, shift, info = sketch.read_plan(out)
+    digest = hashlib.sha256(omega.numpy().tobytes() + shift.numpy().tobytes()).hexdigest()[:16]
+    writer = StoreWriter(out / sketch.SKETCH_ROWS, int(omega.shape[1]), "float32",
+                         settings={**settings, "sketch_plan": digest}, resume=opts.resume, comm=comm)
+    spare = np.setdiff1d(np.arange(len(pool)), pilot)  # the holdout is not in the pilot
+    holdout = spare[sketch.sample_rows(len(spare), sketch.HOLDOUT_ROWS, opts.sketch_seed + 1)]
+    sink = sketch.SketchSink(writer, omega, shift, False, extraction.device,
+                             {pool.ids[p] for p in holdout}, opts.kernel_backend)
+    return writer, sink, replay, replay_positions
 
 
 def _complete_store(out: Path, settings: dict) -> dict:
     """--resume on a finished store: nothing to do, if it was made the same way."""
     manifest = read_manifest(out)
-    made = {"dim": manifest.get("dim"), "dtype": manifest.get("dtype"),
-            **{k: manifest.get("meta", {}).get(k) for k in settings if k not in ("dim", "dtype")}}
+    top = {"dim": manifest.get("dim"), "dtype": manifest.get("dtype")}
+    made = {k: top[k] if k in top else manifest.get("meta", {}).get(k) for k in settings}
     check_same_settings(out, made, settings)
     return {"store": str(out), "rows": manifest["num_rows"], "skipped": manifest.get("num_skipped", 0),
             "skipped_by_reason": manifest.get("skipped_by_reason", {}), "processed_this_run": 0,
-            "seconds": 0.0, "already_complete": True}
+            "seconds": 0.0, "already_complete": True, "skipped_file": str(out / SKIPPED)}
 
 
 # Reasons that, when they hit every one of the first samples, mean the setup is wrong

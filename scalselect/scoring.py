@@ -175,7 +175,7 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
                     l2_normalize: bool = False, sample_ids=None, chunk_rows: int | None = None,
                     backend: str = "auto", eig_method: str = "auto", progress: bool = False,
                     comm: Comm | None = None, method: str = "auto", sketch_size: int | None = None,
-                    seed: int = 0) -> LeverageResult:
+                    seed: int = 0, pilot_rows: int | None = None) -> LeverageResult:
     """ScalSelect importance scores of the rows of `data`.
 
     data: numpy array / memmap / torch tensor (N x D), a `.npy` file, the reference's
@@ -195,18 +195,30 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     engine runs after it).
     The result's `sketch` holds the sketch's plan and error estimate, and auto's reason; a
     sketch that cannot certify its accuracy says so in `warnings()` and with a RuntimeWarning.
-    seed: the pilot sample's and the test matrix's random seed.
+    seed: the pilot sample's and the test matrix's random seed; pilot_rows: its size (default
+    sketch.PILOT_ROWS).
     """
     if not 0.0 < energy <= 1.0:
         raise InputError(f"energy must be in (0, 1], got {energy}")
+    from . import sketch  # it builds on this module's helpers
+
     comm = comm if comm is not None else Comm()
+    sketched = sketch.is_sketch_store(data)  # `run --no-store`: y rows and sums, no vectors
+    rows = Path(data) / sketch.SKETCH_ROWS if sketched else data
+    if sketched and method == "exact":
+        raise InputError(f"{data} holds a sketch (run --no-store), not the vectors the exact engine "
+                         "needs; score it with --method sketch or auto")
     if comm.active:
-        part = _open_part(data, sample_ids, comm)
+        part = _open_part(rows, sample_ids, comm)
         src, n, d, shards = part.src, part.num_rows, part.dim, part.shards
         reads_head = comm.rank == part.head_rank
     else:
-        src = open_rows(data, sample_ids)
+        src = open_rows(rows, sample_ids)
         n, d, shards, reads_head = src.num_rows, src.dim, [], True
+    if sketched:
+        entries = read_manifest(rows)["shards"]
+        entries = [entries[i] for i, _ in shards] if comm.active else entries
+        d = int(sketch.read_plan(Path(data))[0].shape[0])
     dev = resolve_device(device)
     if chunk_rows is None:
         chunk_rows = max(256, _CHUNK_BYTES // (4 * d))
@@ -218,9 +230,12 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
         raise InputError(f"method must be one of {METHODS_SCORE}, not {method!r}")
     if sketch_size is not None and int(sketch_size) < 1:
         raise InputError(f"sketch_size must be at least 1, got {sketch_size}")
+    pilot_rows = sketch.PILOT_ROWS if pilot_rows is None else pilot_rows
+    if int(pilot_rows) < 2:
+        raise InputError(f"pilot_rows must be at least 2, got {pilot_rows}")
     settings = {"energy": energy, "standardize": standardize, "l2_normalize": l2_normalize,
                 "chunk_rows": chunk_rows, "backend": backend, "eig_method": eig_method,
-                "method": method, "sketch_size": sketch_size, "seed": seed}
+                "method": method, "sketch_size": sketch_size, "seed": seed, "pilot_rows": pilot_rows}
     timings: dict[str, float] = {}
     opts = dict(standardize=standardize, l2_normalize=l2_normalize, backend=backend,
                 eig_method=eig_method, progress=progress and comm.is_main, timings=timings,
@@ -228,14 +243,17 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     side = "kernel" if n < d else "gram"
     details: dict = {}
     found = None
-    from . import sketch  # it builds on this module's helpers
-
-    if method == "sketch" or (method == "auto" and sketch.may_pay(n, d)):
+    if sketched:
+        found = sketch.score_store(Path(data), src, entries, dev, comm=comm, energy=energy, standardize=standardize,
+                                   l2_normalize=l2_normalize, backend=backend, chunk_rows=chunk_rows,
+                                   timings=timings, details=details)
+    elif method == "sketch" or (method == "auto" and sketch.may_pay(n, d)):
         whole = (read_store(data) if comm.active else src) if comm.is_main else None
-        found = sketch.sketch_side(src, dev, energy, chunk_rows, standardize=standardize, l2_normalize=l2_normalize,
-                            backend=backend, progress=progress and comm.is_main, timings=timings, comm=comm,
-                            dim=d, num_rows=n, pilot_source=whole, sketch_size=sketch_size, seed=seed,
-                            auto=method == "auto", details=details)
+        found = sketch.sketch_side(src, dev, energy, chunk_rows, standardize=standardize,
+                                   l2_normalize=l2_normalize, backend=backend, progress=progress and comm.is_main,
+                                   timings=timings, comm=comm, dim=d, num_rows=n, pilot_source=whole,
+                                   sketch_size=sketch_size, seed=seed, pilot_rows=pilot_rows,
+                                   auto=method == "auto", details=details)
         if found is not None and method == "auto" and not details["certified"]:
             details["auto_choice"] = "exact: the sketch could not certify its scores"
             found = None

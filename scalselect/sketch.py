@@ -30,21 +30,25 @@ exactly too.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import kernels
+from ._atomic import atomic_open
 from .distributed import Comm
 from .eigen import rank_for_energy
 from .errors import InputError
 from .scoring import _check_spread, _finite_rows, _inv_std, _progress
-from .store import RowSource
+from .store import RowSource, read_sidecar
 
-# Rows in the pilot sample, and in the holdout that checks the result.
+# Rows in the pilot sample (by default), and in the holdout that checks the result.
 PILOT_ROWS = 2048
 HOLDOUT_ROWS = 2048
 # Largest estimated relative score error that is certified (see the module docstring).
@@ -132,9 +136,15 @@ def sample_rows(num_rows: int, count: int, seed: int) -> np.ndarray:
 
 
 def plan_test_matrix(pilot: torch.Tensor, *, energy: float, standardize: bool, l2_normalize: bool,
-                     sketch_size: int | None, max_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                     sketch_size: int | None, max_size: int, seed: int,
+                     every_row: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(Omega, shift, plan) from the pilot's finite rows (CPU). The centred pilot H (p x D)
-    gives its leading right singular vectors through the p x p kernel H H^T."""
+    gives its leading right singular vectors through the p x p kernel H H^T. every_row: the
+    pilot is the whole input (small), so the default size is the largest, and the sketch exact."""
+    pilot = pilot[torch.isfinite(pilot).all(dim=1)]
+    if pilot.shape[0] < 2:
+        raise InputError(f"fewer than 2 rows of the pilot sample are finite (no NaN or inf): there is "
+                         "nothing to plan a sketch from; use --method exact")
     h = kernels.twins.centre_rows(pilot, torch.zeros(pilot.shape[1], dtype=torch.float64), None, l2_normalize)
     shift = h.mean(dim=0)
     h = h - shift
@@ -148,7 +158,9 @@ def plan_test_matrix(pilot: torch.Tensor, *, energy: float, standardize: bool, l
     resolved = int((values > _RANGE_TOL * values[0]).sum()) if values[0] > 0 else 0
     total = float(values.sum())
     pilot_k = rank_for_energy(values, total, energy) or resolved
-    if sketch_size is None:
+    if sketch_size is None and every_row:
+        size = max_size
+    elif sketch_size is None:
         covered = rank_for_energy(values, total, 1 - (1 - energy) / 4) or resolved
         wanted = max(covered, 2 * pilot_k)
         size = wanted + max(8, math.ceil(wanted * _RANDOM_SHARE))
@@ -195,9 +207,10 @@ def solve(sketch: Sketch, energy: float, standardize: bool) -> SketchSolution:
     reached = k is not None
     k = k if reached else max(1, int((values > 0).sum()))
     w = whiten @ left[:, :k]
+    residual = max(total - float(values.sum()), 0.0)
     info = {"sketch_size": sketch.size, "range_rank": int(keep.sum()), "energy_reached": reached,
-            "sketch_energy": float(values.sum()) / total,
-            "residual_energy": max(total - float(values.sum()), 0.0) / total}
+            "sketch_energy": float(values.sum()) / total, "residual_energy": residual / total,
+            "residual_ratio": math.sqrt(residual / float(values[k - 1])) if values[k - 1] > 0 else math.inf}
     return SketchSolution(ymean, w.to(torch.float32), values[:k], total, sketch.shift + delta, inv,
                           (cross @ w) / values[:k], info)
 
@@ -223,9 +236,13 @@ def error_estimate(through_y: np.ndarray, direct: np.ndarray) -> dict:
 
 
 def certify(info: dict) -> dict:
+    """Certified: the energy was reached, and either the holdout's estimate or the residual
+    ratio (the missed energy against the weakest kept direction, a pessimistic bound that only
+    a sketch holding nearly everything meets) is at most CERTIFY_ERROR."""
     estimate = info.get("score_error_estimate")
     info["certify_error"] = CERTIFY_ERROR
-    info["certified"] = bool(info["energy_reached"] and estimate is not None and estimate <= CERTIFY_ERROR)
+    info["certified"] = bool(info["energy_reached"] and (info["residual_ratio"] <= CERTIFY_ERROR or (
+        estimate is not None and estimate <= CERTIFY_ERROR)))
     return info
 
 
@@ -260,27 +277,24 @@ def may_pay(n: int, d: int) -> bool:
 
 def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normalize, backend,
                 progress, timings, comm: Comm, dim: int, num_rows: int, pilot_source: RowSource | None,
-                sketch_size: int | None, seed: int, auto: bool, details: dict):
+                sketch_size: int | None, seed: int, pilot_rows: int, auto: bool, details: dict):
     """Scores of this rank's rows from one pass, as scoring's sides return them. With `auto`,
     None (and why, in details) when the pilot predicts that the exact engine costs less than
     twice the sketch. pilot_source: every row, on the rank that plans (rank 0)."""
     t0 = time.perf_counter()
 
     def plan():
-        pilot = pilot_source.take(sample_rows(num_rows, PILOT_ROWS, seed))
-        pilot = pilot[torch.isfinite(pilot).all(dim=1)]
-        if pilot.shape[0] < 2:
-            raise InputError(f"fewer than 2 of the {PILOT_ROWS} sampled rows are finite (no NaN or inf): "
-                             "there is nothing to plan a sketch from; use --method exact")
+        pilot = pilot_source.take(sample_rows(num_rows, pilot_rows, seed))
         return plan_test_matrix(pilot, energy=energy, standardize=standardize, l2_normalize=l2_normalize,
-                                sketch_size=sketch_size, max_size=min(dim, num_rows), seed=seed)
+                                sketch_size=sketch_size, max_size=min(dim, num_rows), seed=seed,
+                                every_row=num_rows <= pilot_rows)
 
     omega, shift, planned = comm.broadcast_object(comm.together(plan, main_only=True)) if comm.active else plan()
     timings["pilot"] = time.perf_counter() - t0
     details.update(planned)
     size = planned["sketch_size"]
     if auto:
-        cost = costs(num_rows, dim, size, planned["pilot_k"])
+        cost = costs(num_rows, dim, size, planned["pilot_k"], pilot_rows)
         details["cost_estimate"] = cost
         if not 2 * cost["sketch"] < cost["exact"]:
             details["auto_choice"] = "exact: the pilot's spectrum asks for a sketch that is not 2x cheaper"
@@ -299,7 +313,7 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norm
         with _progress(src.num_rows, "sketch pass", progress) as bar:
             for start, chunk in src.chunks(chunk_rows):
                 mine = holdout[(holdout >= start) & (holdout < start + len(chunk))] - start
-                held.append(chunk[torch.from_numpy(mine)].to(torch.float64))
+                held.append(chunk[torch.from_numpy(mine)])
                 y, good = sketch.update(chunk.to(dev, non_blocking=True), l2_normalize, backend)
                 if good is None:
                     ys[start:start + len(y)] = y.cpu()
@@ -310,6 +324,21 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norm
                 bar.update(len(chunk))
 
     comm.together(one_pass)
+    timings["sketch_pass"] = time.perf_counter() - t0
+    rows = torch.cat(held) if held else torch.zeros(0, dim)
+    y_chunks = ((lo, ys[lo:lo + chunk_rows]) for lo in range(0, src.num_rows, chunk_rows))
+    scores, found = finish(sketch, comm, energy=energy, standardize=standardize, l2_normalize=l2_normalize,
+                           held=(rows, ys[torch.from_numpy(holdout)]), y_chunks=y_chunks,
+                           num_local=src.num_rows, dev=dev, backend=backend, timings=timings, details=details)
+    return scores, found.total, found.values, "sketch", left_out
+
+
+def finish(sketch: Sketch, comm: Comm, *, energy, standardize, l2_normalize, held, y_chunks, num_local,
+           dev, backend, timings, details) -> tuple[np.ndarray, SketchSolution]:
+    """After the pass: every rank's sums together, rank 0's solve for all, the holdout's error
+    estimate (every rank's holdout), and this rank's scores from its y rows.
+    held: (whole rows, their y rows) of this rank's holdout; y_chunks: (first row, y rows)."""
+    t0 = time.perf_counter()
     sums = sketch.sums()
     if comm.active:
         flat = comm.all_reduce_sum(torch.cat([s.reshape(-1) for s in sums]))
@@ -319,15 +348,11 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norm
         raise InputError("the sketch's sums overflowed: values too large; rescale the vectors")
     if int(sketch.rows) == 0:
         raise InputError("every row holds a NaN or inf: there is nothing to score")
-    timings["sketch_pass"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
     found = comm.together(lambda: solve(sketch, energy, standardize).to("cpu"), main_only=True)
     found = comm.broadcast_object(found) if comm.active else found
-
-    rows = torch.cat(held) if held else torch.zeros(0, dim, dtype=torch.float64)
+    rows, ys = held
     finite = torch.isfinite(rows).all(dim=1)
-    pairs = holdout_errors(found, rows[finite], ys[torch.from_numpy(holdout)][finite], l2_normalize)
+    pairs = holdout_errors(found, rows[finite].to(torch.float64), ys[finite], l2_normalize)
     if comm.active:
         every = comm.all_gather_objects(pairs)
         pairs = tuple(np.concatenate([p[i] for p in every]) for i in range(2))
@@ -336,10 +361,94 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norm
 
     t0 = time.perf_counter()
     found = found.to(dev)
-    scores = np.empty(src.num_rows, dtype=np.float64)
-    for lo in range(0, src.num_rows, chunk_rows):
-        part = ys[lo:lo + chunk_rows].to(dev)
-        scores[lo:lo + len(part)] = kernels.projected_sqnorm(part, found.ymean, None, False, found.w,
+    scores = np.empty(num_local, dtype=np.float64)
+    for lo, part in y_chunks:
+        scores[lo:lo + len(part)] = kernels.projected_sqnorm(part.to(dev), found.ymean, None, False, found.w,
                                                              backend=backend).cpu().numpy()
     timings["score_pass"] = time.perf_counter() - t0
-    return scores, found.total, found.values, "sketch", left_out
+    return scores, found
+
+
+# --- A sketch store (`scalselect run --no-store`): extraction feeds the sketch directly. ---
+# The directory holds
+#   sketch.json       kind, the plan's summary and what it was made from
+#   sketch-plan.npz   the test matrix and the shift (written once, before any part)
+#   rows/             a store of the y rows (float32, l wide), committed part by part; each part's
+#                     sidecar holds that part's sums and its holdout rows whole, so the sketch's
+#                     state is checkpointed with every part and a resume needs nothing else
+SKETCH_FORMAT = "scalselect-sketch"
+SKETCH_INFO, SKETCH_PLAN, SKETCH_ROWS = "sketch.json", "sketch-plan.npz", "rows"
+
+
+def is_sketch_store(path) -> bool:
+    return isinstance(path, (str, os.PathLike)) and (Path(path) / SKETCH_INFO).is_file()
+
+
+def write_plan(out: Path, omega: torch.Tensor, shift: torch.Tensor, info: dict) -> None:
+    """The plan files, atomically: the arrays first, then sketch.json, which marks them written."""
+    with atomic_open(out / SKETCH_PLAN, "wb") as f:
+        np.savez(f, omega=omega.cpu().numpy(), shift=shift.cpu().numpy())
+    with atomic_open(out / SKETCH_INFO) as f:
+        json.dump({"format": SKETCH_FORMAT, **info}, f, indent=1)
+
+
+def read_plan(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    try:
+        info = json.loads((path / SKETCH_INFO).read_text(encoding="utf-8"))
+        with np.load(path / SKETCH_PLAN, allow_pickle=False) as z:
+            omega, shift = torch.from_numpy(z["omega"]), torch.from_numpy(z["shift"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{path}: unreadable sketch plan ({exc})") from None
+    if info.get("format") != SKETCH_FORMAT or omega.dim() != 2 or shift.shape != (omega.shape[0],):
+        raise InputError(f"{path}: not a {SKETCH_FORMAT} plan")
+    return omega, shift, info
+
+
+class SketchSink:
+    """Takes an extraction's parts in place of a store writer: each part is sketched and its y
+    rows, its own sums and its holdout rows are committed together (`StoreWriter.add`)."""
+
+    def __init__(self, writer, omega: torch.Tensor, shift: torch.Tensor, l2_normalize: bool, device,
+                 holdout_ids: set, backend: str = "auto"):
+        self.writer, self.l2_normalize, self.backend = writer, l2_normalize, backend
+        self.omega, self.shift = omega.to(device), shift
+        self.dim = int(omega.shape[0])  # the width of the vectors it takes
+        self.holdout_ids = holdout_ids
+
+    def add(self, vectors: np.ndarray, ids, skipped=()) -> None:
+        part = Sketch.start(self.omega, self.shift)  # this part's sums only
+        x = torch.from_numpy(np.ascontiguousarray(vectors))
+        y, good = part.update(x.to(self.omega.device), self.l2_normalize, self.backend)
+        if good is not None:
+            raise InputError("a vector to sketch is not finite")  # the extraction refuses these first
+        held = np.array([i for i, sample_id in enumerate(ids) if sample_id in self.holdout_ids], np.int64)
+        sidecar = {name: value.cpu().numpy() for name, value in zip(Sketch.SUMS, part.sums())}
+        sidecar |= {"holdout": np.asarray(vectors, np.float32)[held], "holdout_index": held}
+        self.writer.add(y.cpu().numpy(), ids, skipped, sidecar)
+
+
+def score_store(path: Path, src: RowSource, shard_entries: list, dev, *, comm: Comm, energy, standardize,
+                l2_normalize, backend, chunk_rows, timings, details):
+    """Scores of a sketch store's rows (this rank's shards: `src` and their manifest entries)."""
+    omega, shift, info = read_plan(path)
+    if bool(info.get("l2_normalize")) != bool(l2_normalize):
+        raise InputError(f"{path}: this sketch was made with l2_normalize={bool(info.get('l2_normalize'))}; "
+                         "it cannot be scored with another (only --standardize may change)")
+    details.update(info.get("plan", {}))
+    t0 = time.perf_counter()
+    sketch = Sketch.start(omega.to(dev), shift)
+    rows, held, held_y = path / SKETCH_ROWS, [], []
+    for entry in shard_entries:
+        side = read_sidecar(rows, entry)
+        for name, total in zip(Sketch.SUMS, sketch.sums()):
+            total += torch.from_numpy(side[name]).to(total)
+        if len(side["holdout_index"]):
+            held.append(torch.from_numpy(side["holdout"]))
+            held_y.append(torch.from_numpy(np.load(rows / entry["vectors"], mmap_mode="r")[side["holdout_index"]]))
+    timings["sketch_sums"] = time.perf_counter() - t0
+    cat = lambda parts, width: torch.cat(parts) if parts else torch.zeros(0, width)  # noqa: E731
+    scores, found = finish(sketch, comm, energy=energy, standardize=standardize, l2_normalize=l2_normalize,
+                           held=(cat(held, omega.shape[0]), cat(held_y, omega.shape[1])),
+                           y_chunks=src.chunks(chunk_rows), num_local=src.num_rows, dev=dev, backend=backend,
+                           timings=timings, details=details)
+    return scores, found.total, found.values, "sketch", []
