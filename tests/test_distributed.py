@@ -188,3 +188,28 @@ def test_an_error_on_rank_0_alone_reaches_the_other_ranks_at_once(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("scalselect score [rank ")]
     assert any("File exists" in line for line in lines), proc.stderr[-2000:]
     assert all("File exists" in line for line in lines if line.startswith("scalselect score [rank 1")), lines
+
+
+def test_run_no_store_under_torchrun(demo, tmp_path):
+    """Two ranks extract the pilot together, rank 0 plans, each rank sketches its parts; the
+    sketch store then scores as one process scores it, close to the exact scores of the vectors."""
+    from scalselect.cli import main
+    from scalselect.select import read_scores
+
+    common = ["--model", demo["model"], "--data", demo["pool"], "--image-root", demo["images"],
+              "--budget", "16%", "--workers", 0, "--quiet", "--device", "cpu", "--shard-rows", 8]
+    proc = torchrun(2, "run", *common, "--out-dir", tmp_path / "two", "--no-store", "--pilot-rows", 16)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_manifest(tmp_path / "two" / "sketch" / "rows")
+    assert rows["num_rows"] == 60 and {s["vectors"][:8] for s in rows["shards"]} == {"shard-r0", "shard-r1"}
+    assert main(["score", str(tmp_path / "two" / "sketch"), "--out", str(tmp_path / "alone.jsonl"), "--quiet"]) == 0
+    two = dict(zip(*read_scores(tmp_path / "two" / "scores.jsonl")))
+    alone = dict(zip(*read_scores(tmp_path / "alone.jsonl")))
+    ids = sorted(alone)
+    assert sorted(two) == ids
+    np.testing.assert_allclose([two[i] for i in ids], [alone[i] for i in ids], rtol=1e-6, atol=0)
+    assert main(["run", *map(str, common), "--out-dir", str(tmp_path / "exact"), "--method", "exact"]) == 0
+    exact = dict(zip(*read_scores(tmp_path / "exact" / "scores.jsonl")))
+    a, b = np.array([exact[i] for i in ids]), np.array([two[i] for i in ids])
+    stated = json.loads((tmp_path / "two" / "scores.summary.json").read_text())["sketch"]
+    assert np.sqrt(np.mean((a - b) ** 2)) / a.mean() <= 3 * stated["score_error_estimate"] + 1e-6
