@@ -245,7 +245,28 @@ INPUT_CASES = [
               "no such directory"),
     InputCase("resuming a store made with another model or settings",
               lambda t, d: _resume_other(t, d), "made with other settings"),
+    InputCase("sketch size 0", lambda t, d: ["score", _store(t), "--out", t / "s.jsonl", "--method", "sketch",
+                                             "--sketch-size", "0"], "sketch_size must be at least 1"),
+    InputCase("a pilot of one row", lambda t, d: ["score", _store(t), "--out", t / "s.jsonl", "--method", "sketch",
+                                                  "--pilot-rows", "1"], "pilot_rows must be at least 2"),
+    InputCase("run --no-store with --method exact",
+              lambda t, d: _run_no_store(t, d, "--method", "exact"), "--no-store keeps no vectors"),
+    InputCase("the exact engine on a sketch store (from run --no-store)",
+              lambda t, d: ["score", _sketch_store(t, d), "--out", t / "s.jsonl", "--method", "exact"],
+              "holds a sketch (run --no-store), not the vectors"),
 ]
+
+
+def _run_no_store(tmp: Path, demo, *extra) -> list:
+    return ["run", "--model", demo["model"], "--data", demo["pool"], "--image-root", demo["images"],
+            "--budget", "5", "--out-dir", tmp / "run", "--no-store", "--quiet", "--workers", "0", *extra]
+
+
+def _sketch_store(tmp: Path, demo) -> Path:
+    from scalselect.cli import main
+
+    assert main([str(a) for a in _run_no_store(tmp, demo)]) == 0
+    return tmp / "run" / "sketch"
 
 
 def _empty_dir(tmp: Path) -> Path:
