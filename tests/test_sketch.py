@@ -105,7 +105,7 @@ def test_sums_do_not_depend_on_chunking_or_backend():
     xs = x.double() - shift
     y = (xs.float() @ omega).double()
     want = {"rows": torch.tensor(300.0, dtype=torch.float64), "colsum": xs.sum(0), "colsumsq": (xs * xs).sum(0),
-            "cross": xs.T @ y, "ygram": y.T @ y, "ysum": y.sum(0)}
+            "ytx": y.T @ xs, "ygram": y.T @ y, "ysum": y.sum(0)}
     for backend in ("native", "torch"):
         for size in (1, 7, 300):
             sk = Sketch.start(omega, shift)
