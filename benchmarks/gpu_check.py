@@ -377,20 +377,21 @@ def leverage_entries(rec: StepRecorder, mode: str) -> None:
                         "directly (dtype code 3); the Gram GEMMs run in float32 on the centred chunks")
     results = {}
 
-    def run(name, backend, rows=None):
+    def run(name, backend, rows=None, method="exact"):
         def go():
             data = x if rows is None else x[:rows]
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 _sync(dev)
                 t0 = time.perf_counter()
-                res = leverage_scores(data, energy=0.9, device=dev.type, backend=backend)
+                res = leverage_scores(data, energy=0.9, device=dev.type, backend=backend, method=method)
                 _sync(dev)
                 wall = time.perf_counter() - t0
             results[name] = res
             tm = {k_: _finite(v) for k_, v in res.timings.items()}
             gp = (tm.get("gram_pass") or 0.0) + (tm.get("score_pass") or 0.0)
-            out = {"backend": backend, "rows": int(data.shape[0]), "wall_s": _finite(wall), "timings_s": tm,
+            out = {"backend": backend, "method": res.method, "rows": int(data.shape[0]), "wall_s": _finite(wall),
+                   "timings_s": tm,
                    "gram_plus_projection_s": _finite(gp), "k": res.k, "eig_method": res.eig_method,
                    "side": res.side, "captured_energy": _finite(res.captured_energy), "device": res.device,
                    "warnings": [str(w.message)[:300] for w in caught]}
@@ -406,6 +407,16 @@ def leverage_entries(rec: StepRecorder, mode: str) -> None:
         main["target_gram_plus_projection_s"] = TARGET_GRAM_PROJECTION_S
         main["meets_target"] = bool(main["gram_plus_projection_s"] <= TARGET_GRAM_PROJECTION_S)
         main["self_check"] = {f"{k_[0]}@{k_[1]}": v for k_, v in kernels._cuda_verdict.items()}
+        rec.flush()
+    # the one-pass sketch on the same matrix, against the exact scores (issue 7)
+    sketch = rec.entry("scalselect_sketch", run("scalselect_sketch", "auto", method="sketch"))
+    if sketch and sketch["status"] == "ok" and "scalselect" in results:
+        a, b = results["scalselect"], results["scalselect_sketch"]
+        top = max(1, int(0.16 * len(a.scores)))
+        sketch["top16_overlap_vs_exact"] = len(set(np.argsort(-a.scores)[:top]) & set(np.argsort(-b.scores)[:top])) / top
+        sketch["score_rms_err_vs_exact"] = _finite(np.sqrt(np.mean((a.scores - b.scores) ** 2)) / np.mean(a.scores))
+        sketch["sketch"] = {k_: b.sketch.get(k_) for k_ in ("sketch_size", "score_error_estimate", "certified")}
+        sketch["ratio_sketch_over_exact"] = _ratio(sketch["wall_s"], main["wall_s"])
         rec.flush()
     if s["twins"]:
         twin = rec.entry("scalselect_twins", run("scalselect_twins", "torch"))
