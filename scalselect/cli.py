@@ -117,7 +117,7 @@ def _extract_options(args):
                           allow_outside_root=args.allow_outside_root, progress=not args.quiet,
                           no_store=getattr(args, "no_store", False), sketch_size=getattr(args, "sketch_size", None),
                           sketch_seed=getattr(args, "seed", 0), sketch_energy=getattr(args, "energy", 0.9),
-                          sketch_pilot_rows=getattr(args, "pilot_rows", None) or PILOT_ROWS)
+                          sketch_pilot_rows=getattr(args, "pilot_rows", PILOT_ROWS))
 
 
 def _extract(args) -> dict:
@@ -151,6 +151,10 @@ def _run(args) -> dict:
     parse_budget(args.budget, 1 << 62)  # its form, now: not after hours of extraction
     if not 0 < args.energy <= 1:
         raise InputError(f"--energy must be in (0, 1], got {args.energy}")
+    if args.sketch_size is not None and args.sketch_size < 1:
+        raise InputError(f"--sketch-size must be at least 1, got {args.sketch_size}")
+    if args.pilot_rows < 2:
+        raise InputError(f"--pilot-rows must be at least 2, got {args.pilot_rows}")
     extracted = _extract(argparse.Namespace(**{**vars(args), "out": store}))
     scored = _score(argparse.Namespace(input=store, out=scores, energy=args.energy,
                                        device=args.device, standardize=False, l2_normalize=False,
@@ -219,7 +223,8 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (default: "
                    "bfloat16 on a GPU that has it, else float32)")
     p.add_argument("--store-dtype", default="float16", help="float16 or float32 (default float16)")
-    p.add_argument("--shard-rows", type=int, default=4096, help="rows per store shard (default 4096)")
+    p.add_argument("--shard-rows", type=int, default=None,
+                   help="samples per store part (default 4096; with --no-store at least 4 x the model's width)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted extraction")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run Python code shipped with the checkpoint (off by default)")

@@ -26,7 +26,7 @@ from .distributed import Comm
 from .errors import InputError, first_line
 from .extract import first_layer_probe, probe_vectors
 from .models.load import fingerprint, load_checkpoint, pick_device, pick_dtype, read_config
-from .store import MANIFEST, SKIPPED, StoreWriter, check_same_settings, read_manifest
+from .store import LOCK, MANIFEST, PROGRESS, SKIPPED, StoreWriter, _lock, check_same_settings, read_manifest
 
 
 @dataclass
@@ -38,7 +38,7 @@ class ExtractOptions:
     device: str = "auto"
     dtype: str = "auto"            # compute dtype of the model
     store_dtype: str = "float16"
-    shard_rows: int = 4096
+    shard_rows: int | None = None  # samples per part; None: 4,096 (no_store: at least 4 D, see _part_rows)
     resume: bool = False
     trust_remote_code: bool = False
     allow_outside_root: bool = False
@@ -54,7 +54,7 @@ class ExtractOptions:
         if not 0 < self.tau <= 1:
             raise InputError(f"--tau must be in (0, 1], got {self.tau}")
         for name in ("max_length", "batch_size", "shard_rows"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1")
         if self.no_store and self.sketch_pilot_rows < 2:
             raise InputError("--pilot-rows must be at least 2")
@@ -144,21 +144,23 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
                 "allow_outside_root": opts.allow_outside_root}
     dim = int(config.get_text_config().hidden_size)
     rows_dir = out / sketch.SKETCH_ROWS if opts.no_store else out
+    if opts.no_store:
+        settings |= _sketch_settings(opts)
     if opts.resume and (rows_dir / MANIFEST).exists():
         made = settings if opts.no_store else {"dim": dim, "dtype": opts.store_dtype, **settings}
         return {**_complete_store(rows_dir, made), "store": str(out)}
-    if opts.no_store and not opts.resume and out.exists() and any(out.iterdir()):
-        raise InputError(f"{out}: exists and is not empty; choose another output (or --resume)")
+    guard = comm.together(lambda: _claim_sketch_dir(out, opts.resume), main_only=True) if opts.no_store else None
     writer = None if opts.no_store else StoreWriter(out, dim, opts.store_dtype, settings=settings,
                                                   resume=opts.resume, comm=comm)
     job = None
     try:
         loaded = load_checkpoint(model_dir, config, device, dtype, opts.trust_remote_code,
                                  opts.progress and comm.is_main)
-        extraction = _Extraction(loaded, pool, root, opts, device, dtype, comm)
+        extraction = _Extraction(loaded, pool, root, opts, device, dtype, comm, _part_rows(opts, dim))
         t0 = time.perf_counter()
         if opts.no_store:
-            writer, sink, replay, replay_positions = _open_sketch(extraction, out, settings, dim)
+            writer, sink, replay, replay_positions, digest = _open_sketch(extraction, out, settings, dim)
+            settings["sketch_plan"] = digest  # in the manifest: scoring checks the plan against it
         else:
             sink, replay, replay_positions = writer, [], []
         done = writer.done_ids | {pool.ids[p] for p in replay_positions}
@@ -171,6 +173,8 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
     except BaseException as exc:
         if writer is not None:
             writer.abandon()
+        if guard is not None:
+            guard.close()
         if isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc):
             raise InputError(f"an image-loading worker died ({first_line(exc)}); in a container, give "
                              "it more shared memory (docker --shm-size) or pass --workers 0; "
@@ -184,6 +188,8 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
             "samples_per_second_last_run": processed / seconds if seconds > 0 else None,
             "mean_kept_vision_tokens_last_run": job.kept_tokens / max(1, job.rows_made)}
     writer.close(meta, expected=len(pool))
+    if guard is not None:
+        guard.close()
     manifest = read_manifest(rows_dir)  # every rank's parts, for every rank
     summary = {"store": str(out), "rows": manifest["num_rows"], "skipped": manifest["num_skipped"],
                "skipped_by_reason": manifest["skipped_by_reason"],
@@ -199,8 +205,9 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
 class _Extraction:
     """The loaded model and what it needs to turn pool positions into vectors for a sink."""
 
-    def __init__(self, loaded, pool, root, opts: ExtractOptions, device, dtype, comm: Comm):
+    def __init__(self, loaded, pool, root, opts: ExtractOptions, device, dtype, comm: Comm, part_rows: int):
         processor, self.model, adapter = loaded
+        self.part_rows = part_rows
         self.pool, self.opts, self.device, self.dtype, self.comm = pool, opts, device, dtype, comm
         self.maker = SampleMaker(processor, adapter.image_token_id(self.model), root, opts.max_length,
                                  opts.allow_outside_root)
@@ -220,7 +227,8 @@ class _Extraction:
         with first_layer_probe(self.model) as probe, tqdm(
                 total=len(mine), unit="sample", disable=not (self.opts.progress and self.comm.is_main),
                 desc=desc, dynamic_ncols=True, smoothing=0.1) as bar:
-            job = _Job(self.model, probe, sink, self.opts, self.device, self.dtype, self.pad_id, bar)
+            job = _Job(self.model, probe, sink, self.opts, self.device, self.dtype, self.pad_id, bar,
+                       self.part_rows)
             try:
                 for item in loader:
                     if isinstance(item, dict):
@@ -247,12 +255,39 @@ class _Collect:
         self.parts.append((vectors, list(ids), list(skipped)))
 
 
+def _part_rows(opts: ExtractOptions, dim: int) -> int:
+    """Samples per part. A sketch part's sidecar holds l x D float64 sums beside its l-wide
+    rows, so a sketch store's parts hold at least 4 D samples: the sums then add at most half
+    of the rows' bytes."""
+    if opts.shard_rows is not None:
+        return opts.shard_rows
+    return max(4096, 4 * dim) if opts.no_store else 4096
+
+
+def _sketch_settings(opts: ExtractOptions) -> dict:
+    """What a sketch store's plan is made from: a resume must ask for the same."""
+    return {"sketch_size_asked": opts.sketch_size, "sketch_seed": opts.sketch_seed,
+            "sketch_pilot_rows": opts.sketch_pilot_rows, "sketch_energy": opts.sketch_energy}
+
+
+def _claim_sketch_dir(out: Path, resume: bool):
+    """Rank 0: check the output of a sketch store and lock it (the lock file stays open while
+    this job writes; closing it lets go)."""
+    if (out / MANIFEST).exists() or (out / PROGRESS).exists():
+        raise InputError(f"{out}: holds a store of vectors; --no-store writes a sketch store: choose another output")
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise InputError(f"{out}: exists and is not empty; choose another output (or --resume)")
+    out.mkdir(parents=True, exist_ok=True)
+    return _lock(out / LOCK)
+
+
 def _open_sketch(extraction: _Extraction, out: Path, settings: dict, dim: int):
-    """(writer, sink, parts to replay, their pool positions) of a sketch store: its plan read
-    back, or made from a pilot sample extracted now (rank 0 plans from every rank's pilot
-    rows; each rank replays its own pilot parts into the sink, so the positions of every
-    rank's are done)."""
+    """(writer, sink, parts to replay, their pool positions, the plan's digest) of a sketch
+    store: its plan read back (made with the same settings), or made from a pilot sample
+    extracted now. Rank 0 plans from every rank's pilot rows; each rank replays its own pilot
+    parts into the sink, so the pilot's positions are all done."""
     opts, comm, pool = extraction.opts, extraction.comm, extraction.pool
+    asked = _sketch_settings(opts)
     pilot = sketch.sample_rows(len(pool), opts.sketch_pilot_rows, opts.sketch_seed)
     replay, replay_positions = [], []
     if comm.broadcast_object(not (out / sketch.SKETCH_INFO).exists() if comm.is_main else None):
@@ -268,20 +303,23 @@ def _open_sketch(extraction: _Extraction, out: Path, settings: dict, dim: int):
                 rows, energy=opts.sketch_energy, standardize=False, l2_normalize=False,
                 sketch_size=opts.sketch_size, max_size=min(dim, len(pool)), seed=opts.sketch_seed,
                 every_row=len(pool) <= opts.sketch_pilot_rows)
-            out.mkdir(parents=True, exist_ok=True)
-            sketch.write_plan(out, omega, shift, {"plan": planned, "l2_normalize": False,
-                                                  "energy_for_size": opts.sketch_energy,
-                                                  "seed": opts.sketch_seed, "pilot_rows": opts.sketch_pilot_rows})
+            sketch.write_plan(out, omega, shift, {"plan": planned, "l2_normalize": False, "settings": asked})
         comm.together(plan, main_only=True)
-    omega, shift, info = sketch.read_plan(out)
-    digest = hashlib.sha256(omega.numpy().tobytes() + shift.numpy().tobytes()).hexdigest()[:16]
+    omega, shift, info = comm.on_rank0(lambda: _read_own_plan(out, asked))
+    digest = sketch.plan_digest(omega, shift)
     writer = StoreWriter(out / sketch.SKETCH_ROWS, int(omega.shape[1]), "float32",
                          settings={**settings, "sketch_plan": digest}, resume=opts.resume, comm=comm)
-    spare = np.setdiff1d(np.arange(len(pool)), pilot)  # the holdout is not in the pilot
-    holdout = spare[sketch.sample_rows(len(spare), sketch.HOLDOUT_ROWS, opts.sketch_seed + 1)]
+    holdout = sketch.holdout_rows(len(pool), opts.sketch_pilot_rows, opts.sketch_seed)
     sink = sketch.SketchSink(writer, omega, shift, False, extraction.device,
                              {pool.ids[p] for p in holdout}, opts.kernel_backend)
-    return writer, sink, replay, replay_positions
+    return writer, sink, replay, replay_positions, digest
+
+
+def _read_own_plan(out: Path, asked: dict):
+    """The plan in `out`, if it was made with the settings asked for now."""
+    omega, shift, info = sketch.read_plan(out)
+    check_same_settings(out, info.get("settings", {}), asked)
+    return omega, shift, info
 
 
 def _complete_store(out: Path, settings: dict) -> dict:
@@ -305,9 +343,10 @@ class _Job:
     """The main process's side of an extraction: forwards batches, commits rows and skips."""
 
     def __init__(self, model, run, writer: StoreWriter, opts: ExtractOptions, device, dtype,
-                 pad_id: int, bar):
+                 pad_id: int, bar, part_rows: int):
         self.model, self.run_probe, self.writer, self.opts = model, run, writer, opts
         self.device, self.dtype, self.pad_id, self.bar = device, dtype, pad_id, bar
+        self.part_rows = part_rows
         self.ids: list = []
         self.rows: list = []
         self.skips: list[dict] = []
@@ -359,7 +398,7 @@ class _Job:
                 self.rows_made += 1
                 self.kept_tokens += kept[row]
                 self.bar.update(1)
-        if len(self.ids) >= self.opts.shard_rows:
+        if len(self.ids) >= self.part_rows:
             self.commit()
 
     def commit(self) -> None:

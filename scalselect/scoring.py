@@ -136,6 +136,7 @@ class _Part:
     num_rows: int       # of the whole store
     dim: int
     head_rank: int      # the rank that reads the store's first rows (its first non-empty shard)
+    positions: np.ndarray  # the index of each of src's rows in the whole store
 
 
 def _open_part(data, sample_ids, comm: Comm) -> _Part:
@@ -155,7 +156,10 @@ def _open_part(data, sample_ids, comm: Comm) -> _Part:
         rows = [int(entry["rows"]) for entry in entries]
         shards = [(i, rows[i]) for i in part_shards(len(entries), part)]
         first = next(i for i, count in enumerate(rows) if count)  # read_store: some shard has rows
-        return _Part(src, shards, sum(rows), int(manifest["dim"]), first % comm.world)
+        starts = np.cumsum([0] + rows)
+        positions = np.concatenate([np.arange(starts[i], starts[i] + count) for i, count in shards] or
+                                   [np.zeros(0, np.int64)])
+        return _Part(src, shards, sum(rows), int(manifest["dim"]), first % comm.world, positions)
 
     part = comm.together(open_part)
     every = comm.gather_objects(part.src.ids)
@@ -245,13 +249,14 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     found = None
     if sketched:
         found = sketch.score_store(Path(data), src, entries, dev, comm=comm, energy=energy, standardize=standardize,
-                                   l2_normalize=l2_normalize, backend=backend, chunk_rows=chunk_rows,
-                                   timings=timings, details=details)
+                                   l2_normalize=l2_normalize, sketch_size=sketch_size, backend=backend,
+                                   chunk_rows=chunk_rows, timings=timings, details=details)
     elif method == "sketch" or (method == "auto" and sketch.may_pay(n, d)):
-        whole = (read_store(data) if comm.active else src) if comm.is_main else None
         found = sketch.sketch_side(src, dev, energy, chunk_rows, standardize=standardize,
                                    l2_normalize=l2_normalize, backend=backend, progress=progress and comm.is_main,
-                                   timings=timings, comm=comm, dim=d, num_rows=n, pilot_source=whole,
+                                   timings=timings, comm=comm, dim=d, num_rows=n,
+                                   positions=part.positions if comm.active else np.arange(n),
+                                   pilot_source=lambda: read_store(data) if comm.active else src,
                                    sketch_size=sketch_size, seed=seed, pilot_rows=pilot_rows,
                                    auto=method == "auto", details=details)
         if found is not None and method == "auto" and not details["certified"]:

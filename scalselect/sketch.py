@@ -30,6 +30,7 @@ exactly too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -46,7 +47,7 @@ from .distributed import Comm
 from .eigen import rank_for_energy
 from .errors import InputError
 from .scoring import _check_spread, _finite_rows, _inv_std, _progress
-from .store import RowSource, read_sidecar
+from .store import RowSource, read_manifest, read_sidecar
 
 # Rows in the pilot sample (by default), and in the holdout that checks the result.
 PILOT_ROWS = 2048
@@ -55,8 +56,10 @@ HOLDOUT_ROWS = 2048
 CERTIFY_ERROR = 0.02
 # Share of the test matrix's columns that are random rather than pilot directions (at least 8).
 _RANDOM_SHARE = 1 / 8
-# Eigenvalues below this share of the largest are float32 rounding, not range.
+# Eigenvalues below this share of the largest are float32 rounding, not range (Y^T Y), and
+# sigma^2 below this share of sigma_1^2 not a direction (the exact Gram side's tolerance).
 _RANGE_TOL = 1e-7
+_RESOLVED_TOL = 1e-6
 
 
 @dataclass
@@ -135,6 +138,13 @@ def sample_rows(num_rows: int, count: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(num_rows, size=count, replace=False))
 
 
+def holdout_rows(num_rows: int, pilot_rows: int, seed: int) -> np.ndarray:
+    """The holdout's row indices, ascending: HOLDOUT_ROWS drawn from the rows outside the pilot
+    (whose directions the test matrix holds, so they would flatter it)."""
+    spare = np.setdiff1d(np.arange(num_rows), sample_rows(num_rows, pilot_rows, seed))
+    return spare[sample_rows(len(spare), HOLDOUT_ROWS, seed + 1)]
+
+
 def plan_test_matrix(pilot: torch.Tensor, *, energy: float, standardize: bool, l2_normalize: bool,
                      sketch_size: int | None, max_size: int, seed: int,
                      every_row: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -169,10 +179,10 @@ def plan_test_matrix(pilot: torch.Tensor, *, energy: float, standardize: bool, l
     size = max(1, min(size, max_size))
     directions = min(resolved, size - min(size, max(8, math.ceil(size * _RANDOM_SHARE))))
     right = h.T @ (vectors[:, :directions] / values[:directions].sqrt())  # D x directions, orthonormal
-    if inv is not None:
-        right = right * inv[:, None]  # Y = A_c Omega should span the scaled matrix's top range
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(pilot.shape[1], size - directions, generator=gen, dtype=torch.float64)
+    if inv is not None:  # Y = A_c Omega should span the scaled matrix's top range
+        right, noise = right * inv[:, None], noise * inv[:, None]
     # orthonormal columns: Y is then no worse conditioned than the rows themselves, which keeps
     # the float32 y rows' rounding small after whitening
     omega = torch.linalg.qr(torch.cat([right, noise], dim=1)).Q
@@ -203,9 +213,11 @@ def solve(sketch: Sketch, energy: float, standardize: bool) -> SketchSolution:
     b = whiten.T @ ytx                                          # Q^T A_c, r x D
     values, left = torch.linalg.eigh(b @ b.T)
     values, left = values.flip(0).clamp_min(0), left.flip(1)
+    # directions below float32 rounding are noise: k never reaches into them (energy near 1)
+    resolved = max(1, int((values > _RESOLVED_TOL * values[0]).sum()))
     k = rank_for_energy(values, total, energy)
     reached = k is not None
-    k = k if reached else max(1, int((values > 0).sum()))
+    k = min(k or resolved, resolved)
     w = whiten @ left[:, :k]
     residual = max(total - float(values.sum()), 0.0)
     info = {"sketch_size": sketch.size, "range_rank": int(keep.sum()), "energy_reached": reached,
@@ -276,15 +288,16 @@ def may_pay(n: int, d: int) -> bool:
 
 
 def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normalize, backend,
-                progress, timings, comm: Comm, dim: int, num_rows: int, pilot_source: RowSource | None,
-                sketch_size: int | None, seed: int, pilot_rows: int, auto: bool, details: dict):
+                progress, timings, comm: Comm, dim: int, num_rows: int, positions: np.ndarray,
+                pilot_source, sketch_size: int | None, seed: int, pilot_rows: int, auto: bool, details: dict):
     """Scores of this rank's rows from one pass, as scoring's sides return them. With `auto`,
     None (and why, in details) when the pilot predicts that the exact engine costs less than
-    twice the sketch. pilot_source: every row, on the rank that plans (rank 0)."""
+    twice the sketch. positions: the index of each of this rank's rows among all rows;
+    pilot_source(): a RowSource of every row (called on the rank that plans, rank 0)."""
     t0 = time.perf_counter()
 
     def plan():
-        pilot = pilot_source.take(sample_rows(num_rows, pilot_rows, seed))
+        pilot = pilot_source().take(sample_rows(num_rows, pilot_rows, seed))
         return plan_test_matrix(pilot, energy=energy, standardize=standardize, l2_normalize=l2_normalize,
                                 sketch_size=sketch_size, max_size=min(dim, num_rows), seed=seed,
                                 every_row=num_rows <= pilot_rows)
@@ -304,8 +317,9 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norm
     t0 = time.perf_counter()
     sketch = Sketch.start(omega.to(dev), shift)
     ys = torch.zeros(src.num_rows, size, dtype=torch.float32)  # the range sketch, kept per row
-    # this rank's share of the holdout, kept whole as the pass meets it
-    holdout = sample_rows(src.num_rows, math.ceil(HOLDOUT_ROWS * src.num_rows / num_rows), seed + 1)
+    # this rank's share of the holdout (the same rows whatever the world size), kept whole as
+    # the pass meets them
+    holdout = np.nonzero(np.isin(positions, holdout_rows(num_rows, pilot_rows, seed)))[0]
     held: list[torch.Tensor] = []
     left_out: list[int] = []
 
@@ -352,7 +366,7 @@ def finish(sketch: Sketch, comm: Comm, *, energy, standardize, l2_normalize, hel
     found = comm.broadcast_object(found) if comm.active else found
     rows, ys = held
     finite = torch.isfinite(rows).all(dim=1)
-    pairs = holdout_errors(found, rows[finite].to(torch.float64), ys[finite], l2_normalize)
+    pairs = comm.together(lambda: holdout_errors(found, rows[finite].to(torch.float64), ys[finite], l2_normalize))
     if comm.active:
         every = comm.all_gather_objects(pairs)
         pairs = tuple(np.concatenate([p[i] for p in every]) for i in range(2))
@@ -392,6 +406,11 @@ def write_plan(out: Path, omega: torch.Tensor, shift: torch.Tensor, info: dict) 
         json.dump({"format": SKETCH_FORMAT, **info}, f, indent=1)
 
 
+def plan_digest(omega: torch.Tensor, shift: torch.Tensor) -> str:
+    """Names a plan: the rows' store records it, and scoring checks it."""
+    return hashlib.sha256(omega.cpu().numpy().tobytes() + shift.cpu().numpy().tobytes()).hexdigest()[:16]
+
+
 def read_plan(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
     try:
         info = json.loads((path / SKETCH_INFO).read_text(encoding="utf-8"))
@@ -428,27 +447,36 @@ class SketchSink:
 
 
 def score_store(path: Path, src: RowSource, shard_entries: list, dev, *, comm: Comm, energy, standardize,
-                l2_normalize, backend, chunk_rows, timings, details):
+                l2_normalize, sketch_size, backend, chunk_rows, timings, details):
     """Scores of a sketch store's rows (this rank's shards: `src` and their manifest entries)."""
-    omega, shift, info = read_plan(path)
-    if bool(info.get("l2_normalize")) != bool(l2_normalize):
-        raise InputError(f"{path}: this sketch was made with l2_normalize={bool(info.get('l2_normalize'))}; "
-                         "it cannot be scored with another (only --standardize may change)")
-    details.update(info.get("plan", {}))
     t0 = time.perf_counter()
-    sketch = Sketch.start(omega.to(dev), shift)
-    rows, held, held_y = path / SKETCH_ROWS, [], []
-    for entry in shard_entries:
-        side = read_sidecar(rows, entry)
-        for name, total in zip(Sketch.SUMS, sketch.sums()):
-            total += torch.from_numpy(side[name]).to(total)
-        if len(side["holdout_index"]):
-            held.append(torch.from_numpy(side["holdout"]))
-            held_y.append(torch.from_numpy(np.load(rows / entry["vectors"], mmap_mode="r")[side["holdout_index"]]))
+    rows = path / SKETCH_ROWS
+
+    def gather():  # the plan, checked, and this rank's parts' sums and holdout
+        omega, shift, info = read_plan(path)
+        if bool(info.get("l2_normalize")) != bool(l2_normalize):
+            raise InputError(f"{path}: this sketch was made with l2_normalize={bool(info.get('l2_normalize'))}; "
+                             "it cannot be scored with another (only --energy and --standardize may change)")
+        if sketch_size is not None and sketch_size != omega.shape[1]:
+            raise InputError(f"{path}: this sketch has size {omega.shape[1]}; it cannot be scored with another")
+        if read_manifest(rows).get("meta", {}).get("sketch_plan") != plan_digest(omega, shift):
+            raise InputError(f"{path}: {SKETCH_PLAN} is not the plan its rows were made with")
+        sketch = Sketch.start(omega.to(dev), shift)
+        held, held_y = [], []
+        for entry in shard_entries:
+            side = read_sidecar(rows, entry)
+            for name, total in zip(Sketch.SUMS, sketch.sums()):
+                total += torch.from_numpy(side[name]).to(total)
+            if len(side["holdout_index"]):
+                held.append(torch.from_numpy(side["holdout"]))
+                held_y.append(torch.from_numpy(np.load(rows / entry["vectors"], mmap_mode="r")[side["holdout_index"]]))
+        cat = lambda parts, width: torch.cat(parts) if parts else torch.zeros(0, width)  # noqa: E731
+        return sketch, info, (cat(held, omega.shape[0]), cat(held_y, omega.shape[1]))
+
+    sketch, info, held = comm.together(gather)
+    details.update(info.get("plan", {}))
     timings["sketch_sums"] = time.perf_counter() - t0
-    cat = lambda parts, width: torch.cat(parts) if parts else torch.zeros(0, width)  # noqa: E731
     scores, found = finish(sketch, comm, energy=energy, standardize=standardize, l2_normalize=l2_normalize,
-                           held=(cat(held, omega.shape[0]), cat(held_y, omega.shape[1])),
-                           y_chunks=src.chunks(chunk_rows), num_local=src.num_rows, dev=dev, backend=backend,
-                           timings=timings, details=details)
+                           held=held, y_chunks=src.chunks(chunk_rows), num_local=src.num_rows, dev=dev,
+                           backend=backend, timings=timings, details=details)
     return scores, found.total, found.values, "sketch", []

@@ -83,6 +83,9 @@ def check_against_one_process(store, out, world, **options):
         warnings.simplefilter("ignore", RuntimeWarning)
         ref = leverage_scores(store, device="cpu", **options)
     assert got["summary"]["method"] == ref.method
+    if ref.method == "sketch":  # the same holdout rows whatever the world size: the same estimate
+        assert got["summary"]["sketch"]["score_error_estimate"] == pytest.approx(
+            ref.sketch["score_error_estimate"], rel=1e-5, abs=1e-12)
     assert got["ids"] == ref.sample_ids  # store order
     assert got["k"] == ref.k
     assert got["summary"]["world_size"] == world

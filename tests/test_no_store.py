@@ -150,3 +150,23 @@ def test_no_store_refuses_the_exact_engine_and_a_used_folder(demo, uninterrupted
     proc = subprocess.run(run_argv(demo, uninterrupted, "--no-store"), env=ENV, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2 and "not empty" in proc.stderr, proc.stderr
+
+
+def test_a_resume_must_ask_for_the_same_sketch_and_a_plan_must_match_its_rows(demo, uninterrupted, stored, tmp_path):
+    import shutil
+
+    from scalselect.pipeline import ExtractOptions, extract_store
+
+    proc = subprocess.run(run_argv(demo, uninterrupted, "--no-store", "--resume", "--sketch-size", "5"),
+                          env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "made with other settings" in proc.stderr and "sketch_size_asked" in proc.stderr
+    with pytest.raises(InputError, match="holds a store of vectors"):  # never over a store of vectors
+        extract_store(demo["model"], demo["pool"], demo["images"], stored / "store",
+                      ExtractOptions(no_store=True, resume=True, device="cpu", progress=False))
+    copy = tmp_path / "sketch"
+    shutil.copytree(uninterrupted / "sketch", copy)
+    with np.load(copy / "sketch-plan.npz") as z:
+        omega, shift = z["omega"], z["shift"]
+    np.savez(copy / "sketch-plan.npz", omega=omega[:, ::-1].copy(), shift=shift)
+    with pytest.raises(InputError, match="not the plan its rows were made with"):
+        leverage_scores(copy)

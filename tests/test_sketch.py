@@ -97,6 +97,18 @@ def test_the_energy_a_small_sketch_cannot_reach_is_said():
     assert got.captured_energy < 0.9
 
 
+def test_k_stays_within_the_resolved_directions_at_energy_one():
+    """Energy 1 on a rank-20 matrix in 64 dimensions: the exact engine stops at the rank; so
+    must the sketch, not reach into directions of rounding noise."""
+    gen = torch.Generator().manual_seed(14)
+    x = (torch.randn(3000, 20, generator=gen, dtype=torch.float64) * torch.arange(20, 0, -1)
+         @ torch.randn(20, 64, generator=gen, dtype=torch.float64) + 5).float()
+    exact = leverage_scores(x, method="exact", energy=1.0)
+    got = quiet_sketch(x, energy=1.0, sketch_size=64)
+    assert exact.k == 20 and got.k == exact.k
+    np.testing.assert_allclose(got.scores, exact.scores, rtol=1e-3, atol=1e-4 * exact.scores.mean())
+
+
 def test_sums_do_not_depend_on_chunking_or_backend():
     """Sketch.update over chunks of 1, 7 and all rows, native and twin, equals the float64 sums."""
     x = decaying(300, 33, seed=7, kind="pow1")
