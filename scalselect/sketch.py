@@ -22,7 +22,7 @@ Error estimate, a posteriori: the holdout rows are scored twice, through their y
 row, and from their full vectors with the right singular directions of P_Y A_c (Y_c^T A_c is
 known, so these are one power step better than the sketch's own). The RMS difference, relative
 to the mean score, estimates the scores' error: on the synthetic spectra of benchmarks/README.md
-it came within a factor of 2.5 of the true error. The result is certified when the estimate is
+it came within a factor of 2.5 of the true error (erring low). The result is certified when the estimate is
 at most CERTIFY_ERROR (there the top-16 % sets overlapped the exact ones by >= 0.99), else it
 says so and the caller warns. The energy the sketch misses, ||A_c - P_Y A_c||_F^2, is reported
 exactly too.
