@@ -70,9 +70,10 @@ def _write_scores(args, out: Path, result, t0: float) -> dict:
           f"(captured energy {result.captured_energy:.4f}), sigma = [{lead}]")
     if result.method == "sketch":
         sk = result.sketch
-        print(f"method: sketch of size {sk['sketch_size']}, estimated score error "
-              f"{sk['score_error_estimate']:.2%} (certified up to {sk['certify_error']:.0%})"
-              if sk.get("score_error_estimate") is not None else f"method: sketch of size {sk['sketch_size']}")
+        said = (f"estimated score error {sk['score_error_estimate']:.2%}" if sk.get("score_error_estimate")
+                is not None else f"no holdout; energy outside the sketch {sk['residual_energy']:.1e}")
+        print(f"method: sketch of size {sk['sketch_size']}, {said} "
+              f"({'certified' if sk['certified'] else 'not certified'}; the bound is {sk['certify_error']:.0%})")
     elif "auto_choice" in result.sketch:
         print(f"method: {result.sketch['auto_choice']}")
     for text in result.warnings():
@@ -97,13 +98,39 @@ def _select_here(args) -> dict:
     _refuse_overwrite([out, _summary_path(out, "selection")], [args.data, args.scores])
     pool = read_pool(args.data)
     ids, scores = read_scores(args.scores)
-    summary = select_subset(pool, ids, scores, args.budget, out)
+    vectors = None
+    if args.method == "cluster" and args.store is not None:
+        from .store import load_representations
+        vectors = load_representations(args.store)
+    summary = select_subset(pool, ids, scores, args.budget, out, method=args.method, seed=args.seed,
+                            stratify_by=args.stratify_by, shares=_read_shares(args.shares),
+                            vectors=vectors, clusters=args.clusters)
     _write_json(_summary_path(out, "selection"), summary)
-    print(f"selected {summary['selected']} of {summary['scored']} scored samples "
+    print(f"selected {summary['selected']} of {summary['scored']} scored samples by {summary['method']} "
           f"({summary['format']}) -> {out}")
+    if "strata" in summary:
+        print(f"{summary['strata']['by']:<16}eligible  target  subset")
+        for name, row in summary["strata"]["groups"].items():
+            print(f"{name:<16}{row['eligible']:>8}{row['target']:>8.1f}{row['subset']:>8}")
     if summary["unscored_in_pool"]:
         print(f"note: {summary['unscored_in_pool']} pool samples had no score and were not eligible")
     return summary
+
+
+def _read_shares(path) -> dict | None:
+    """A share table {"source": share, ...} (any positive numbers; they are normalised)."""
+    if path is None:
+        return None
+    try:
+        table = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--shares {path}: not a readable JSON object ({exc})") from None
+    if not isinstance(table, dict) or not table or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in table.values()):
+        raise InputError(f"--shares {path}: expected a JSON object of source -> share >= 0")
+    if not sum(table.values()) > 0:
+        raise InputError(f"--shares {path}: every share is 0")
+    return {str(k): float(v) for k, v in table.items()}
 
 
 def _extract_options(args):
@@ -162,7 +189,8 @@ def _run(args) -> dict:
                                        method=args.method, sketch_size=args.sketch_size, seed=args.seed,
                                  pilot_rows=args.pilot_rows))
     selected = _select(argparse.Namespace(data=args.data, scores=scores, budget=args.budget, out=subset,
-                                          comm=args.comm))
+                                          comm=args.comm, method="scalselect", seed=0, stratify_by=None,
+                                          shares=None, store=None, clusters=100))
     return {"store": str(store), "scores": str(scores), "subset": str(subset),
             "extract": extracted, "score": scored, "select": selected}
 
@@ -281,6 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="the pool: LLaVA or ShareGPT, JSON or JSONL")
     p.add_argument("--budget", required=True, help="how many to keep: a count (100000) or a share (16%%)")
     p.add_argument("--out", type=Path, required=True, help="subset file to write")
+    p.add_argument("--method", choices=("scalselect", "random", "length", "cluster"), default="scalselect",
+                   help="scalselect (default): the highest scores; baselines to compare with: random "
+                        "(seeded), length (longest conversations), cluster (k-means on the vectors of "
+                        "--store, an equal share per cluster)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random and cluster (default 0)")
+    p.add_argument("--stratify-by", default=None,
+                   help="keep each source's share: a record field, or image-folder (the first folder "
+                        "of the image path, as coco/ in LLaVA-665K)")
+    p.add_argument("--shares", type=Path, default=None,
+                   help='with --stratify-by: a JSON share table {"coco": 0.4, ...} instead of the pool\'s shares')
+    p.add_argument("--store", type=Path, default=None, help="the store the scores came from (--method cluster)")
+    p.add_argument("--clusters", type=int, default=100, help="k of --method cluster (default 100)")
     p.set_defaults(run=_select)
 
     p = sub.add_parser("extract", help="one vector per pool sample from the model's first decoder layer")
