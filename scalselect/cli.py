@@ -1,4 +1,4 @@
-"""The `scalselect` command: extract, score, select, run, info, demo.
+"""The `scalselect` command: extract, score, select, run, compare, info, demo.
 
 Bad input ends with one line on stderr and exit code 2, never a traceback.
 """
@@ -195,6 +195,37 @@ def _run(args) -> dict:
             "extract": extracted, "score": scored, "select": selected}
 
 
+def _compare(args) -> dict:
+    return args.comm.on_rank0(lambda: _compare_here(args))
+
+
+def _compare_here(args) -> dict:
+    from .compare import compare_methods, table
+    from .data import read_pool
+    from .select import read_scores
+    from .store import load_representations
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in ("scalselect", "random", "length", "cluster")]
+    if not methods or unknown:
+        raise InputError(f"--methods: expected a comma-separated list of scalselect, random, length, cluster"
+                         f"{f', not {unknown[0]!r}' if unknown else ''}")
+    if args.out is not None:
+        _refuse_overwrite([args.out], [args.data, args.scores, args.store])
+    pool = read_pool(args.data)
+    ids, scores = read_scores(args.scores)
+    report = compare_methods(pool, ids, scores, load_representations(args.store), args.budget, methods,
+                             seed=args.seed, energy=args.energy, source_by=args.source_by, clusters=args.clusters)
+    report |= {"store": str(args.store), "scores": str(args.scores), "pool": str(args.data), "budget": args.budget}
+    print(f"budget {args.budget} of {report['eligible']} scored samples; k = {report['k']} at energy "
+          f"{args.energy}; coverage over {min(report['eligible'], 2000)} pool vectors; sources by {args.source_by}")
+    print(table(report))
+    if args.out is not None:
+        _write_json(args.out, report)
+        print(f"wrote {args.out}")
+    return report
+
+
 def _info(args) -> dict:
     from . import info
 
@@ -322,6 +353,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, default=None, help="the store the scores came from (--method cluster)")
     p.add_argument("--clusters", type=int, default=100, help="k of --method cluster (default 100)")
     p.set_defaults(run=_select)
+
+    p = sub.add_parser("compare", help="training-free quality figures of several selection methods' subsets")
+    p.add_argument("--store", type=Path, required=True, help="the store the scores came from")
+    p.add_argument("--scores", type=Path, required=True, help="scores JSONL from `scalselect score`")
+    p.add_argument("--data", type=Path, required=True, help="the pool")
+    p.add_argument("--budget", required=True, help="a count (100000) or a share (16%%)")
+    p.add_argument("--methods", default="scalselect,random,length,cluster",
+                   help="comma-separated (default scalselect,random,length,cluster)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random, cluster and the coverage sample")
+    p.add_argument("--energy", type=float, default=0.9, help="the energy that sets k (default 0.9)")
+    p.add_argument("--source-by", default="image-folder",
+                   help="a record field, or image-folder (default): the sources of the balance figures")
+    p.add_argument("--clusters", type=int, default=100, help="k of the cluster method (default 100)")
+    p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
+    p.set_defaults(run=_compare)
 
     p = sub.add_parser("extract", help="one vector per pool sample from the model's first decoder layer")
     _add_extract_args(p)

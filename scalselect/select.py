@@ -84,8 +84,19 @@ def parse_budget(budget: str | int | float, n: int) -> int:
     return count
 
 
-def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str | int) -> tuple[list[int], dict]:
-    """Pool positions of the `budget` highest-scored samples, and a summary of the choice."""
+def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str | int, *,
+                  method: str = "scalselect", seed: int = 0, stratify_by: str | None = None,
+                  shares: dict | None = None, vectors: tuple | None = None,
+                  clusters: int = 100) -> tuple[list[int], dict]:
+    """Pool positions of the `budget` samples `method` picks among the scored ones, and a
+    summary of the choice (see scalselect.baselines for the methods and stratification).
+    vectors: (ids, N x D array) of a store, for method "cluster"."""
+    from .baselines import SELECT_METHODS, apportion, choose, conversation_length, random_ranking, source_of
+
+    if method not in SELECT_METHODS:
+        raise InputError(f"method must be one of {', '.join(SELECT_METHODS)}, not {method!r}")
+    if method == "cluster" and stratify_by is not None:
+        raise InputError("--stratify-by cannot be combined with --method cluster (its clusters are its strata)")
     index = pool.index_of()
     missing = [sid for sid in score_ids if sid not in index]
     if missing:
@@ -93,19 +104,64 @@ def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str |
         raise InputError(f"{len(missing)} scored sample ids are not in pool {pool.path} "
                          f"(e.g. {shown}): is the scores file for another pool?")
     count = parse_budget(budget, len(score_ids))
-    order = np.argsort(-scores, kind="stable")[:count]
-    positions = sorted(index[score_ids[i]] for i in order)
+    where = np.asarray([index[sid] for sid in score_ids], dtype=np.int64)
+    ranking = {"scalselect": lambda: scores, "random": lambda: random_ranking(len(where), seed),
+               "cluster": lambda: random_ranking(len(where), seed),
+               "length": lambda: np.asarray([conversation_length(pool.records[p], pool.layout) for p in where],
+                                            dtype=np.float64)}[method]()
+    groups = quotas = None
+    if method == "cluster":
+        groups = _cluster_labels(score_ids, vectors, clusters, seed).tolist()
+        sizes = dict(zip(*np.unique(groups, return_counts=True)))
+        quotas = apportion(sizes, count, dict.fromkeys(sizes, 1.0))  # an equal share each
+    elif stratify_by is not None:
+        groups = [source_of(pool.records[p], pool.layout, stratify_by) for p in where]
+        sizes = dict(zip(*np.unique(groups, return_counts=True)))
+        quotas = apportion(sizes, count, shares)
+    chosen = choose(ranking, count, groups, quotas)
+    positions = sorted(where[chosen].tolist())
     summary = {"pool": str(pool.path), "pool_size": len(pool), "scored": len(score_ids),
-               "unscored_in_pool": len(pool) - len(score_ids), "selected": count,
-               "min_selected_importance": float(scores[order[-1]]),
-               "max_importance": float(scores[order[0]])}
+               "unscored_in_pool": len(pool) - len(score_ids), "selected": len(chosen), "method": method}
+    if method != "scalselect":
+        summary["seed"] = seed
+    if len(chosen):
+        summary["min_selected_importance"] = float(scores[chosen].min())
+        summary["max_importance"] = float(scores.max())
+    if groups is not None:
+        weights = dict.fromkeys(sizes, 1.0) if method == "cluster" else (shares or sizes)
+        total = sum(float(weights.get(g, 0)) for g in sizes)
+        summary["strata"] = {"by": "k-means cluster" if method == "cluster" else stratify_by,
+                             "groups": {str(g): {"eligible": int(sizes[g]), "subset": int(quotas[g]),
+                                                 "target": round(count * float(weights.get(g, 0)) / total, 2)}
+                                        for g in sorted(sizes, key=str)}}
     return positions, summary
 
 
+def _cluster_labels(score_ids: list, vectors: tuple | None, clusters: int, seed: int) -> np.ndarray:
+    """k-means labels of the scored samples' vectors (store rows matched by id)."""
+    import torch
+
+    from .baselines import kmeans
+
+    if vectors is None:
+        raise InputError("--method cluster needs the vectors: pass --store STORE")
+    if clusters < 1:
+        raise InputError(f"--clusters must be at least 1, got {clusters}")
+    ids, x = vectors
+    row = {sid: i for i, sid in enumerate(ids)}
+    missing = [sid for sid in score_ids if sid not in row]
+    if missing:
+        raise InputError(f"{len(missing)} scored samples have no vector in the store (e.g. {missing[0]!r}): "
+                         "is it the store they were scored from?")
+    rows = torch.from_numpy(np.ascontiguousarray(x[[row[sid] for sid in score_ids]], dtype=np.float32))
+    return kmeans(rows, clusters, seed)
+
+
 def select_subset(pool: Pool, score_ids: list, scores: np.ndarray, budget: str | int,
-                  out: str | os.PathLike) -> dict:
-    """Write the top-`budget` samples of `pool` to `out` in the pool's own format."""
-    positions, summary = top_positions(pool, score_ids, scores, budget)
+                  out: str | os.PathLike, **method) -> dict:
+    """Write the samples `top_positions` picks (by default the top-`budget` scores) to `out` in
+    the pool's own format; `method` keywords go to top_positions."""
+    positions, summary = top_positions(pool, score_ids, scores, budget, **method)
     write_subset(pool, positions, out)
     summary["out"] = str(out)
     summary["format"] = f"{pool.layout} {pool.container}"

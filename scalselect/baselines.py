@@ -1,0 +1,139 @@
+"""Other ways to pick a subset, to compare ScalSelect with, and per-source budgets.
+
+`select --method`:
+- scalselect: the highest importance scores;
+- random: a seeded uniform draw;
+- length: the longest conversations (characters of all turns);
+- cluster: k-means on the vectors, an equal share of the budget per cluster, seeded draws
+  inside each.
+
+`--stratify-by` gives each source its share of the eligible samples (or of a share table) and
+takes the method's best inside each source. The eligible samples are those of the scores file
+(they have vectors) whatever the method, so every method chooses from the same set.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import PurePosixPath
+
+import numpy as np
+import torch
+
+from .data.conversations import _turns, image_paths
+from .errors import InputError
+
+SELECT_METHODS = ("scalselect", "random", "length", "cluster")
+IMAGE_FOLDER = "image-folder"  # --stratify-by value: the first folder of the first image path
+
+
+def source_of(record: dict, layout: str, by: str) -> str:
+    """The source a record belongs to: the value of field `by`, or with IMAGE_FOLDER the first
+    folder of its first image path (LLaVA-665K: coco, gqa, ocr_vqa, textvqa, vg)."""
+    if by != IMAGE_FOLDER:
+        value = record.get(by)
+        return "(none)" if value is None else str(value)
+    try:
+        paths = image_paths(record, layout)
+    except InputError:
+        paths = []
+    if not paths:
+        return "(no image)"
+    parts = PurePosixPath(paths[0]).parts
+    return parts[0] if len(parts) > 1 else "(top level)"
+
+
+def apportion(sizes: dict, budget: int, shares: dict | None = None) -> dict:
+    """Quotas per source adding up to `budget`, by largest remainders: source s gets
+    floor or ceil of budget x its weight (its share of `sizes`, or of the `shares` table), never
+    more than it holds; what a source cannot take is shared out among the others the same way."""
+    weights = {s: float((shares or sizes).get(s, 0)) for s in sizes}
+    quotas, left, remaining = {s: 0 for s in sizes}, dict(sizes), budget
+    while remaining > 0:
+        open_ = sorted(s for s in sizes if left[s] > 0 and weights[s] > 0)
+        if not open_:
+            held = sum(sizes[s] for s in sizes if weights[s] > 0)
+            raise InputError(f"the sources with a share hold {held} eligible samples, fewer than the "
+                             f"budget of {budget}")
+        total = sum(weights[s] for s in open_)
+        exact = {s: remaining * weights[s] / total for s in open_}
+        take = {s: min(left[s], math.floor(exact[s])) for s in open_}
+        spare = remaining - sum(take.values())
+        for s in sorted(open_, key=lambda s: (-(exact[s] - math.floor(exact[s])), s)):
+            if spare and take[s] < left[s]:
+                take[s] += 1
+                spare -= 1
+        for s in open_:
+            quotas[s] += take[s]
+            left[s] -= take[s]
+        remaining -= sum(take.values())
+    return quotas
+
+
+def choose(ranking: np.ndarray, count: int, groups: list | None = None, quotas: dict | None = None) -> np.ndarray:
+    """Indices of the `count` highest-ranked entries (ties: the earlier), or with `groups` the
+    quotas[g] highest of each group g."""
+    order = np.argsort(-np.asarray(ranking, dtype=np.float64), kind="stable")
+    if groups is None:
+        return np.sort(order[:count])
+    taken = dict.fromkeys(quotas, 0)
+    keep = []
+    for i in order:
+        g = groups[i]
+        if taken[g] < quotas[g]:
+            taken[g] += 1
+            keep.append(i)
+    return np.sort(np.asarray(keep, dtype=np.int64))
+
+
+def random_ranking(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random(n)
+
+
+def conversation_length(record: dict, layout: str) -> int:
+    """Characters of all turns; 0 for a record whose turns cannot be read."""
+    try:
+        return sum(len(text) for _, text in _turns(record, layout))
+    except InputError:
+        return 0
+
+
+def kmeans(x: torch.Tensor, k: int, seed: int, iterations: int = 25, chunk: int = 8192) -> np.ndarray:
+    """Cluster labels of the rows of x (float32 on its device): k-means++ seeding from a
+    seeded generator, then Lloyd's iterations until no label changes. An emptied cluster is
+    reseeded with the row farthest from its centre."""
+    n = x.shape[0]
+    k = min(k, n)
+    gen = torch.Generator().manual_seed(seed)
+    sq = x.pow(2).sum(dim=1)
+
+    def distances(centres):  # squared distances to the nearest centre, and its index
+        best = torch.empty(n, device=x.device)
+        label = torch.empty(n, dtype=torch.int64, device=x.device)
+        csq = centres.pow(2).sum(dim=1)
+        for lo in range(0, n, chunk):
+            d = sq[lo:lo + chunk, None] - 2 * x[lo:lo + chunk] @ centres.T + csq
+            best[lo:lo + chunk], label[lo:lo + chunk] = d.min(dim=1)
+        return best.clamp_min(0), label
+
+    centres = x[int(torch.randint(n, (1,), generator=gen))][None]
+    for _ in range(1, k):
+        best, _ = distances(centres)
+        weights = best.cpu().double()
+        pick = int(torch.multinomial(weights / weights.sum(), 1, generator=gen)) if weights.sum() > 0 else \
+            int(torch.randint(n, (1,), generator=gen))
+        centres = torch.cat([centres, x[pick][None]])
+    labels = None
+    for _ in range(iterations):
+        best, new = distances(centres)
+        if labels is not None and torch.equal(new, labels):
+            break
+        labels = new
+        counts = torch.bincount(labels, minlength=k)
+        sums = torch.zeros_like(centres).index_add_(0, labels, x)
+        centres = sums / counts.clamp_min(1)[:, None].to(x.dtype)
+        for empty in torch.nonzero(counts == 0).flatten().tolist():
+            far = int(best.argmax())
+            centres[empty] = x[far]
+            best[far] = 0
+    return labels.cpu().numpy()
