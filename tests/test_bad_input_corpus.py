@@ -251,10 +251,26 @@ INPUT_CASES = [
                                                   "--pilot-rows", "1"], "pilot_rows must be at least 2"),
     InputCase("run --no-store with --method exact",
               lambda t, d: _run_no_store(t, d, "--method", "exact"), "--no-store keeps no vectors"),
+    InputCase("select --method cluster without --store", lambda t, d: _select(t, "5") + ["--method", "cluster"],
+              "needs the vectors: pass --store"),
+    InputCase("a share table that is not a table of numbers",
+              lambda t, d: _select(t, "5") + ["--stratify-by", "image-folder", "--shares", _file(t, '["coco"]')],
+              "expected a JSON object of source -> share >= 0"),
+    InputCase("a share table naming no source with samples",
+              lambda t, d: _select(t, "5") + ["--stratify-by", "image-folder", "--shares", _file(t, '{"nope": 1}')],
+              "fewer than the budget"),
+    InputCase("compare with an unknown method",
+              lambda t, d: ["compare", "--store", _store(t), "--scores", _scores(t), "--data", t / "x.json",
+                            "--budget", "5", "--methods", "scalselect,best"], "not 'best'"),
     InputCase("the exact engine on a sketch store (from run --no-store)",
               lambda t, d: ["score", _sketch_store(t, d), "--out", t / "s.jsonl", "--method", "exact"],
               "holds a sketch (run --no-store), not the vectors"),
 ]
+
+
+def _file(tmp: Path, text: str) -> Path:
+    (tmp / "shares.json").write_text(text)
+    return tmp / "shares.json"
 
 
 def _run_no_store(tmp: Path, demo, *extra) -> list:
