@@ -1,4 +1,4 @@
-"""The `scalselect` command: extract, score, select, run, compare, info, demo.
+"""The `scalselect` command: extract, score, select, run, compare, report, info, demo.
 
 Bad input ends with one line on stderr and exit code 2, never a traceback.
 """
@@ -226,6 +226,24 @@ def _compare_here(args) -> dict:
     return report
 
 
+def _report(args) -> dict:
+    return args.comm.on_rank0(lambda: _report_here(args))
+
+
+def _report_here(args) -> dict:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise InputError('the report needs matplotlib: pip install "scalselect[report]"') from None
+    from .report import build_report
+
+    _refuse_overwrite([args.out], [args.store, args.scores])
+    done = build_report(args.store, args.scores, args.out, subset=args.subset, data=args.data,
+                        image_root=args.image_root, source_field=args.source_field, seed=args.seed)
+    print(f"wrote {', '.join(done['files'])} in {done['out']} (open report.html in a browser; it works offline)")
+    return done
+
+
 def _info(args) -> dict:
     from . import info
 
@@ -368,6 +386,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clusters", type=int, default=100, help="k of the cluster method (default 100)")
     p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     p.set_defaults(run=_compare)
+
+    p = sub.add_parser("report", help="PNG plots and a self-contained HTML page of a selection")
+    p.add_argument("--store", type=Path, required=True, help="the store the scores came from")
+    p.add_argument("--scores", type=Path, required=True, help="scores JSONL from `scalselect score`")
+    p.add_argument("--subset", type=Path, default=None, help="the subset `select` wrote (marks the cut)")
+    p.add_argument("--data", type=Path, default=None, help="the pool (default: the one in the store's manifest)")
+    p.add_argument("--image-root", type=Path, default=None,
+                   help="for the thumbnails (default: the one in the store's manifest)")
+    p.add_argument("--source-field", default=None,
+                   help="record field naming each sample's source (default: the image's first folder)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the spectrum's row sample on large stores")
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNGs and report.html")
+    p.set_defaults(run=_report)
 
     p = sub.add_parser("extract", help="one vector per pool sample from the model's first decoder layer")
     _add_extract_args(p)
