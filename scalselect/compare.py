@@ -22,7 +22,7 @@ import torch
 from .baselines import IMAGE_FOLDER, source_of
 from .eigen import rank_for_energy
 from .errors import InputError
-from .select import top_positions
+from .select import top_positions, vectors_of
 
 COVERAGE_SAMPLE = 2000
 
@@ -30,13 +30,7 @@ COVERAGE_SAMPLE = 2000
 def compare_methods(pool, score_ids: list, scores: np.ndarray, vectors: tuple, budget, methods: list[str], *,
                     seed: int = 0, energy: float = 0.9, source_by: str = IMAGE_FOLDER, clusters: int = 100) -> dict:
     """{"k", "budget", "methods": {method: figures}} for the subsets each method picks."""
-    ids, x = vectors
-    row = {sid: i for i, sid in enumerate(ids)}
-    missing = [sid for sid in score_ids if sid not in row]
-    if missing:
-        raise InputError(f"{len(missing)} scored samples have no vector in the store (e.g. {missing[0]!r}): "
-                         "is it the store they were scored from?")
-    data = torch.from_numpy(np.ascontiguousarray(x[[row[sid] for sid in score_ids]], dtype=np.float64))
+    data = torch.from_numpy(vectors_of(score_ids, vectors, np.float64))
     data = (data - data.mean(dim=0)).float()
     gram = (data.T @ data).double()  # D x D: its eigenvalues are the squared singular values
     values = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0)

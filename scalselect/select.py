@@ -147,14 +147,18 @@ def _cluster_labels(score_ids: list, vectors: tuple | None, clusters: int, seed:
         raise InputError("--method cluster needs the vectors: pass --store STORE")
     if clusters < 1:
         raise InputError(f"--clusters must be at least 1, got {clusters}")
+    return kmeans(torch.from_numpy(vectors_of(score_ids, vectors, np.float32)), clusters, seed)
+
+
+def vectors_of(score_ids: list, vectors: tuple, dtype=np.float32) -> np.ndarray:
+    """The rows of a store's (ids, matrix) for the scored samples, in their order."""
     ids, x = vectors
     row = {sid: i for i, sid in enumerate(ids)}
     missing = [sid for sid in score_ids if sid not in row]
     if missing:
         raise InputError(f"{len(missing)} scored samples have no vector in the store (e.g. {missing[0]!r}): "
                          "is it the store they were scored from?")
-    rows = torch.from_numpy(np.ascontiguousarray(x[[row[sid] for sid in score_ids]], dtype=np.float32))
-    return kmeans(rows, clusters, seed)
+    return np.ascontiguousarray(x[[row[sid] for sid in score_ids]], dtype=dtype)
 
 
 def select_subset(pool: Pool, score_ids: list, scores: np.ndarray, budget: str | int,

@@ -12,3 +12,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The demo's pool (150 samples) and tiny LLaVA, through `scalselect run`: (demo, run folder)."""
+    from scalselect.cli import main
+    from scalselect.demo import prepare_demo
+
+    demo = prepare_demo(tmp_path_factory.mktemp("demo-run"), n=150)
+    run = demo["run"]
+    assert main(["run", "--model", str(demo["model"]), "--data", str(demo["pool"]), "--image-root",
+                 str(demo["images"]), "--budget", "16%", "--out-dir", str(run), "--workers", "0", "--quiet",
+                 "--device", "cpu"]) == 0
+    return demo, run

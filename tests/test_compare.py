@@ -9,19 +9,8 @@ import pytest
 
 from scalselect import leverage_scores
 from scalselect.cli import main
-from scalselect.demo import prepare_demo
 
 METHODS = ["scalselect", "random", "length", "cluster"]
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    demo = prepare_demo(tmp_path_factory.mktemp("demo"), n=120)
-    out = demo["run"]
-    assert main(["run", "--model", str(demo["model"]), "--data", str(demo["pool"]), "--image-root",
-                 str(demo["images"]), "--budget", "16%", "--out-dir", str(out), "--workers", "0", "--quiet",
-                 "--device", "cpu"]) == 0
-    return demo, out
 
 
 def compare(demo_run, tmp_path, budget, *extra):
@@ -38,7 +27,7 @@ def test_the_whole_pool_is_covered_and_loses_only_the_energy_beyond_k(demo_run, 
     exact = leverage_scores(demo_run[1] / "store", method="exact")
     assert report["k"] == exact.k and set(report["methods"]) == set(METHODS)
     for figures in report["methods"].values():
-        assert figures["selected"] == report["eligible"] == 120
+        assert figures["selected"] == report["eligible"] == 150
         assert figures["projection_error"] == pytest.approx(1 - exact.captured_energy, abs=1e-5)
         assert figures["coverage_mean"] == figures["coverage_max"] == 0
         assert figures["largest_share_gap"] == pytest.approx(0, abs=1e-12)
@@ -50,17 +39,19 @@ def test_a_budget_gives_sane_figures_for_every_method(demo_run, tmp_path, capsys
     printed = capsys.readouterr().out
     for method in METHODS:
         figures = report["methods"][method]
-        assert figures["selected"] == 19
+        assert figures["selected"] == 24
         assert 0 <= figures["projection_error"] <= 1
         assert 0 < figures["coverage_mean"] <= figures["coverage_max"]
         shares = figures["shares"]
         assert sum(v["subset"] for v in shares.values()) == pytest.approx(1)
         assert figures["largest_share_gap"] == pytest.approx(max(abs(v["pool"] - v["subset"]) for v in shares.values()))
         assert any(line.startswith(method) for line in printed.splitlines())
-    # another seed: another random subset; scalselect's is the same (120 rows < the 2,000 probed,
+    # another seed: another random subset; scalselect's is the same (150 rows < the 2,000 probed,
     # so the coverage sample is every row whatever the seed)
     other = compare(demo_run, tmp_path, "16%", "--seed", "5")
-    assert other["methods"]["scalselect"] == report["methods"]["scalselect"]
+    for name in ("selected", "projection_error", "coverage_mean", "coverage_max", "largest_share_gap"):
+        # the probed rows come in another order: the mean may differ in its last bits
+        assert other["methods"]["scalselect"][name] == pytest.approx(report["methods"]["scalselect"][name], rel=1e-12)
     assert other["methods"]["random"]["coverage_mean"] != report["methods"]["random"]["coverage_mean"]
 
 

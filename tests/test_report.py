@@ -12,19 +12,14 @@ import pytest
 from PIL import Image
 
 from scalselect.cli import main
-from scalselect.demo import prepare_demo
 from scalselect.report import _figures
 
 BLUE = np.array([31, 119, 180])  # matplotlib's tab:blue, the plots' main colour
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    demo = prepare_demo(tmp_path_factory.mktemp("demo"), n=150)
-    run = demo["run"]
-    assert main(["run", "--model", str(demo["model"]), "--data", str(demo["pool"]), "--image-root",
-                 str(demo["images"]), "--budget", "16%", "--out-dir", str(run), "--workers", "0", "--quiet",
-                 "--device", "cpu"]) == 0
+def report(demo_run):
+    _, run = demo_run
     out = run / "report"
     assert main(["report", "--store", str(run / "store"), "--scores", str(run / "scores.jsonl"),
                  "--subset", str(run / "subset.json"), "--out", str(out)]) == 0
