@@ -239,7 +239,8 @@ def _report_here(args) -> dict:
 
     _refuse_overwrite([args.out], [args.store, args.scores])
     done = build_report(args.store, args.scores, args.out, subset=args.subset, data=args.data,
-                        image_root=args.image_root, source_field=args.source_field, seed=args.seed)
+                        image_root=args.image_root, source_field=args.source_field, seed=args.seed,
+                        compare=args.compare)
     print(f"wrote {', '.join(done['files'])} in {done['out']} (open report.html in a browser; it works offline)")
     return done
 
@@ -397,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-field", default=None,
                    help="record field naming each sample's source (default: the image's first folder)")
     p.add_argument("--seed", type=int, default=0, help="seed of the spectrum's row sample on large stores")
+    p.add_argument("--compare", type=Path, default=None, help="JSON of `scalselect compare --out`, shown as a table")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs and report.html")
     p.set_defaults(run=_report)
 

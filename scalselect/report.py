@@ -7,8 +7,9 @@ offline.
   SPECTRUM_ROWS rows it is estimated from a seeded sample of them.
 - scores.png: the histogram of the importance scores, with the subset's cut.
 - sources.png: each source's share of the pool and of the subset.
-- report.html: the three plots, the counts, and the SHOWN highest- and lowest-scored samples
-  with a thumbnail of their first image and their first instruction.
+- report.html: the three plots, the counts, `scalselect compare`'s figures when given, and the
+  SHOWN highest- and lowest-scored samples with a thumbnail of their first image and their
+  first instruction.
 """
 
 from __future__ import annotations
@@ -134,9 +135,10 @@ def _first_instruction(record: dict, layout: str) -> str:
 
 
 def build_report(store, scores_path, out, *, subset=None, data=None, image_root=None,
-                 source_field: str | None = None, seed: int = 0) -> dict:
+                 source_field: str | None = None, seed: int = 0, compare=None) -> dict:
     """Write the plots and report.html into `out`; returns what it wrote and the counts. The
-    pool and image root default to those the store was extracted from (its manifest)."""
+    pool and image root default to those the store was extracted from (its manifest).
+    compare: the JSON `scalselect compare --out` wrote, shown as a table."""
     store, out = Path(store), Path(out)
     meta = read_manifest(store).get("meta", {})
     data = data or meta.get("pool")
@@ -147,6 +149,13 @@ def build_report(store, scores_path, out, *, subset=None, data=None, image_root=
     ids, scores = read_scores(scores_path)
     summary_path = Path(scores_path).with_name(f"{Path(scores_path).stem}.summary.json")
     scoring = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    compared = None
+    if compare is not None:
+        try:
+            compared = json.loads(Path(compare).read_text(encoding="utf-8"))
+            compared["methods"].items()
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
+            raise InputError(f"--compare {compare}: not a `scalselect compare` JSON file ({exc})") from None
     spectrum, rows_used = _spectrum(store, seed)
     energy = scoring.get("settings", {}).get("energy", 0.9)
     k = scoring.get("k") or rank_for_energy(torch.from_numpy(spectrum), float(spectrum.sum()), energy) or 1
@@ -176,7 +185,7 @@ def build_report(store, scores_path, out, *, subset=None, data=None, image_root=
     page = _page(pool, ids, scores, shown, root, pngs, {
         "store": str(store), "scores": str(scores_path), "pool": str(data), "samples": len(ids),
         "subset": len(chosen & set(ids)) if subset else None, "k": k, "energy": energy,
-        "spectrum_rows": rows_used, "sources_by": by, "counts": counts, "picked": picked})
+        "spectrum_rows": rows_used, "sources_by": by, "counts": counts, "picked": picked}, compared)
     with atomic_open(out / "report.html") as f:
         f.write(page)
     import matplotlib.pyplot as plt
@@ -188,7 +197,22 @@ def build_report(store, scores_path, out, *, subset=None, data=None, image_root=
             "sources": {s: {"pool": counts[s], "subset": picked[s]} for s in sorted(counts)}}
 
 
-def _page(pool, ids, scores, shown, root, pngs, facts) -> str:
+def _compare_section(compared: dict | None) -> str:
+    """The figures of `scalselect compare` as an HTML table (empty without them)."""
+    if compared is None:
+        return ""
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(str(name))}</td><td>{m.get('selected', '')}</td><td>{m.get('projection_error', 0):.4f}</td>"
+        f"<td>{m.get('coverage_mean', 0):.4g}</td><td>{m.get('coverage_max', 0):.4g}</td>"
+        f"<td>{m.get('largest_share_gap', 0):.1%}</td></tr>" for name, m in compared["methods"].items())
+    return (f"<h2>Methods compared at budget {esc(str(compared.get('budget', '?')))} (k = "
+            f"{esc(str(compared.get('k', '?')))})</h2><table><tr><th>method</th><th>selected</th>"
+            f"<th>projection error</th><th>coverage mean</th><th>coverage max</th><th>largest share gap</th></tr>"
+            f"{rows}</table>")
+
+
+def _page(pool, ids, scores, shown, root, pngs, facts, compared=None) -> str:
     esc = html.escape
     img = lambda data: f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}" alt="">'  # noqa: E731
     rows = "".join(f"<tr><td>{esc(str(s))}</td><td>{facts['counts'][s]}</td><td>{facts['picked'][s]}</td></tr>"
@@ -226,6 +250,7 @@ pool {esc(facts['pool'])}.</p>
 <div class="plots">{img(pngs['spectrum'])}{img(pngs['scores'])}{img(pngs['sources'])}</div>
 <h2>Sources ({esc(facts['sources_by'])})</h2>
 <table><tr><th>source</th><th>pool</th><th>subset</th></tr>{rows}</table>
+{_compare_section(compared)}
 <h2>Highest scores</h2><div class="grid">{samples('highest')}</div>
 <h2>Lowest scores</h2><div class="grid">{samples('lowest')}</div>
 </body></html>

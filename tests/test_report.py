@@ -21,8 +21,12 @@ BLUE = np.array([31, 119, 180])  # matplotlib's tab:blue, the plots' main colour
 def report(demo_run):
     _, run = demo_run
     out = run / "report"
+    demo = demo_run[0]
+    assert main(["compare", "--store", str(run / "store"), "--scores", str(run / "scores.jsonl"), "--data",
+                 str(demo["pool"]), "--budget", "16%", "--clusters", "8", "--out", str(run / "compare.json")]) == 0
     assert main(["report", "--store", str(run / "store"), "--scores", str(run / "scores.jsonl"),
-                 "--subset", str(run / "subset.json"), "--out", str(out)]) == 0
+                 "--subset", str(run / "subset.json"), "--compare", str(run / "compare.json"),
+                 "--out", str(out)]) == 0
     return out
 
 
@@ -47,6 +51,8 @@ def test_the_page_is_self_contained(report):
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert "http" not in page.replace("http-equiv", "") and "<script" not in page
     assert "Highest scores" in page and "Lowest scores" in page and "k = " in page
+    for method in ("scalselect", "random", "length", "cluster"):  # compare's table
+        assert f"<tr><td>{method}</td><td>24</td>" in page
 
 
 def test_a_headless_browser_shows_the_plots(report, tmp_path):
