@@ -112,12 +112,12 @@ def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str |
     groups = quotas = None
     if method == "cluster":
         groups = _cluster_labels(score_ids, vectors, clusters, seed).tolist()
-        sizes = dict(zip(*np.unique(groups, return_counts=True)))
-        quotas = apportion(sizes, count, dict.fromkeys(sizes, 1.0))  # an equal share each
     elif stratify_by is not None:
         groups = [source_of(pool.records[p], pool.layout, stratify_by) for p in where]
+    if groups is not None:
         sizes = dict(zip(*np.unique(groups, return_counts=True)))
-        quotas = apportion(sizes, count, shares)
+        weights = dict.fromkeys(sizes, 1.0) if method == "cluster" else (shares or sizes)  # clusters: equal
+        quotas = apportion(sizes, count, weights)
     chosen = choose(ranking, count, groups, quotas)
     positions = sorted(where[chosen].tolist())
     summary = {"pool": str(pool.path), "pool_size": len(pool), "scored": len(score_ids),
@@ -128,7 +128,6 @@ def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str |
         summary["min_selected_importance"] = float(scores[chosen].min())
         summary["max_importance"] = float(scores.max())
     if groups is not None:
-        weights = dict.fromkeys(sizes, 1.0) if method == "cluster" else (shares or sizes)
         total = sum(float(weights.get(g, 0)) for g in sizes)
         summary["strata"] = {"by": "k-means cluster" if method == "cluster" else stratify_by,
                              "groups": {str(g): {"eligible": int(sizes[g]), "subset": int(quotas[g]),
