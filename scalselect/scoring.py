@@ -222,7 +222,8 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     if sketched:
         entries = read_manifest(rows)["shards"]
         entries = [entries[i] for i, _ in shards] if comm.active else entries
-        d = int(sketch.read_plan(Path(data))[0].shape[0])
+        plan = sketch.read_plan(Path(data))
+        d = int(plan[0].shape[0])
     dev = resolve_device(device)
     if chunk_rows is None:
         chunk_rows = max(256, _CHUNK_BYTES // (4 * d))
@@ -248,7 +249,7 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     details: dict = {}
     found = None
     if sketched:
-        found = sketch.score_store(Path(data), src, entries, dev, comm=comm, energy=energy, standardize=standardize,
+        found = sketch.score_store(Path(data), plan, src, entries, dev, comm=comm, energy=energy, standardize=standardize,
                                    l2_normalize=l2_normalize, sketch_size=sketch_size, backend=backend,
                                    chunk_rows=chunk_rows, timings=timings, details=details)
     elif method == "sketch" or (method == "auto" and sketch.may_pay(n, d)):

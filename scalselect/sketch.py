@@ -446,14 +446,15 @@ class SketchSink:
         self.writer.add(y.cpu().numpy(), ids, skipped, sidecar)
 
 
-def score_store(path: Path, src: RowSource, shard_entries: list, dev, *, comm: Comm, energy, standardize,
-                l2_normalize, sketch_size, backend, chunk_rows, timings, details):
-    """Scores of a sketch store's rows (this rank's shards: `src` and their manifest entries)."""
+def score_store(path: Path, plan: tuple, src: RowSource, shard_entries: list, dev, *, comm: Comm, energy,
+                standardize, l2_normalize, sketch_size, backend, chunk_rows, timings, details):
+    """Scores of a sketch store's rows (this rank's shards: `src` and their manifest entries);
+    plan: its `read_plan`."""
     t0 = time.perf_counter()
     rows = path / SKETCH_ROWS
 
     def gather():  # the plan, checked, and this rank's parts' sums and holdout
-        omega, shift, info = read_plan(path)
+        omega, shift, info = plan
         if bool(info.get("l2_normalize")) != bool(l2_normalize):
             raise InputError(f"{path}: this sketch was made with l2_normalize={bool(info.get('l2_normalize'))}; "
                              "it cannot be scored with another (only --energy and --standardize may change)")
