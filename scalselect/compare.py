@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .baselines import IMAGE_FOLDER, source_of
-from .eigen import rank_for_energy
+from .eigen import centred_spectrum, rank_for_energy
 from .errors import InputError
 from .select import top_positions, vectors_of
 
@@ -32,9 +32,8 @@ def compare_methods(pool, score_ids: list, scores: np.ndarray, vectors: tuple, b
     """{"k", "budget", "methods": {method: figures}} for the subsets each method picks."""
     data = torch.from_numpy(vectors_of(score_ids, vectors, np.float64))
     data = (data - data.mean(dim=0)).float()
-    gram = (data.T @ data).double()  # D x D: its eigenvalues are the squared singular values
-    values = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0)
-    total = float(gram.trace())
+    values = centred_spectrum(data)
+    total = float(values.sum())
     if not total > 0:
         raise InputError("every vector is the same: there is nothing to compare")
     k = rank_for_energy(values, total, energy) or len(values)

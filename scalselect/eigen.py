@@ -33,6 +33,14 @@ class TopEigen:
         return int(self.values.numel())
 
 
+def centred_spectrum(rows: torch.Tensor) -> torch.Tensor:
+    """Squared singular values of rows (already centred), descending, from the smaller of the
+    two Gram matrices, in float64."""
+    rows = rows.to(torch.float64)
+    small = rows @ rows.T if rows.shape[0] < rows.shape[1] else rows.T @ rows
+    return torch.linalg.eigvalsh(small).flip(0).clamp_min(0)
+
+
 def rank_for_energy(values_desc: torch.Tensor, total: float, energy: float) -> int | None:
     """Smallest k with sum(values[:k]) >= energy * total, or None if they do not reach it."""
     cum = torch.cumsum(values_desc.clamp_min(0), 0)

@@ -29,7 +29,7 @@ from .baselines import IMAGE_FOLDER, source_of
 from .data import read_pool
 from .data.conversations import IMAGE_TAG, _turns, image_paths
 from .data.images import SampleSkip, load_image, resolve_image
-from .eigen import rank_for_energy
+from .eigen import centred_spectrum, rank_for_energy
 from .errors import InputError
 from .select import read_scores
 from .sketch import sample_rows
@@ -98,9 +98,7 @@ def _spectrum(store: Path, seed: int) -> tuple[np.ndarray, int]:
     src = read_store(store)
     rows = src.take(sample_rows(src.num_rows, SPECTRUM_ROWS, seed)).to(torch.float64)
     rows = rows[torch.isfinite(rows).all(dim=1)]
-    rows = rows - rows.mean(dim=0)
-    small = rows @ rows.T if rows.shape[0] < rows.shape[1] else rows.T @ rows
-    values = torch.linalg.eigvalsh(small).flip(0).clamp_min(0).numpy()
+    values = centred_spectrum(rows - rows.mean(dim=0)).numpy()
     return values * (src.num_rows / max(1, rows.shape[0])), int(rows.shape[0])
 
 
