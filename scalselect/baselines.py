@@ -20,7 +20,7 @@ from pathlib import PurePosixPath
 import numpy as np
 import torch
 
-from .data.conversations import _turns, image_paths
+from .data.conversations import _turns, image_name
 from .errors import InputError
 
 SELECT_METHODS = ("scalselect", "random", "length", "cluster")
@@ -33,13 +33,14 @@ def source_of(record: dict, layout: str, by: str) -> str:
     if by != IMAGE_FOLDER:
         value = record.get(by)
         return "(none)" if value is None else str(value)
-    try:
-        paths = image_paths(record, layout)
-    except InputError:
-        paths = []
-    if not paths:
+    images = record.get("image" if layout == "llava" else "images")
+    first = (images[0] if images else None) if isinstance(images, list) else images
+    if not first:
         return "(no image)"
-    parts = PurePosixPath(paths[0]).parts
+    name = image_name(first)
+    if name is None:
+        return "(unnamed image)"  # embedded bytes without a path
+    parts = PurePosixPath(name).parts
     return parts[0] if len(parts) > 1 else "(top level)"
 
 

@@ -167,13 +167,14 @@ def _extract(args) -> dict:
 
 def _run(args) -> dict:
     """extract + score + select into one folder."""
+    from .data import subset_name
     from .select import parse_budget
 
     out_dir = Path(args.out_dir)
     store, scores = out_dir / ("sketch" if args.no_store else "store"), out_dir / "scores.jsonl"
     if args.no_store and args.method == "exact":
         raise InputError("--no-store keeps no vectors for the exact engine; use --method sketch or auto")
-    subset = out_dir / f"subset{Path(args.data).suffix or '.json'}"
+    subset = out_dir / subset_name(args.data)
     _refuse_overwrite([out_dir], [args.data, args.model])
     parse_budget(args.budget, 1 << 62)  # its form, now: not after hours of extraction
     if not 0 < args.energy <= 1:
@@ -433,14 +434,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning on one line of stderr, without the code location."""
+    print(f"warning: {str(message).removeprefix('scalselect: ')}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .distributed import DEFAULT_TIMEOUT_MINUTES, RankFailure, context
 
     args = build_parser().parse_args(argv)
     name = f"scalselect {args.command}"
     try:
-        with context(getattr(args, "dist_timeout", DEFAULT_TIMEOUT_MINUTES)) as comm:
+        with warnings.catch_warnings(), context(getattr(args, "dist_timeout", DEFAULT_TIMEOUT_MINUTES)) as comm:
             args.comm = comm
+            warnings.showwarning = _say_warning
             if comm.active:
                 name += f" [rank {comm.rank} of {comm.world}]"
             with open(os.devnull, "w") as devnull, \

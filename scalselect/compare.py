@@ -41,7 +41,7 @@ def compare_methods(pool, score_ids: list, scores: np.ndarray, vectors: tuple, b
                                                replace=False)
     position = pool.index_of()
     where = [position[sid] for sid in score_ids]
-    sources = [source_of(pool.records[p], pool.layout, source_by) for p in where]
+    sources = pool.map(lambda r: source_of(r, pool.layout, source_by), where)
     pool_share = {s: c / len(sources) for s, c in Counter(sources).items()}
     at = {p: i for i, p in enumerate(where)}  # pool position -> eligible row
     report = {"k": k, "energy": energy, "eligible": len(score_ids), "source_by": source_by, "methods": {}}

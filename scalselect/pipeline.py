@@ -8,7 +8,6 @@ reason; an interrupted job resumes from the committed parts.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -81,7 +80,7 @@ class _PoolSamples(torch.utils.data.Dataset):
         pos = int(self.positions[i])
         sample_id = self.pool.ids[pos]
         try:
-            return self.maker(self.pool.records[pos], self.pool.layout, sample_id)
+            return self.maker(self.pool.record(pos), self.pool.layout, sample_id)
         except SampleSkip as skip:
             return _skip(sample_id, skip.reason, skip.detail)
         except Exception as exc:  # one odd sample must not stop a job of millions
@@ -98,14 +97,6 @@ def _worker_count(requested: int | None) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     cores //= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: the node's ranks share them
     return max(0, min(8, cores - 1))  # the cores this rank may use, one left to the forward
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def _versions() -> dict:
@@ -138,7 +129,7 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
     out = Path(out)
     settings = {"model": str(Path(model_dir).resolve()), "model_fingerprint": fingerprint(model_dir),
                 "architecture": (config.architectures or [config.model_type])[0],
-                "pool": str(Path(pool_path).resolve()), "pool_sha256": _sha256(Path(pool_path)),
+                "pool": str(Path(pool_path).resolve()), "pool_sha256": pool.digest(),
                 "pool_samples": len(pool), "image_root": str(root.resolve()), "tau": opts.tau,
                 "max_length": opts.max_length, "compute_dtype": str(dtype).removeprefix("torch."),
                 "allow_outside_root": opts.allow_outside_root}

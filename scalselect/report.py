@@ -27,8 +27,8 @@ import torch
 from ._atomic import atomic_open
 from .baselines import IMAGE_FOLDER, source_of
 from .data import read_pool
-from .data.conversations import IMAGE_TAG, _turns, image_paths
-from .data.images import SampleSkip, load_image, resolve_image
+from .data.conversations import IMAGE_TAG, _turns, image_refs
+from .data.images import SampleSkip, open_image
 from .eigen import centred_spectrum, rank_for_energy
 from .errors import InputError
 from .select import read_scores
@@ -111,10 +111,10 @@ def _png(fig) -> bytes:
 def _thumbnail(record: dict, layout: str, root: Path | None) -> str | None:
     """A data URI of the record's first image, at most THUMB pixels a side, or None."""
     try:
-        paths = image_paths(record, layout)
-        if not paths or root is None:
+        refs = image_refs(record, layout)
+        if not refs or root is None:
             return None
-        img = load_image(resolve_image(root, paths[0]))
+        img = open_image(refs[0], root)
     except (SampleSkip, InputError, OSError):
         return None
     img.thumbnail((THUMB, THUMB))
@@ -164,7 +164,7 @@ def build_report(store, scores_path, out, *, subset=None, data=None, image_root=
         raise InputError(f"{len(unknown)} scored sample ids are not in pool {data} (e.g. {unknown[0]!r})")
     chosen = set(read_pool(subset).ids) if subset else set()
     by = source_field or IMAGE_FOLDER
-    pool_sources = [source_of(pool.records[index[sid]], pool.layout, by) for sid in ids]
+    pool_sources = pool.map(lambda r: source_of(r, pool.layout, by), [index[sid] for sid in ids])
     in_subset = [sid in chosen for sid in ids]
     cut = float(min(s for s, c in zip(scores, in_subset) if c)) if any(in_subset) else None
     counts = Counter(pool_sources)
@@ -219,7 +219,7 @@ def _page(pool, ids, scores, shown, root, pngs, facts, compared=None) -> str:
     def samples(which):
         cells = []
         for i in shown[which]:
-            record = pool.records[pool.index_of()[ids[i]]]
+            record = pool.record(pool.index_of()[ids[i]])
             thumb = _thumbnail(record, pool.layout, root)
             picture = f'<img src="{thumb}" alt="">' if thumb else '<div class="none">no image</div>'
             cells.append(f'<div class="sample">{picture}<div class="id">{esc(str(ids[i]))} · '

@@ -107,13 +107,13 @@ def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str |
     where = np.asarray([index[sid] for sid in score_ids], dtype=np.int64)
     ranking = {"scalselect": lambda: scores, "random": lambda: random_ranking(len(where), seed),
                "cluster": lambda: random_ranking(len(where), seed),
-               "length": lambda: np.asarray([conversation_length(pool.records[p], pool.layout) for p in where],
+               "length": lambda: np.asarray(pool.map(lambda r: conversation_length(r, pool.layout), where),
                                             dtype=np.float64)}[method]()
     groups = quotas = None
     if method == "cluster":
         groups = _cluster_labels(score_ids, vectors, clusters, seed).tolist()
     elif stratify_by is not None:
-        groups = [source_of(pool.records[p], pool.layout, stratify_by) for p in where]
+        groups = pool.map(lambda r: source_of(r, pool.layout, stratify_by), where)
     if groups is not None:
         sizes = dict(zip(*np.unique(groups, return_counts=True)))
         weights = dict.fromkeys(sizes, 1.0) if method == "cluster" else (shares or sizes)  # clusters: equal

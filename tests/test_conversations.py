@@ -71,7 +71,7 @@ def test_text_only_samples_have_no_images():
     ({"conversations": [{"from": "human", "value": 5}, {"from": "gpt", "value": "x"}]}, "llava", "non-text"),
     ({"conversations": [{"from": "robot", "value": "q"}, {"from": "gpt", "value": "x"}]}, "llava", "known role"),
     ({"image": ["a", 3], "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "x"}]},
-     "llava", "image paths"),
+     "llava", "images must be paths"),
 ])
 def test_bad_records_say_why(rec, layout, reason):
     with pytest.raises(InputError, match=reason):

@@ -31,20 +31,38 @@ def _turns(record: dict, layout: str) -> list[tuple[str, str]]:
     return turns
 
 
-def image_paths(record: dict, layout: str) -> list[str]:
+def image_refs(record: dict, layout: str) -> list:
+    """The record's images, in order: each a path (str), encoded bytes, or a dict with "bytes"
+    and/or "path" (a Hugging Face Image value; its bytes win when both are set)."""
     images = record.get("image") if layout == "llava" else record.get("images")
     if images is None:
         return []
-    images = [images] if isinstance(images, str) else images
-    if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
-        raise InputError("image paths must be a non-empty string or a list of them")
+    images = images if isinstance(images, list) else [images]
+    if not all(_is_image_ref(ref) for ref in images):
+        raise InputError("images must be paths (non-empty strings), encoded bytes, or "
+                         '{"bytes": ..., "path": ...} values, one or a list of them')
     return images
 
 
+def _is_image_ref(ref) -> bool:
+    if isinstance(ref, dict):
+        data, path = ref.get("bytes"), ref.get("path")
+        return (isinstance(data, bytes) and bool(data)) or (data is None and isinstance(path, str) and bool(path))
+    return isinstance(ref, (str, bytes)) and bool(ref)
+
+
+def image_name(ref) -> str | None:
+    """The path an image was named by, or None for bare bytes."""
+    if isinstance(ref, dict):
+        return ref.get("path") or None
+    return ref if isinstance(ref, str) else None
+
+
 def to_messages(record: dict, layout: str) -> tuple[list[dict], list[str]]:
-    """Chat messages (content as typed parts) and the record's image paths, in part order."""
+    """Chat messages (content as typed parts) and the record's images (see image_refs), in part
+    order."""
     turns = _turns(record, layout)
-    images = image_paths(record, layout)
+    images = image_refs(record, layout)
     if not any(role == "user" for role, _ in turns):
         raise InputError("no user turn")
     if not any(role == "assistant" for role, _ in turns):

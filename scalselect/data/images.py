@@ -1,12 +1,14 @@
-"""Image files of a pool: paths resolved under --image-root, decoded to RGB.
+"""A pool's images, decoded to RGB: files named relative to --image-root, or bytes embedded in
+the pool (Parquet and save_to_disk pools).
 
-A pool names its images relative to an image root. A path that is absolute or climbs out of the
+A pool names its image files relative to an image root. A path that is absolute or climbs out of the
 root with `..` (or a symlink) is refused unless the user allows it: a pool is data from
 someone else, and it should not make the tool read arbitrary files.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -29,12 +31,25 @@ def resolve_image(root: Path, name: str, allow_outside_root: bool = False) -> Pa
     return full
 
 
-def load_image(path: Path):
-    """The image at `path` as an RGB PIL image (alpha composited on white), fully decoded."""
+def open_image(ref, root: Path, allow_outside_root: bool = False):
+    """The RGB image of one image reference (see conversations.image_refs): embedded bytes, or
+    a file under `root`."""
+    data = ref.get("bytes") if isinstance(ref, dict) else ref if isinstance(ref, bytes) else None
+    if data:
+        name = ref.get("path") if isinstance(ref, dict) else None
+        return load_image(io.BytesIO(data), f"embedded image{f' {name}' if name else ''} ({len(data)} bytes)")
+    name = ref.get("path") if isinstance(ref, dict) else ref
+    return load_image(resolve_image(root, name, allow_outside_root))
+
+
+def load_image(source, label: str | None = None):
+    """The image in `source` (a path or a binary file object) as an RGB PIL image (alpha
+    composited on white), fully decoded. `label` names it in errors (default: the path)."""
     from PIL import Image
 
+    label = label or str(source)
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()  # decode now: a truncated file must fail here, not in the processor
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 rgba = img.convert("RGBA")
@@ -42,9 +57,9 @@ def load_image(path: Path):
                 return Image.alpha_composite(background, rgba).convert("RGB")
             return img.convert("RGB")
     except FileNotFoundError:
-        raise SampleSkip("unreadable image", f"{path}: no such file") from None
+        raise SampleSkip("unreadable image", f"{label}: no such file") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise SampleSkip("unreadable image", f"{path}: {exc}") from None
+        raise SampleSkip("unreadable image", f"{label}: {exc}") from None
 
 
 def check_image_root(root: str | os.PathLike | None) -> Path:

@@ -1,13 +1,14 @@
-"""Training pools: read LLaVA / ShareGPT sample files (JSON array or JSONL) and write subsets.
+"""Training pools: read LLaVA / ShareGPT samples and write subsets back in the pool's own format.
 
-A pool is a file of visual-instruction samples in one of two layouts:
+A pool holds visual-instruction samples in one of two layouts:
 
 * LLaVA: ``{"id": ..., "image": ..., "conversations": [{"from": ..., "value": ...}, ...]}``
 * ShareGPT (LLaMA-Factory): ``{"messages": [{"role": ..., "content": ...}, ...], "images": [...]}``
 
-stored either as one JSON array or as JSONL (one JSON object per line). Records are kept
-exactly as parsed; ``write_subset`` writes a chosen subset back verbatim, in pool order, in the
-pool's own container. Every problem with the input is raised as ``InputError`` with a one-line
+stored as one JSON array or as JSONL (one JSON object per line), read here, or as Parquet or a
+Hugging Face ``save_to_disk`` dataset with the images inside, read by rows in
+scalselect.data.columnar. ``write_subset`` writes a chosen subset back verbatim, in pool order, in
+the pool's own format. Every problem with the input is raised as ``InputError`` with a one-line
 message naming the file and the place.
 """
 
@@ -15,13 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import json
 import operator
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from scalselect._atomic import atomic_open
 from scalselect.errors import InputError
@@ -32,19 +33,18 @@ _LAYOUT_KEYS = {"llava": "conversations", "sharegpt": "messages"}
 _FIRST_NON_WS = re.compile(r"[^ \t\r\n]")
 
 
-@dataclass
 class Pool:
-    """A parsed pool. ``ids[i]`` is ``records[i]["id"]`` as stored, or ``i`` when it has no id."""
+    """A pool of samples: `ids[i]` is sample i's id as stored (its 0-based position when it has
+    none); `layout` is "llava" or "sharegpt"; `container` names the file format."""
 
     path: Path
-    records: list[dict]
     ids: list
-    layout: str  # "llava" or "sharegpt"
-    container: str  # "json" (array) or "jsonl"
-    _index: dict | None = field(default=None, init=False, repr=False, compare=False)
+    layout: str
+    container: str
+    _index: dict | None = None
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.ids)
 
     def index_of(self) -> dict:
         """Map sample id -> position in the pool (built on first use, then cached)."""
@@ -52,14 +52,76 @@ class Pool:
             self._index = {sample_id: pos for pos, sample_id in enumerate(self.ids)}
         return self._index
 
+    def record(self, pos: int) -> dict:
+        """The whole record at `pos`, images included."""
+        raise NotImplementedError
+
+    def map(self, fn: Callable[[dict], object], positions) -> list:
+        """fn(record) for the records at `positions`, in that order. The records may lack their
+        embedded image bytes (image paths stay): for reading conversations and fields."""
+        raise NotImplementedError
+
+    def digest(self) -> str:
+        """A short hex digest of the pool's files, kept in a store's manifest."""
+        raise NotImplementedError
+
+    def _write(self, order: list[int], out: Path) -> None:
+        raise NotImplementedError
+
+
+class JsonPool(Pool):
+    """A JSON array or JSONL file, parsed whole; `records` are the objects as parsed."""
+
+    def __init__(self, path: Path, records: list[dict], ids: list, layout: str, container: str):
+        self.path, self.records, self.ids, self.layout, self.container = path, records, ids, layout, container
+
+    def record(self, pos: int) -> dict:
+        return self.records[pos]
+
+    def map(self, fn, positions) -> list:
+        records = self.records
+        return [fn(records[p]) for p in positions]
+
+    def digest(self) -> str:
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+        return digest.hexdigest()[:16]
+
+    def _write(self, order: list[int], out: Path) -> None:
+        dumps, records = json.dumps, self.records
+        with atomic_open(out, "w", encoding="utf-8") as f:
+            if self.container == "jsonl":
+                for pos in order:
+                    f.write(dumps(records[pos], ensure_ascii=False))
+                    f.write("\n")
+            elif not order:
+                f.write("[]\n")
+            else:
+                f.write("[\n")
+                f.write(",\n".join(dumps(records[pos], ensure_ascii=False) for pos in order))
+                f.write("\n]\n")
+
 
 def read_pool(path: str | os.PathLike) -> Pool:
-    """Read and validate a pool file; raise ``InputError`` on anything wrong with it."""
+    """Read and validate a pool; raise ``InputError`` on anything wrong with it. A JSON or JSONL
+    file is parsed whole; Parquet (a file or a folder of them) and save_to_disk folders are
+    opened for reading by rows (see scalselect.data.columnar)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"pool {path}: no such file")
+    from .columnar import columnar_kind, open_columnar
+
+    if columnar_kind(path):
+        return open_columnar(path)
     if path.is_dir():
-        raise InputError(f"pool {path}: is a directory, not a file")
+        raise InputError(f"pool {path}: is a directory, but neither a save_to_disk dataset nor a "
+                         "folder of .parquet files; pass a pool file")
+    return _read_json_pool(path)
+
+
+def _read_json_pool(path: Path) -> JsonPool:
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -97,7 +159,7 @@ def read_pool(path: str | os.PathLike) -> Pool:
 
     layout = _check_layout(path, records, lines)
     ids = _collect_ids(path, records, lines)
-    return Pool(path=path, records=records, ids=ids, layout=layout, container=container)
+    return JsonPool(path, records, ids, layout, container)
 
 
 @contextlib.contextmanager
@@ -239,34 +301,49 @@ def _collect_ids(path: Path, records: list, lines: list[int] | None) -> list:
             )
         append(sample_id)
 
-    if len(set(ids)) != len(ids):
-        seen: dict = {}
-        dups: dict = {}  # id -> positions, in order of first duplication
-        for pos, sample_id in enumerate(ids):
-            if sample_id in seen:
-                dups.setdefault(sample_id, [seen[sample_id]]).append(pos)
-            else:
-                seen[sample_id] = pos
-        shown = "; ".join(
-            f"{sample_id!r} at records {', '.join(map(str, positions[:3]))}"
-            + (", ..." if len(positions) > 3 else "")
-            for sample_id, positions in list(dups.items())[:5]
-        )
-        more = f" (and {len(dups) - 5} more)" if len(dups) > 5 else ""
-        raise InputError(
-            f"pool {path}: {len(dups)} duplicated sample id(s): {shown}{more} "
-            "(records without an 'id' use their 0-based index as id)"
-        )
+    check_unique_ids(path, ids)
     return ids
 
 
+def check_unique_ids(path: Path, ids: list) -> None:
+    """Raise InputError naming the duplicated ids, if any."""
+    if len(set(ids)) == len(ids):
+        return
+    seen: dict = {}
+    dups: dict = {}  # id -> positions, in order of first duplication
+    for pos, sample_id in enumerate(ids):
+        if sample_id in seen:
+            dups.setdefault(sample_id, [seen[sample_id]]).append(pos)
+        else:
+            seen[sample_id] = pos
+    shown = "; ".join(
+        f"{sample_id!r} at records {', '.join(map(str, positions[:3]))}"
+        + (", ..." if len(positions) > 3 else "")
+        for sample_id, positions in list(dups.items())[:5]
+    )
+    more = f" (and {len(dups) - 5} more)" if len(dups) > 5 else ""
+    raise InputError(
+        f"pool {path}: {len(dups)} duplicated sample id(s): {shown}{more} "
+        "(records without an 'id' use their 0-based index as id)"
+    )
+
+
+def subset_name(pool_path: str | os.PathLike) -> str:
+    """The file name `run` gives the subset of this pool: same format, same kind of suffix."""
+    from .columnar import PARQUET, SAVE_TO_DISK, columnar_kind
+
+    path = Path(pool_path)
+    kind = columnar_kind(path) if path.exists() else None
+    return {PARQUET: "subset.parquet", SAVE_TO_DISK: "subset"}.get(kind, f"subset{path.suffix or '.json'}")
+
+
 def write_subset(pool: Pool, positions: Iterable[int], out_path: str | os.PathLike) -> int:
-    """Write ``pool.records`` at ``positions`` verbatim, in pool order, in the pool's container.
+    """Write the pool's records at ``positions`` verbatim, in pool order, in the pool's format.
 
     Returns the number of records written. The file appears atomically.
     """
     out_path = Path(out_path)
-    n = len(pool.records)
+    n = len(pool)
     chosen = set()
     for p in positions:
         if isinstance(p, bool):
@@ -282,28 +359,10 @@ def write_subset(pool: Pool, positions: Iterable[int], out_path: str | os.PathLi
         chosen.add(pos)
     order = sorted(chosen)
 
-    if _same_file(out_path, pool.path):
-        raise InputError(f"refusing to write subset to {out_path}: it is the input pool file {pool.path}")
-    if out_path.is_dir():
-        raise InputError(f"cannot write subset to {out_path}: is a directory")
-
-    dumps = json.dumps
-    records = pool.records
+    if _same_file(out_path, pool.path) or pool.path.is_dir() and pool.path.resolve() in out_path.resolve().parents:
+        raise InputError(f"refusing to write subset to {out_path}: it is (inside) the input pool {pool.path}")
     try:
-        with atomic_open(out_path, "w", encoding="utf-8") as f:
-            if pool.container == "jsonl":
-                for pos in order:
-                    f.write(dumps(records[pos], ensure_ascii=False))
-                    f.write("\n")
-            elif pool.container == "json":
-                if not order:
-                    f.write("[]\n")
-                else:
-                    f.write("[\n")
-                    f.write(",\n".join(dumps(records[pos], ensure_ascii=False) for pos in order))
-                    f.write("\n]\n")
-            else:
-                raise InputError(f"pool {pool.path}: unknown container {pool.container!r}")
+        pool._write(order, out_path)
     except OSError as e:
         raise InputError(f"cannot write subset to {out_path}: {e.strerror or e}") from None
     return len(order)

@@ -15,7 +15,7 @@ import torch
 from ..errors import InputError
 from ..models.roles import reply_char_spans, token_roles
 from .conversations import to_messages
-from .images import SampleSkip, load_image, resolve_image
+from .images import SampleSkip, open_image
 
 
 @dataclass
@@ -50,12 +50,12 @@ class SampleMaker:
 
     def __call__(self, record: dict, layout: str, sample_id) -> Prepared:
         try:
-            messages, names = to_messages(record, layout)
+            messages, refs = to_messages(record, layout)
         except InputError as exc:
             raise SampleSkip("bad record", str(exc)) from None
-        if not names:
+        if not refs:
             raise SampleSkip("no image", "the sample has no image, so no vision tokens")
-        images = [load_image(resolve_image(self.image_root, n, self.allow_outside_root)) for n in names]
+        images = [open_image(ref, self.image_root, self.allow_outside_root) for ref in refs]
         try:
             text, spans = reply_char_spans(self._render, messages)
         except InputError as exc:
