@@ -109,6 +109,35 @@ SAMPLE_CASES = [
 ]
 
 
+@dataclass
+class EmbeddedCase:
+    """One sample of a Parquet pool whose `image` column is the `datasets` Image struct."""
+    name: str
+    image: Callable  # images folder -> the {"bytes", "path"} value (or None)
+    outcome: str
+    conversations: list | None = None  # None: a good one; NO_TURNS: a null cell
+
+
+NO_TURNS = "null"
+EMBEDDED_CASES = [
+    EmbeddedCase("embedded bytes that are not an image", lambda root: {"bytes": b"GIF89a, no", "path": "x.gif"},
+                 "unreadable image"),
+    EmbeddedCase("embedded truncated PNG",
+                 lambda root: {"bytes": (root / "truncated.png").read_bytes(), "path": None}, "unreadable image"),
+    EmbeddedCase("embedded image struct with neither bytes nor path",
+                 lambda root: {"bytes": None, "path": None}, "bad record"),
+    EmbeddedCase("embedded image without a path", lambda root: {"bytes": (root / "ok.png").read_bytes(), "path": None},
+                 "kept"),
+    EmbeddedCase("image struct with a path only (read under --image-root)",
+                 lambda root: {"bytes": None, "path": "ok.png"}, "kept"),
+    EmbeddedCase("image struct with a path only, file missing", lambda root: {"bytes": None, "path": "absent.png"},
+                 "unreadable image"),
+    EmbeddedCase("null image cell, the turn has an <image> tag", lambda root: None, "bad record"),
+    EmbeddedCase("null conversations cell", lambda root: {"bytes": (root / "ok.png").read_bytes(), "path": None},
+                 "bad record", NO_TURNS),
+]
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     from scalselect.demo import prepare_demo
@@ -132,6 +161,44 @@ def corpus_store(demo, tmp_path_factory):
     extract_store(demo["model"], pool, root, tmp / "store",
                   ExtractOptions(workers=0, progress=False, max_length=2048, device="cpu"))
     return tmp / "store"
+
+
+@pytest.fixture(scope="module")
+def embedded_store(demo, tmp_path_factory):
+    """One extraction of a Parquet pool holding every embedded case plus 3 good samples."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scalselect.pipeline import ExtractOptions, extract_store
+
+    tmp = tmp_path_factory.mktemp("embedded")
+    root = tmp / "images"
+    root.mkdir()
+    write_images(root)
+    good = EmbeddedCase("good", lambda root: {"bytes": (root / "ok.png").read_bytes(), "path": "ok.png"}, "kept")
+    cases = EMBEDDED_CASES + [good] * 3
+    table = pa.table({
+        "id": [f"case-{i}" for i in range(len(cases))],
+        "image": pa.array([c.image(root) for c in cases], pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+        "conversations": [None if c.conversations == NO_TURNS else turn("<image>\nWhat is it?") for c in cases],
+    })
+    pq.write_table(table, tmp / "pool.parquet", row_group_size=4)
+    extract_store(demo["model"], tmp / "pool.parquet", root, tmp / "store",
+                  ExtractOptions(workers=0, progress=False, device="cpu"))
+    return tmp / "store"
+
+
+@pytest.mark.parametrize("i", range(len(EMBEDDED_CASES)), ids=[c.name for c in EMBEDDED_CASES])
+def test_one_bad_sample_of_a_parquet_pool_is_a_recorded_skip(embedded_store, i):
+    from scalselect.store import load_representations, read_skipped
+
+    skipped = {s["sample_id"]: s for s in read_skipped(embedded_store)}
+    case = EMBEDDED_CASES[i]
+    got = skipped[f"case-{i}"]["reason"] if f"case-{i}" in skipped else "kept"
+    assert got == case.outcome, skipped.get(f"case-{i}")
+    assert (f"case-{i}" in load_representations(embedded_store)[0]) == (got == "kept")
+    if got != "kept":
+        assert skipped[f"case-{i}"]["detail"]
 
 
 @pytest.mark.parametrize("i", range(len(SAMPLE_CASES)), ids=[c.name for c in SAMPLE_CASES])
@@ -229,6 +296,22 @@ INPUT_CASES = [
     InputCase("duplicate sample ids in the pool",
               lambda t, d: _select_pool(t, json.dumps([{"id": 1, **ask("a")}, {"id": 1, **ask("b")}])),
               "duplicated sample id(s): 1 at records 0, 1"),
+    InputCase("Parquet pool without a conversations or messages column",
+              lambda t, d: _parquet(t, id=["a"], text=["hi"]), "neither 'conversations' (LLaVA) nor 'messages'"),
+    InputCase("Parquet pool whose conversations are JSON text",
+              lambda t, d: _parquet(t, id=["a"], conversations=["[]"]), "column 'conversations' is string"),
+    InputCase("Parquet pool with float ids", lambda t, d: _parquet(t, id=[1.5], conversations=[turn("q")]),
+              "column 'id' is double; ids must be strings or integers"),
+    InputCase("Parquet pool with a null id", lambda t, d: _parquet(t, id=["a", None], conversations=[turn("q")] * 2),
+              "record 1 has a null 'id'"),
+    InputCase("Parquet pool whose image column holds numbers",
+              lambda t, d: _parquet(t, id=["a"], conversations=[turn("q")], image=[3]), "column 'image' is int64"),
+    InputCase("a file named .parquet that is not Parquet",
+              lambda t, d: _select_pool(t, "[]", "pool.parquet"), "pool.parquet: cannot read"),
+    InputCase("a save_to_disk DatasetDict instead of one split", lambda t, d: _dataset_dict(t),
+              "is a DatasetDict (splits: train); pass one split's folder"),
+    InputCase("a Parquet pool's subset named .json", lambda t, d: _parquet_subset_as_json(t),
+              "the subset of a Parquet pool is Parquet"),
     InputCase("store shard with the wrong width", lambda t, d: _wrong_width(t), "does not match the manifest"),
     InputCase("truncated store shard", lambda t, d: _truncated_shard(t), "shard-00000.npy: not a readable .npy array"),
     InputCase("scores file for another pool", lambda t, d: _other_pool_scores(t),
@@ -271,6 +354,29 @@ INPUT_CASES = [
 def _file(tmp: Path, text: str) -> Path:
     (tmp / "shares.json").write_text(text)
     return tmp / "shares.json"
+
+
+def _parquet(tmp: Path, **columns) -> list:
+    """select on a Parquet pool of these columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), tmp / "pool.parquet")
+    return ["select", "--scores", _scores(tmp), "--data", tmp / "pool.parquet", "--budget", "5",
+            "--out", tmp / "sub.parquet"]
+
+
+def _dataset_dict(tmp: Path) -> list:
+    import datasets
+
+    rows = {"id": ["a"], "conversations": [turn("<image>\nWhat?")]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp / "dd"))
+    return ["select", "--scores", _scores(tmp), "--data", tmp / "dd", "--budget", "5", "--out", tmp / "sub"]
+
+
+def _parquet_subset_as_json(tmp: Path) -> list:
+    argv = _parquet(tmp, id=[f"s{i}" for i in range(40)], conversations=[turn("<image>\nWhat?")] * 40)
+    return argv[:-1] + [tmp / "sub.json"]
 
 
 def _run_no_store(tmp: Path, demo, *extra) -> list:
@@ -350,6 +456,10 @@ def test_pool_samples_without_a_score_are_not_eligible_and_counted(tmp_path, cap
 
 # ------------------------------------------------------------------------ the docs table
 
+def _outcome_rows(cases) -> list[str]:
+    return [f"| {c.name} | {'extracted' if c.outcome == 'kept' else 'skipped: ' + c.outcome} |" for c in cases]
+
+
 def render_table() -> str:
     rows = ["# Bad input: every case and what scalselect does with it", "",
             "Rendered from `tests/test_bad_input_corpus.py`, which runs every case in CI.",
@@ -357,8 +467,10 @@ def render_table() -> str:
             "store's `skipped.jsonl`, counted in the manifest, while the other samples go on. A problem",
             "with a whole input is one line on stderr and exit code 2.", "",
             "## One sample of a pool", "", "| case | outcome |", "| --- | --- |"]
-    rows += [f"| {c.name} | {'extracted' if c.outcome == 'kept' else 'skipped: ' + c.outcome} |"
-             for c in SAMPLE_CASES]
+    rows += _outcome_rows(SAMPLE_CASES)
+    rows += ["", "## One sample of a Parquet or save_to_disk pool (images inside)", "",
+             "| case | outcome |", "| --- | --- |"]
+    rows += _outcome_rows(EMBEDDED_CASES)
     rows += ["", "## Noted, not refused", "", "| case | outcome |", "| --- | --- |",
              "| a vector holding NaN or inf | left out of the scoring (the others are scored as if it "
              "were not there), counted and named in `scores.summary.json`, a note on stdout |",
