@@ -87,6 +87,20 @@ class _PoolSamples(torch.utils.data.Dataset):
             return _skip(sample_id, "sample error", first_line(exc))
 
 
+def _worker_blocks(positions: np.ndarray, workers: int) -> np.ndarray:
+    """`positions` reordered so that DataLoader worker w, which gets items w, w + W, ..., reads
+    the w-th contiguous block of them, in order: a Parquet row group is then decoded by one
+    worker, not by every worker for its every W-th row."""
+    if workers <= 1:
+        return positions
+    blocks = np.array_split(positions, workers)  # the longer blocks first
+    table = np.full((len(blocks[0]), workers), -1, dtype=np.int64)
+    for w, block in enumerate(blocks):
+        table[:len(block), w] = block
+    items = table.ravel()
+    return items[items >= 0]  # the last round is a prefix of the workers: item k stays with k % W
+
+
 def _unbatched(item):
     return item
 
@@ -113,7 +127,8 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
 
     Everything cheap is checked before the model is loaded: options, pool, image root, the
     checkpoint's config, and the output (or, with resume, that it was made the same way).
-    Under torchrun (`comm`), rank r of W takes every W-th sample still to do, on its own GPU.
+    Under torchrun (`comm`), rank r of W takes the r-th of W contiguous blocks of the samples
+    still to do, on its own GPU.
     With options.no_store the vectors are not stored: `out` becomes a sketch store (see
     scalselect.sketch), which `leverage_scores` scores."""
     opts = options or ExtractOptions()
@@ -206,12 +221,12 @@ class _Extraction:
         self.pad_id = pad_id if pad_id is not None else (processor.tokenizer.eos_token_id or 0)
 
     def run(self, positions: np.ndarray, sink, what: str) -> "_Job":
-        """This rank's share (every W-th) of `positions` through the model into `sink`. On
-        Ctrl-C the finished rows are committed first (kept for --resume)."""
-        mine = positions[self.comm.rank::self.comm.world]  # every rank has the same list
+        """This rank's share (a contiguous block) of `positions` through the model into `sink`.
+        On Ctrl-C the finished rows are committed first (kept for --resume)."""
+        mine = np.array_split(positions, self.comm.world)[self.comm.rank]  # every rank has the same list
         workers = _worker_count(self.opts.workers)
         loader = torch.utils.data.DataLoader(
-            _PoolSamples(self.pool, mine, self.maker), batch_size=None, shuffle=False, num_workers=workers,
+            _PoolSamples(self.pool, _worker_blocks(mine, workers), self.maker), batch_size=None, shuffle=False, num_workers=workers,
             collate_fn=_unbatched, prefetch_factor=4 if workers else None)
         batcher = LengthBatcher(self.opts.batch_size)
         desc = f"{what} (rank 0 of {self.comm.world})" if self.comm.active else what

@@ -14,11 +14,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from scalselect import InputError, read_pool
 from scalselect.cli import main
 from scalselect.demo import prepare_demo
-from scalselect.pipeline import ExtractOptions, extract_store
+from scalselect.pipeline import ExtractOptions, _worker_blocks, extract_store
 from scalselect.store import load_representations, read_skipped
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -179,6 +180,28 @@ def test_run_on_a_save_to_disk_pool_writes_its_subset_as_a_dataset(demo, saved_p
     assert len(subset) == 5 and set(subset["id"]) <= set(read_pool(saved).ids)
 
 
+class _WhoReads(torch.utils.data.Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return torch.utils.data.get_worker_info().id, int(self.items[i])
+
+
+@pytest.mark.parametrize("n, workers", [(0, 2), (1, 2), (7, 3), (40, 2), (101, 4)])
+def test_each_dataloader_worker_reads_one_contiguous_block(n, workers):
+    """So a Parquet row group is decoded by one worker, not by all of them."""
+    positions = np.sort(np.random.default_rng(n).choice(10 * n + 1, size=n, replace=False))
+    items = _worker_blocks(positions, workers)
+    assert sorted(items.tolist()) == positions.tolist()
+    loader = torch.utils.data.DataLoader(_WhoReads(items), batch_size=None, num_workers=workers)
+    read = [[p for w, p in loader if w == worker] for worker in range(workers)]
+    assert read == [block.tolist() for block in np.array_split(positions, workers)]
+
+
 def test_compare_and_report_read_a_parquet_pool(demo, parquet_pool, tmp_path):
     """Sources come from the image structs' paths; thumbnails from the embedded bytes."""
     _, as_parquet, table = parquet_pool
@@ -230,6 +253,16 @@ def test_bare_byte_images_and_ids_by_position(demo, tmp_path):
                       extract(demo, tmp_path / "bare.parquet", tmp_path / "bare"))
 
 
+def test_image_paths_in_a_parquet_pool_are_read_under_the_image_root(demo, saved_pool, tmp_path):
+    """ShareGPT layout with `images` a list of path strings: nothing embedded."""
+    as_json = saved_pool[0]
+    records = json.loads(as_json.read_text())
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "paths.parquet", row_group_size=9)
+    pool = read_pool(tmp_path / "paths.parquet")
+    assert pool.layout == "sharegpt" and pool.map(lambda r: r["images"], [0]) == [records[0]["images"]]
+    assert_same_store(extract(demo, as_json, tmp_path / "json"), extract(demo, tmp_path / "paths.parquet", tmp_path / "pq"))
+
+
 def bad_parquet(tmp_path, name, **columns) -> Path:
     pq.write_table(pa.table(columns), tmp_path / name)
     return tmp_path / name
@@ -273,6 +306,19 @@ def test_a_parquet_subset_must_not_be_named_json(parquet_pool, tmp_path):
     with pytest.raises(InputError, match="the subset of a Parquet pool is Parquet"):
         write_subset(read_pool(parquet_pool[1]), [0, 1], tmp_path / "subset.json")
     assert not (tmp_path / "subset.json").exists()
+
+
+def test_large_row_groups_are_warned_of_on_one_line(parquet_pool, tmp_path, monkeypatch, capsys):
+    from scalselect.data import columnar
+
+    monkeypatch.setattr(columnar, "_BIG_GROUP", 1000)  # bytes: every row group of the pool is larger
+    with pytest.warns(RuntimeWarning, match="part-0.parquet has row groups of .* GiB; every reader"):
+        read_pool(parquet_pool[1])
+    capsys.readouterr()
+    main(["select", "--scores", str(tmp_path / "none.jsonl"), "--data", str(parquet_pool[1]), "--budget", "1",
+          "--out", str(tmp_path / "s.parquet")])
+    err = capsys.readouterr().err
+    assert err.startswith("warning: part-0.parquet has row groups") and "row_group_size=1000" in err.splitlines()[0]
 
 
 def test_the_digest_follows_the_files(parquet_pool, tmp_path):
