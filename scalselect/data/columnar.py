@@ -129,7 +129,6 @@ class ColumnarPool(Pool):
         column = self.schema.field(self.image_column).type
         listed = self._listed = pa.types.is_list(column) or pa.types.is_large_list(column)
         item = column.value_type if listed else column
-        path_type = pa.struct([("path", pa.string())])
         if pa.types.is_string(item) or pa.types.is_large_string(item):
             return
         if pa.types.is_struct(item) and item.get_field_index("path") >= 0 and _image_struct(pa, item):
@@ -272,7 +271,7 @@ class ParquetPool(ColumnarPool):
         schema, pieces = None, []
         for i, f in enumerate(files):
             try:
-                meta = pa.parquet.ParquetFile(f).metadata
+                meta = pa.parquet.read_metadata(f)
                 file_schema = meta.schema.to_arrow_schema()
             except (OSError, pa.ArrowException) as exc:
                 raise _arrow_error(f, exc) from None
@@ -294,7 +293,7 @@ class ParquetPool(ColumnarPool):
 
     def _file(self, i: int):
         files = self._state().setdefault("files", {})
-        if i not in files:  # streamed in pages: a row group is never held whole
+        if i not in files:  # read through a 1 MiB buffer, not whole column chunks at once
             files[i] = _arrow().parquet.ParquetFile(self.files[i], pre_buffer=False, buffer_size=1 << 20)
         return files[i]
 
