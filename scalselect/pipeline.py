@@ -67,17 +67,21 @@ def _skip(sample_id, reason: str, detail: str) -> dict:
     return {"sample_id": sample_id, "reason": reason, "detail": detail}
 
 
-class _PoolSamples(torch.utils.data.Dataset):
-    """Item i: the Prepared sample at pool position positions[i], or its skip record."""
+class _PoolSamples(torch.utils.data.IterableDataset):
+    """The Prepared samples at pool positions `positions` (or their skip records). Each
+    DataLoader worker takes its share of _deal(positions, workers, pool.block_rows), in order."""
 
     def __init__(self, pool, positions: np.ndarray, maker: SampleMaker):
         self.pool, self.positions, self.maker = pool, positions, maker
 
-    def __len__(self) -> int:
-        return len(self.positions)
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        mine = self.positions if worker is None else \
+            _deal(self.positions, worker.num_workers, self.pool.block_rows)[worker.id]
+        return map(self.prepare, mine)
 
-    def __getitem__(self, i: int):
-        pos = int(self.positions[i])
+    def prepare(self, pos):
+        pos = int(pos)
         sample_id = self.pool.ids[pos]
         try:
             return self.maker(self.pool.record(pos), self.pool.layout, sample_id)
@@ -87,18 +91,13 @@ class _PoolSamples(torch.utils.data.Dataset):
             return _skip(sample_id, "sample error", first_line(exc))
 
 
-def _worker_blocks(positions: np.ndarray, workers: int) -> np.ndarray:
-    """`positions` reordered so that DataLoader worker w, which gets items w, w + W, ..., reads
-    the w-th contiguous block of them, in order: a Parquet row group is then decoded by one
-    worker, not by every worker for its every W-th row."""
-    if workers <= 1:
-        return positions
-    blocks = np.array_split(positions, workers)  # the longer blocks first
-    table = np.full((len(blocks[0]), workers), -1, dtype=np.int64)
-    for w, block in enumerate(blocks):
-        table[:len(block), w] = block
-    items = table.ravel()
-    return items[items >= 0]  # the last round is a prefix of the workers: item k stays with k % W
+def _deal(positions: np.ndarray, parts: int, block: int) -> list[np.ndarray]:
+    """`positions` dealt out to `parts` readers (ranks, workers) `block` at a time: reader p
+    gets blocks p, p + parts, ... in order. Whole blocks keep a Parquet row group with one reader
+    (every reader taking every W-th sample decoded every row group); dealing them in turn
+    spreads a pool sorted by source or size evenly. Shares never grow with p."""
+    turn = (np.arange(len(positions)) // block) % parts
+    return [positions[turn == p] for p in range(parts)]
 
 
 def _unbatched(item):
@@ -127,8 +126,8 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
 
     Everything cheap is checked before the model is loaded: options, pool, image root, the
     checkpoint's config, and the output (or, with resume, that it was made the same way).
-    Under torchrun (`comm`), rank r of W takes the r-th of W contiguous blocks of the samples
-    still to do, on its own GPU.
+    Under torchrun (`comm`), the samples still to do are dealt out to the W ranks in blocks
+    (see _deal); each rank runs on its own GPU.
     With options.no_store the vectors are not stored: `out` becomes a sketch store (see
     scalselect.sketch), which `leverage_scores` scores."""
     opts = options or ExtractOptions()
@@ -221,12 +220,12 @@ class _Extraction:
         self.pad_id = pad_id if pad_id is not None else (processor.tokenizer.eos_token_id or 0)
 
     def run(self, positions: np.ndarray, sink, what: str) -> "_Job":
-        """This rank's share (a contiguous block) of `positions` through the model into `sink`.
-        On Ctrl-C the finished rows are committed first (kept for --resume)."""
-        mine = np.array_split(positions, self.comm.world)[self.comm.rank]  # every rank has the same list
+        """This rank's share of `positions` through the model into `sink`. On Ctrl-C the
+        finished rows are committed first (kept for --resume)."""
+        mine = _deal(positions, self.comm.world, self.pool.block_rows)[self.comm.rank]  # same list on every rank
         workers = _worker_count(self.opts.workers)
         loader = torch.utils.data.DataLoader(
-            _PoolSamples(self.pool, _worker_blocks(mine, workers), self.maker), batch_size=None, shuffle=False, num_workers=workers,
+            _PoolSamples(self.pool, mine, self.maker), batch_size=None, num_workers=workers,
             collate_fn=_unbatched, prefetch_factor=4 if workers else None)
         batcher = LengthBatcher(self.opts.batch_size)
         desc = f"{what} (rank 0 of {self.comm.world})" if self.comm.active else what

@@ -5,6 +5,7 @@ reading them holds a bounded amount of memory whatever their size."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from scalselect import InputError, read_pool
+from scalselect import InputError, read_pool, write_subset
 from scalselect.cli import main
 from scalselect.demo import prepare_demo
-from scalselect.pipeline import ExtractOptions, _worker_blocks, extract_store
+from scalselect.pipeline import ExtractOptions, _deal, _PoolSamples, extract_store
 from scalselect.store import load_representations, read_skipped
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -180,26 +181,35 @@ def test_run_on_a_save_to_disk_pool_writes_its_subset_as_a_dataset(demo, saved_p
     assert len(subset) == 5 and set(subset["id"]) <= set(read_pool(saved).ids)
 
 
-class _WhoReads(torch.utils.data.Dataset):
-    def __init__(self, items):
-        self.items = items
+class _Positions:
+    """A stand-in pool whose record at a position is the position."""
+    layout = "llava"
 
-    def __len__(self):
-        return len(self.items)
+    def __init__(self, n, block_rows):
+        self.ids, self.block_rows = list(range(10 * n + 1)), block_rows
 
-    def __getitem__(self, i):
-        return torch.utils.data.get_worker_info().id, int(self.items[i])
+    def record(self, pos):
+        return pos
 
 
-@pytest.mark.parametrize("n, workers", [(0, 2), (1, 2), (7, 3), (40, 2), (101, 4)])
-def test_each_dataloader_worker_reads_one_contiguous_block(n, workers):
-    """So a Parquet row group is decoded by one worker, not by all of them."""
+def _who_reads(record, layout, sample_id):
+    return torch.utils.data.get_worker_info().id, record
+
+
+@pytest.mark.parametrize("n, workers, block", [(0, 2, 4), (1, 2, 4), (7, 3, 2), (40, 2, 64), (101, 4, 8),
+                                               (103, 3, 10)])
+def test_each_dataloader_worker_reads_whole_blocks_dealt_in_turn(n, workers, block):
+    """So a Parquet row group is decoded by one worker, not by all of them, and a pool sorted
+    by source still spreads over the workers."""
     positions = np.sort(np.random.default_rng(n).choice(10 * n + 1, size=n, replace=False))
-    items = _worker_blocks(positions, workers)
-    assert sorted(items.tolist()) == positions.tolist()
-    loader = torch.utils.data.DataLoader(_WhoReads(items), batch_size=None, num_workers=workers)
-    read = [[p for w, p in loader if w == worker] for worker in range(workers)]
-    assert read == [block.tolist() for block in np.array_split(positions, workers)]
+    blocks = [positions[i:i + block].tolist() for i in range(0, n, block)]
+    expected = [sum(blocks[w::workers], []) for w in range(workers)]
+    assert [share.tolist() for share in _deal(positions, workers, block)] == expected
+    samples = _PoolSamples(_Positions(n, block), positions, _who_reads)
+    loader = torch.utils.data.DataLoader(samples, batch_size=None, num_workers=workers, collate_fn=lambda x: x)
+    read = list(loader)
+    assert sorted(p for _, p in read) == positions.tolist()
+    assert [[p for w, p in read if w == worker] for worker in range(workers)] == expected
 
 
 def test_compare_and_report_read_a_parquet_pool(demo, parquet_pool, tmp_path):
@@ -233,8 +243,9 @@ def test_scans_leave_the_image_bytes_out_and_keep_their_paths(parquet_pool, save
     assert pool.record(int(positions[0])) == rows[positions[0]]  # a whole record keeps its bytes
 
     saved = read_pool(saved_pool[1])
-    for record in saved.map(lambda r: r, range(len(saved))):
-        assert all(set(image) == {"path"} for image in record["images"])
+    for p, record in enumerate(saved.map(lambda r: r, range(len(saved)))):
+        assert record["images"] == [{"path": image["path"]} for image in saved.record(p)["images"]]
+        assert record["messages"] == saved.record(p)["messages"]
 
 
 def test_bare_byte_images_and_ids_by_position(demo, tmp_path):
@@ -325,15 +336,22 @@ def test_the_digest_follows_the_files(parquet_pool, tmp_path):
     _, as_parquet, table = parquet_pool
     one = read_pool(as_parquet).digest()
     assert one == read_pool(as_parquet).digest()
-    pq.write_table(table.slice(1), tmp_path / "other.parquet")
-    assert read_pool(tmp_path / "other.parquet").digest() != one
+    pq.write_table(table, tmp_path / "copy.parquet", compression="none")
+    copy = read_pool(tmp_path / "copy.parquet").digest()
+    data = bytearray((tmp_path / "copy.parquet").read_bytes())
+    image = table.column("image")[0]["bytes"].as_py()
+    at = data.index(image) + len(image) // 2
+    data[at] ^= 0xFF  # one byte of an image, same size: the digest covers a small file whole
+    (tmp_path / "copy.parquet").write_bytes(bytes(data))
+    assert read_pool(tmp_path / "copy.parquet").digest() != copy
 
 
 @pytest.mark.parametrize("kind", ["parquet", "save_to_disk"])
 def test_reading_holds_bounded_memory_whatever_the_pools_size(tmp_path, kind):
     """A 600 MB pool of 1,200 incompressible 512 KB images, read the ways scalselect reads it
     (open, every record in turn, a scan of a field, a subset of a third written back), in a fresh
-    process: no step may grow the process's anonymous memory by a quarter of the pool."""
+    process: no step may grow the process's anonymous memory by a quarter of the pool, and the scan
+    of fields must not read the images (2 % of the pool at most, through reads or mapped pages)."""
     rows, size = 1200, 512 << 10
     rng = np.random.default_rng(1)
     table = pa.table({"id": [f"s{i}" for i in range(rows)],
@@ -353,4 +371,89 @@ def test_reading_holds_bounded_memory_whatever_the_pools_size(tmp_path, kind):
     assert report["rows"] == rows
     for step, grew in report["growth"].items():
         assert grew < rows * size / 4, (step, grew / 2**20)
+    assert report["read"]["scan"] < rows * size / 50  # a scan of fields reads no image bytes
+    assert report["read"]["record"] > rows * size / 2  # (as reading the records does: the meter sees)
     assert len(read_pool(out)) == rows // 3
+
+
+def test_a_corrupt_parquet_page_is_one_line_not_a_traceback(tmp_path):
+    rng = np.random.default_rng(5)
+    images = [rng.bytes(1000) for _ in range(6)]
+    table = pa.table({"id": [f"s{i}" for i in range(6)],
+                      "image": pa.array([{"bytes": b, "path": f"a/{i}.png"} for i, b in enumerate(images)], IMAGE),
+                      "conversations": TURNS[:1] * 6})
+    pq.write_table(table, tmp_path / "pool.parquet", compression="none", use_dictionary=False)
+    data = bytearray((tmp_path / "pool.parquet").read_bytes())
+    at = data.index(images[2])
+    data[at - 4:at] = b"\xff\xff\xff\x7f"  # the length of image 2: far past the page's end
+    (tmp_path / "pool.parquet").write_bytes(bytes(data))
+    pool = read_pool(tmp_path / "pool.parquet")  # the ids and paths are intact
+    assert pool.map(lambda r: r["image"]["path"], [5]) == ["a/5.png"]
+    for attempt in (lambda: pool.record(2), lambda: write_subset(pool, [1, 2], tmp_path / "s.parquet")):
+        with pytest.raises(InputError, match="pool.parquet: cannot read") as caught:
+            attempt()
+        assert "\n" not in str(caught.value)
+    assert not (tmp_path / "s.parquet").exists()
+
+
+def test_a_corrupt_arrow_offset_is_refused_at_open(tmp_path):
+    """A bad offset in a memory-mapped file would crash a reader (SIGBUS): it is caught when the
+    dataset is opened."""
+    batch = pa.record_batch({"id": ["abcdefghijklm", "nopqrstuvwxyzabc"], "conversations": pa.array(TURNS)})
+    (tmp_path / "ds").mkdir()
+    arrow = tmp_path / "ds" / "data-00000-of-00001.arrow"
+    with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    data = arrow.read_bytes()
+    offsets = np.array([0, 13, 29], dtype=np.int32).tobytes()  # the ids' offsets
+    assert data.count(offsets) == 1
+    arrow.write_bytes(data.replace(offsets, np.array([0, 13, 1 << 20], dtype=np.int32).tobytes()))
+    (tmp_path / "ds" / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    with pytest.raises(InputError, match="cannot read") as caught:
+        read_pool(tmp_path / "ds")
+    assert "\n" not in str(caught.value)
+    (tmp_path / "ds" / "state.json").write_text(json.dumps({"_data_files": [{"filename": "../elsewhere.arrow"}]}))
+    with pytest.raises(InputError, match="must list data files by their names in the folder"):
+        read_pool(tmp_path / "ds")
+
+
+def test_columns_whose_names_hold_dots_survive_scans(tmp_path):
+    table = pa.table({"id": ["a", "b"], "image.source": ["coco", "vg"],
+                      "image": pa.array([{"bytes": b"x", "path": "p/1.png"}, {"bytes": b"y", "path": "q/2.png"}], IMAGE),
+                      "conversations": TURNS})
+    pq.write_table(table, tmp_path / "dots.parquet")
+    pool = read_pool(tmp_path / "dots.parquet")
+    assert pool.map(lambda r: (r["image.source"], r["image"]), [1, 0]) == \
+        [("vg", {"path": "q/2.png"}), ("coco", {"path": "p/1.png"})]
+
+
+def test_a_pool_of_many_parquet_files_keeps_few_open(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(60):
+        pq.write_table(pa.table({"id": [f"s{i}"], "conversations": TURNS[:1]}), folder / f"part-{i:03d}.parquet")
+    pool = read_pool(folder)
+
+    def open_here():
+        return sum(os.readlink(f"/proc/self/fd/{fd}").startswith(str(folder)) for fd in os.listdir("/proc/self/fd")
+                   if os.path.exists(f"/proc/self/fd/{fd}"))
+    seen = 0
+    for p in range(len(pool)):
+        assert pool.record(p)["id"] == f"s{p}"
+        seen = max(seen, open_here())
+    assert pool.map(lambda r: r["id"], range(60)) == [f"s{i}" for i in range(60)]
+    assert seen <= 2 and open_here() <= 2
+
+
+def test_save_to_disk_subsets_are_named_as_folders_and_never_hold_the_pool(saved_pool, tmp_path):
+    from scalselect import write_subset
+
+    pool = read_pool(saved_pool[1])
+    with pytest.raises(InputError, match="is a save_to_disk folder; name it without the .json suffix"):
+        write_subset(pool, [0], tmp_path / "subset.json")
+    with pytest.raises(InputError, match="holds or is inside the input pool"):
+        write_subset(pool, [0], saved_pool[1].parent)  # would replace the folder that holds the pool
+    info = json.loads((saved_pool[1] / "dataset_info.json").read_text())
+    info["splits"] = {"train": {"num_examples": len(pool)}}
+    write_subset(pool, [0, 1], tmp_path / "sub")
+    assert "splits" not in json.loads((tmp_path / "sub" / "dataset_info.json").read_text())

@@ -18,6 +18,7 @@ fields read the columns without the image bytes. A subset is written back batch 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -102,6 +103,17 @@ class ColumnarPool(Pool):
         """Row `row` of piece `piece`, whole."""
         raise NotImplementedError
 
+    @contextlib.contextmanager
+    def _reading(self):
+        """Errors of the data files (corrupt pages, bad UTF-8, truncated files) as one line."""
+        pa = _arrow()
+        try:
+            yield
+        except InputError:
+            raise
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise _arrow_error(self.path, exc) from None
+
     # -- schema ----------------------------------------------------------------------------
     def _layout(self) -> str:
         pa = _arrow()
@@ -151,8 +163,11 @@ class ColumnarPool(Pool):
         return batch.drop_columns([column]) if self._bare_bytes else batch
 
     def _light_rows(self, batch) -> list[dict]:
-        """The rows of a light batch (see _read) as dicts; bare-byte images as {"path": None}."""
-        rows = batch.to_pylist()
+        """The rows of a light batch (see _read) as dicts. Bare-byte images are not read at all:
+        each row gets one {"path": None} in their place, whether the row holds no image or
+        several (what scans ask of images is the first one's name, and bare bytes have none)."""
+        with self._reading():
+            rows = batch.to_pylist()
         if self._bare_bytes:
             for row in rows:
                 row[self.image_column] = [{"path": None}] if self._listed else {"path": None}
@@ -166,23 +181,27 @@ class ColumnarPool(Pool):
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)):
             raise InputError(f"pool {self.path}: column 'id' is {kind}; ids must be strings or integers")
         ids: list = []
-        for piece in range(len(self.pieces)):
-            for batch in self._read(piece, light=True, columns=["id"]):
-                column = batch.column(0)
-                if column.null_count:
-                    row = len(ids) + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-                    raise InputError(f"pool {self.path}: record {row} has a null 'id'; ids must be strings or integers")
-                ids.extend(column.to_pylist())
+        with self._reading():
+            for piece in range(len(self.pieces)):
+                for batch in self._read(piece, light=True, columns=["id"]):
+                    column = batch.column(0)
+                    if column.null_count:
+                        row = len(ids) + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+                        raise InputError(f"pool {self.path}: record {row} has a null 'id'; ids must be strings "
+                                         "or integers")
+                    ids.extend(column.to_pylist())
         return ids
 
     # -- per process state (DataLoader workers fork) -----------------------------------------
     def _state(self) -> dict:
+        """This process's open files. A forked worker opens its own; the parent's readers stay
+        referenced, unused (their destructors would run Arrow code in the child)."""
         if self._pid != os.getpid():
-            self._pid, self._cache = os.getpid(), {}
+            self._inherited, self._pid, self._cache = self._cache, os.getpid(), {}
         return self._cache
 
     def __getstate__(self):
-        return {**self.__dict__, "_pid": None, "_cache": {}}
+        return {**self.__dict__, "_pid": None, "_cache": None, "_inherited": None}
 
     # -- Pool ------------------------------------------------------------------------------
     def _piece_of(self, pos: int) -> int:
@@ -192,7 +211,8 @@ class ColumnarPool(Pool):
 
     def record(self, pos: int) -> dict:
         piece = self._piece_of(int(pos))
-        return self._row(piece, int(pos - self.starts[piece]))
+        with self._reading():
+            return self._row(piece, int(pos - self.starts[piece]))
 
     def map(self, fn, positions) -> list:
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
@@ -212,13 +232,14 @@ class ColumnarPool(Pool):
         pieces = np.searchsorted(self.starts, rising, side="right") - 1
         for piece in np.unique(pieces):
             first, end = int(self.starts[piece]), int(np.searchsorted(rising, self.starts[piece + 1]))
-            for batch in self._read(int(piece), light):
-                lo, hi = np.searchsorted(rising, [first, first + batch.num_rows])
-                if hi > lo:
-                    yield int(lo), batch.take(pa.array(rising[lo:hi] - first))
-                first += batch.num_rows
-                if hi >= end:
-                    break
+            with self._reading():
+                for batch in self._read(int(piece), light):
+                    lo, hi = np.searchsorted(rising, [first, first + batch.num_rows])
+                    if hi > lo:
+                        yield int(lo), batch.take(pa.array(rising[lo:hi] - first))
+                    first += batch.num_rows
+                    if hi >= end:
+                        break
 
     def _subset_tables(self, order: list[int]):
         """The chosen rows, whole, as tables of at most `group_rows` rows or about _GROUP_BYTES
@@ -258,6 +279,17 @@ def _image_struct(pa, item) -> bool:
     return ("bytes" in kinds or "path" in kinds) and ok_bytes and ok_path
 
 
+def _leaf_count(pa, kind) -> int:
+    """How many Parquet leaf columns an Arrow type becomes."""
+    if pa.types.is_struct(kind):
+        return sum(_leaf_count(pa, kind.field(i).type) for i in range(kind.num_fields))
+    if pa.types.is_map(kind):
+        return _leaf_count(pa, kind.key_type) + _leaf_count(pa, kind.item_type)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _leaf_count(pa, kind.value_type)
+    return 1
+
+
 def _arrow_error(path: Path, exc: Exception) -> InputError:
     return InputError(f"pool {path}: cannot read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
 
@@ -287,32 +319,35 @@ class ParquetPool(ColumnarPool):
                               "(one per DataLoader worker) holds a whole row group in memory; rewrite it with "
                               "smaller ones, e.g. pyarrow.parquet.write_table(table, path, row_group_size=1000)",
                               RuntimeWarning, stacklevel=2)
-        self._leaves = [meta.schema.column(i).path for i in range(len(meta.schema))] if files else []
+        leaves = iter(meta.schema.column(i).path for i in range(len(meta.schema)))
+        # each top-level column's leaves, counted (a column's own name may hold dots)
+        self._leaves = {field.name: [next(leaves) for _ in range(_leaf_count(pa, field.type))] for field in schema}
         super().__init__(path, files, schema, pieces)
         self.group_rows = max(1, max(n for _, _, n in pieces))
+        self.block_rows = min(4096, max(64, self.group_rows))  # a row group read by one reader
 
     def _file(self, i: int):
-        files = self._state().setdefault("files", {})
-        if i not in files:  # read through a 1 MiB buffer, not whole column chunks at once
-            files[i] = _arrow().parquet.ParquetFile(self.files[i], pre_buffer=False, buffer_size=1 << 20)
-        return files[i]
+        """File i, opened in this process; one at a time (a pool may hold thousands of files)."""
+        state = self._state()
+        if state.get("file", (None,))[0] != i:  # read through a 1 MiB buffer, not whole column chunks
+            state["file"] = (i, _arrow().parquet.ParquetFile(self.files[i], pre_buffer=False, buffer_size=1 << 20))
+        return state["file"][1]
 
     def _light_columns(self) -> list[str]:
         """The leaf columns a scan reads: all but the image column's bytes."""
-        column = self.image_column
-        if self._light_type is None and not self._bare_bytes:
-            return self._leaves
-        return [leaf for leaf in self._leaves
-                if leaf.split(".")[0] != column or (self._light_type is not None and leaf.endswith(".path"))]
+        keep = []
+        for name, leaves in self._leaves.items():
+            if name != self.image_column or (self._light_type is None and not self._bare_bytes):
+                keep += leaves
+            elif self._light_type is not None:
+                keep += [leaf for leaf in leaves if leaf.endswith(".path")]
+        return keep
 
     def _read(self, piece: int, light: bool, columns: list[str] | None = None):
         f, group = self.pieces[piece]
         columns = columns or (self._light_columns() if light else None)
-        try:
-            yield from self._file(f).iter_batches(batch_size=_SCAN_ROWS if light else _RECORD_ROWS,
-                                                  row_groups=[group], columns=columns, use_threads=False)
-        except OSError as exc:
-            raise _arrow_error(self.files[f], exc) from None
+        yield from self._file(f).iter_batches(batch_size=_SCAN_ROWS if light else _RECORD_ROWS,
+                                              row_groups=[group], columns=columns, use_threads=False)
 
     def _row(self, piece: int, row: int) -> dict:
         """Through a cursor that goes forward in the row group; a step back starts it again."""
@@ -333,11 +368,9 @@ class ParquetPool(ColumnarPool):
             raise InputError(f"the subset of a Parquet pool is Parquet; name it .parquet, not {out.name}")
         if out.is_dir():
             raise InputError(f"cannot write subset to {out}: is a directory")
-        with atomic_open(out, "wb") as f:
-            writer = pa.parquet.ParquetWriter(f, self.schema)
+        with atomic_open(out, "wb") as f, pa.parquet.ParquetWriter(f, self.schema) as writer:
             for table in self._subset_tables(order):
                 writer.write_table(table, row_group_size=table.num_rows)
-            writer.close()
 
 
 class ArrowDatasetPool(ColumnarPool):
@@ -351,40 +384,36 @@ class ArrowDatasetPool(ColumnarPool):
                              f"pass one split's folder, e.g. {path / (splits[0] if splits else 'train')}")
         try:
             self.state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-            files = [path / entry["filename"] for entry in self.state["_data_files"]]
+            names = [entry["filename"] for entry in self.state["_data_files"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(f"pool {path}: state.json does not list the data files ({exc})") from None
-        if not files:
-            raise InputError(f"pool {path}: state.json lists no data files")
-        self.files, schema, pieces = files, None, []
-        for i, f in enumerate(files):
-            batches = self._batches(i, f)
-            file_schema = batches[0].schema if batches else self._stream(f).schema
-            if schema is None:
-                schema = file_schema
-            elif not file_schema.equals(schema):
-                raise InputError(f"pool {path}: {f.name} has other columns than {files[0].name}; "
-                                 "the files of one dataset must share their schema")
-            pieces += [(i, j, b.num_rows) for j, b in enumerate(batches)]
-        super().__init__(path, files, schema, pieces)
+        if not names or not all(isinstance(n, str) and n and Path(n).name == n and n != ".." for n in names):
+            raise InputError(f"pool {path}: state.json must list data files by their names in the folder")
+        self.path, self.files, schema, pieces = path, [path / n for n in names], None, []
+        with self._reading():
+            for i, f in enumerate(self.files):
+                batches = self._batches(i)
+                for batch in batches:  # offsets and UTF-8, once: a bad offset would crash a reader
+                    batch.validate(full=True)
+                file_schema = batches[0].schema if batches else self._stream(f).schema
+                if schema is None:
+                    schema = file_schema
+                elif not file_schema.equals(schema):
+                    raise InputError(f"pool {path}: {f.name} has other columns than {self.files[0].name}; "
+                                     "the files of one dataset must share their schema")
+                pieces += [(i, j, b.num_rows) for j, b in enumerate(batches)]
+        super().__init__(path, self.files, schema, pieces)
 
     @staticmethod
     def _stream(f: Path):
         pa = _arrow()
-        try:
-            return pa.ipc.open_stream(pa.memory_map(str(f)))
-        except (OSError, pa.ArrowException) as exc:
-            raise _arrow_error(f, exc) from None
+        return pa.ipc.open_stream(pa.memory_map(str(f)))
 
-    def _batches(self, i: int, f: Path | None = None) -> list:
+    def _batches(self, i: int) -> list:
         """File i's record batches, memory-mapped: their bytes are read only when used."""
         batches = self._state().setdefault("batches", {})
         if i not in batches:
-            pa = _arrow()
-            try:
-                batches[i] = list(self._stream(f or self.files[i]))
-            except pa.ArrowException as exc:
-                raise _arrow_error(f or self.files[i], exc) from None
+            batches[i] = list(self._stream(self.files[i]))
         return batches[i]
 
     def _read(self, piece: int, light: bool, columns: list[str] | None = None):
@@ -405,6 +434,9 @@ class ArrowDatasetPool(ColumnarPool):
     def _write(self, order: list[int], out: Path) -> None:
         """A save_to_disk folder of one data file, beside `out` first, then renamed into place."""
         pa = _arrow()
+        if out.suffix.lower() in (".json", ".jsonl", ".parquet"):
+            raise InputError(f"the subset of a save_to_disk pool is a save_to_disk folder; name it without "
+                             f"the {out.suffix} suffix")
         if out.exists() and not (out / "state.json").is_file():
             raise InputError(f"cannot write subset to {out}: exists and is not a save_to_disk dataset")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -417,8 +449,11 @@ class ArrowDatasetPool(ColumnarPool):
                         writer.write_table(table)
                 f.flush()
                 os.fsync(f.fileno())
-            if (self.path / "dataset_info.json").is_file():
-                shutil.copyfile(self.path / "dataset_info.json", tmp / "dataset_info.json")
+            if (self.path / "dataset_info.json").is_file():  # the features; the pool's sizes do not apply
+                info = json.loads((self.path / "dataset_info.json").read_text(encoding="utf-8"))
+                for key in ("splits", "download_checksums", "download_size", "dataset_size", "size_in_bytes"):
+                    info.pop(key, None)
+                (tmp / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
             chosen = hashlib.sha256(np.asarray(order, dtype=np.int64).tobytes()).hexdigest()
             state = {**self.state, "_data_files": [{"filename": data}],
                      "_fingerprint": hashlib.sha256(f"{self.digest()}{chosen}".encode()).hexdigest()[:16]}
@@ -431,7 +466,8 @@ class ArrowDatasetPool(ColumnarPool):
 
 def _swap_in(new: Path, out: Path) -> None:
     """Put the folder `new` at `out`; a dataset already there is replaced (renamed aside, then
-    removed), so `out` never holds a half-written dataset."""
+    removed), so `out` never holds a half-written dataset. (A crash between the two renames
+    leaves the old one in .NAME.*.old beside it: folders cannot be swapped in one rename.)"""
     if not out.exists():
         os.rename(new, out)
         return

@@ -41,6 +41,7 @@ class Pool:
     ids: list
     layout: str
     container: str
+    block_rows: int = 64  # rows worth reading together: extraction deals the pool out in such blocks
     _index: dict | None = None
 
     def __len__(self) -> int:
@@ -359,8 +360,9 @@ def write_subset(pool: Pool, positions: Iterable[int], out_path: str | os.PathLi
         chosen.add(pos)
     order = sorted(chosen)
 
-    if _same_file(out_path, pool.path) or pool.path.is_dir() and pool.path.resolve() in out_path.resolve().parents:
-        raise InputError(f"refusing to write subset to {out_path}: it is (inside) the input pool {pool.path}")
+    pool_at, out_at = pool.path.resolve(), out_path.resolve()
+    if _same_file(out_path, pool.path) or pool_at in out_at.parents or out_at in pool_at.parents:
+        raise InputError(f"refusing to write subset to {out_path}: it is, holds or is inside the input pool {pool.path}")
     try:
         pool._write(order, out_path)
     except OSError as e:
