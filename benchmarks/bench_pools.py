@@ -9,8 +9,8 @@ anonymous memory is its own), the ways scalselect reads a pool are timed:
 
 - open: read_pool (the ids, the layout);
 - records: what the extraction's DataLoader workers do: --workers readers, one after the other,
-  reader w takes the w-th contiguous block of the positions and gets each record and its image
-  bytes (the JSON pool reads the file). Given per sample;
+  each takes its share of the positions, dealt in blocks of `pool.block_rows` (a Parquet row
+  group), and gets each record and its image bytes (the JSON pool reads the file). Per sample;
 - scan: the conversation length of every sample (select --method length), the best of two;
 - write: a 16 % subset written back in the pool's format.
 
@@ -86,6 +86,7 @@ def measure(kind: str, path: Path, workers: int) -> dict:
     """In a child process: the timings of one format."""
     from scalselect.baselines import conversation_length
     from scalselect.data import read_pool, write_subset
+    from scalselect.pipeline import _deal
 
     _watch_anonymous()
     root = path.parent / "images"
@@ -100,8 +101,8 @@ def measure(kind: str, path: Path, workers: int) -> dict:
     n = len(pool)
     t0 = time.perf_counter()
     got = 0
-    for block in np.array_split(np.arange(n), workers):  # as extraction hands them to its workers
-        for p in block:
+    for share in _deal(np.arange(n), workers, pool.block_rows):  # as extraction deals them to its workers
+        for p in share:
             got += len(image_bytes(pool.record(int(p))))
     per_record = (time.perf_counter() - t0) / n
     scan = []
