@@ -98,13 +98,9 @@ def _select_here(args) -> dict:
     _refuse_overwrite([out, _summary_path(out, "selection")], [args.data, args.scores])
     pool = read_pool(args.data)
     ids, scores = read_scores(args.scores)
-    vectors = None
-    if args.method == "cluster" and args.store is not None:
-        from .store import load_representations
-        vectors = load_representations(args.store)
     summary = select_subset(pool, ids, scores, args.budget, out, method=args.method, seed=args.seed,
                             stratify_by=args.stratify_by, shares=_read_shares(args.shares),
-                            vectors=vectors, clusters=args.clusters)
+                            store=args.store if args.method == "cluster" else None, clusters=args.clusters)
     _write_json(_summary_path(out, "selection"), summary)
     print(f"selected {summary['selected']} of {summary['scored']} scored samples by {summary['method']} "
           f"({summary['format']}) -> {out}")
@@ -204,7 +200,6 @@ def _compare_here(args) -> dict:
     from .compare import compare_methods, table
     from .data import read_pool
     from .select import read_scores
-    from .store import load_representations
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in ("scalselect", "random", "length", "cluster")]
@@ -215,7 +210,7 @@ def _compare_here(args) -> dict:
         _refuse_overwrite([args.out], [args.data, args.scores, args.store])
     pool = read_pool(args.data)
     ids, scores = read_scores(args.scores)
-    report = compare_methods(pool, ids, scores, load_representations(args.store), args.budget, methods,
+    report = compare_methods(pool, ids, scores, args.store, args.budget, methods,
                              seed=args.seed, energy=args.energy, source_by=args.source_by, clusters=args.clusters)
     report |= {"store": str(args.store), "scores": str(args.scores), "pool": str(args.data), "budget": args.budget}
     print(f"budget {args.budget} of {report['eligible']} scored samples; k = {report['k']} at energy "

@@ -1,6 +1,6 @@
 """`scalselect compare`: training-free quality figures of the subsets that several selection
-methods pick at one budget, from the same store and scores. The eligible vectors are held in
-memory (float32), as `select --method cluster` holds them.
+methods pick at one budget, from the same store and scores, in one pass over the store (see
+scalselect.vectors: the vectors are never held in memory together).
 
 For each method's subset S of the eligible (scored) samples, with X the eligible vectors centred
 by their mean:
@@ -20,50 +20,75 @@ import numpy as np
 import torch
 
 from .baselines import IMAGE_FOLDER, source_of
-from .eigen import centred_spectrum, rank_for_energy
+from .eigen import rank_for_energy
 from .errors import InputError
-from .select import top_positions, vectors_of
+from .select import top_positions
+from .vectors import moments, rows_of
 
 COVERAGE_SAMPLE = 2000
+CANDIDATES = 8  # nearest rows by a float32 product, then measured exactly
 
 
-def compare_methods(pool, score_ids: list, scores: np.ndarray, vectors: tuple, budget, methods: list[str], *,
+def compare_methods(pool, score_ids: list, scores: np.ndarray, store, budget, methods: list[str], *,
                     seed: int = 0, energy: float = 0.9, source_by: str = IMAGE_FOLDER, clusters: int = 100) -> dict:
-    """{"k", "budget", "methods": {method: figures}} for the subsets each method picks."""
-    data = torch.from_numpy(vectors_of(score_ids, vectors, np.float64))
-    data = (data - data.mean(dim=0)).float()
-    values = centred_spectrum(data)
-    total = float(values.sum())
-    if not total > 0:
-        raise InputError("every vector is the same: there is nothing to compare")
-    k = rank_for_energy(values, total, energy) or len(values)
-    probe = np.random.default_rng(seed).choice(len(score_ids), size=min(COVERAGE_SAMPLE, len(score_ids)),
-                                               replace=False)
+    """{"k", "budget", "methods": {method: figures}} for the subsets each method picks, from one
+    pass over the store's scored vectors (plus, for "cluster", its own two)."""
     position = pool.index_of()
     where = [position[sid] for sid in score_ids]
     sources = pool.map(lambda r: source_of(r, pool.layout, source_by), where)
     pool_share = {s: c / len(sources) for s, c in Counter(sources).items()}
     at = {p: i for i, p in enumerate(where)}  # pool position -> eligible row
+    chosen, subsets = {}, {}
+    for method in methods:
+        chosen[method], _ = top_positions(pool, score_ids, scores, budget, method=method, seed=seed,
+                                          store=store, clusters=clusters)
+        subsets[method] = np.zeros(len(score_ids), dtype=bool)
+        subsets[method][[at[p] for p in chosen[method]]] = True
+    probe = np.random.default_rng(seed).choice(len(score_ids), size=min(COVERAGE_SAMPLE, len(score_ids)),
+                                               replace=False)
+    probed = rows_of(store, score_ids, probe).double()
+    nearest = {method: torch.full((len(probe),), float("inf"), dtype=torch.float64) for method in methods}
+
+    def cover(index, rows):
+        for method, mask in subsets.items():
+            picked = rows[torch.from_numpy(mask[index])]
+            if len(picked):
+                nearest[method] = torch.minimum(nearest[method], _nearest(probed, picked))
+
+    m = moments(store, score_ids, subsets, on_chunk=cover)
+    values = torch.linalg.eigvalsh(m.gram).flip(0).clamp_min(0)
+    total = float(values.sum())
+    if not total > 0:
+        raise InputError("every vector is the same: there is nothing to compare")
+    k = rank_for_energy(values, total, energy) or len(values)
     report = {"k": k, "energy": energy, "eligible": len(score_ids), "source_by": source_by, "methods": {}}
     for method in methods:
-        chosen, summary = top_positions(pool, score_ids, scores, budget, method=method, seed=seed,
-                                        vectors=vectors, clusters=clusters)
-        subset = data[[at[p] for p in chosen]]
-        right = torch.linalg.svd(subset, full_matrices=False).Vh[:k].T  # D x k (fewer if S is small)
-        inside = float((data @ right).double().pow(2).sum())
-        # distances computed directly, not through |a|^2 - 2ab + |b|^2 (whose rounding leaves a
-        # vector 1e-5 away from itself)
-        nearest = torch.cdist(data[probe].double(), subset.double(),
-                              compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
-        got = Counter(sources[at[p]] for p in chosen)
-        shares = {s: {"pool": pool_share[s], "subset": got[s] / len(chosen)} for s in sorted(pool_share)}
+        # the top-k right singular vectors of the subset's (pool-centred) rows
+        right = torch.linalg.eigh(m.subsets[method])[1][:, -min(k, len(chosen[method])):]
+        inside = float((right * (m.gram @ right)).sum())
+        got = Counter(sources[at[p]] for p in chosen[method])
+        shares = {s: {"pool": pool_share[s], "subset": got[s] / len(chosen[method])} for s in sorted(pool_share)}
         report["methods"][method] = {
-            "selected": summary["selected"],
+            "selected": len(chosen[method]),
             "projection_error": max(0.0, 1 - inside / total),
-            "coverage_mean": float(nearest.mean()), "coverage_max": float(nearest.max()),
+            "coverage_mean": float(nearest[method].mean()), "coverage_max": float(nearest[method].max()),
             "largest_share_gap": max(abs(v["pool"] - v["subset"]) for v in shares.values()),
             "shares": shares}
     return report
+
+
+def _nearest(probe: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The distance from each probe row (float64) to its nearest row of `rows`. The CANDIDATES
+    nearest by |a|^2 - 2ab + |b|^2 (one float32 GEMM, both centred on the probe's mean) are
+    measured directly in float64: the product alone leaves a vector ~1e-5 away from itself,
+    direct distances for every pair cost ~20x more."""
+    centre = probe.mean(dim=0)
+    a, b = (probe - centre).float(), (rows.double() - centre).float()
+    approx = a.pow(2).sum(dim=1, keepdim=True) - 2 * a @ b.T + b.pow(2).sum(dim=1)
+    nearest = approx.topk(min(CANDIDATES, b.shape[0]), dim=1, largest=False).indices
+    rows = rows.double()
+    return torch.cat([(probe[lo:lo + 256, None, :] - rows[nearest[lo:lo + 256]]).pow(2).sum(dim=-1).sqrt()
+                      .min(dim=1).values for lo in range(0, probe.shape[0], 256)])  # 256 x 8 x D at a time
 
 
 def table(report: dict) -> str:

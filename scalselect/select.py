@@ -86,11 +86,11 @@ def parse_budget(budget: str | int | float, n: int) -> int:
 
 def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str | int, *,
                   method: str = "scalselect", seed: int = 0, stratify_by: str | None = None,
-                  shares: dict | None = None, vectors: tuple | None = None,
+                  shares: dict | None = None, store=None,
                   clusters: int = 100) -> tuple[list[int], dict]:
     """Pool positions of the `budget` samples `method` picks among the scored ones, and a
     summary of the choice (see scalselect.baselines for the methods and stratification).
-    vectors: (ids, N x D array) of a store, for method "cluster"."""
+    store: the store (or .npy, or matrix) the scores came from, for method "cluster"."""
     from .baselines import SELECT_METHODS, apportion, choose, conversation_length, random_ranking, source_of
 
     if method not in SELECT_METHODS:
@@ -111,7 +111,7 @@ def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str |
                                             dtype=np.float64)}[method]()
     groups = quotas = None
     if method == "cluster":
-        groups = _cluster_labels(score_ids, vectors, clusters, seed).tolist()
+        groups = _cluster_labels(score_ids, store, clusters, seed).tolist()
     elif stratify_by is not None:
         groups = pool.map(lambda r: source_of(r, pool.layout, stratify_by), where)
     if groups is not None:
@@ -136,28 +136,17 @@ def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str |
     return positions, summary
 
 
-def _cluster_labels(score_ids: list, vectors: tuple | None, clusters: int, seed: int) -> np.ndarray:
-    """k-means labels of the scored samples' vectors (store rows matched by id)."""
-    import torch
-
+def _cluster_labels(score_ids: list, store, clusters: int, seed: int) -> np.ndarray:
+    """k-means labels of the scored samples' vectors, on their leading principal components
+    (scalselect.vectors.CLUSTER_DIMS of them: two passes over the store, N x 64 in memory)."""
     from .baselines import kmeans
+    from .vectors import principal_rows
 
-    if vectors is None:
+    if store is None:
         raise InputError("--method cluster needs the vectors: pass --store STORE")
     if clusters < 1:
         raise InputError(f"--clusters must be at least 1, got {clusters}")
-    return kmeans(torch.from_numpy(vectors_of(score_ids, vectors, np.float32)), clusters, seed)
-
-
-def vectors_of(score_ids: list, vectors: tuple, dtype=np.float32) -> np.ndarray:
-    """The rows of a store's (ids, matrix) for the scored samples, in their order."""
-    ids, x = vectors
-    row = {sid: i for i, sid in enumerate(ids)}
-    missing = [sid for sid in score_ids if sid not in row]
-    if missing:
-        raise InputError(f"{len(missing)} scored samples have no vector in the store (e.g. {missing[0]!r}): "
-                         "is it the store they were scored from?")
-    return np.ascontiguousarray(x[[row[sid] for sid in score_ids]], dtype=dtype)
+    return kmeans(principal_rows(store, score_ids), clusters, seed)
 
 
 def select_subset(pool: Pool, score_ids: list, scores: np.ndarray, budget: str | int,

@@ -1,0 +1,127 @@
+"""scalselect.vectors: the scored vectors' moments and principal rows from passes over a store
+equal the same figures computed from the whole matrix in float64; compare's figures equal the
+in-memory definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from scalselect import InputError
+from scalselect.store import write_store
+from scalselect.vectors import moments, principal_rows, rows_of, scored_chunks
+
+
+def random_store(tmp_path, rows, dim, seed, shard_rows=37, extra=5):
+    """A store of `rows` scored plus `extra` unscored rows (ragged shards), its vectors far from the
+    origin; and the scored ids in a shuffled order."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows + extra, dim)) * rng.uniform(0.1, 3, dim) + 40).astype(np.float32)
+    ids = [f"s{i}" for i in range(rows + extra)]
+    store = write_store(tmp_path / f"store-{seed}", x, ids, dtype="float32", shard_rows=shard_rows)
+    scored = list(rng.permutation(rows))
+    return store, [ids[i] for i in scored], x[scored].astype(np.float64)
+
+
+def centred_gram(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    return (x - mean).T @ (x - mean)
+
+
+@pytest.mark.parametrize("rows, dim, seed", [(1, 3, 0), (2, 5, 1), (40, 7, 2), (301, 16, 3), (90, 130, 4)])
+def test_moments_equal_the_whole_matrix_in_float64(tmp_path, rows, dim, seed):
+    store, ids, x = random_store(tmp_path, rows, dim, seed)
+    rng = np.random.default_rng(seed + 100)
+    masks = {"half": rng.random(rows) < 0.5, "one": np.eye(1, rows, rows // 2, dtype=bool)[0],
+             "none": np.zeros(rows, dtype=bool)}
+    m = moments(store, ids, masks)
+    mean = x.mean(axis=0)
+    assert m.count == rows
+    np.testing.assert_allclose(m.mean.numpy(), mean, rtol=1e-9)
+    scale = np.abs(centred_gram(x, mean)).max() + 1e-12
+    np.testing.assert_allclose(m.gram.numpy(), centred_gram(x, mean), atol=1e-5 * scale)
+    for name, mask in masks.items():  # a subset's Gram is centred by the pool's mean
+        np.testing.assert_allclose(m.subsets[name].numpy(), centred_gram(x[mask], mean), atol=1e-5 * scale)
+
+
+def test_scored_chunks_cover_every_scored_row_once(tmp_path):
+    store, ids, x = random_store(tmp_path, 100, 4, 7)
+    seen = np.zeros(len(ids), dtype=int)
+    for index, rows in scored_chunks(store, ids, chunk_rows=16):
+        seen[index] += 1
+        np.testing.assert_array_equal(rows.numpy(), x[index].astype(np.float32))
+    assert (seen == 1).all()
+    which = np.array([5, 0, 99, 17])
+    np.testing.assert_array_equal(rows_of(store, ids, which).numpy(), x[which].astype(np.float32))
+    with pytest.raises(InputError, match="1 scored samples have no vector in the store"):
+        next(scored_chunks(store, ids + ["nowhere"]))
+
+
+def test_principal_rows_are_the_centred_rows_on_the_leading_directions(tmp_path):
+    store, ids, x = random_store(tmp_path, 200, 100, 9)
+    got = principal_rows(store, ids, dims=12).numpy()
+    centred = x - x.mean(axis=0)
+    values, vectors = np.linalg.eigh(centred.T @ centred)
+    expected = centred @ vectors[:, ::-1][:, :12]
+    signs = np.sign((got * expected).sum(axis=0))  # each direction up to its sign
+    np.testing.assert_allclose(got * signs, expected, atol=1e-3 * np.abs(expected).max())
+    # with no more dimensions than the limit, a rotation: distances stay
+    store, ids, x = random_store(tmp_path, 60, 8, 10)
+    y = principal_rows(store, ids).double()
+    np.testing.assert_allclose(torch.cdist(y, y).numpy(), torch.cdist(torch.from_numpy(x), torch.from_numpy(x)).numpy(),
+                               atol=1e-3)
+
+
+def test_compare_figures_equal_their_in_memory_definitions(tmp_path):
+    """compare's projection error and coverage, from one pass, against SVD and cdist on the whole
+    matrix, for subsets of several sizes (one with fewer rows than k)."""
+    import json
+
+    from scalselect.compare import compare_methods
+    from scalselect.data import read_pool
+    from scalselect.eigen import rank_for_energy
+    from scalselect.select import top_positions
+
+    store, ids, x = random_store(tmp_path, 150, 12, 11)
+    pool_file = tmp_path / "pool.json"
+    pool_file.write_text(json.dumps([{"id": f"s{i}", "image": f"src{i % 3}/{i}.png",
+                                      "conversations": [{"from": "human", "value": "q" * (i % 7 + 1)},
+                                                        {"from": "gpt", "value": "a"}]} for i in range(155)]))
+    pool = read_pool(pool_file)
+    scores = np.random.default_rng(4).random(len(ids))
+    centred = torch.from_numpy(x - x.mean(axis=0))
+    values = torch.linalg.eigvalsh(centred.T @ centred).flip(0)
+    k = rank_for_energy(values, float(values.sum()), 0.9)
+    for budget in ("40%", "2"):
+        report = compare_methods(pool, ids, scores, store, budget, ["scalselect", "random", "length"], seed=1)
+        assert report["k"] == k
+        index = {sid: i for i, sid in enumerate(ids)}
+        for method, figures in report["methods"].items():
+            chosen, _ = top_positions(pool, ids, scores, budget, method=method, seed=1)
+            rows = [index[pool.ids[p]] for p in chosen]
+            right = torch.linalg.svd(centred[rows], full_matrices=False).Vh[:k].T
+            error = 1 - float((centred @ right).pow(2).sum()) / float(values.sum())
+            nearest = torch.cdist(centred, centred[rows]).min(dim=1).values  # every row is probed here
+            assert figures["projection_error"] == pytest.approx(error, abs=1e-6), (method, budget)  # float32 products
+            assert figures["coverage_mean"] == pytest.approx(float(nearest.mean()), rel=1e-5)
+            assert figures["coverage_max"] == pytest.approx(float(nearest.max()), rel=1e-5)
+
+
+@pytest.mark.parametrize("probes, rows, dim, seed", [(1, 1, 3, 0), (5, 1, 4, 1), (300, 7, 16, 2), (600, 900, 64, 3),
+                                                     (257, 40, 1024, 4)])
+def test_nearest_distances_equal_direct_cdist(probes, rows, dim, seed):
+    """compare's coverage: the candidates of a float32 product, measured exactly, give the
+    distances cdist measures directly, including exact zeros for probes that are rows and near
+    ties between rows."""
+    from scalselect.compare import _nearest
+
+    gen = torch.Generator().manual_seed(seed)
+    b = (torch.randn(rows, dim, generator=gen) * 3 + 50).float()
+    a = torch.randn(probes, dim, generator=gen, dtype=torch.float64) * 3 + 50
+    if rows > 1:
+        b[-1] = b[0] + 1e-4  # a near tie
+    a[: probes // 3] = b[torch.randint(rows, (probes // 3,), generator=gen)].double()  # probes that are rows
+    expected = torch.cdist(a, b.double(), compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
+    got = _nearest(a, b)
+    assert torch.equal(got[: probes // 3], torch.zeros(probes // 3, dtype=torch.float64))
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
