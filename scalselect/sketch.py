@@ -34,6 +34,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,8 @@ PILOT_ROWS = 2048
 HOLDOUT_ROWS = 2048
 # Largest estimated relative score error that is certified (see the module docstring).
 CERTIFY_ERROR = 0.02
+# y rows (N x l float32) larger than this are kept in a temporary file ($TMPDIR), not in memory.
+SPILL_BYTES = 1 << 30
 # Share of the test matrix's columns that are random rather than pilot directions (at least 8).
 _RANDOM_SHARE = 1 / 8
 # Eigenvalues below this share of the largest are float32 rounding, not range (Y^T Y), and
@@ -316,7 +319,7 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norm
 
     t0 = time.perf_counter()
     sketch = Sketch.start(omega.to(dev), shift)
-    ys = torch.zeros(src.num_rows, size, dtype=torch.float32)  # the range sketch, kept per row
+    ys = _y_rows(src.num_rows, size)  # the range sketch, kept per row
     # this rank's share of the holdout (the same rows whatever the world size), kept whole as
     # the pass meets them
     holdout = np.nonzero(np.isin(positions, holdout_rows(num_rows, pilot_rows, seed)))[0]
@@ -345,6 +348,17 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norm
                            held=(rows, ys[torch.from_numpy(holdout)]), y_chunks=y_chunks,
                            num_local=src.num_rows, dev=dev, backend=backend, timings=timings, details=details)
     return scores, found.total, found.values, "sketch", left_out
+
+
+def _y_rows(rows: int, width: int) -> torch.Tensor:
+    """Zeroed float32 rows x width: in memory, or past SPILL_BYTES memory-mapped from a temporary
+    file (its pages go back to the disk, not to swap). The file has no name: the space returns
+    when the tensor is dropped."""
+    if rows * width * 4 <= SPILL_BYTES:
+        return torch.zeros(rows, width, dtype=torch.float32)
+    with tempfile.TemporaryFile(prefix="scalselect-y-") as f:
+        f.truncate(rows * width * 4)  # a sparse file of zeros
+        return torch.from_numpy(np.memmap(f, dtype=np.float32, mode="r+", shape=(rows, width)))
 
 
 def finish(sketch: Sketch, comm: Comm, *, energy, standardize, l2_normalize, held, y_chunks, num_local,

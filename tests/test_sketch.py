@@ -138,6 +138,31 @@ def test_rows_with_nan_or_inf_are_left_out_as_by_the_exact_engine():
     assert top_overlap(got.scores, exact.scores) >= 0.99
 
 
+def test_y_rows_past_the_spill_size_go_to_a_file_and_give_the_same_scores(monkeypatch, tmp_path):
+    """Above SPILL_BYTES the y rows are memory-mapped from a nameless temporary file: the same
+    scores (NaN rows included), and nothing left behind."""
+    x = decaying(3000, 48, seed=12)
+    x[[7, 2000], [1, 2]] = float("nan")
+    in_memory = quiet_sketch(x, chunk_rows=700)
+    monkeypatch.setattr(sketch_mod, "SPILL_BYTES", 0)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    mapped = []
+    made = sketch_mod._y_rows
+
+    def y_rows(rows, width):  # notes whether the rows are mapped from a file in tmp_path
+        ys = made(rows, width)
+        with open("/proc/self/maps") as maps:
+            mapped.append(any(str(tmp_path) in line for line in maps))
+        return ys
+
+    monkeypatch.setattr(sketch_mod, "_y_rows", y_rows)
+    got = quiet_sketch(x, chunk_rows=700)
+    assert mapped == [True]
+    np.testing.assert_array_equal(got.scores, in_memory.scores)
+    assert got.excluded == in_memory.excluded == [7, 2000]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_small_inputs_and_edges():
     x = decaying(5, 3, seed=9)
     got = quiet_sketch(x)  # fewer rows than the pilot: the pilot is every row
