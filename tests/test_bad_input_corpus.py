@@ -115,10 +115,9 @@ class EmbeddedCase:
     name: str
     image: Callable  # images folder -> the {"bytes", "path"} value (or None)
     outcome: str
-    conversations: list | None = None  # None: a good one; NO_TURNS: a null cell
+    null_turns: bool = False  # the conversations cell is null
 
 
-NO_TURNS = "null"
 EMBEDDED_CASES = [
     EmbeddedCase("embedded bytes that are not an image", lambda root: {"bytes": b"GIF89a, no", "path": "x.gif"},
                  "unreadable image"),
@@ -134,7 +133,7 @@ EMBEDDED_CASES = [
                  "unreadable image"),
     EmbeddedCase("null image cell, the turn has an <image> tag", lambda root: None, "bad record"),
     EmbeddedCase("null conversations cell", lambda root: {"bytes": (root / "ok.png").read_bytes(), "path": None},
-                 "bad record", NO_TURNS),
+                 "bad record", null_turns=True),
 ]
 
 
@@ -145,15 +144,28 @@ def demo(tmp_path_factory):
     return prepare_demo(tmp_path_factory.mktemp("demo"), n=50)
 
 
+def _case_folder(tmp_path_factory, name: str):
+    """A fresh folder and its images/ of every test image."""
+    tmp = tmp_path_factory.mktemp(name)
+    (tmp / "images").mkdir()
+    write_images(tmp / "images")
+    return tmp, tmp / "images"
+
+
+def _outcome(store, i: int) -> tuple[str, dict | None]:
+    """case-i's skip reason in the store ("kept" if it has a vector), and its skip record."""
+    from scalselect.store import read_skipped
+
+    skip = {s["sample_id"]: s for s in read_skipped(store)}.get(f"case-{i}")
+    return (skip["reason"] if skip else "kept"), skip
+
+
 @pytest.fixture(scope="module")
 def corpus_store(demo, tmp_path_factory):
     """One extraction of a pool holding every sample case plus 6 good samples."""
     from scalselect.pipeline import ExtractOptions, extract_store
 
-    tmp = tmp_path_factory.mktemp("corpus")
-    root = tmp / "images"
-    root.mkdir()
-    write_images(root)
+    tmp, root = _case_folder(tmp_path_factory, "corpus")
     records = [{"id": f"case-{i}", **case.record} for i, case in enumerate(SAMPLE_CASES)]
     records += [{"id": f"good-{i}", **ask("ok.png")} for i in range(6)]
     pool = tmp / "pool.jsonl"
@@ -171,16 +183,13 @@ def embedded_store(demo, tmp_path_factory):
 
     from scalselect.pipeline import ExtractOptions, extract_store
 
-    tmp = tmp_path_factory.mktemp("embedded")
-    root = tmp / "images"
-    root.mkdir()
-    write_images(root)
+    tmp, root = _case_folder(tmp_path_factory, "embedded")
     good = EmbeddedCase("good", lambda root: {"bytes": (root / "ok.png").read_bytes(), "path": "ok.png"}, "kept")
     cases = EMBEDDED_CASES + [good] * 3
     table = pa.table({
         "id": [f"case-{i}" for i in range(len(cases))],
         "image": pa.array([c.image(root) for c in cases], pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-        "conversations": [None if c.conversations == NO_TURNS else turn("<image>\nWhat is it?") for c in cases],
+        "conversations": [None if c.null_turns else turn("<image>\nWhat is it?") for c in cases],
     })
     pq.write_table(table, tmp / "pool.parquet", row_group_size=4)
     extract_store(demo["model"], tmp / "pool.parquet", root, tmp / "store",
@@ -190,27 +199,19 @@ def embedded_store(demo, tmp_path_factory):
 
 @pytest.mark.parametrize("i", range(len(EMBEDDED_CASES)), ids=[c.name for c in EMBEDDED_CASES])
 def test_one_bad_sample_of_a_parquet_pool_is_a_recorded_skip(embedded_store, i):
-    from scalselect.store import load_representations, read_skipped
+    from scalselect.store import load_representations
 
-    skipped = {s["sample_id"]: s for s in read_skipped(embedded_store)}
-    case = EMBEDDED_CASES[i]
-    got = skipped[f"case-{i}"]["reason"] if f"case-{i}" in skipped else "kept"
-    assert got == case.outcome, skipped.get(f"case-{i}")
+    got, skip = _outcome(embedded_store, i)
+    assert got == EMBEDDED_CASES[i].outcome, skip
     assert (f"case-{i}" in load_representations(embedded_store)[0]) == (got == "kept")
-    if got != "kept":
-        assert skipped[f"case-{i}"]["detail"]
+    assert skip is None or skip["detail"]  # says exactly why
 
 
 @pytest.mark.parametrize("i", range(len(SAMPLE_CASES)), ids=[c.name for c in SAMPLE_CASES])
 def test_one_bad_sample_is_a_recorded_skip(corpus_store, i):
-    from scalselect.store import read_skipped
-
-    skipped = {s["sample_id"]: s for s in read_skipped(corpus_store)}
-    case = SAMPLE_CASES[i]
-    got = skipped[f"case-{i}"]["reason"] if f"case-{i}" in skipped else "kept"
-    assert got == case.outcome, skipped.get(f"case-{i}")
-    if got != "kept":
-        assert skipped[f"case-{i}"]["detail"]  # says exactly why
+    got, skip = _outcome(corpus_store, i)
+    assert got == SAMPLE_CASES[i].outcome, skip
+    assert skip is None or skip["detail"]  # says exactly why
 
 
 def test_every_good_sample_is_still_extracted(corpus_store):

@@ -202,7 +202,8 @@ def test_each_dataloader_worker_reads_whole_blocks_dealt_in_turn(n, workers, blo
     """So a Parquet row group is decoded by one worker, not by all of them, and a pool sorted
     by source still spreads over the workers."""
     positions = np.sort(np.random.default_rng(n).choice(10 * n + 1, size=n, replace=False))
-    blocks = [positions[i:i + block].tolist() for i in range(0, n, block)]
+    size = max(1, min(block, -(-n // workers)))  # a small share: blocks of len / workers
+    blocks = [positions[i:i + size].tolist() for i in range(0, n, size)]
     expected = [sum(blocks[w::workers], []) for w in range(workers)]
     assert [share.tolist() for share in _deal(positions, workers, block)] == expected
     samples = _PoolSamples(_Positions(n, block), positions, _who_reads)
