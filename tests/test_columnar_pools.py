@@ -458,3 +458,11 @@ def test_save_to_disk_subsets_are_named_as_folders_and_never_hold_the_pool(saved
     info["splits"] = {"train": {"num_examples": len(pool)}}
     write_subset(pool, [0, 1], tmp_path / "sub")
     assert "splits" not in json.loads((tmp_path / "sub" / "dataset_info.json").read_text())
+
+
+def test_without_pyarrow_a_columnar_pool_says_what_to_install(parquet_pool, monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # `import pyarrow` now fails
+    assert main(["select", "--scores", str(tmp_path / "s.jsonl"), "--data", str(parquet_pool[1]), "--budget", "1",
+                 "--out", str(tmp_path / "s.parquet")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "need pyarrow: pip install 'scalselect[arrow]'" in err[0]
