@@ -22,14 +22,21 @@ except PackageNotFoundError:  # running from a source tree
 
 
 def info() -> dict:
-    """Version, compiled backends and CUDA architectures, and whether a GPU is usable."""
+    """Version, compiled backends and CUDA architectures, whether a GPU is usable, and the
+    pyarrow that reads Parquet and save_to_disk pools (None: not installed)."""
+    import importlib.metadata
+
     import torch
 
     from .kernels import build_info
 
     gpu = torch.cuda.is_available()
+    try:
+        arrow = importlib.metadata.version("pyarrow")
+    except importlib.metadata.PackageNotFoundError:
+        arrow = None
     return {"version": __version__, "torch": torch.__version__, **build_info(),
-            "gpu_usable": gpu, "gpu": torch.cuda.get_device_name(0) if gpu else None}
+            "gpu_usable": gpu, "gpu": torch.cuda.get_device_name(0) if gpu else None, "pyarrow": arrow}
 
 
 __all__ = ["ExtractOptions", "InputError", "LeverageResult", "Pool", "StoreWriter", "extract_store", "info", "leverage_scores",

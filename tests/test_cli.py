@@ -526,8 +526,11 @@ def test_info_json(capsys):
     assert {"version", "native", "cuda", "cuda_archs", "gpu_usable"} <= set(facts)
     assert isinstance(facts["native"], bool)
     assert isinstance(facts["gpu_usable"], bool)
+    import pyarrow
+
     import scalselect
     assert facts["version"] == scalselect.__version__
+    assert facts["pyarrow"] == pyarrow.__version__  # Parquet and save_to_disk pools can be read
 
 
 def test_demo_runs_twice(tmp_path, capsys):
