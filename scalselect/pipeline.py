@@ -95,9 +95,9 @@ def _deal(positions: np.ndarray, parts: int, block: int) -> list[np.ndarray]:
     """`positions` dealt out to `parts` readers (ranks, workers) `block` at a time: reader p
     gets blocks p, p + parts, ... in order. Whole blocks keep a Parquet row group with one reader
     (every reader taking every W-th sample decoded every row group); dealing them in turn
-    spreads a pool sorted by source or size evenly. Blocks shrink to len / parts when there is
-    less to share, so that no reader waits idle. Shares never grow with p."""
-    block = max(1, min(block, -(-len(positions) // parts)))
+    spreads a pool sorted by source or size evenly. Blocks shrink to len // parts when there is
+    less to share, so that every reader gets some. Shares never grow with p."""
+    block = max(1, min(block, len(positions) // parts))
     turn = (np.arange(len(positions)) // block) % parts
     return [positions[turn == p] for p in range(parts)]
 

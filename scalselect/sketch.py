@@ -357,7 +357,12 @@ def _y_rows(rows: int, width: int) -> torch.Tensor:
     if rows * width * 4 <= SPILL_BYTES:
         return torch.zeros(rows, width, dtype=torch.float32)
     with tempfile.TemporaryFile(prefix="scalselect-y-") as f:
-        f.truncate(rows * width * 4)  # a sparse file of zeros
+        try:  # the space taken now: a sparse file that runs out of room mid-pass ends in SIGBUS
+            os.posix_fallocate(f.fileno(), 0, rows * width * 4)
+        except OSError as exc:
+            raise InputError(f"no room for the sketch's y rows ({rows * width * 4 / 2**30:.1f} GiB) in "
+                             f"{tempfile.gettempdir()}: {exc.strerror or exc}; point TMPDIR at a disk "
+                             "with room") from None
         return torch.from_numpy(np.memmap(f, dtype=np.float32, mode="r+", shape=(rows, width)))
 
 

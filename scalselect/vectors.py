@@ -2,8 +2,9 @@
 cluster`: what they need of the vectors is kept in memory that does not grow with the pool
 (D x D sums, a sample of rows, and for k-means CLUSTER_DIMS numbers per sample).
 
-Second moments are summed in float64 over float32 products of rows shifted by the first chunk's
-mean, as the exact scoring engine sums its Gram matrix, and centred after the pass.
+Second moments: each chunk is centred on its own mean, its Gram taken as one float32 product,
+and the chunks merged in float64 (Chan et al.'s pairwise update), so the precision does not hang
+on how well one chunk stands for the pool (a pool sorted by source, a small first shard).
 """
 
 from __future__ import annotations
@@ -24,16 +25,22 @@ def scored_chunks(store, score_ids: list, chunk_rows: int = 8192):
     Every scored sample must have a row."""
     src = open_rows(store)
     at = {sid: i for i, sid in enumerate(score_ids)}
-    missing = len(at) - len(at.keys() & set(src.ids))
+    stored = set(src.ids)
+    missing = [sid for sid in score_ids if sid not in stored]
     if missing:
-        example = next(sid for sid in score_ids if sid not in set(src.ids))
-        raise InputError(f"{missing} scored samples have no vector in the store (e.g. {example!r}): "
+        raise InputError(f"{len(missing)} scored samples have no vector in the store (e.g. {missing[0]!r}): "
                          "is it the store they were scored from?")
     for start, chunk in src.chunks(chunk_rows):
         where = [(row, at[sid]) for row, sid in enumerate(src.ids[start:start + chunk.shape[0]]) if sid in at]
         if where:
             rows, index = (list(t) for t in zip(*where))
-            yield np.asarray(index, dtype=np.int64), chunk[rows].to(torch.float32)
+            vectors = chunk[rows].to(torch.float32)
+            finite = torch.isfinite(vectors).all(dim=1)
+            if not finite.all():  # scoring leaves such rows out: this is another store
+                bad = score_ids[index[int(torch.nonzero(~finite)[0])]]
+                raise InputError(f"scored sample {bad!r} has a vector holding NaN or inf in the store: "
+                                 "is it the store it was scored from?")
+            yield np.asarray(index, dtype=np.int64), vectors
 
 
 def rows_of(store, score_ids: list, which: np.ndarray) -> torch.Tensor:
@@ -59,47 +66,51 @@ class Moments:
 
 
 class _Sums:
-    """Shifted sums: sum of (x - c), sum of (x - c)(x - c)^T, the number of rows."""
+    """The count, mean (float64) and centred Gram sum (x - mean)(x - mean)^T (float64) of the
+    rows added so far."""
 
     def __init__(self, dim: int):
-        self.rows, self.sum = 0, torch.zeros(dim, dtype=torch.float64)
-        self.outer = torch.zeros(dim, dim, dtype=torch.float64)
+        self.rows, self.mean = 0, torch.zeros(dim, dtype=torch.float64)
+        self.gram = torch.zeros(dim, dim, dtype=torch.float64)
 
-    def add(self, shifted: torch.Tensor) -> None:
-        self.rows += shifted.shape[0]
-        self.sum += shifted.sum(dim=0, dtype=torch.float64)
-        self.outer += (shifted.T @ shifted).to(torch.float64)
+    def add(self, rows: torch.Tensor) -> None:
+        """Merge a chunk: its own centred Gram (float32 product), then the pairwise update."""
+        n = rows.shape[0]
+        mean = rows.double().mean(dim=0)
+        centred = rows - mean.float()
+        off = centred.double().mean(dim=0)  # what float32 rounding of the mean left: n off off^T
+        gram = (centred.T @ centred).double() - n * torch.outer(off, off)
+        delta, total = mean - self.mean, self.rows + n
+        self.gram += gram + torch.outer(delta, delta) * (self.rows * n / total)
+        self.mean += delta * (n / total)
+        self.rows = total
 
-    def centred_at(self, delta: torch.Tensor) -> torch.Tensor:
-        """sum of (x - m)(x - m)^T with m = c + delta."""
-        return self.outer - torch.outer(delta, self.sum) - torch.outer(self.sum, delta) \
-            + self.rows * torch.outer(delta, delta)
+    def centred_at(self, mean: torch.Tensor) -> torch.Tensor:
+        """sum of (x - m)(x - m)^T for another centre m."""
+        delta = self.mean - mean
+        return self.gram + self.rows * torch.outer(delta, delta)
 
 
 def moments(store, score_ids: list, subsets: dict | None = None, on_chunk=None) -> Moments:
     """One pass over the scored vectors. `subsets`: name -> boolean mask over score_ids.
     `on_chunk(index, rows)` sees every chunk too (what else wants the same pass)."""
     subsets = subsets or {}
-    shift = whole = None
-    parts = {}
+    whole, parts = None, {}
     for index, rows in scored_chunks(store, score_ids):
-        if shift is None:
-            shift = rows.double().mean(dim=0).float()
+        if whole is None:
             whole = _Sums(rows.shape[1])
             parts = {name: _Sums(rows.shape[1]) for name in subsets}
-        shifted = rows - shift
-        whole.add(shifted)
+        whole.add(rows)
         for name, mask in subsets.items():
             chosen = torch.from_numpy(mask[index])
             if chosen.any():
-                parts[name].add(shifted[chosen])
+                parts[name].add(rows[chosen])
         if on_chunk is not None:
             on_chunk(index, rows)
     if whole is None:
         raise InputError("no scored sample has a vector in the store")
-    delta = whole.sum / whole.rows
-    return Moments(whole.rows, shift.double() + delta, whole.centred_at(delta),
-                   {name: part.centred_at(delta) for name, part in parts.items()})
+    return Moments(whole.rows, whole.mean, whole.gram,
+                   {name: part.centred_at(whole.mean) for name, part in parts.items()})
 
 
 def principal_rows(store, score_ids: list, dims: int = CLUSTER_DIMS) -> torch.Tensor:

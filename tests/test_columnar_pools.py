@@ -197,15 +197,19 @@ def _who_reads(record, layout, sample_id):
 
 
 @pytest.mark.parametrize("n, workers, block", [(0, 2, 4), (1, 2, 4), (7, 3, 2), (40, 2, 64), (101, 4, 8),
-                                               (103, 3, 10)])
+                                               (103, 3, 10), (9, 8, 64), (17, 8, 4)])
 def test_each_dataloader_worker_reads_whole_blocks_dealt_in_turn(n, workers, block):
     """So a Parquet row group is decoded by one worker, not by all of them, and a pool sorted
     by source still spreads over the workers."""
     positions = np.sort(np.random.default_rng(n).choice(10 * n + 1, size=n, replace=False))
-    size = max(1, min(block, -(-n // workers)))  # a small share: blocks of len / workers
+    shares = [share.tolist() for share in _deal(positions, workers, block)]
+    assert sorted(sum(shares, [])) == positions.tolist()
+    lengths = [len(share) for share in shares]
+    assert lengths == sorted(lengths, reverse=True) and (n < workers or min(lengths) > 0)  # no one idle
+    size = max(1, min(block, n // workers))  # blocks of `block`, or of n // workers when less is shared
     blocks = [positions[i:i + size].tolist() for i in range(0, n, size)]
     expected = [sum(blocks[w::workers], []) for w in range(workers)]
-    assert [share.tolist() for share in _deal(positions, workers, block)] == expected
+    assert shares == expected
     samples = _PoolSamples(_Positions(n, block), positions, _who_reads)
     loader = torch.utils.data.DataLoader(samples, batch_size=None, num_workers=workers, collate_fn=lambda x: x)
     read = list(loader)

@@ -2,6 +2,7 @@
 matrices: its algebra is exact when the sketch spans everything, it is accurate and certified
 where the spectrum decays, and it says so when it cannot certify."""
 
+import gc
 import warnings
 
 import numpy as np
@@ -160,6 +161,9 @@ def test_y_rows_past_the_spill_size_go_to_a_file_and_give_the_same_scores(monkey
     assert mapped == [True]
     np.testing.assert_array_equal(got.scores, in_memory.scores)
     assert got.excluded == in_memory.excluded == [7, 2000]
+    gc.collect()
+    with open("/proc/self/maps") as maps:  # the file is gone with its last mapping: its space is back
+        assert not any(str(tmp_path) in line for line in maps)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -44,6 +44,34 @@ def test_moments_equal_the_whole_matrix_in_float64(tmp_path, rows, dim, seed):
         np.testing.assert_allclose(m.subsets[name].numpy(), centred_gram(x[mask], mean), atol=1e-5 * scale)
 
 
+def test_moments_keep_their_precision_when_the_first_shard_is_unlike_the_pool(tmp_path):
+    """A pool sorted by source: a small first shard far from the rest, scales from 1 to 1e-3."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((6000, 32)) * np.logspace(0, -3, 32)
+    x[:50] += 1000.0
+    write_store(tmp_path / "sorted", x.astype(np.float32), [f"s{i}" for i in range(6000)], dtype="float32",
+                shard_rows=50)
+    x = x.astype(np.float32).astype(np.float64)
+    ids = [f"s{i}" for i in range(6000)]
+    mask = np.zeros(6000, dtype=bool)
+    mask[40:3000] = True
+    m = moments(tmp_path / "sorted", ids, {"part": mask})
+    exact, exact_part = centred_gram(x, x.mean(axis=0)), centred_gram(x[mask], x.mean(axis=0))
+    np.testing.assert_allclose(m.gram.numpy(), exact, atol=1e-6 * np.abs(exact).max())
+    np.testing.assert_allclose(m.subsets["part"].numpy(), exact_part, atol=1e-6 * np.abs(exact_part).max())
+    smallest = np.linalg.eigvalsh(exact)[0]
+    assert np.linalg.eigvalsh(m.gram.numpy())[0] == pytest.approx(smallest, rel=1e-3)
+
+
+def test_a_non_finite_vector_of_a_scored_sample_is_one_line(tmp_path):
+    store, ids, x = random_store(tmp_path, 30, 4, 8)
+    bad = np.load(store / "shard-00000.npy")
+    bad[2, 1] = np.nan
+    np.save(store / "shard-00000.npy", bad)
+    with pytest.raises(InputError, match="has a vector holding NaN or inf in the store"):
+        moments(store, ids)
+
+
 def test_scored_chunks_cover_every_scored_row_once(tmp_path):
     store, ids, x = random_store(tmp_path, 100, 4, 7)
     seen = np.zeros(len(ids), dtype=int)
@@ -93,11 +121,12 @@ def test_compare_figures_equal_their_in_memory_definitions(tmp_path):
     values = torch.linalg.eigvalsh(centred.T @ centred).flip(0)
     k = rank_for_energy(values, float(values.sum()), 0.9)
     for budget in ("40%", "2"):
-        report = compare_methods(pool, ids, scores, store, budget, ["scalselect", "random", "length"], seed=1)
+        report = compare_methods(pool, ids, scores, store, budget, ["scalselect", "random", "length", "cluster"],
+                                 seed=1, clusters=3)
         assert report["k"] == k
         index = {sid: i for i, sid in enumerate(ids)}
         for method, figures in report["methods"].items():
-            chosen, _ = top_positions(pool, ids, scores, budget, method=method, seed=1)
+            chosen, _ = top_positions(pool, ids, scores, budget, method=method, seed=1, store=store, clusters=3)
             rows = [index[pool.ids[p]] for p in chosen]
             right = torch.linalg.svd(centred[rows], full_matrices=False).Vh[:k].T
             error = 1 - float((centred @ right).pow(2).sum()) / float(values.sum())
@@ -125,3 +154,17 @@ def test_nearest_distances_equal_direct_cdist(probes, rows, dim, seed):
     got = _nearest(a, b)
     assert torch.equal(got[: probes // 3], torch.zeros(probes // 3, dtype=torch.float64))
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_a_probe_among_many_near_duplicates_finds_itself():
+    """More near-duplicates than CANDIDATES around a probe that is one of them."""
+    from scalselect.compare import CANDIDATES, _nearest
+
+    gen = torch.Generator().manual_seed(30)
+    base = torch.randn(1024, generator=gen, dtype=torch.float64) * 50 + 100
+    rows = (base + 0.01 * torch.randn(4 * CANDIDATES, 1024, generator=gen, dtype=torch.float64)).float()
+    far = base + 500  # another probe, far away: the products are taken about the probes' mean
+    probe = torch.cat([rows[[5, 17]].double(), far[None]])
+    got = _nearest(probe, rows)
+    assert torch.equal(got[:2], torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(got[2], torch.cdist(far[None], rows.double()).min(), rtol=1e-12, atol=0)
