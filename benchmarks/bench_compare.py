@@ -52,6 +52,7 @@ def in_memory(pool, ids, scores, store, budget, methods, seed=0, energy=0.9):
     """The figures with every vector in memory, as compare computed them before it streamed."""
     import torch
 
+    from scalselect.compare import COVERAGE_SAMPLE
     from scalselect.eigen import centred_spectrum, rank_for_energy
     from scalselect.select import top_positions
     from scalselect.store import load_representations
@@ -63,7 +64,7 @@ def in_memory(pool, ids, scores, store, budget, methods, seed=0, energy=0.9):
     values = centred_spectrum(data)
     total = float(values.sum())
     k = rank_for_energy(values, total, energy) or len(values)
-    probe = np.random.default_rng(seed).choice(len(ids), size=min(2000, len(ids)), replace=False)
+    probe = np.random.default_rng(seed).choice(len(ids), size=min(COVERAGE_SAMPLE, len(ids)), replace=False)
     at = {p: i for i, p in enumerate(pool.index_of()[sid] for sid in ids)}
     out = {}
     for method in methods:

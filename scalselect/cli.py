@@ -197,7 +197,7 @@ def _compare(args) -> dict:
 
 
 def _compare_here(args) -> dict:
-    from .compare import compare_methods, table
+    from .compare import COVERAGE_SAMPLE, compare_methods, table
     from .data import read_pool
     from .select import read_scores
 
@@ -214,7 +214,7 @@ def _compare_here(args) -> dict:
                              seed=args.seed, energy=args.energy, source_by=args.source_by, clusters=args.clusters)
     report |= {"store": str(args.store), "scores": str(args.scores), "pool": str(args.data), "budget": args.budget}
     print(f"budget {args.budget} of {report['eligible']} scored samples; k = {report['k']} at energy "
-          f"{args.energy}; coverage over {min(report['eligible'], 2000)} pool vectors; sources by {args.source_by}")
+          f"{args.energy}; coverage over {min(report['eligible'], COVERAGE_SAMPLE)} pool vectors; sources by {args.source_by}")
     print(table(report))
     if args.out is not None:
         _write_json(args.out, report)
