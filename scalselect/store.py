@@ -2,24 +2,34 @@
 
 A store is a directory:
 
-    manifest.json               {"format": "scalselect-store", "version": 1, "dim": D,
+    manifest.json               {"format": "scalselect-store", "version": 2, "dim": D,
                                  "dtype": "float16", "num_rows": N,
                                  "shards": [{"vectors": "shard-00000.npy",
-                                             "ids": "shard-00000.ids.json", "rows": n0}, ...],
+                                             "ids": "shard-00000.ids.json",
+                                             "skipped": "shard-00000.skipped.jsonl", "rows": n0,
+                                             "check": {FILE: {"bytes": ..., "crc32": ...}}}, ...],
                                  "meta": {...}}           (free-form: model, settings, ...)
-    shard-00000.npy             n0 x D array (plain .npy, never pickled; read memory-mapped)
+    shard-00000.npy             n0 x D array (plain .npy, never pickled)
     shard-00000.ids.json        JSON list of the n0 sample ids (str or int, exactly as in the pool)
+    shard-00000.skipped.jsonl   the samples skipped while making the part, with their reasons
+    shard-00000.part.json       the part's commit record: its manifest entry
 
-Rows are in shard order. Every file is written atomically and the manifest last, so a store
-with a manifest is complete. Other sources: numpy arrays and memmaps, torch tensors, a `.npy`
-file, and the reference implementation's `all_representations.npz` (`representations`,
-`sample_ids`).
+Rows are in shard order. Every file is written atomically (scalselect._atomic), a part's
+record last: it commits the part and holds the size and CRC-32 of each of its files, which the
+readers check (sizes when a store is opened, the bytes as they are read, everything on
+--resume, where a part that fails is done again). The manifest comes last of all, so a store
+with a manifest is complete. Version 1 stores (no checks) are still read. Other sources: numpy
+arrays and memmaps, torch tensors, a `.npy` file, and the reference implementation's
+`all_representations.npz` (`representations`, `sample_ids`).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -27,16 +37,19 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ._atomic import atomic_open
+from ._atomic import atomic_open, file_check, json_text, write_json, written
 from .errors import InputError
 
 STORE_FORMAT = "scalselect-store"
-STORE_VERSION = 1
+STORE_VERSION = 2
+_READS = (1, 2)  # version 1: the same, without the parts' checks
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"  # an unfinished store: its settings, for --resume
 SKIPPED = "skipped.jsonl"
 LOCK = ".lock"  # held by the one process writing the store
 SIDECAR = ".sidecar.npz"  # a part's extra arrays (StoreWriter.add), beside its vectors
+PART = ".part.json"  # a part's commit record, written last
+_PART_FILES = (".npy", ".ids.json", ".skipped.jsonl", SIDECAR)
 _STORE_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
@@ -89,16 +102,19 @@ class RowSource:
 class NpyFile:
     """A C-ordered 2-D .npy file read in chunks with plain file reads. (Pages touched through a
     memory map count in the process's resident memory: a pass over a 10 GB store would show as
-    10 GB.)"""
+    10 GB.) With `check` (a store's record of the file), a pass verifies its CRC-32 as it reads."""
 
     path: Path
     offset: int  # where the data starts, after the header
     shape: tuple
     dtype: np.dtype
+    check: dict | None = None
 
     @classmethod
-    def open(cls, path: Path):
+    def open(cls, path: Path, check: dict | None = None):
         """An NpyFile, or the array itself when it is not a C-ordered numeric matrix."""
+        if check is not None:
+            _check_size(path, check)
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)  # parses and checks the header
         except Exception as exc:  # a corrupt header raises ValueError, SyntaxError, TokenError, ...
@@ -107,22 +123,29 @@ class NpyFile:
             raise InputError(f"{path}: holds an .npz archive, not one .npy array")
         if arr.ndim != 2 or arr.dtype.kind not in "fiu" or not arr.flags.c_contiguous:
             return arr  # the callers' checks name what is wrong, or read it whole
-        return cls(Path(path), int(arr.offset), tuple(arr.shape), arr.dtype)
+        return cls(Path(path), int(arr.offset), tuple(arr.shape), arr.dtype, check)
 
     def chunks(self, start: int, chunk_rows: int) -> Iterator[tuple[int, torch.Tensor]]:
         rows, dim = self.shape
         row_bytes = dim * self.dtype.itemsize
         with open(self.path, "rb") as f:
+            crc = zlib.crc32(f.read(self.offset))  # the header, then every row as it is read
             for lo in range(0, rows, chunk_rows):
                 count = min(chunk_rows, rows - lo)
                 f.seek(self.offset + lo * row_bytes)
                 arr = np.fromfile(f, dtype=self.dtype, count=count * dim)
                 if arr.size != count * dim:
                     raise InputError(f"{self.path}: file is shorter than its header says (truncated?)")
+                crc = zlib.crc32(arr.data, crc)
+                if lo + count == rows:  # before the last rows are used
+                    _check_crc(self.path, self.check, crc)
                 yield start + lo, _as_tensor(arr.reshape(count, dim))
+            if rows == 0:
+                _check_crc(self.path, self.check, crc)
 
     def take(self, rows: np.ndarray) -> torch.Tensor:
-        """The rows at these ascending indices, one read each."""
+        """The rows at these ascending indices, one read each (sizes checked, not the CRC: that
+        takes a pass)."""
         dim = self.shape[1]
         row_bytes = dim * self.dtype.itemsize
         out = np.empty((len(rows), dim), dtype=self.dtype)
@@ -134,6 +157,22 @@ class NpyFile:
                     raise InputError(f"{self.path}: file is shorter than its header says (truncated?)")
                 out[slot] = arr
         return _as_tensor(out)
+
+
+def _check_size(path: Path, check: dict) -> None:
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise InputError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    if size != check["bytes"]:
+        raise InputError(f"{path}: {size} bytes, but the store recorded {check['bytes']} "
+                         "(truncated or replaced since it was written)")
+
+
+def _check_crc(path: Path, check: dict | None, crc: int) -> None:
+    if check is not None and f"{crc:08x}" != check["crc32"]:
+        raise InputError(f"{path}: its bytes do not match the store's CRC-32 (corrupted or changed "
+                         "since it was written)")
 
 
 def _as_tensor(part) -> torch.Tensor:
@@ -239,13 +278,13 @@ def read_manifest(store: str | os.PathLike) -> dict:
         raise InputError(f"{store}: not a representation store (no {MANIFEST})")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise InputError(f"{path}: corrupt manifest ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
         raise InputError(f"{path}: not a {STORE_FORMAT} manifest")
-    if manifest.get("version") != STORE_VERSION:
+    if manifest.get("version") not in _READS:
         raise InputError(f"{path}: store version {manifest.get('version')!r} is not supported "
-                         f"(this scalselect reads version {STORE_VERSION})")
+                         f"(this scalselect reads versions {', '.join(map(str, _READS))})")
     return manifest
 
 
@@ -262,7 +301,8 @@ def part_shards(num_shards: int, part: tuple[int, int] | None = None) -> range:
 
 
 def read_store(store: str | os.PathLike, part: tuple[int, int] | None = None) -> RowSource:
-    """Open a store's shards for chunked reading, checking them against the manifest.
+    """Open a store's shards for chunked reading, checking them against the manifest (their
+    sizes and ids now, the vectors' CRC-32 as a pass reads them).
 
     part=(rank, world): only the shards `part_shards` gives that rank, in manifest order (the
     other shards' files are not opened; their ids are not checked against these). Such a part
@@ -271,60 +311,85 @@ def read_store(store: str | os.PathLike, part: tuple[int, int] | None = None) ->
     manifest = read_manifest(store)
     dim = manifest.get("dim")
     shards = manifest.get("shards")
-    if not isinstance(shards, list) or not isinstance(dim, int):
+    if not isinstance(shards, list) or not isinstance(dim, int) or isinstance(dim, bool):
         raise InputError(f"{store}/{MANIFEST}: corrupt manifest ('shards' must be a list, 'dim' an integer)")
-    if part is not None:
-        for entry in shards:  # every entry well-formed, so that the rows add up
-            _shard_paths(store, entry)
-        total = sum(int(entry["rows"]) for entry in shards)
-        if total != manifest.get("num_rows"):
-            raise InputError(f"{store}: shards hold {total} rows, manifest says {manifest.get('num_rows')}")
-        if not total:
-            raise InputError(f"{store}: the store holds no vectors")
+    for entry in shards:  # every entry well-formed, so that the rows add up
+        _check_entry(store, entry)
+    total = sum(entry["rows"] for entry in shards)
+    if total != manifest.get("num_rows"):
+        raise InputError(f"{store}: shards hold {total} rows, manifest says {manifest.get('num_rows')}")
+    if not total:
+        raise InputError(f"{store}: the store holds no vectors")
     blocks, ids = [], []
     for entry in (shards[i] for i in part_shards(len(shards), part)):
-        vec_path, ids_path = _shard_paths(store, entry)
-        arr = NpyFile.open(vec_path)
-        shard_ids = _read_json_list(ids_path)
-        if len(arr.shape) != 2 or arr.shape[1] != dim or arr.shape[0] != entry["rows"]:
-            raise InputError(f"{vec_path}: shape {arr.shape} does not match the manifest "
-                             f"({entry['rows']} rows of width {dim})")
-        if not isinstance(shard_ids, list) or len(shard_ids) != arr.shape[0]:
-            raise InputError(f"{ids_path}: expected a list of {arr.shape[0]} ids")
+        arr, shard_ids = _open_shard(store, entry, dim)
         if arr.shape[0]:
             blocks.append(arr)
         ids.extend(shard_ids)
-    if part is not None:
-        what = f"{store} (shards {part[0]}::{part[1]})"
-        return RowSource(blocks, _check_ids(ids, len(ids), what), what)
-    if not blocks:
-        raise InputError(f"{store}: the store holds no vectors")
-    if len(ids) != manifest.get("num_rows"):
-        raise InputError(f"{store}: shards hold {len(ids)} rows, manifest says {manifest.get('num_rows')}")
-    return RowSource(blocks, _check_ids(ids, len(ids), str(store)), str(store))
+    what = str(store) if part is None else f"{store} (shards {part[0]}::{part[1]})"
+    return RowSource(blocks, _check_ids(ids, len(ids), what), what)
 
 
-def _shard_paths(store: Path, entry) -> tuple[Path, Path]:
-    """The two files of a manifest's shard entry; plain names inside the store only."""
-    try:
-        names = entry["vectors"], entry["ids"]
-        int(entry["rows"])
-    except (KeyError, TypeError, ValueError):
-        raise InputError(f"{store}/{MANIFEST}: corrupt shard entry {entry!r}") from None
+def _check_entry(store: Path, entry) -> None:
+    """A manifest's (or part record's) shard entry: plain file names inside the store, a row
+    count, and for version 2 each file's {"bytes", "crc32"}."""
+    bad = InputError(f"{store}: corrupt shard entry {str(entry)[:200]}")
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("vectors", "ids")):
+        raise bad
+    rows = entry.get("rows")
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+        raise bad
+    names = [entry[k] for k in ("vectors", "ids", "skipped", "sidecar") if k in entry]
     for name in names:
         if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-            raise InputError(f"{store}/{MANIFEST}: shard file {name!r} is not a plain file name")
-    return store / names[0], store / names[1]
+            raise InputError(f"{store}: shard file {name!r} is not a plain file name")
+    check = entry.get("check")
+    if check is None:
+        return
+    if not isinstance(check, dict) or set(check) != set(names) or not all(
+            isinstance(c, dict) and isinstance(c.get("bytes"), int) and not isinstance(c.get("bytes"), bool)
+            and isinstance(c.get("crc32"), str) for c in check.values()):
+        raise bad
+
+
+def _open_shard(store: Path, entry: dict, dim: int) -> tuple:
+    """A checked entry's vectors (for reading) and ids, with the sizes and ids' CRC checked."""
+    check = entry.get("check") or {}
+    vec_path = store / entry["vectors"]
+    arr = NpyFile.open(vec_path, check.get(entry["vectors"]))
+    if len(arr.shape) != 2 or arr.shape[1] != dim or arr.shape[0] != entry["rows"]:
+        raise InputError(f"{vec_path}: shape {arr.shape} does not match the manifest "
+                         f"({entry['rows']} rows of width {dim})")
+    shard_ids = _read_json_list(store / entry["ids"], check.get(entry["ids"]))
+    if len(shard_ids) != arr.shape[0]:
+        raise InputError(f"{store / entry['ids']}: expected a list of {arr.shape[0]} ids")
+    return arr, shard_ids
+
+
+def _verify_part(store: Path, entry: dict) -> str | None:
+    """What is wrong with a committed part's files (every byte read), or None."""
+    for name, want in entry["check"].items():
+        try:
+            got = file_check(store / name)
+        except OSError as exc:
+            return f"{name}: {exc.strerror or exc}"
+        if got["bytes"] != want["bytes"]:
+            return f"{name} holds {got['bytes']} bytes, {want['bytes']} were written"
+        if got["crc32"] != want["crc32"]:
+            return f"{name}: its bytes do not match their CRC-32"
+    return None
 
 
 class StoreWriter:
     """Writes a store part by part; `close()` writes the manifest that makes it complete.
 
     Each part is a shard of rows plus the samples skipped while making it (one JSON line each,
-    `{"sample_id": ..., "reason": ...}`). A part is committed when its ids file exists: vectors
-    and skips are written (atomically) before it. With `resume=True` the committed parts of an
-    unfinished store are kept, provided its settings equal `settings`, and `done_ids` says
-    which samples need no more work; a part cut short by a crash is written again.
+    `{"sample_id": ..., "reason": ...}`). A part is committed when its record (PART) exists:
+    vectors, ids and skips are written (atomically, checked) before it, and it holds their
+    sizes and CRC-32s. With `resume=True` the committed parts of an unfinished store are kept,
+    provided its settings equal `settings` and each part's files still match their record (a
+    part that does not is removed and done again), and `done_ids` says which samples need no
+    more work; files of a part cut short by a crash are removed.
 
     Under torchrun (`comm` of scalselect.distributed) every rank has a writer: rank 0 locks,
     checks and prepares the directory and reads what is committed (every rank gets the same
@@ -344,7 +409,7 @@ class StoreWriter:
             raise InputError("bfloat16 cannot be stored in .npy; use float16 or float32")
         self.store, self.dim, self.dtype, self.meta = Path(store), int(dim), dtype, dict(meta or {})
         self.comm = comm or Comm()
-        self.settings = {"dim": self.dim, "dtype": dtype, **(settings or {})}
+        self.settings = {"store_version": STORE_VERSION, "dim": self.dim, "dtype": dtype, **(settings or {})}
         self._prefix = f"shard-r{self.comm.rank}-" if self.comm.active else "shard-"
         self._lock = None
         self._next = 0
@@ -358,7 +423,7 @@ class StoreWriter:
         self._lock = _lock(self.store / LOCK)
         try:
             self._prepare(resume)
-            self._scan()
+            self._scan(verify=True)
         except BaseException:
             self._unlock()
             raise
@@ -374,40 +439,54 @@ class StoreWriter:
                                  "or choose another output")
             try:
                 before = json.loads(progress.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, RecursionError) as exc:
                 raise InputError(f"{progress}: unreadable ({exc})") from None
+            if not isinstance(before, dict):
+                raise InputError(f"{progress}: unreadable (not a JSON object)")
             check_same_settings(self.store, before, self.settings)
         elif any(p.name != LOCK for p in self.store.iterdir()):
             raise InputError(f"{self.store}: exists and is not empty; choose another output")
-        with atomic_open(progress) as f:
-            json.dump(self.settings, f, indent=1, ensure_ascii=False)
+        write_json(progress, self.settings)
 
-    def _scan(self) -> None:
-        """The committed parts of every writer, in name order (each part's ids file commits it)."""
+    def _scan(self, verify: bool) -> None:
+        """The committed parts of every writer, in name order. verify (rank 0, before anyone
+        writes): every byte of every part checked against its record, a part that fails removed
+        (its samples are done again), and what uncommitted parts and temporaries left removed."""
         self.shards: list[dict] = []
         self.done_ids: set = set()
         self.skip_counts: dict[str, int] = {}
-        for ids_file in sorted(self.store.glob("shard-*.ids.json")):
-            name = ids_file.name.removesuffix(".ids.json")
-            ids = _read_json_list(ids_file)
-            rows = NpyFile.open(self.store / f"{name}.npy").shape
-            skipped = _read_jsonl(self.store / f"{name}.skipped.jsonl")
-            if len(rows) != 2 or rows[0] != len(ids) or rows[1] != self.dim:
-                raise InputError(f"{self.store}/{name}.npy: shape {rows} does not match its "
-                                 f"{len(ids)} ids and width {self.dim}")
-            self._committed(name, ids, skipped)
+        named = set()
+        for record in sorted(self.store.glob(f"shard-*{PART}")):
+            try:
+                entry = _read_part(self.store, record)
+                problem = _verify_part(self.store, entry) if verify else None
+                if problem is None:
+                    _, ids = _open_shard(self.store, entry, self.dim)
+                    skipped = _read_jsonl(self.store / entry["skipped"], entry["check"][entry["skipped"]])
+            except InputError as exc:
+                if not verify:
+                    raise
+                problem = str(exc)
+            if problem is None:
+                self._committed(entry, ids, skipped)
+                named.add(record.name.removesuffix(PART))
+            else:
+                warnings.warn(f"{self.store}: part {record.name.removesuffix(PART)} is corrupt ({problem}); "
+                              "its samples are done again", RuntimeWarning)
+                record.unlink()
+        if verify:
+            for path in [*self.store.glob("shard-*"), *self.store.glob(".*.tmp")]:
+                if path.name.endswith(".tmp") or (path.name.endswith(_PART_FILES)
+                                                  and _part_name(path.name) not in named):
+                    path.unlink()
 
     def _name(self) -> str:
         """The next part's name: this writer's prefix and the first index no committed part has."""
-        while (self.store / f"{self._prefix}{self._next:05d}.ids.json").exists():
+        while (self.store / f"{self._prefix}{self._next:05d}{PART}").exists():
             self._next += 1
         return f"{self._prefix}{self._next:05d}"
 
-    def _committed(self, name: str, ids: list, skipped: list[dict]) -> None:
-        entry = {"vectors": f"{name}.npy", "ids": f"{name}.ids.json", "skipped": f"{name}.skipped.jsonl",
-                 "rows": len(ids)}
-        if (self.store / f"{name}{SIDECAR}").exists():
-            entry["sidecar"] = f"{name}{SIDECAR}"
+    def _committed(self, entry: dict, ids: list, skipped: list[dict]) -> None:
         self.shards.append(entry)
         for sample_id in [*ids, *(skip["sample_id"] for skip in skipped)]:
             if sample_id in self.done_ids:
@@ -433,19 +512,29 @@ class StoreWriter:
         ids = [_plain_id(i) for i in ids]
         skipped = [{**s, "sample_id": _plain_id(s["sample_id"])} for s in skipped]
         name = self._name()
-        with atomic_open(self.store / f"{name}.npy", "wb") as f:
-            np.save(f, stored, allow_pickle=False)
-        _write_jsonl(self.store / f"{name}.skipped.jsonl", skipped)
+        entry = {"vectors": f"{name}.npy", "ids": f"{name}.ids.json", "skipped": f"{name}.skipped.jsonl",
+                 "rows": len(ids)}
+        check = {}
+        with atomic_open(self.store / entry["vectors"], "wb") as f:
+            np.save(f, np.ascontiguousarray(stored), allow_pickle=False)
+        check[entry["vectors"]] = written(f)
+        check[entry["skipped"]] = written(_write_jsonl(self.store / entry["skipped"], skipped))
         if sidecar is not None:
-            with atomic_open(self.store / f"{name}{SIDECAR}", "wb") as f:
-                np.savez(f, **{key: np.asarray(value) for key, value in sidecar.items()})
-        with atomic_open(self.store / f"{name}.ids.json") as f:  # last: commits the part
-            json.dump(ids, f, ensure_ascii=False)
-        self._committed(name, ids, skipped)
+            entry["sidecar"] = f"{name}{SIDECAR}"
+            packed = io.BytesIO()
+            np.savez(packed, **{key: np.asarray(value) for key, value in sidecar.items()})
+            with atomic_open(self.store / entry["sidecar"], "wb") as f:
+                f.write(packed.getbuffer())
+            check[entry["sidecar"]] = written(f)
+        check[entry["ids"]] = written(write_json(self.store / entry["ids"], ids, indent=None))
+        entry["check"] = check
+        write_json(self.store / f"{name}{PART}", entry)  # last: commits the part
+        self._committed(entry, ids, skipped)
 
     def close(self, meta: dict | None = None, expected: int | None = None) -> Path:
         """Write skipped.jsonl (all parts' skips) and the manifest; `meta` is added to it.
-        With `expected`, refuse unless the parts account for exactly that many samples.
+        With `expected`, refuse unless the parts account for exactly that many samples. A store
+        whose parts hold no vectors at all is not completed (InputError; it stays unfinished).
 
         Under torchrun every rank calls it; rank 0 writes, after all ranks have committed."""
         self.comm.barrier()
@@ -453,30 +542,40 @@ class StoreWriter:
         return self.store
 
     def _write_manifest(self, meta: dict | None, expected: int | None) -> None:
-        self._scan()  # every rank's parts, as committed
+        self._scan(verify=False)  # every rank's parts, as committed (sizes and ids checked)
         if expected is not None and len(self.done_ids) != expected:
             raise InputError(f"{self.store}: the parts account for {len(self.done_ids)} of "
                              f"{expected} samples; rerun with --resume")
         skipped = [s for shard in self.shards for s in _read_jsonl(self.store / shard["skipped"])]
         _write_jsonl(self.store / SKIPPED, skipped)
+        rows = sum(s["rows"] for s in self.shards)
+        if rows == 0:
+            reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.skip_counts.items()))
+            raise InputError(f"{self.store}: no sample could be used ({reasons or 'no samples'}); "
+                             f"see {self.store / SKIPPED}")
         manifest = {"format": STORE_FORMAT, "version": STORE_VERSION, "dim": self.dim,
-                    "dtype": self.dtype, "num_rows": sum(s["rows"] for s in self.shards),
+                    "dtype": self.dtype, "num_rows": rows,
                     "num_skipped": len(skipped), "skipped_by_reason": dict(sorted(self.skip_counts.items())),
                     "shards": self.shards, "meta": {**self.meta, **(meta or {})}}
-        with atomic_open(self.store / MANIFEST) as f:
-            json.dump(manifest, f, indent=1, ensure_ascii=False)
+        write_json(self.store / MANIFEST, manifest)
         (self.store / PROGRESS).unlink()
         self._unlock()
 
     def abandon(self) -> None:
-        """Stop writing. A single process's store with no committed part is removed again (a
-        failed start should not leave an unfinished store behind); committed parts stay for
-        --resume. Under torchrun nothing is removed: other ranks may still be committing."""
-        self._unlock()
+        """Stop writing. A single process's store with no committed part is removed again, with
+        whatever files it had begun (a failed start should not leave an unfinished store
+        behind); committed parts stay for --resume. Under torchrun nothing is removed: other
+        ranks may still be committing."""
         if self.comm.active or self.shards:
+            self._unlock()
             return
-        (self.store / PROGRESS).unlink(missing_ok=True)
-        if not any(self.store.iterdir()):
+        for path in self.store.glob("shard-*"):
+            if path.name.endswith(_PART_FILES):
+                path.unlink(missing_ok=True)
+        for path in (self.store / PROGRESS, self.store / SKIPPED):
+            path.unlink(missing_ok=True)
+        self._unlock()
+        if self.store.is_dir() and not any(self.store.iterdir()):
             self.store.rmdir()
 
     def _unlock(self) -> None:
@@ -486,11 +585,27 @@ class StoreWriter:
             self._lock = None
 
 
+def _part_name(file_name: str) -> str:
+    """shard-00003.ids.json -> shard-00003."""
+    return next(file_name.removesuffix(suffix) for suffix in (PART, *_PART_FILES) if file_name.endswith(suffix))
+
+
+def _read_part(store: Path, record: Path) -> dict:
+    """A part's commit record: its manifest entry, checked for form."""
+    try:
+        entry = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise InputError(f"{record}: unreadable part record ({exc})") from None
+    _check_entry(store, entry)
+    if entry.get("check") is None:
+        raise InputError(f"{record}: part record without its files' checks")
+    return entry
+
+
 def _lock(path: Path):
     """An exclusive lock on `path`, held while the returned file stays open. On a file system
     without locks (Lustre without -o flock, some NFS) it warns and goes on unlocked."""
     import fcntl
-    import warnings
 
     f = open(path, "a+")
     try:
@@ -513,31 +628,48 @@ def check_same_settings(store: Path, before: dict, now: dict) -> None:
         raise InputError(f"{store}: made with other settings ({shown})")
 
 
-def _read_json_list(path: Path) -> list:
+def _read_text(path: Path, check: dict | None) -> str:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    if check is not None:
+        if len(raw) != check["bytes"]:
+            raise InputError(f"{path}: {len(raw)} bytes, but the store recorded {check['bytes']} "
+                             "(truncated or replaced since it was written)")
+        _check_crc(path, check, zlib.crc32(raw))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: unreadable (not UTF-8: {exc.reason} at byte {exc.start})") from None
+
+
+def _read_json_list(path: Path, check: dict | None = None) -> list:
+    try:
+        value = json.loads(_read_text(path, check))
+    except (ValueError, RecursionError) as exc:
         raise InputError(f"{path}: unreadable ({exc})") from None
     if not isinstance(value, list):
         raise InputError(f"{path}: expected a JSON list")
     return value
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(path: Path, check: dict | None = None) -> list[dict]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-        rows = [json.loads(line) for line in lines if line.strip()]
-    except (OSError, ValueError, RecursionError) as exc:
+        rows = [json.loads(line) for line in _read_text(path, check).splitlines() if line.strip()]
+    except (ValueError, RecursionError) as exc:
         raise InputError(f"{path}: unreadable ({exc})") from None
     if not all(isinstance(r, dict) and "sample_id" in r and "reason" in r for r in rows):
         raise InputError(f"{path}: every line must be an object with sample_id and reason")
     return rows
 
 
-def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
+def _write_jsonl(path: Path, rows: Sequence[dict]):
+    """One JSON object per line (atomic, checked); the written file."""
     with atomic_open(path) as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(json_text(row) + "\n")
+    return f
 
 
 def read_sidecar(store: str | os.PathLike, entry: dict) -> dict[str, np.ndarray]:
@@ -545,11 +677,21 @@ def read_sidecar(store: str | os.PathLike, entry: dict) -> dict[str, np.ndarray]
     name = entry.get("sidecar")
     if not isinstance(name, str) or Path(name).name != name or not name.endswith(SIDECAR):
         raise InputError(f"{store}/{MANIFEST}: shard {entry.get('vectors')!r} has no sidecar file")
+    path = Path(store) / name
+    check = (entry.get("check") or {}).get(name)
     try:
-        with np.load(Path(store) / name, allow_pickle=False) as z:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    if check is not None:
+        if len(raw) != check["bytes"]:
+            raise InputError(f"{path}: {len(raw)} bytes, but the store recorded {check['bytes']}")
+        _check_crc(path, check, zlib.crc32(raw))
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
             return {key: z[key] for key in z.files}
     except Exception as exc:  # corrupt archives raise many kinds
-        raise InputError(f"{store}/{name}: not a readable .npz archive ({exc or 'empty file'})") from None
+        raise InputError(f"{path}: not a readable .npz archive ({exc or 'empty file'})") from None
 
 
 def read_skipped(store: str | os.PathLike) -> list[dict]:

@@ -42,7 +42,7 @@ def whole(demo, tmp_path_factory):
 
 
 def committed(store: Path) -> int:
-    return len(list(store.glob("shard-*.ids.json")))
+    return len(list(store.glob("shard-*.part.json")))
 
 
 def no_temporary_left_under_a_final_name(store: Path) -> None:

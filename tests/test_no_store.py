@@ -113,7 +113,7 @@ def test_a_sketch_as_wide_as_the_vectors_gives_the_stored_scores(demo, stored, t
 
 
 def parts(out: Path) -> int:
-    return len(list((out / "sketch" / SKETCH_ROWS).glob("shard-*.ids.json")))
+    return len(list((out / "sketch" / SKETCH_ROWS).glob("shard-*.part.json")))
 
 
 @pytest.mark.parametrize("when", ["after the first part", "half way"])
@@ -170,3 +170,48 @@ def test_a_resume_must_ask_for_the_same_sketch_and_a_plan_must_match_its_rows(de
     np.savez(copy / "sketch-plan.npz", omega=omega[:, ::-1].copy(), shift=shift)
     with pytest.raises(InputError, match="not the plan its rows were made with"):
         leverage_scores(copy)
+
+
+def _tamper(sketch: Path, how: str) -> None:
+    info = json.loads((sketch / "sketch.json").read_text(encoding="utf-8"))
+    rows = sketch / SKETCH_ROWS
+    sidecar = sorted(rows.glob("*.sidecar.npz"))[0]
+    if how == "plan summary not an object":
+        info["plan"] = [1, 2]
+    elif how == "value scale not a number":
+        info["plan"]["value_scale"] = "big"
+    elif how == "settings not an object":
+        info["settings"] = 3
+    elif how == "summary not JSON":
+        (sketch / "sketch.json").write_text("{", encoding="utf-8")
+        return
+    elif how == "plan arrays cut short":
+        (sketch / "sketch-plan.npz").write_bytes((sketch / "sketch-plan.npz").read_bytes()[:100])
+        return
+    elif how == "a part's sums removed":
+        sidecar.unlink()
+        return
+    elif how == "a part's sums changed":
+        raw = bytearray(sidecar.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        sidecar.write_bytes(bytes(raw))
+        return
+    (sketch / "sketch.json").write_text(json.dumps(info), encoding="utf-8")
+
+
+@pytest.mark.parametrize("how", ["plan summary not an object", "value scale not a number", "settings not an object",
+                                 "summary not JSON", "plan arrays cut short", "a part's sums removed",
+                                 "a part's sums changed"])
+def test_a_tampered_sketch_store_is_one_line_and_exit_2(uninterrupted, tmp_path, capsys, how):
+    import shutil
+
+    from scalselect.cli import main
+
+    copy = tmp_path / "sketch"
+    shutil.copytree(uninterrupted / "sketch", copy)
+    _tamper(copy, how)
+    capsys.readouterr()
+    assert main(["score", str(copy), "--out", str(tmp_path / "s.jsonl"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "s.jsonl").exists()

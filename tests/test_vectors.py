@@ -11,6 +11,7 @@ import torch
 from scalselect import InputError
 from scalselect.store import write_store
 from scalselect.vectors import moments, principal_rows, rows_of, scored_chunks
+from store_files import reseal
 
 
 def random_store(tmp_path, rows, dim, seed, shard_rows=37, extra=5):
@@ -68,6 +69,7 @@ def test_a_non_finite_vector_of_a_scored_sample_is_one_line(tmp_path):
     bad = np.load(store / "shard-00000.npy")
     bad[2, 1] = np.nan
     np.save(store / "shard-00000.npy", bad)
+    reseal(store)  # as a writer would have committed it, had it let a NaN through
     with pytest.raises(InputError, match="has a vector holding NaN or inf in the store"):
         moments(store, ids)
 
