@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -144,12 +145,16 @@ def context(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> Iterator[Comm]:
     if not launched_by_torchrun():
         yield Comm()
         return
-    if timeout_minutes <= 0:
-        raise InputError(f"--dist-timeout must be positive, got {timeout_minutes}")
     comm = Comm(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
                 int(os.environ.get("LOCAL_RANK", "0")), timeout_minutes)
     if torch.cuda.is_available():
         torch.cuda.set_device(comm.gpu())
+    # Imported after the group exists, torch.distributed.nn.functional keeps it in default
+    # arguments (group=group.WORLD): destroy_process_group then cannot free it, its gloo threads
+    # live on into the interpreter's exit, and one that still drops a finished broadcast's
+    # tensors there aborts the process (SIGABRT after all the work is done). transformers
+    # imports it while loading a checkpoint, so import it first.
+    importlib.import_module("torch.distributed.nn.functional")
     with _collective("joining the process group", timeout_minutes):
         torch.distributed.init_process_group(
             backend="gloo", timeout=datetime.timedelta(minutes=timeout_minutes))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from processes import alive, children, rank_of
 from scalselect.demo import prepare_demo
 from scalselect.pipeline import ExtractOptions, extract_store
 from scalselect.store import load_representations, read_manifest, read_skipped
@@ -83,67 +84,80 @@ def test_two_ranks_write_one_store_equal_to_a_single_process(demo, tmp_path):
     assert_same_store(tmp_path / "two", single(demo, tmp_path / "one"))
 
 
-def pool_with_a_blocking_image(demo, tmp_path, name: str, first: int | None = None):
-    """The demo pool (its first `first` records) plus a sample whose image is a FIFO: the rank
-    reading it blocks, as on a hung file system. Returns the pool and the FIFO."""
-    records = json.loads(Path(demo["pool"]).read_text())[:first]
-    records.append({"id": "blocked", "image": name,
-                    "conversations": [{"from": "human", "value": "<image>\nWhat?"},
-                                      {"from": "gpt", "value": "A cat."}]})
+def big_pool(demo, tmp_path, copies: int = 10) -> Path:
+    """The demo pool `copies` times over (new ids): a job long enough to be cut short."""
+    records = [{**r, "id": f"{r['id']}-{k}"} for k in range(copies) for r in json.loads(Path(demo["pool"]).read_text())]
     pool = tmp_path / "pool.json"
     pool.write_text(json.dumps(records))
-    fifo = Path(demo["images"]) / name
-    os.mkfifo(fifo)
-    return pool, fifo
+    return pool
+
+
+def ranks(job: subprocess.Popen, world: int = 2) -> dict[int, int]:
+    """rank -> pid of a torchrun job's processes, once all are up."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        found = {rank_of(pid): pid for pid in children(job.pid)}
+        if all(r in found for r in range(world)):
+            return {r: found[r] for r in range(world)}
+        assert job.poll() is None, "the job ended before its ranks could be seen"
+        time.sleep(0.02)
+    raise AssertionError("the ranks did not start")
+
+
+def committed(store: Path, prefix: str) -> bool:
+    return bool(list(store.glob(f"{prefix}*.part.json")))
 
 
 def test_a_two_rank_run_cut_short_resumes_with_one_rank(demo, tmp_path):
-    """One rank blocks on an image; the job is killed once both ranks have committed parts, and
-    resumed by a single process."""
-    pool, fifo = pool_with_a_blocking_image(demo, tmp_path, "blocked.png")
-    try:
-        # batch size 1: samples are not held back in the length-grouping window, parts commit early
-        argv = torchrun_argv(2, *extract_args(demo, tmp_path / "s", pool, "--batch-size", 1))
-        job = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while time.time() < deadline and not (list((tmp_path / "s").glob("shard-r0-*.ids.json"))
-                                               and list((tmp_path / "s").glob("shard-r1-*.ids.json"))):
-            assert job.poll() is None, "the job ended before it could be cut short"
-            time.sleep(0.05)
-        assert time.time() < deadline, "both ranks should have committed parts by now"
-        time.sleep(1.0)
-        job.send_signal(signal.SIGTERM)  # as Slurm does; torchrun passes it on to the ranks
-        job.wait(timeout=60)
-    finally:
-        fifo.unlink()
+    """The job is stopped (SIGTERM, as Slurm does; torchrun passes it on to the ranks) once both
+    ranks have committed parts, and resumed by a single process."""
+    pool = big_pool(demo, tmp_path)
+    # batch size 1: samples are not held back in the length-grouping window, parts commit early
+    argv = torchrun_argv(2, *extract_args(demo, tmp_path / "s", pool, "--batch-size", 1))
+    job = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (committed(tmp_path / "s", "shard-r0-") and committed(tmp_path / "s", "shard-r1-")):
+        assert job.poll() is None, "the job ended before it could be cut short"
+        time.sleep(0.02)
+    assert time.time() < deadline, "both ranks should have committed parts by now"
+    job.send_signal(signal.SIGTERM)
+    job.wait(timeout=60)
     assert not (tmp_path / "s" / "manifest.json").exists()
-    parts_before = len(list((tmp_path / "s").glob("shard-*.ids.json")))
+    parts_before = len(list((tmp_path / "s").glob("shard-*.part.json")))
     assert parts_before >= 2
-    fifo.write_bytes((Path(demo["images"]) / "coco").iterdir().__next__().read_bytes())  # now a real image
-    try:
-        summary = extract_store(demo["model"], pool, demo["images"], tmp_path / "s",
-                                ExtractOptions(workers=0, progress=False, store_dtype="float32",
-                                               shard_rows=8, resume=True, device="cpu"))
-        assert 0 < summary["processed_this_run"] < 63
-        ids, _ = load_representations(tmp_path / "s")
-        assert len(ids) == len(set(ids)) == 61
-        assert_same_store(tmp_path / "s", single(demo, tmp_path / "one", pool))
-    finally:
-        fifo.unlink()
+    summary = extract_store(demo["model"], pool, demo["images"], tmp_path / "s",
+                            ExtractOptions(workers=0, progress=False, store_dtype="float32",
+                                           shard_rows=8, resume=True, device="cpu"))
+    assert 0 < summary["processed_this_run"] < 620
+    ids, _ = load_representations(tmp_path / "s")
+    assert len(ids) == len(set(ids)) == 600
+    assert_same_store(tmp_path / "s", single(demo, tmp_path / "one", pool))
 
 
 def test_a_rank_that_does_not_answer_fails_the_job_within_the_timeout(demo, tmp_path):
-    pool, fifo = pool_with_a_blocking_image(demo, tmp_path, "blocked2.png", first=6)
+    """Rank 1 is stopped (SIGSTOP: a hung file system, a stuck GPU) mid-extraction; rank 0 waits
+    for it at the end of its share for --dist-timeout only, then says why and fails the job."""
+    pool = big_pool(demo, tmp_path)
+    argv = torchrun_argv(2, *extract_args(demo, tmp_path / "s", pool, "--batch-size", 1, "--dist-timeout", 0.1))
+    t0 = time.time()
+    job = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids = ranks(job)
     try:
-        t0 = time.time()
-        proc = torchrun(2, *extract_args(demo, tmp_path / "s", pool, "--dist-timeout", 0.1), timeout=120)
+        while not committed(tmp_path / "s", "shard-r1-"):
+            assert job.poll() is None, "the job ended before rank 1 could be stopped"
+            time.sleep(0.01)
+        os.kill(pids[1], signal.SIGSTOP)
+        deadline = time.time() + 90
+        while alive(pids[0]) and time.time() < deadline:  # rank 0 gives up on rank 1
+            time.sleep(0.1)
     finally:
-        fifo.unlink()
-    assert proc.returncode != 0 and time.time() - t0 < 90
+        os.kill(pids[1], signal.SIGCONT)  # so that torchrun's SIGTERM can end it
+    _, stderr = job.communicate(timeout=90)
+    assert job.returncode != 0 and time.time() - t0 < 120
     # the rank left waiting says why in one line (torchrun then reports the job's failure)
-    ours = [line for line in proc.stderr.splitlines() if line.startswith("scalselect extract [rank ")]
+    ours = [line for line in stderr.splitlines() if line.startswith("scalselect extract [rank ")]
     assert any("error: barrier: another rank failed or did not answer within 0.1 min" in line
-               and "rerun with --resume" in line for line in ours), proc.stderr[-3000:]
+               and "rerun with --resume" in line for line in ours), stderr[-3000:]
 
 
 def test_run_under_torchrun_gives_the_single_process_subset(demo, tmp_path):
