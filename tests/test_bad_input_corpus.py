@@ -9,6 +9,7 @@ in docs/bad-input.md is rendered from SAMPLE_CASES and INPUT_CASES; a test keeps
 from __future__ import annotations
 
 import json
+import os
 import struct
 import sys
 import zlib
@@ -18,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from store_files import reseal
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "bad-input.md"
 
@@ -67,6 +69,8 @@ def write_images(root: Path) -> None:
     Image.fromarray(rgb).convert("P").save(root / "palette.png")
     Image.fromarray((rng.random((30, 30, 4)) * 255).astype("uint8"), "RGBA").save(root / "alpha.png")
     (root / "bomb.png").write_bytes(_png_claiming(20_000, 20_000))
+    os.mkfifo(root / "fifo.png")  # opening it would wait for a writer forever
+    (root / "folder.png").mkdir()
     (root.parent / "outside.png").write_bytes(data)
 
 
@@ -84,7 +88,7 @@ SAMPLE_CASES = [
     SampleCase("no image", {"conversations": turn("Hello?")}, "no image"),
     SampleCase("image path leaving --image-root", ask("../outside.png"), "image outside --image-root"),
     SampleCase("absolute image path", ask("/etc/hostname"), "image outside --image-root"),
-    SampleCase("NUL byte in the image path", ask("a\u0000b.png"), "sample error"),
+    SampleCase("NUL byte in the image path", ask("a\u0000b.png"), "bad record"),
     SampleCase("image list holding a number", ask(["ok.png", 7]), "bad record"),
     SampleCase("no user turn", {"image": "ok.png", "conversations": [{"from": "gpt", "value": "A cat."}]},
                "bad record"),
@@ -104,6 +108,12 @@ SAMPLE_CASES = [
                "vision tokens cut by --max-length"),
     SampleCase("text beyond --max-length after the image (truncated)",
                {"image": "ok.png", "conversations": turn("<image>\nWhat?", "dog " * 3000)}, "kept"),
+    SampleCase("image path naming a FIFO (a read that would never end)", ask("fifo.png"), "unreadable image"),
+    SampleCase("image path naming a directory", ask("folder.png"), "unreadable image"),
+    SampleCase("a reply before any user turn", {"image": "ok.png", "conversations": [
+        {"from": "gpt", "value": "Hello, I describe images."}] + turn("<image>\nWhat?")}, "bad record"),
+    SampleCase("text with a lone surrogate (legal in JSON, not in UTF-8)",
+               {"image": "ok.png", "conversations": turn("<image>\nWhat is \ud800?")}, "bad record"),
     SampleCase("two images, multi-turn", {"image": ["ok.png", "palette.png"],
                                            "conversations": turn("<image><image>Same?") + turn("Sure?")}, "kept"),
 ]
@@ -270,6 +280,7 @@ def _extract(tmp: Path, demo, **change) -> list:
 def _wrong_width(tmp: Path) -> list:
     store = _store(tmp)
     np.save(store / "shard-00001.npy", np.ones((16, 9), np.float32))
+    reseal(store)  # its manifest updated by hand too: the shape still tells
     return ["score", store, "--out", tmp / "s.jsonl"]
 
 
@@ -277,6 +288,15 @@ def _truncated_shard(tmp: Path) -> list:
     store = _store(tmp)
     shard = store / "shard-00000.npy"
     shard.write_bytes(shard.read_bytes()[:200])
+    return ["score", store, "--out", tmp / "s.jsonl"]
+
+
+def _changed_shard(tmp: Path) -> list:
+    store = _store(tmp)
+    shard = store / "shard-00001.npy"
+    raw = bytearray(shard.read_bytes())
+    raw[-5] ^= 0x10  # one bit of one vector: a valid .npy still
+    shard.write_bytes(bytes(raw))
     return ["score", store, "--out", tmp / "s.jsonl"]
 
 
@@ -314,7 +334,10 @@ INPUT_CASES = [
     InputCase("a Parquet pool's subset named .json", lambda t, d: _parquet_subset_as_json(t),
               "the subset of a Parquet pool is Parquet"),
     InputCase("store shard with the wrong width", lambda t, d: _wrong_width(t), "does not match the manifest"),
-    InputCase("truncated store shard", lambda t, d: _truncated_shard(t), "shard-00000.npy: not a readable .npy array"),
+    InputCase("truncated store shard", lambda t, d: _truncated_shard(t),
+              "shard-00000.npy: 200 bytes, but the store recorded"),
+    InputCase("a store shard changed since it was written (one bit)", lambda t, d: _changed_shard(t),
+              "shard-00001.npy: its bytes do not match the store's CRC-32"),
     InputCase("scores file for another pool", lambda t, d: _other_pool_scores(t),
               "is the scores file for another pool?"),
     InputCase("budget 0", lambda t, d: _select(t, "0"), "must be at least 1"),
@@ -330,9 +353,9 @@ INPUT_CASES = [
     InputCase("resuming a store made with another model or settings",
               lambda t, d: _resume_other(t, d), "made with other settings"),
     InputCase("sketch size 0", lambda t, d: ["score", _store(t), "--out", t / "s.jsonl", "--method", "sketch",
-                                             "--sketch-size", "0"], "sketch_size must be at least 1"),
+                                             "--sketch-size", "0"], "--sketch-size must be at least 1"),
     InputCase("a pilot of one row", lambda t, d: ["score", _store(t), "--out", t / "s.jsonl", "--method", "sketch",
-                                                  "--pilot-rows", "1"], "pilot_rows must be at least 2"),
+                                                  "--pilot-rows", "1"], "--pilot-rows must be at least 2"),
     InputCase("run --no-store with --method exact",
               lambda t, d: _run_no_store(t, d, "--method", "exact"), "--no-store keeps no vectors"),
     InputCase("select --method cluster without --store", lambda t, d: _select(t, "5") + ["--method", "cluster"],
@@ -349,7 +372,80 @@ INPUT_CASES = [
     InputCase("the exact engine on a sketch store (from run --no-store)",
               lambda t, d: ["score", _sketch_store(t, d), "--out", t / "s.jsonl", "--method", "exact"],
               "holds a sketch (run --no-store), not the vectors"),
+    InputCase("an id of 5,000 digits in a pool", lambda t, d: _select_pool(t, '[{"id": ' + "1" * 5000 + ', "x": 1}]'),
+              "Exceeds the limit (4300 digits)"),
+    InputCase("an importance of 5,000 digits", lambda t, d: _scores_line(t, '{"sample_id": "s0", "importance": '
+                                                                          + "1" * 5000 + "}"), "line 1: expected"),
+    InputCase("an importance too large for a float", lambda t, d: _scores_line(
+        t, '{"sample_id": "s0", "importance": ' + "9" * 400 + "}"), "is too large"),
+    InputCase("a share of 5,000 digits", lambda t, d: _select(t, "5") + [
+        "--stratify-by", "image-folder", "--shares", _file(t, '{"coco": ' + "1" * 5000 + "}")], "not a readable JSON"),
+    InputCase("a share too large for a float", lambda t, d: _select(t, "5") + [
+        "--stratify-by", "image-folder", "--shares", _file(t, '{"coco": ' + "9" * 400 + "}")], "out of range"),
+    InputCase("an infinite share", lambda t, d: _select(t, "5") + [
+        "--stratify-by", "image-folder", "--shares", _file(t, '{"coco": Infinity}')], "share >= 0"),
+    InputCase("a negative seed", lambda t, d: _select(t, "5") + ["--method", "random", "--seed", "-1"],
+              "--seed must be at least 0"),
+    InputCase("a seed beyond 2^63", lambda t, d: _select(t, "5") + ["--method", "random", "--seed", str(2 ** 64)],
+              "--seed must be at most"),
+    InputCase("compare --energy nan", lambda t, d: _compare(t, "--energy", "nan"), "--energy must be in (0, 1]"),
+    InputCase("compare --energy 0", lambda t, d: _compare(t, "--energy", "0"), "--energy must be in (0, 1]"),
+    InputCase("compare --energy 1.5", lambda t, d: _compare(t, "--energy", "1.5"), "--energy must be in (0, 1]"),
+    InputCase("compare with the store of another pool", lambda t, d: _compare(t, other_store=True),
+              "have no vector in the store"),
+    InputCase("score --out .", lambda t, d: ["score", _store(t), "--out", "."], "names a directory"),
+    InputCase("score --out /", lambda t, d: ["score", _store(t), "--out", "/"], "names a directory"),
+    InputCase("an output under a regular file", lambda t, d: ["score", _store(t), "--out", _file(t, "x") / "s.jsonl"],
+              "cannot write"),
+    InputCase("an output FIFO that nobody reads", lambda t, d: ["score", _store(t), "--out", _fifo(t)],
+              "a FIFO that no process reads"),
+    InputCase("a device torch knows but scalselect does not (meta)",
+              lambda t, d: ["score", _store(t), "--out", t / "s.jsonl", "--device", "meta"], "expected auto, cpu, cuda"),
+    InputCase("a malformed CUDA device", lambda t, d: _extract(t, d, **{"--device": "cuda:x"}), "expected auto, cpu, cuda"),
+    InputCase("a checkpoint that is not a VLM (a text-only Llama)", lambda t, d: _extract(t, d, **{"--model": _llm(t)}),
+              "cannot load it"),
+    InputCase("100,000 DataLoader workers", lambda t, d: _extract(t, d) + ["--workers", "100000"],
+              "--workers must be at most 256"),
+    InputCase("a malformed option value", lambda t, d: ["score", _store(t), "--out", t / "s.jsonl", "--seed", "x"],
+              "argument --seed: invalid int value"),
 ]
+
+
+def _scores_line(tmp: Path, line: str) -> list:
+    (tmp / "scores.jsonl").write_text(line + "\n")
+    pool = _pool(tmp, json.dumps([{"id": "s0", **ask("ok.png")}]))
+    return ["select", "--scores", tmp / "scores.jsonl", "--data", pool, "--budget", "1", "--out", tmp / "sub.json"]
+
+
+def _compare(tmp: Path, *extra, other_store: bool = False) -> list:
+    pool = _pool(tmp, json.dumps([{"id": f"s{i}", **ask(f"src{i % 2}/ok.png")} for i in range(40)]))
+    store = _store(tmp, name="other") if not other_store else _store_of(tmp, [f"x{i}" for i in range(40)])
+    return ["compare", "--store", store, "--scores", _scores(tmp), "--data", pool, "--budget", "5",
+            "--methods", "scalselect,random", *extra]
+
+
+def _store_of(tmp: Path, ids: list) -> Path:
+    from scalselect.store import write_store
+
+    x = np.random.default_rng(4).standard_normal((len(ids), 8)).astype(np.float32)
+    return write_store(tmp / "other-store", x, ids, dtype="float32")
+
+
+def _fifo(tmp: Path) -> Path:
+    os.mkfifo(tmp / "out.fifo")
+    return tmp / "out.fifo"
+
+
+def _llm(tmp: Path) -> Path:
+    """A text-only causal LM checkpoint with the demo's tokenizer: no vision tower at all."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=300)
+    LlamaForCausalLM(config).save_pretrained(tmp / "llm")
+    return tmp / "llm"
 
 
 def _file(tmp: Path, text: str) -> Path:

@@ -224,7 +224,7 @@ def test_cli_extract_and_run(demo, tmp_path, capsys):
     ({"--data": "NOPOOL"}, "no such file"),
     ({"--tau": "1.5"}, "--tau must be in"),
     ({"--batch-size": "0"}, "--batch-size must be at least 1"),
-    ({"--dtype": "int8"}, "--dtype 'int8'"),
+    ({"--dtype": "int8"}, "--dtype must be one of auto, bfloat16, float16, float32, not 'int8'"),
     ({"--store-dtype": "bfloat16"}, "bfloat16 cannot be stored"),
 ])
 def test_cli_extract_errors_are_one_line(demo, tmp_path, capsys, change, message):
@@ -335,11 +335,21 @@ def test_odd_samples_and_failing_forwards_become_skips(demo, tmp_path, monkeypat
     import scalselect.pipeline as pipeline
 
     records = json.loads(Path(demo["pool"]).read_text())[:12]
-    records[3]["image"] = "coco/a\u0000b.png"  # Path.resolve raises ValueError
+    import scalselect.data.samples as samples
+
+    records[3]["image"] = "coco/a\u0000b.png"  # no file can have that name
+    records[5]["image"] = "coco/odd.png"
     pool = tmp_path / "pool.json"
     pool.write_text(json.dumps(records))
     victim = records[7]["id"]
-    real_forward = pipeline._Job._forward
+    real_forward, real_open = pipeline._Job._forward, samples.open_image
+
+    def open_image(ref, *args):  # an exception nobody foresaw, in one sample
+        if ref == "coco/odd.png":
+            raise KeyError("unforeseen")
+        return real_open(ref, *args)
+
+    monkeypatch.setattr(samples, "open_image", open_image)
 
     def forward(job, samples):
         if any(s.sample_id == victim for s in samples):
@@ -350,8 +360,9 @@ def test_odd_samples_and_failing_forwards_become_skips(demo, tmp_path, monkeypat
     summary = extract_store(demo["model"], pool, demo["images"], tmp_path / "s", opts(batch_size=4))
     skipped = {s["sample_id"]: (s["reason"], s["detail"]) for s in read_skipped(tmp_path / "s")}
     assert skipped[victim] == ("forward error", "RuntimeError: simulated CUDA error")
-    assert skipped[records[3]["id"]][0] == "sample error" and "null" in skipped[records[3]["id"]][1]
-    assert summary["rows"] == 10 and summary["skipped"] == 2  # the victim's batch-mates redone alone
+    assert skipped[records[3]["id"]][0] == "bad record" and "null" in skipped[records[3]["id"]][1]
+    assert skipped[records[5]["id"]] == ("sample error", "KeyError: 'unforeseen'")
+    assert summary["rows"] == 9 and summary["skipped"] == 3  # the victim's batch-mates redone alone
 
 
 def test_a_wrong_image_root_stops_early(demo, tmp_path):

@@ -27,6 +27,12 @@ def _turns(record: dict, layout: str) -> list[tuple[str, str]]:
         text = turn.get(text_key)
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"turn {i} has empty or non-text content")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate: legal as a JSON escape, no tokenizer takes it
+                raise InputError(f"turn {i} holds text that is not valid Unicode ({exc.reason} at "
+                                 f"character {exc.start})") from None
         turns.append((role, text))
     return turns
 
@@ -67,6 +73,10 @@ def to_messages(record: dict, layout: str) -> tuple[list[dict], list[str]]:
         raise InputError("no user turn")
     if not any(role == "assistant" for role, _ in turns):
         raise InputError("no assistant turn")
+    first = next(i for i, (role, _) in enumerate(turns) if role != "system")
+    if turns[first][0] == "assistant":
+        raise InputError(f"turn {first} is a reply before any user turn; a conversation starts with "
+                         "a user turn (after any system turns)")
     tags = sum(text.count(IMAGE_TAG) for role, text in turns if role == "user")
     if tags and tags != len(images):
         raise InputError(f"{tags} {IMAGE_TAG} tags for {len(images)} images")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from pathlib import Path
 
 from ..errors import InputError
@@ -25,7 +26,10 @@ class SampleSkip(Exception):
 
 def resolve_image(root: Path, name: str, allow_outside_root: bool = False) -> Path:
     path = Path(name)
-    full = (root / path).resolve()
+    try:
+        full = (root / path).resolve()
+    except ValueError as exc:  # a NUL byte, a lone surrogate: no file can have that name
+        raise SampleSkip("bad record", f"image path {name!r}: {exc}") from None
     if not allow_outside_root and (path.is_absolute() or not full.is_relative_to(root.resolve())):
         raise SampleSkip("image outside --image-root", f"{name} (pass --allow-outside-root to allow it)")
     return full
@@ -39,7 +43,32 @@ def open_image(ref, root: Path, allow_outside_root: bool = False):
         name = ref.get("path") if isinstance(ref, dict) else None
         return load_image(io.BytesIO(data), f"embedded image{f' {name}' if name else ''} ({len(data)} bytes)")
     name = ref.get("path") if isinstance(ref, dict) else ref
-    return load_image(resolve_image(root, name, allow_outside_root))
+    path = resolve_image(root, name, allow_outside_root)
+    with open_regular(path, "unreadable image") as f:
+        return load_image(f, str(path))
+
+
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def open_regular(path: Path, reason: str):
+    """A binary file object of `path`, which must be a regular file: a FIFO, a device or a
+    socket is refused before it is read (opening a FIFO waits for a writer, a device may never
+    end), so that a read cannot hang. Refusals are SampleSkip(reason)."""
+    try:
+        kind = stat.S_IFMT(os.stat(path).st_mode)
+        if kind == stat.S_IFREG:  # O_NONBLOCK: a FIFO put in its place since does not block the open
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            kind = stat.S_IFMT(os.fstat(fd).st_mode)
+            if kind == stat.S_IFREG:
+                return os.fdopen(fd, "rb")
+            os.close(fd)
+    except FileNotFoundError:
+        raise SampleSkip(reason, f"{path}: no such file") from None
+    except OSError as exc:
+        raise SampleSkip(reason, f"{path}: {exc.strerror or exc}") from None
+    raise SampleSkip(reason, f"{path}: not a regular file ({_KINDS.get(kind, 'a special file')})")
 
 
 def load_image(source, label: str | None = None):

@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterable
 
-from scalselect._atomic import atomic_open
+from scalselect._atomic import atomic_open, is_stream, json_text
 from scalselect.errors import InputError
 
 __all__ = ["Pool", "read_pool", "write_subset"]
@@ -91,17 +91,17 @@ class JsonPool(Pool):
         return digest.hexdigest()[:16]
 
     def _write(self, order: list[int], out: Path) -> None:
-        dumps, records = json.dumps, self.records
+        records = self.records
         with atomic_open(out, "w", encoding="utf-8") as f:
             if self.container == "jsonl":
                 for pos in order:
-                    f.write(dumps(records[pos], ensure_ascii=False))
+                    f.write(json_text(records[pos]))
                     f.write("\n")
             elif not order:
                 f.write("[]\n")
             else:
                 f.write("[\n")
-                f.write(",\n".join(dumps(records[pos], ensure_ascii=False) for pos in order))
+                f.write(",\n".join(json_text(records[pos]) for pos in order))
                 f.write("\n]\n")
 
 
@@ -183,6 +183,8 @@ def _parse_json_array(path: Path, text: str) -> list:
         value = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"pool {path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except ValueError as e:  # an integer of thousands of digits
+        raise InputError(f"pool {path}: {e}") from None
     except RecursionError:
         raise InputError(f"pool {path}: JSON nested too deeply") from None
     if not isinstance(value, list):  # cannot happen for text starting with '[', kept as a guard
@@ -209,6 +211,8 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list, list[int]]:
                 f"pool {path}: malformed JSONL at line {lineno} column {e.colno}: {e.msg} "
                 "(each line must hold one complete JSON object)"
             ) from None
+        except ValueError as e:  # an integer of thousands of digits
+            raise InputError(f"pool {path}, line {lineno}: {e}") from None
         except RecursionError:
             raise InputError(f"pool {path}: JSON nested too deeply at line {lineno}") from None
         lines.append(lineno)
@@ -218,7 +222,7 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list, list[int]]:
 def _is_single_object(text: str) -> bool:
     try:
         return isinstance(json.loads(text), dict)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
         return False
 
 
@@ -360,6 +364,9 @@ def write_subset(pool: Pool, positions: Iterable[int], out_path: str | os.PathLi
         chosen.add(pos)
     order = sorted(chosen)
 
+    if is_stream(out_path) and not isinstance(pool, JsonPool):
+        raise InputError(f"the subset of a {pool.container} pool cannot be written to a stream ({out_path}); "
+                         "name a file")
     pool_at, out_at = pool.path.resolve(), out_path.resolve()
     if _same_file(out_path, pool.path) or pool_at in out_at.parents or out_at in pool_at.parents:
         raise InputError(f"refusing to write subset to {out_path}: it is, holds or is inside the input pool {pool.path}")
