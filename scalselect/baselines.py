@@ -20,10 +20,11 @@ from pathlib import PurePosixPath
 import numpy as np
 import torch
 
+from . import options
 from .data.conversations import _turns, image_name
 from .errors import InputError
 
-SELECT_METHODS = ("scalselect", "random", "length", "cluster")
+SELECT_METHODS = options.SELECT_METHODS
 IMAGE_FOLDER = "image-folder"  # --stratify-by value: the first folder of the first image path
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -14,54 +15,70 @@ import time
 import warnings
 from pathlib import Path
 
+from . import options
+from ._atomic import is_stream, write_json
 from .errors import InputError
+from .options import ScoreOptions
 
 
-def _summary_path(out: Path, kind: str = "summary") -> Path:
-    """scores.jsonl -> scores.summary.json (beside the output)."""
-    return out.with_name(f"{out.stem}.{kind}.json")
+def _summary_path(out: Path, kind: str = "summary") -> Path | None:
+    """scores.jsonl -> scores.summary.json (beside the output); None for a stream."""
+    return None if is_stream(out) else out.with_name(f"{out.stem}.{kind}.json")
 
 
-def _refuse_overwrite(outputs: list[Path], inputs: list[Path]) -> None:
+def _refuse_overwrite(outputs: list[Path | None], inputs: list[Path]) -> None:
     """An output must never replace one of the inputs it is computed from."""
-    resolved = {Path(p).resolve() for p in inputs}
+    resolved = {Path(p).resolve() for p in inputs if p is not None}
     for out in outputs:
+        if out is None or is_stream(out):
+            continue
         target = out.resolve()
         if target in resolved or any(r.is_dir() and r in target.parents for r in resolved):
             raise InputError(f"output {out} would overwrite an input; choose another --out")
 
 
-def _write_json(path: Path, obj) -> None:
-    from ._atomic import atomic_open
+def _messages_for(out) -> contextlib.AbstractContextManager:
+    """Where the command's messages go: stderr when its output is a stream (`-`, /dev/stdout),
+    so that they do not mix into it."""
+    return contextlib.redirect_stdout(sys.stderr) if out is not None and is_stream(out) else contextlib.nullcontext()
 
-    with atomic_open(path) as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-        f.write("\n")
+
+def _write_json(path: Path | None, obj) -> None:
+    if path is not None:
+        write_json(path, obj)
+
+
+def _score_options(args) -> ScoreOptions:
+    return ScoreOptions(energy=args.energy, device=args.device, standardize=getattr(args, "standardize", False),
+                        l2_normalize=getattr(args, "l2_normalize", False), chunk_rows=getattr(args, "chunk_rows", None),
+                        method=args.method, sketch_size=args.sketch_size, seed=args.seed,
+                        pilot_rows=args.pilot_rows).check()
 
 
 def _score(args) -> dict:
+    out = options.output_file(args.out)
+    return score_command(args.input, out, _score_options(args), args.comm, quiet=args.quiet)
+
+
+def score_command(source: Path, out: Path, opts: ScoreOptions, comm, quiet: bool = False) -> dict:
     """Under torchrun every rank scores its share of the store's shards; rank 0 writes."""
     from .scoring import gather_result, leverage_scores
 
-    out = Path(args.out)
-    _refuse_overwrite([out, _summary_path(out)], [args.input])
+    _refuse_overwrite([out, _summary_path(out)], [source])
     t0 = time.perf_counter()
     with warnings.catch_warnings():  # said below, on one line, from the summary
         warnings.filterwarnings("ignore", message="scalselect: the sketch")
-        result = leverage_scores(args.input, energy=args.energy, device=args.device,
-                                 standardize=args.standardize, l2_normalize=args.l2_normalize,
-                                 chunk_rows=args.chunk_rows, progress=not args.quiet, comm=args.comm,
-                                 method=args.method, sketch_size=args.sketch_size, seed=args.seed,
-                                 pilot_rows=args.pilot_rows)
-    result = gather_result(result, args.comm)
-    return args.comm.on_rank0(lambda: _write_scores(args, out, result, t0))
+        result = leverage_scores(source, **dataclasses.asdict(opts), progress=not quiet, comm=comm)
+    result = gather_result(result, comm)
+    with _messages_for(out):
+        return comm.on_rank0(lambda: _write_scores(source, out, result, t0))
 
 
-def _write_scores(args, out: Path, result, t0: float) -> dict:
+def _write_scores(source: Path, out: Path, result, t0: float) -> dict:
     from .select import write_scores
 
     write_scores(out, result.sample_ids, result.scores)
-    summary = {"input": str(args.input), "scores": str(out), **result.summary()}
+    summary = {"input": str(source), "scores": str(out), **result.summary()}
     summary["timings_s"]["total"] = time.perf_counter() - t0
     _write_json(_summary_path(out), summary)
     sv = result.singular_values
@@ -80,27 +97,35 @@ def _write_scores(args, out: Path, result, t0: float) -> dict:
         print(f"warning: {text}", file=sys.stderr)
     if result.excluded:
         shown = ", ".join(repr(i) for i in result.excluded[:5]) + (", ..." if len(result.excluded) > 5 else "")
-        print(f"note: left out {len(result.excluded)} rows holding NaN or inf ({shown}); "
-              f"their ids are in {_summary_path(out)}")
-    print(f"wrote {out} and {_summary_path(out)} in {summary['timings_s']['total']:.2f} s")
+        where = f"; their ids are in {_summary_path(out)}" if _summary_path(out) else ""
+        print(f"note: left out {len(result.excluded)} rows holding NaN or inf ({shown}){where}")
+    written = f"{out} and {_summary_path(out)}" if _summary_path(out) else str(out)
+    print(f"wrote {written} in {summary['timings_s']['total']:.2f} s")
     return summary
 
 
 def _select(args) -> dict:
-    return args.comm.on_rank0(lambda: _select_here(args))
+    method = {"method": args.method, "seed": options.seed(args.seed), "stratify_by": args.stratify_by,
+              "shares": _read_shares(args.shares), "store": args.store if args.method == "cluster" else None,
+              "clusters": options.count(args.clusters, "--clusters")}
+    out = options.output_file(args.out, folder=True)  # the subset of a save_to_disk pool is a folder
+    return select_command(args.data, args.scores, args.budget, out, args.comm, method)
 
 
-def _select_here(args) -> dict:
+def select_command(data: Path, scores: Path, budget, out: Path, comm, method: dict) -> dict:
+    """Rank 0 writes the subset `method` (top_positions' keywords) picks."""
+    with _messages_for(out):
+        return comm.on_rank0(lambda: _select_here(data, scores, budget, out, method))
+
+
+def _select_here(data: Path, scores: Path, budget, out: Path, method: dict) -> dict:
     from .data import read_pool
     from .select import read_scores, select_subset
 
-    out = Path(args.out)
-    _refuse_overwrite([out, _summary_path(out, "selection")], [args.data, args.scores])
-    pool = read_pool(args.data)
-    ids, scores = read_scores(args.scores)
-    summary = select_subset(pool, ids, scores, args.budget, out, method=args.method, seed=args.seed,
-                            stratify_by=args.stratify_by, shares=_read_shares(args.shares),
-                            store=args.store if args.method == "cluster" else None, clusters=args.clusters)
+    _refuse_overwrite([out, _summary_path(out, "selection")], [data, scores])
+    pool = read_pool(data)
+    ids, values = read_scores(scores)
+    summary = select_subset(pool, ids, values, budget, out, **method)
     _write_json(_summary_path(out, "selection"), summary)
     print(f"selected {summary['selected']} of {summary['scored']} scored samples by {summary['method']} "
           f"({summary['format']}) -> {out}")
@@ -114,47 +139,43 @@ def _select_here(args) -> dict:
 
 
 def _read_shares(path) -> dict | None:
-    """A share table {"source": share, ...} (any positive numbers; they are normalised)."""
+    """A share table {"source": share, ...} (any numbers >= 0; they are normalised)."""
     if path is None:
         return None
     try:
         table = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise InputError(f"--shares {path}: not a readable JSON object ({exc})") from None
-    if not isinstance(table, dict) or not table or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in table.values()):
-        raise InputError(f"--shares {path}: expected a JSON object of source -> share >= 0")
-    if not sum(table.values()) > 0:
-        raise InputError(f"--shares {path}: every share is 0")
-    return {str(k): float(v) for k, v in table.items()}
+    return options.share_table(table, f"--shares {path}")
 
 
-def _extract_options(args):
+def _extract_options(args, **sketch):
     from .pipeline import ExtractOptions
-    from .sketch import PILOT_ROWS
 
     return ExtractOptions(tau=args.tau, max_length=args.max_length, batch_size=args.batch_size,
                           workers=args.workers, device=args.device, dtype=args.dtype,
                           store_dtype=args.store_dtype, shard_rows=args.shard_rows,
                           resume=args.resume, trust_remote_code=args.trust_remote_code,
                           allow_outside_root=args.allow_outside_root, progress=not args.quiet,
-                          no_store=getattr(args, "no_store", False), sketch_size=getattr(args, "sketch_size", None),
-                          sketch_seed=getattr(args, "seed", 0), sketch_energy=getattr(args, "energy", 0.9),
-                          sketch_pilot_rows=getattr(args, "pilot_rows", PILOT_ROWS))
+                          **sketch).check()
 
 
 def _extract(args) -> dict:
+    return extract_command(args.model, args.data, args.image_root, options.output_dir(args.out),
+                           _extract_options(args), args.comm)
+
+
+def extract_command(model: Path, data: Path, image_root, out: Path, opts, comm) -> dict:
     from .pipeline import extract_store
 
-    _refuse_overwrite([args.out], [args.data, args.model])
-    summary = extract_store(args.model, args.data, args.image_root, args.out, _extract_options(args),
-                            args.comm)
+    _refuse_overwrite([out], [data, model])
+    summary = extract_store(model, data, image_root, out, opts, comm)
     reasons = ", ".join(f"{n} {r}" for r, n in summary["skipped_by_reason"].items())
     counts = f"{summary['rows']} vectors, {summary['skipped']} skipped{f' ({reasons})' if reasons else ''}"
     if summary.get("already_complete"):
-        print(f"{args.out} is already complete ({counts}); nothing to extract")
+        print(f"{out} is already complete ({counts}); nothing to extract")
         return summary
-    print(f"extracted {counts} -> {args.out}  [{summary['processed_this_run']} samples in "
+    print(f"extracted {counts} -> {out}  [{summary['processed_this_run']} samples in "
           f"{summary['seconds']:.1f} s on {summary['device']}, {summary['dtype']}]")
     if summary["skipped"]:
         print(f"skipped samples and their reasons: {summary['skipped_file']}")
@@ -162,38 +183,30 @@ def _extract(args) -> dict:
 
 
 def _run(args) -> dict:
-    """extract + score + select into one folder."""
+    """extract + score + select into one folder. Every option is checked before the extraction."""
     from .data import subset_name
     from .select import parse_budget
 
-    out_dir = Path(args.out_dir)
+    out_dir = options.output_dir(args.out_dir, "--out-dir")
     store, scores = out_dir / ("sketch" if args.no_store else "store"), out_dir / "scores.jsonl"
     if args.no_store and args.method == "exact":
         raise InputError("--no-store keeps no vectors for the exact engine; use --method sketch or auto")
+    scoring = _score_options(args)
+    extraction = _extract_options(args, no_store=args.no_store, sketch_size=args.sketch_size, sketch_seed=args.seed,
+                                  sketch_energy=args.energy, sketch_pilot_rows=args.pilot_rows)
     subset = out_dir / subset_name(args.data)
     _refuse_overwrite([out_dir], [args.data, args.model])
     parse_budget(args.budget, 1 << 62)  # its form, now: not after hours of extraction
-    if not 0 < args.energy <= 1:
-        raise InputError(f"--energy must be in (0, 1], got {args.energy}")
-    if args.sketch_size is not None and args.sketch_size < 1:
-        raise InputError(f"--sketch-size must be at least 1, got {args.sketch_size}")
-    if args.pilot_rows < 2:
-        raise InputError(f"--pilot-rows must be at least 2, got {args.pilot_rows}")
-    extracted = _extract(argparse.Namespace(**{**vars(args), "out": store}))
-    scored = _score(argparse.Namespace(input=store, out=scores, energy=args.energy,
-                                       device=args.device, standardize=False, l2_normalize=False,
-                                       chunk_rows=None, quiet=args.quiet, comm=args.comm,
-                                       method=args.method, sketch_size=args.sketch_size, seed=args.seed,
-                                 pilot_rows=args.pilot_rows))
-    selected = _select(argparse.Namespace(data=args.data, scores=scores, budget=args.budget, out=subset,
-                                          comm=args.comm, method="scalselect", seed=0, stratify_by=None,
-                                          shares=None, store=None, clusters=100))
+    extracted = extract_command(args.model, args.data, args.image_root, store, extraction, args.comm)
+    scored = score_command(store, scores, scoring, args.comm, quiet=args.quiet)
+    selected = select_command(args.data, scores, args.budget, subset, args.comm, {"method": "scalselect"})
     return {"store": str(store), "scores": str(scores), "subset": str(subset),
             "extract": extracted, "score": scored, "select": selected}
 
 
 def _compare(args) -> dict:
-    return args.comm.on_rank0(lambda: _compare_here(args))
+    with _messages_for(args.out):
+        return args.comm.on_rank0(lambda: _compare_here(args))
 
 
 def _compare_here(args) -> dict:
@@ -201,24 +214,22 @@ def _compare_here(args) -> dict:
     from .data import read_pool
     from .select import read_scores
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in ("scalselect", "random", "length", "cluster")]
-    if not methods or unknown:
-        raise InputError(f"--methods: expected a comma-separated list of scalselect, random, length, cluster"
-                         f"{f', not {unknown[0]!r}' if unknown else ''}")
-    if args.out is not None:
-        _refuse_overwrite([args.out], [args.data, args.scores, args.store])
+    methods = options.method_list(args.methods)
+    energy, seed = options.share(args.energy, "--energy"), options.seed(args.seed)
+    clusters = options.count(args.clusters, "--clusters")
+    out = None if args.out is None else options.output_file(args.out)
+    _refuse_overwrite([out], [args.data, args.scores, args.store])
     pool = read_pool(args.data)
     ids, scores = read_scores(args.scores)
     report = compare_methods(pool, ids, scores, args.store, args.budget, methods,
-                             seed=args.seed, energy=args.energy, source_by=args.source_by, clusters=args.clusters)
+                             seed=seed, energy=energy, source_by=args.source_by, clusters=clusters)
     report |= {"store": str(args.store), "scores": str(args.scores), "pool": str(args.data), "budget": args.budget}
     print(f"budget {args.budget} of {report['eligible']} scored samples; k = {report['k']} at energy "
-          f"{args.energy}; coverage over {min(report['eligible'], COVERAGE_SAMPLE)} pool vectors; sources by {args.source_by}")
+          f"{energy}; coverage over {min(report['eligible'], COVERAGE_SAMPLE)} pool vectors; sources by {args.source_by}")
     print(table(report))
-    if args.out is not None:
-        _write_json(args.out, report)
-        print(f"wrote {args.out}")
+    if out is not None:
+        write_json(out, report)
+        print(f"wrote {out}")
     return report
 
 
@@ -233,9 +244,10 @@ def _report_here(args) -> dict:
         raise InputError('the report needs matplotlib: pip install "scalselect[report]"') from None
     from .report import build_report
 
-    _refuse_overwrite([args.out], [args.store, args.scores])
-    done = build_report(args.store, args.scores, args.out, subset=args.subset, data=args.data,
-                        image_root=args.image_root, source_field=args.source_field, seed=args.seed,
+    out = options.output_dir(args.out)
+    _refuse_overwrite([out], [args.store, args.scores])
+    done = build_report(args.store, args.scores, out, subset=args.subset, data=args.data,
+                        image_root=args.image_root, source_field=args.source_field, seed=options.seed(args.seed),
                         compare=args.compare)
     print(f"wrote {', '.join(done['files'])} in {done['out']} (open report.html in a browser; it works offline)")
     return done
@@ -260,9 +272,8 @@ def _demo(args) -> dict:
     from .demo import SOURCES, prepare_demo
     from .select import read_scores
 
-    if args.n < 50:
-        raise InputError("the demo needs --n >= 50")
-    demo = prepare_demo(Path(args.out), n=args.n)
+    options.count(args.n, "--n", 50)
+    demo = prepare_demo(options.output_dir(args.out), n=args.n)
     print(f"demo pool: {demo['pool']} ({args.n} samples + 2 unusable ones); "
           f"tiny random LLaVA checkpoint: {demo['model']}")
     run_args = build_parser().parse_args([
@@ -330,10 +341,17 @@ def _add_dist_timeout(p: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_TIMEOUT_MINUTES:g})")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other error of the command."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="scalselect", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="scalselect", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"scalselect {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -434,13 +452,25 @@ def _say_warning(message, category, filename, lineno, file=None, line=None) -> N
     print(f"warning: {str(message).removeprefix('scalselect: ')}", file=sys.stderr)
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message on one line, whatever the paths and values in it hold."""
+    return str(exc).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     from .distributed import DEFAULT_TIMEOUT_MINUTES, RankFailure, context
 
-    args = build_parser().parse_args(argv)
-    name = f"scalselect {args.command}"
     try:
-        with warnings.catch_warnings(), context(getattr(args, "dist_timeout", DEFAULT_TIMEOUT_MINUTES)) as comm:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a malformed command line (said on one line)
+        return exc.code if isinstance(exc.code, int) else 2
+    name = f"scalselect {args.command}"
+    for stream in (sys.stdout, sys.stderr):  # paths and ids that are not valid UTF-8 print escaped
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    try:
+        timeout = options.minutes(getattr(args, "dist_timeout", DEFAULT_TIMEOUT_MINUTES))
+        with warnings.catch_warnings(), context(timeout) as comm:
             args.comm = comm
             warnings.showwarning = _say_warning
             if comm.active:
@@ -449,13 +479,13 @@ def main(argv: list[str] | None = None) -> int:
                     contextlib.redirect_stdout(devnull if not comm.is_main else sys.stdout):
                 args.run(args)  # under torchrun, rank 0 speaks for all
     except InputError as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except (OSError, RecursionError) as exc:  # unreadable / unwritable paths, absurd nesting
-        print(f"{name}: error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc.__class__.__name__}: {_one_line(exc)}", file=sys.stderr)
         return 2
     except RankFailure as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)

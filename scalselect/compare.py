@@ -19,6 +19,7 @@ from collections import Counter
 import numpy as np
 import torch
 
+from . import options
 from .baselines import IMAGE_FOLDER, source_of
 from .eigen import rank_for_energy
 from .errors import InputError
@@ -33,6 +34,7 @@ def compare_methods(pool, score_ids: list, scores: np.ndarray, store, budget, me
                     seed: int = 0, energy: float = 0.9, source_by: str = IMAGE_FOLDER, clusters: int = 100) -> dict:
     """{"k", "budget", "methods": {method: figures}} for the subsets each method picks, from one
     pass over the store's scored vectors (plus, for "cluster", its own two)."""
+    energy, seed = options.share(energy, "--energy"), options.seed(seed)
     position = pool.index_of()
     where = [position[sid] for sid in score_ids]
     sources = pool.map(lambda r: source_of(r, pool.layout, source_by), where)

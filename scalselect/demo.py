@@ -9,13 +9,12 @@ shows the whole path and its outputs, not which data is worth training on.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_open
+from ._atomic import write_json
 from .errors import InputError
 
 SOURCES = ("coco", "gqa", "ocr_vqa", "textvqa", "vg")
@@ -94,7 +93,6 @@ def prepare_demo(out: Path, n: int = 600, seed: int = 0) -> dict:
                     "conversations": [{"from": "human", "value": "<image>\nWhat is it?"},
                                       {"from": "gpt", "value": "A cat."}]})
     pool = out / "pool.json"
-    with atomic_open(pool) as f:
-        json.dump(records, f, indent=1)
+    write_json(pool, records)
     model = save_tiny_llava(out / "model", image_size=56, seed=seed)
     return {"pool": pool, "images": out / "images", "model": model, "run": out / "run"}

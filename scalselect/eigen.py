@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .options import EIG_METHODS
+
 # Below this size a full eigh is cheaper than any iteration.
 FULL_EIGH_MAX = 1536
 # Residual ||A v - theta v|| per wanted pair, relative to ||A||_2. At 1e-8 the scores of a
@@ -79,7 +81,7 @@ def _orthonormal_block(z: torch.Tensor, basis: torch.Tensor | None, gen: torch.G
     return z
 
 
-METHODS = ("auto", "full", "krylov")
+METHODS = EIG_METHODS
 
 
 def top_eigenpairs(a: torch.Tensor, energy: float, total: float | None = None, *,

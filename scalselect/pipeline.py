@@ -8,7 +8,10 @@ reason; an interrupted job resumes from the committed parts.
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +20,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import sketch
+from . import options, sketch
 from .data import read_pool
 from .data.images import SampleSkip, check_image_root
 from .data.samples import LengthBatcher, SampleMaker, collate
 from .distributed import Comm
 from .errors import InputError, first_line
 from .extract import first_layer_probe, probe_vectors
-from .models.load import fingerprint, load_checkpoint, pick_device, pick_dtype, read_config
+from .models.load import DTYPES, fingerprint, load_checkpoint, pick_dtype, read_config
+from .options import resolve_device
 from .store import LOCK, MANIFEST, PROGRESS, SKIPPED, StoreWriter, _lock, check_same_settings, read_manifest
 
 
@@ -49,18 +53,23 @@ class ExtractOptions:
     sketch_energy: float = 0.9     # the energy the pilot sizes the sketch for
     sketch_pilot_rows: int = sketch.PILOT_ROWS
 
-    def check(self) -> None:
-        if not 0 < self.tau <= 1:
-            raise InputError(f"--tau must be in (0, 1], got {self.tau}")
+    def check(self) -> "ExtractOptions":
+        options.share(self.tau, "--tau")
         for name in ("max_length", "batch_size", "shard_rows"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.no_store and self.sketch_pilot_rows < 2:
-            raise InputError("--pilot-rows must be at least 2")
-        if self.no_store and self.sketch_size is not None and self.sketch_size < 1:
-            raise InputError("--sketch-size must be at least 1")
-        if self.workers is not None and self.workers < 0:
-            raise InputError("--workers must be 0 or more")
+            if getattr(self, name) is not None:
+                options.count(getattr(self, name), f"--{name.replace('_', '-')}")
+        if self.workers is not None:
+            options.count(self.workers, "--workers", 0, options.MAX_WORKERS)
+        options.device(self.device)
+        options.choice(self.dtype, ("auto", *DTYPES), "--dtype")
+        if self.store_dtype == "bfloat16":
+            raise InputError("--store-dtype bfloat16 cannot be stored in .npy; use float16 or float32")
+        options.choice(self.store_dtype, ("float16", "float32"), "--store-dtype")
+        options.choice(self.kernel_backend, options.BACKENDS, "kernel_backend")
+        if self.no_store:  # what it plans the sketch with: the same rules as score's
+            options.ScoreOptions(energy=self.sketch_energy, sketch_size=self.sketch_size, seed=self.sketch_seed,
+                                 pilot_rows=self.sketch_pilot_rows, method="sketch").check()
+        return self
 
 
 def _skip(sample_id, reason: str, detail: str) -> dict:
@@ -106,6 +115,18 @@ def _unbatched(item):
     return item
 
 
+def _die_with_parent(parent: int, worker_id: int) -> None:
+    """DataLoader worker_init_fn: the worker is killed when the process that started it ends,
+    however it ends (SIGKILL included), so that no worker outlives its job (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+
 def _worker_count(requested: int | None) -> int:
     if requested is not None:
         return requested
@@ -137,7 +158,7 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
     opts.check()
     root = check_image_root(image_root)
     pool = read_pool(pool_path)
-    device = pick_device(opts.device)
+    device = resolve_device(opts.device)
     if comm.active and device.type == "cuda":
         device = comm.gpu()
     dtype = pick_dtype(opts.dtype, device)
@@ -177,35 +198,30 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
         job = extraction.run(todo, sink, "extract")
         seconds = time.perf_counter() - t0
         processed = len(todo) + len(replay_positions)
+        processor, model, adapter = loaded
+        meta = {**settings, "family": adapter.family, "model_class": type(model).__name__,
+                "versions": _versions(),
+                "batch_size": opts.batch_size, "extract_seconds_last_run": seconds,
+                "world_size_last_run": comm.world,
+                "samples_per_second_last_run": processed / seconds if seconds > 0 else None,
+                "mean_kept_vision_tokens_last_run": job.kept_tokens / max(1, job.rows_made)}
+        writer.close(meta, expected=len(pool))
     except BaseException as exc:
         if writer is not None:
             writer.abandon()
-        if guard is not None:
-            guard.close()
         if isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc):
             raise InputError(f"an image-loading worker died ({first_line(exc)}); in a container, give "
                              "it more shared memory (docker --shm-size) or pass --workers 0; "
                              "then --resume") from None
         raise
-    processor, model, adapter = loaded
-    meta = {**settings, "family": adapter.family, "model_class": type(model).__name__,
-            "versions": _versions(),
-            "batch_size": opts.batch_size, "extract_seconds_last_run": seconds,
-            "world_size_last_run": comm.world,
-            "samples_per_second_last_run": processed / seconds if seconds > 0 else None,
-            "mean_kept_vision_tokens_last_run": job.kept_tokens / max(1, job.rows_made)}
-    writer.close(meta, expected=len(pool))
-    if guard is not None:
-        guard.close()
+    finally:
+        if guard is not None:
+            guard.close()
     manifest = read_manifest(rows_dir)  # every rank's parts, for every rank
     summary = {"store": str(out), "rows": manifest["num_rows"], "skipped": manifest["num_skipped"],
                "skipped_by_reason": manifest["skipped_by_reason"],
                "processed_this_run": processed, "seconds": seconds, "device": str(device),
                "dtype": settings["compute_dtype"], "skipped_file": str(rows_dir / SKIPPED)}
-    if summary["rows"] == 0:
-        reasons = ", ".join(f"{n} {r}" for r, n in summary["skipped_by_reason"].items())
-        raise InputError(f"no sample of {pool_path} could be used ({reasons}); "
-                         f"see {rows_dir / SKIPPED}")
     return summary
 
 
@@ -228,7 +244,8 @@ class _Extraction:
         workers = _worker_count(self.opts.workers)
         loader = torch.utils.data.DataLoader(
             _PoolSamples(self.pool, mine, self.maker), batch_size=None, num_workers=workers,
-            collate_fn=_unbatched, prefetch_factor=4 if workers else None)
+            collate_fn=_unbatched, prefetch_factor=4 if workers else None,
+            worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if workers else None)
         batcher = LengthBatcher(self.opts.batch_size)
         desc = f"{what} (rank 0 of {self.comm.world})" if self.comm.active else what
         with first_layer_probe(self.model) as probe, tqdm(
@@ -317,7 +334,7 @@ def _open_sketch(extraction: _Extraction, out: Path, settings: dict, dim: int):
     writer = StoreWriter(out / sketch.SKETCH_ROWS, int(omega.shape[1]), "float32",
                          settings={**settings, "sketch_plan": digest}, resume=opts.resume, comm=comm)
     holdout = sketch.holdout_rows(len(pool), opts.sketch_pilot_rows, opts.sketch_seed)
-    sink = sketch.SketchSink(writer, omega, shift, False, extraction.device,
+    sink = sketch.SketchSink(writer, omega, shift, float(info.get("plan", {}).get("value_scale", 1.0)), False, extraction.device,
                              {pool.ids[p] for p in holdout}, opts.kernel_backend)
     return writer, sink, replay, replay_positions, digest
 

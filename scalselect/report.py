@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import options
 from ._atomic import atomic_open
 from .baselines import IMAGE_FOLDER, source_of
 from .data import read_pool
@@ -132,6 +133,17 @@ def _first_instruction(record: dict, layout: str) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def _scoring_summary(path: Path) -> dict:
+    """k and the energy of the scores' summary (scores.summary.json), when it is there and sound."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        energy = options.share(summary.get("settings", {}).get("energy", 0.9), "energy")
+        k = summary.get("k")
+    except (OSError, ValueError, RecursionError, AttributeError) as exc:
+        raise InputError(f"{path}: not the summary `scalselect score` writes ({exc})") from None
+    return {"energy": energy, "k": k if isinstance(k, int) and not isinstance(k, bool) and k > 0 else None}
+
+
 def build_report(store, scores_path, out, *, subset=None, data=None, image_root=None,
                  source_field: str | None = None, seed: int = 0, compare=None) -> dict:
     """Write the plots and report.html into `out`; returns what it wrote and the counts. The
@@ -146,7 +158,7 @@ def build_report(store, scores_path, out, *, subset=None, data=None, image_root=
     root = Path(image_root or meta.get("image_root") or ".")
     ids, scores = read_scores(scores_path)
     summary_path = Path(scores_path).with_name(f"{Path(scores_path).stem}.summary.json")
-    scoring = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    scoring = _scoring_summary(summary_path)
     compared = None
     if compare is not None:
         try:
@@ -155,7 +167,7 @@ def build_report(store, scores_path, out, *, subset=None, data=None, image_root=
         except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
             raise InputError(f"--compare {compare}: not a `scalselect compare` JSON file ({exc})") from None
     spectrum, rows_used = _spectrum(store, seed)
-    energy = scoring.get("settings", {}).get("energy", 0.9)
+    energy = scoring["energy"]
     k = scoring.get("k") or rank_for_energy(torch.from_numpy(spectrum), float(spectrum.sum()), energy) or 1
 
     index = pool.index_of()
@@ -184,7 +196,7 @@ def build_report(store, scores_path, out, *, subset=None, data=None, image_root=
         "store": str(store), "scores": str(scores_path), "pool": str(data), "samples": len(ids),
         "subset": len(chosen & set(ids)) if subset else None, "k": k, "energy": energy,
         "spectrum_rows": rows_used, "sources_by": by, "counts": counts, "picked": picked}, compared)
-    with atomic_open(out / "report.html") as f:
+    with atomic_open(out / "report.html", errors="xmlcharrefreplace") as f:
         f.write(page)
     import matplotlib.pyplot as plt
 

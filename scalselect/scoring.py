@@ -23,6 +23,7 @@ collective: the rank that met it raises it, the others raise "rank R: <message>"
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -34,8 +35,9 @@ import torch
 
 from . import kernels
 from .distributed import Comm
-from .eigen import METHODS, TopEigen, top_eigenpairs
+from .eigen import TopEigen, top_eigenpairs
 from .errors import InputError
+from .options import PILOT_ROWS, ScoreOptions, resolve_device
 from .store import RowSource, _check_ids, open_rows, part_shards, read_manifest, read_store
 
 # Target size of one streamed chunk (its float32 centred copy).
@@ -88,19 +90,6 @@ class LeverageResult:
 
         text = warning_text(self.sketch, self.settings["energy"]) if self.method == "sketch" else None
         return [text] if text else []
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise InputError(f"device must be auto, cpu or cuda, not {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("device cuda was asked for, but no usable CUDA GPU is present")
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(f"device {device}: only {torch.cuda.device_count()} CUDA GPUs are present")
-    return dev
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -172,9 +161,6 @@ def _open_part(data, sample_ids, comm: Comm) -> _Part:
     return part
 
 
-METHODS_SCORE = ("exact", "sketch", "auto")
-
-
 def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standardize: bool = False,
                     l2_normalize: bool = False, sample_ids=None, chunk_rows: int | None = None,
                     backend: str = "auto", eig_method: str = "auto", progress: bool = False,
@@ -202,8 +188,10 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     seed: the pilot sample's and the test matrix's random seed; pilot_rows: its size (default
     sketch.PILOT_ROWS).
     """
-    if not 0.0 < energy <= 1.0:
-        raise InputError(f"energy must be in (0, 1], got {energy}")
+    ScoreOptions(energy=energy, device=device, standardize=standardize, l2_normalize=l2_normalize,
+                 chunk_rows=chunk_rows, method=method, sketch_size=sketch_size, seed=seed,
+                 pilot_rows=PILOT_ROWS if pilot_rows is None else pilot_rows, backend=backend,
+                 eig_method=eig_method).check()
     from . import sketch  # it builds on this module's helpers
 
     comm = comm if comm is not None else Comm()
@@ -227,17 +215,7 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     dev = resolve_device(device)
     if chunk_rows is None:
         chunk_rows = max(256, _CHUNK_BYTES // (4 * d))
-    if int(chunk_rows) < 1:
-        raise InputError(f"chunk_rows must be at least 1, got {chunk_rows}")
-    if eig_method not in METHODS:
-        raise InputError(f"eig_method must be one of {METHODS}, not {eig_method!r}")
-    if method not in METHODS_SCORE:
-        raise InputError(f"method must be one of {METHODS_SCORE}, not {method!r}")
-    if sketch_size is not None and int(sketch_size) < 1:
-        raise InputError(f"sketch_size must be at least 1, got {sketch_size}")
-    pilot_rows = sketch.PILOT_ROWS if pilot_rows is None else pilot_rows
-    if int(pilot_rows) < 2:
-        raise InputError(f"pilot_rows must be at least 2, got {pilot_rows}")
+    pilot_rows = PILOT_ROWS if pilot_rows is None else pilot_rows
     settings = {"energy": energy, "standardize": standardize, "l2_normalize": l2_normalize,
                 "chunk_rows": chunk_rows, "backend": backend, "eig_method": eig_method,
                 "method": method, "sketch_size": sketch_size, "seed": seed, "pilot_rows": pilot_rows}
@@ -267,17 +245,17 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
         details["auto_choice"] = "exact: at this size a sketch's pilot alone costs over half the exact engine"
     if found is not None:
         side, chosen = "sketch", "sketch"
-        scores, total, top, eig, left_out = found
+        scores, total, top, eig, left_out, scale = found
     else:
         run_side = _kernel_side if side == "kernel" else _gram_side
-        scores, total, top, eig, left_out = run_side(src, dev, energy, chunk_rows, **opts)
+        scores, total, top, eig, left_out, scale = run_side(src, dev, energy, chunk_rows, **opts)
         chosen = "exact"
     scores[left_out] = np.nan
     comm.together(lambda: _check_scores(scores, left_out))
     captured = float(top.sum()) / total
     result = LeverageResult(
         scores=scores, sample_ids=list(src.ids), k=int(top.numel()), captured_energy=captured,
-        singular_values=top.clamp_min(0).sqrt().cpu().numpy(), total_energy=total, num_rows=n,
+        singular_values=(top.clamp_min(0).sqrt() / scale).cpu().numpy(), total_energy=total / scale / scale, num_rows=n,
         dim=d, side=side, eig_method=eig, device=str(dev), timings=timings, settings=settings,
         world=comm.world, rank=comm.rank, shards=shards, method=chosen, sketch=details)
     for text in result.warnings():
@@ -333,6 +311,22 @@ def mirror_lower(gram: torch.Tensor) -> torch.Tensor:
 _RANK_TOL = {"gram": 1e-6, "kernel": 1e-12}
 
 
+def value_scale(magnitude: float) -> float:
+    """A power of two that brings values of this magnitude near 1 before their float32 products
+    (whose squares would underflow below ~1e-19 or overflow above ~1e19), or 1 where they are safe
+    already. Scaling by a power of two is exact, and leverage scores do not change under it."""
+    if not (magnitude > 0 and math.isfinite(magnitude)) or 2.0 ** -16 <= magnitude <= 2.0 ** 16:
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(magnitude)[1])
+
+
+def _head_magnitude(rows: torch.Tensor) -> float:
+    """The largest |x - mean| of a few finite rows (float64), or their largest |x| if they are all equal."""
+    rows = rows.to(torch.float64)
+    spread = float((rows - rows.mean(dim=0)).abs().max()) if rows.numel() else 0.0
+    return spread if spread > 0 else float(rows.abs().max()) if rows.numel() else 0.0
+
+
 def _check_spread(centred_energy: float, raw_energy: float, n: int) -> None:
     """Refuse a matrix whose rows are all equal up to rounding: there is nothing to rank."""
     if not centred_energy > 1e-24 * raw_energy:
@@ -355,37 +349,42 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
     zero = torch.zeros(d, dtype=torch.float64, device=dev)
     left_out: list[int] = []  # this rank's rows with a NaN or inf
 
-    def prep(chunk, shift, start=None):
+    def prep(chunk, shift, inv=None, start=None):
         """gram_prep of the chunk's finite rows (noting the others when start is given)."""
-        centred, sums = kernels.gram_prep(chunk, shift, None, l2_normalize, backend=backend)
+        centred, sums = kernels.gram_prep(chunk, shift, inv, l2_normalize, backend=backend)
         good = _finite_rows(sums, chunk)
         if good is None:
             return centred, sums
         if start is not None:
             left_out.extend((torch.nonzero(~good).flatten() + start).tolist())
-        return kernels.gram_prep(chunk[good], shift, None, l2_normalize, backend=backend)
+        return kernels.gram_prep(chunk[good], shift, inv, l2_normalize, backend=backend)
 
-    def head():  # an early mean estimate keeps the shifted sums small
+    def head():  # an early mean estimate keeps the shifted sums small; the rows' magnitude
         if not reads_head:
-            return zero, 0
+            return zero, 0, 0.0
         for _, chunk in src.chunks(min(_HEAD_ROWS, chunk_rows)):
-            centred, sums = prep(chunk.to(dev, non_blocking=True), zero)
+            chunk = chunk.to(dev, non_blocking=True)
+            centred, sums = prep(chunk, zero)
             if centred.shape[0]:  # a chunk of NaN rows only: the next one
-                return sums, centred.shape[0]
-        return zero, 0
+                finite = chunk[torch.isfinite(chunk).all(dim=1)]
+                rows = kernels.twins.centre_rows(finite, zero, None, l2_normalize)
+                return sums, centred.shape[0], _head_magnitude(rows)
+        return zero, 0, 0.0
 
-    head_sums, head_rows = comm.together(head)
+    head_sums, head_rows, magnitude = comm.together(head)
     if comm.active:  # the same shift on every rank: the one rank that reads the head sends it
-        both = comm.all_reduce_sum(torch.cat([head_sums, head_sums.new_tensor([head_rows])]))
-        head_sums, head_rows = both[:d], both[d]
+        both = comm.all_reduce_sum(torch.cat([head_sums, head_sums.new_tensor([head_rows, magnitude])]))
+        head_sums, head_rows, magnitude = both[:d], both[d], float(both[d + 1])
     shift = head_sums / head_rows if head_rows > 0 else zero
+    scale = value_scale(magnitude)  # rows are multiplied by it before their float32 products
+    inv = None if scale == 1 else torch.full((d,), scale, dtype=torch.float64, device=dev)
     gram = torch.zeros(d, d, dtype=torch.float64, device=dev)
     colsum = torch.zeros(d, dtype=torch.float64, device=dev)
 
     def pass1():
         with _progress(n_local, "pass 1/2 (Gram)", progress) as bar:
             for start, chunk in src.chunks(chunk_rows):
-                centred, sums = prep(chunk.to(dev, non_blocking=True), shift, start)
+                centred, sums = prep(chunk.to(dev, non_blocking=True), shift, inv, start)
                 add_gram(gram, centred)
                 colsum.add_(sums)
                 bar.update(chunk.shape[0])
@@ -401,7 +400,7 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
     gram = mirror_lower(gram)
 
     def finish():
-        cov, mean, inv_scale, total = _centred_gram(gram, colsum, shift, n, standardize)
+        cov, mean, inv_scale, total = _centred_gram(gram, colsum, shift, n, standardize, scale)
         timings["gram_pass"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         eig = top_eigenpairs(cov, energy, total, method=eig_method, rank_tol=_RANK_TOL["gram"])
@@ -429,23 +428,27 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
 
     comm.together(pass2)
     timings["score_pass"] = time.perf_counter() - t0
-    return scores, total, eig.values, eig.method, left_out
+    # energies are those of the rows multiplied by `scale` (standardised rows have no units)
+    return scores, total, eig.values, eig.method, left_out, 1.0 if standardize else scale
 
 
-def _centred_gram(gram: torch.Tensor, colsum: torch.Tensor, shift: torch.Tensor, n: int, standardize: bool):
-    """The centred (and, with standardize, scaled) Gram matrix from pass 1's shifted sums, with
-    the mean, the column scale (or None) and the trace."""
+def _centred_gram(gram: torch.Tensor, colsum: torch.Tensor, shift: torch.Tensor, n: int, standardize: bool,
+                  scale: float = 1.0):
+    """The centred (and, with standardize, scaled) Gram matrix from pass 1's sums of the rows
+    shifted and multiplied by `scale`, with the mean, the column scale pass 2 applies after
+    centring (or None) and the trace, in those units."""
     delta = colsum / n
-    mean = shift + delta
+    mean = shift + delta / scale
     cov = gram - n * torch.outer(delta, delta)  # centred Gram, exactly
     if not bool(torch.isfinite(cov).all()):
         raise InputError("the Gram matrix overflowed float32: values too large; rescale the vectors")
-    raw_second = gram.diagonal() / n + shift * shift  # about mean(x_j^2) per column
+    raw_second = gram.diagonal() / n + (shift * scale) ** 2  # about mean(x_j^2) per column
     _check_spread(float(cov.trace()), n * float(raw_second.sum()), n)
-    inv_scale = None
+    inv_scale = None if scale == 1 else torch.full_like(mean, scale)
     if standardize:
-        inv_scale = _inv_std(cov.diagonal().clamp_min(0) / n, raw_second)
-        cov = cov * torch.outer(inv_scale, inv_scale)
+        inv_std = _inv_std(cov.diagonal().clamp_min(0) / n, raw_second)
+        cov = cov * torch.outer(inv_std, inv_std)
+        inv_scale = inv_std * scale
     return cov, mean, inv_scale, float(cov.trace())
 
 
@@ -478,23 +481,25 @@ def _kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_nor
         if x.shape[0] == 0:
             raise InputError("every row holds a NaN or inf: there is nothing to score")
         rows = kernels.twins.centre_rows(x, zero, None, l2_normalize)
-        scores, total, values, method = _kernel_solve(rows, energy, standardize, eig_method, timings, t0)
+        scores, total, values, method, scale = _kernel_solve(rows, energy, standardize, eig_method, timings, t0)
         splits = np.cumsum([int(part.shape[0]) for part in parts])[:-1]
-        return np.split(scores.cpu().numpy(), splits), total, values.cpu(), method
+        return np.split(scores.cpu().numpy(), splits), total, values.cpu(), method, scale
 
     x, left_out = comm.together(load)
     every = comm.gather_objects(x.cpu())  # as stored: float16 stores send half the bytes
     answer = comm.broadcast_object(comm.together(lambda: solve(every), main_only=True))
     timings.setdefault("gram_pass", time.perf_counter() - t0)
-    parts, total, values, method = answer
+    parts, total, values, method, scale = answer
     scores = np.full(src.num_rows, np.nan)
     scores[np.setdiff1d(np.arange(src.num_rows), left_out)] = parts[comm.rank]
-    return scores, total, values.to(dev), method, left_out
+    return scores, total, values.to(dev), method, left_out, scale
 
 
 def _kernel_solve(rows: torch.Tensor, energy, standardize, eig_method, timings, t0):
     """Scores of the rows (float64, already l2-normalised if asked) on the N x N side."""
     n = rows.shape[0]
+    scale = value_scale(_head_magnitude(rows))
+    rows = rows * scale
     raw_second = rows.pow(2).mean(dim=0)
     rows = rows - rows.mean(dim=0)
     var = rows.pow(2).mean(dim=0)
@@ -509,4 +514,4 @@ def _kernel_solve(rows: torch.Tensor, energy, standardize, eig_method, timings, 
     eig = top_eigenpairs(kernel, energy, total, method=eig_method, rank_tol=_RANK_TOL["kernel"])
     timings["eigen"] = time.perf_counter() - t0
     scores = (eig.vectors ** 2).sum(dim=1)  # rows of U_k: the left singular vectors
-    return scores, total, eig.values, eig.method
+    return scores, total, eig.values, eig.method, 1.0 if standardize else scale

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_open
+from . import options
+from ._atomic import atomic_open, json_text
 from .data import Pool, write_subset
 from .errors import InputError
 
@@ -20,8 +21,7 @@ def write_scores(path: str | os.PathLike, sample_ids: list, scores: np.ndarray) 
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     with atomic_open(path) as f:
         for i in order:
-            f.write(json.dumps({"sample_id": sample_ids[i], "importance": float(scores[i])},
-                               ensure_ascii=False) + "\n")
+            f.write(json_text({"sample_id": sample_ids[i], "importance": float(scores[i])}) + "\n")
 
 
 def read_scores(path: str | os.PathLike) -> tuple[list, np.ndarray]:
@@ -40,14 +40,17 @@ def read_scores(path: str | os.PathLike) -> tuple[list, np.ndarray]:
         try:
             rec = json.loads(line)
             sid, value = rec["sample_id"], rec["importance"]
-        except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # ValueError: 5000-digit numbers too
             raise InputError(f"scores {path}, line {line_no}: expected "
                              f'{{"sample_id": ..., "importance": <number>}} ({exc})') from None
         if not isinstance(sid, (str, int)) or isinstance(sid, bool):
             raise InputError(f"scores {path}, line {line_no}: sample_id must be a string or an integer")
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise InputError(f"scores {path}, line {line_no}: importance must be a number")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise InputError(f"scores {path}, line {line_no}: importance {str(value)[:20]}... is too large") from None
         if not math.isfinite(value):
             raise InputError(f"scores {path}, line {line_no}: importance is not finite")
         if sid in seen:
@@ -93,8 +96,8 @@ def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str |
     store: the store (or .npy, or matrix) the scores came from, for method "cluster"."""
     from .baselines import SELECT_METHODS, apportion, choose, conversation_length, random_ranking, source_of
 
-    if method not in SELECT_METHODS:
-        raise InputError(f"method must be one of {', '.join(SELECT_METHODS)}, not {method!r}")
+    options.choice(method, SELECT_METHODS, "--method")
+    options.seed(seed)
     if method == "cluster" and stratify_by is not None:
         raise InputError("--stratify-by cannot be combined with --method cluster (its clusters are its strata)")
     index = pool.index_of()
@@ -144,8 +147,7 @@ def _cluster_labels(score_ids: list, store, clusters: int, seed: int) -> np.ndar
 
     if store is None:
         raise InputError("--method cluster needs the vectors: pass --store STORE")
-    if clusters < 1:
-        raise InputError(f"--clusters must be at least 1, got {clusters}")
+    options.count(clusters, "--clusters")
     return kmeans(principal_rows(store, score_ids), clusters, seed)
 
 

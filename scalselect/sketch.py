@@ -31,6 +31,7 @@ exactly too.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -42,16 +43,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import kernels
-from ._atomic import atomic_open
+from . import kernels, options
+from ._atomic import atomic_open, write_json
 from .distributed import Comm
 from .eigen import rank_for_energy
-from .errors import InputError
-from .scoring import _check_spread, _finite_rows, _inv_std, _progress
+from .errors import InputError, first_line
+from .scoring import _check_spread, _finite_rows, _head_magnitude, _inv_std, _progress, value_scale
 from .store import RowSource, read_manifest, read_sidecar
 
 # Rows in the pilot sample (by default), and in the holdout that checks the result.
-PILOT_ROWS = 2048
+PILOT_ROWS = options.PILOT_ROWS
 HOLDOUT_ROWS = 2048
 # Largest estimated relative score error that is certified (see the module docstring).
 CERTIFY_ERROR = 0.02
@@ -76,15 +77,16 @@ class Sketch:
     ytx: torch.Tensor        # l x D: Y^T X~ (this way round: the skinny GEMM runs 1.3x faster)
     ygram: torch.Tensor      # l x l: Y^T Y
     ysum: torch.Tensor       # l: sum of y
+    scale: float = 1.0       # rows are multiplied by it after the shift (scoring.value_scale)
 
     SUMS = ("rows", "colsum", "colsumsq", "ytx", "ygram", "ysum")
 
     @classmethod
-    def start(cls, omega: torch.Tensor, shift: torch.Tensor) -> "Sketch":
+    def start(cls, omega: torch.Tensor, shift: torch.Tensor, scale: float = 1.0) -> "Sketch":
         d, size = omega.shape
         zeros = [torch.zeros(shape, dtype=torch.float64, device=omega.device)
                  for shape in ((), (d,), (d,), (size, d), (size, size), (size,))]
-        return cls(omega.to(torch.float32).contiguous(), shift.to(omega.device, torch.float64), *zeros)
+        return cls(omega.to(torch.float32).contiguous(), shift.to(omega.device, torch.float64), *zeros, scale)
 
     @property
     def size(self) -> int:
@@ -94,10 +96,11 @@ class Sketch:
         """Add a chunk's finite rows (the chunk is on the sketch's device). Returns their y rows
         (float32) and a mask of the finite rows (None when all are). The elementwise part is
         the native prep kernel; the products are GEMMs."""
-        centred, sums, squares = kernels.sketch_prep(chunk, self.shift, None, l2_normalize, backend=backend)
+        inv = None if self.scale == 1 else torch.full_like(self.shift, self.scale)
+        centred, sums, squares = kernels.sketch_prep(chunk, self.shift, inv, l2_normalize, backend=backend)
         good = _finite_rows(sums, chunk)  # a NaN or inf shows in the sums: free to check
         if good is not None:
-            centred, sums, squares = kernels.sketch_prep(chunk[good], self.shift, None, l2_normalize,
+            centred, sums, squares = kernels.sketch_prep(chunk[good], self.shift, inv, l2_normalize,
                                                          backend=backend)
         y = centred @ self.omega
         self.rows += centred.shape[0]
@@ -113,7 +116,7 @@ class Sketch:
 
     def with_sums(self, sums: list[torch.Tensor]) -> "Sketch":
         """This sketch's test matrix and shift with other sums (merged over ranks, say)."""
-        return Sketch(self.omega, self.shift, *[s.to(self.omega.device) for s in sums])
+        return Sketch(self.omega, self.shift, *[s.to(self.omega.device) for s in sums], self.scale)
 
 
 @dataclass
@@ -127,11 +130,12 @@ class SketchSolution:
     inv_scale: torch.Tensor | None  # D float64 column scale (standardize), else None
     direct: torch.Tensor     # D x k float64: ||(x_i - mean) inv_scale direct||^2 scores a whole row
     info: dict = field(default_factory=dict)
+    value_scale: float = 1.0  # the factor the rows were multiplied by (1 when standardised)
 
     def to(self, device) -> "SketchSolution":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return SketchSolution(move(self.ymean), move(self.w), move(self.values), self.total, move(self.mean),
-                              move(self.inv_scale), move(self.direct), self.info)
+                              move(self.inv_scale), move(self.direct), self.info, self.value_scale)
 
 
 def sample_rows(num_rows: int, count: int, seed: int) -> np.ndarray:
@@ -160,7 +164,8 @@ def plan_test_matrix(pilot: torch.Tensor, *, energy: float, standardize: bool, l
                          "nothing to plan a sketch from; use --method exact")
     h = kernels.twins.centre_rows(pilot, torch.zeros(pilot.shape[1], dtype=torch.float64), None, l2_normalize)
     shift = h.mean(dim=0)
-    h = h - shift
+    scale = value_scale(_head_magnitude(h))  # the pass multiplies its shifted rows by it
+    h = (h - shift) * scale
     inv = None
     if standardize:  # directions of the scaled pilot, mapped back to the unscaled rows below
         std = h.pow(2).mean(dim=0).sqrt()
@@ -190,7 +195,7 @@ def plan_test_matrix(pilot: torch.Tensor, *, energy: float, standardize: bool, l
     # the float32 y rows' rounding small after whitening
     omega = torch.linalg.qr(torch.cat([right, noise], dim=1)).Q
     plan = {"pilot_rows": int(pilot.shape[0]), "pilot_k": pilot_k, "pilot_directions": directions,
-            "sketch_size": size}
+            "sketch_size": size, "value_scale": scale}
     return omega.to(torch.float32), shift, plan
 
 
@@ -202,13 +207,15 @@ def solve(sketch: Sketch, energy: float, standardize: bool) -> SketchSolution:
     ytx = sketch.ytx - n * torch.outer(ymean, delta)           # Y_c^T A_c
     ygram = sketch.ygram - n * torch.outer(ymean, ymean)       # Y_c^T Y_c
     col_energy = (sketch.colsumsq - n * delta * delta).clamp_min(0)  # centred energy per column
-    raw_second = sketch.colsumsq / n - delta * delta + (sketch.shift + delta) ** 2  # mean(x_j^2)
+    scale = sketch.scale  # the sums are of rows multiplied by it: so is everything below
+    raw_second = sketch.colsumsq / n - delta * delta + (sketch.shift * scale + delta) ** 2  # mean(x_j^2)
     _check_spread(float(col_energy.sum()), n * float(raw_second.sum()), int(n))
-    inv = None
+    inv = None if scale == 1 else torch.full_like(delta, scale)  # applied to whole rows, after centring
     if standardize:
-        inv = _inv_std(col_energy / n, raw_second)
-        ytx = ytx * inv
-        col_energy = col_energy * inv * inv
+        inv_std = _inv_std(col_energy / n, raw_second)
+        ytx = ytx * inv_std
+        col_energy = col_energy * inv_std * inv_std
+        inv = inv_std * scale
     total = float(col_energy.sum())
     lam, vecs = torch.linalg.eigh((ygram + ygram.T) / 2)
     keep = lam > _RANGE_TOL * lam.max().clamp_min(1e-300)
@@ -226,8 +233,8 @@ def solve(sketch: Sketch, energy: float, standardize: bool) -> SketchSolution:
     info = {"sketch_size": sketch.size, "range_rank": int(keep.sum()), "energy_reached": reached,
             "sketch_energy": float(values.sum()) / total, "residual_energy": residual / total,
             "residual_ratio": math.sqrt(residual / float(values[k - 1])) if values[k - 1] > 0 else math.inf}
-    return SketchSolution(ymean, w.to(torch.float32), values[:k], total, sketch.shift + delta, inv,
-                          (ytx.T @ w) / values[:k], info)
+    return SketchSolution(ymean, w.to(torch.float32), values[:k], total, sketch.shift + delta / scale, inv,
+                          (ytx.T @ w) / values[:k], info, 1.0 if standardize else scale)
 
 
 def holdout_errors(solution: SketchSolution, rows: torch.Tensor, ys: torch.Tensor,
@@ -318,7 +325,7 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norm
         details["auto_choice"] = "sketch: the pilot's spectrum allows a sketch at under half the exact cost"
 
     t0 = time.perf_counter()
-    sketch = Sketch.start(omega.to(dev), shift)
+    sketch = Sketch.start(omega.to(dev), shift, planned["value_scale"])
     ys = _y_rows(src.num_rows, size)  # the range sketch, kept per row
     # this rank's share of the holdout (the same rows whatever the world size), kept whole as
     # the pass meets them
@@ -347,7 +354,7 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norm
     scores, found = finish(sketch, comm, energy=energy, standardize=standardize, l2_normalize=l2_normalize,
                            held=(rows, ys[torch.from_numpy(holdout)]), y_chunks=y_chunks,
                            num_local=src.num_rows, dev=dev, backend=backend, timings=timings, details=details)
-    return scores, found.total, found.values, "sketch", left_out
+    return scores, found.total, found.values, "sketch", left_out, found.value_scale
 
 
 def _y_rows(rows: int, width: int) -> torch.Tensor:
@@ -419,10 +426,11 @@ def is_sketch_store(path) -> bool:
 
 def write_plan(out: Path, omega: torch.Tensor, shift: torch.Tensor, info: dict) -> None:
     """The plan files, atomically: the arrays first, then sketch.json, which marks them written."""
+    packed = io.BytesIO()
+    np.savez(packed, omega=omega.cpu().numpy(), shift=shift.cpu().numpy())
     with atomic_open(out / SKETCH_PLAN, "wb") as f:
-        np.savez(f, omega=omega.cpu().numpy(), shift=shift.cpu().numpy())
-    with atomic_open(out / SKETCH_INFO) as f:
-        json.dump({"format": SKETCH_FORMAT, **info}, f, indent=1)
+        f.write(packed.getbuffer())
+    write_json(out / SKETCH_INFO, {"format": SKETCH_FORMAT, **info})
 
 
 def plan_digest(omega: torch.Tensor, shift: torch.Tensor) -> str:
@@ -435,10 +443,16 @@ def read_plan(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
         info = json.loads((path / SKETCH_INFO).read_text(encoding="utf-8"))
         with np.load(path / SKETCH_PLAN, allow_pickle=False) as z:
             omega, shift = torch.from_numpy(z["omega"]), torch.from_numpy(z["shift"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"{path}: unreadable sketch plan ({exc})") from None
-    if info.get("format") != SKETCH_FORMAT or omega.dim() != 2 or shift.shape != (omega.shape[0],):
+    except Exception as exc:  # corrupt JSON and archives raise many kinds (BadZipFile, EOFError, ...)
+        raise InputError(f"{path}: unreadable sketch plan ({first_line(exc)})") from None
+    if not isinstance(info, dict) or info.get("format") != SKETCH_FORMAT or omega.dim() != 2 \
+            or shift.shape != (omega.shape[0],) or omega.dtype != torch.float32 or shift.dtype != torch.float64:
         raise InputError(f"{path}: not a {SKETCH_FORMAT} plan")
+    plan = info.get("plan", {})
+    scale = plan.get("value_scale", 1.0) if isinstance(plan, dict) else None
+    if not isinstance(info.get("settings", {}), dict) or isinstance(scale, bool) or not isinstance(scale, (int, float)) \
+            or not (0 < scale < math.inf) or not bool(torch.isfinite(omega).all() and torch.isfinite(shift).all()):
+        raise InputError(f"{path}/{SKETCH_INFO}: a corrupt plan (its summary or arrays are not what a sketch writes)")
     return omega, shift, info
 
 
@@ -446,15 +460,15 @@ class SketchSink:
     """Takes an extraction's parts in place of a store writer: each part is sketched and its y
     rows, its own sums and its holdout rows are committed together (`StoreWriter.add`)."""
 
-    def __init__(self, writer, omega: torch.Tensor, shift: torch.Tensor, l2_normalize: bool, device,
-                 holdout_ids: set, backend: str = "auto"):
+    def __init__(self, writer, omega: torch.Tensor, shift: torch.Tensor, scale: float, l2_normalize: bool,
+                 device, holdout_ids: set, backend: str = "auto"):
         self.writer, self.l2_normalize, self.backend = writer, l2_normalize, backend
-        self.omega, self.shift = omega.to(device), shift
+        self.omega, self.shift, self.scale = omega.to(device), shift, scale
         self.dim = int(omega.shape[0])  # the width of the vectors it takes
         self.holdout_ids = holdout_ids
 
     def add(self, vectors: np.ndarray, ids, skipped=()) -> None:
-        part = Sketch.start(self.omega, self.shift)  # this part's sums only
+        part = Sketch.start(self.omega, self.shift, self.scale)  # this part's sums only
         x = torch.from_numpy(np.ascontiguousarray(vectors))
         y, good = part.update(x.to(self.omega.device), self.l2_normalize, self.backend)
         if good is not None:
@@ -481,7 +495,7 @@ def score_store(path: Path, plan: tuple, src: RowSource, shard_entries: list, de
             raise InputError(f"{path}: this sketch has size {omega.shape[1]}; it cannot be scored with another")
         if read_manifest(rows).get("meta", {}).get("sketch_plan") != plan_digest(omega, shift):
             raise InputError(f"{path}: {SKETCH_PLAN} is not the plan its rows were made with")
-        sketch = Sketch.start(omega.to(dev), shift)
+        sketch = Sketch.start(omega.to(dev), shift, float(info.get("plan", {}).get("value_scale", 1.0)))
         held, held_y = [], []
         for entry in shard_entries:
             side = read_sidecar(rows, entry)
@@ -499,4 +513,4 @@ def score_store(path: Path, plan: tuple, src: RowSource, shard_entries: list, de
     scores, found = finish(sketch, comm, energy=energy, standardize=standardize, l2_normalize=l2_normalize,
                            held=held, y_chunks=src.chunks(chunk_rows), num_local=src.num_rows, dev=dev,
                            backend=backend, timings=timings, details=details)
-    return scores, found.total, found.values, "sketch", []
+    return scores, found.total, found.values, "sketch", [], found.value_scale

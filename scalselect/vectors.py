@@ -25,11 +25,7 @@ def scored_chunks(store, score_ids: list, chunk_rows: int = 8192):
     Every scored sample must have a row."""
     src = open_rows(store)
     at = {sid: i for i, sid in enumerate(score_ids)}
-    stored = set(src.ids)
-    missing = [sid for sid in score_ids if sid not in stored]
-    if missing:
-        raise InputError(f"{len(missing)} scored samples have no vector in the store (e.g. {missing[0]!r}): "
-                         "is it the store they were scored from?")
+    _all_stored(src, score_ids)
     for start, chunk in src.chunks(chunk_rows):
         where = [(row, at[sid]) for row, sid in enumerate(src.ids[start:start + chunk.shape[0]]) if sid in at]
         if where:
@@ -43,9 +39,19 @@ def scored_chunks(store, score_ids: list, chunk_rows: int = 8192):
             yield np.asarray(index, dtype=np.int64), vectors
 
 
+def _all_stored(src, score_ids: list) -> None:
+    """Every scored sample must have a row in the store."""
+    stored = set(src.ids)
+    missing = [sid for sid in score_ids if sid not in stored]
+    if missing:
+        raise InputError(f"{len(missing)} scored samples have no vector in the store (e.g. {missing[0]!r}): "
+                         "is it the store they were scored from?")
+
+
 def rows_of(store, score_ids: list, which: np.ndarray) -> torch.Tensor:
     """The vectors of score_ids[which] (a sample: read by row, not by a pass), float32, in that order."""
     src = open_rows(store)
+    _all_stored(src, score_ids)
     row = {sid: i for i, sid in enumerate(src.ids)}
     wanted = np.asarray([row[score_ids[i]] for i in which], dtype=np.int64)
     order = np.argsort(wanted, kind="stable")

@@ -484,14 +484,9 @@ def test_error_not_npy_or_npz(tmp_path, capsys):
 
 
 def test_argparse_missing_required_option(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["score", str(tmp_path / "x.npy")])
-    assert exc.value.code == 2
-    assert "--out" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        main(["select", "--scores", "s.jsonl", "--data", "p.json", "--out", "o.json"])
-    assert exc.value.code == 2
-    assert "--budget" in capsys.readouterr().err
+    assert_error(capsys, ["score", tmp_path / "x.npy"], "--out", "see scalselect score --help")
+    assert_error(capsys, ["select", "--scores", "s.jsonl", "--data", "p.json", "--out", "o.json"], "--budget")
+    assert_error(capsys, ["score", tmp_path / "x.npy", "--out", "s.jsonl", "--seed", "one"], "invalid int value")
 
 
 def test_subprocess_entry_point_error(tmp_path):
@@ -573,7 +568,7 @@ def test_error_odd_matrix_files(tmp_path, capsys):
     assert_error(capsys, ["score", store, "--out", tmp_path / "s.jsonl"], "corrupt manifest")
     np.save(tmp_path / "ok.npy", x)
     assert_error(capsys, ["score", tmp_path / "ok.npy", "--out", tmp_path / "s.jsonl", "--chunk-rows", "0"],
-                 "chunk_rows")
+                 "--chunk-rows")
     assert not (tmp_path / "s.jsonl").exists()
 
 

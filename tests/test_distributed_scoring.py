@@ -21,6 +21,7 @@ import torch
 
 from scalselect import InputError, leverage_scores
 from scalselect.store import StoreWriter, part_shards, read_store
+from store_files import reseal
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -154,6 +155,7 @@ def test_world_of_three_with_two_shards_leaves_a_rank_empty(stores, tmp_path):
     dup = make_store(tmp_path / "dup", rng.standard_normal((30, 8)).astype(np.float32), [20, 10])
     second = dup / "shard-00001.ids.json"  # a store writer refuses this; a hand-edited store may not
     second.write_text(json.dumps(["s3"] + [f"t{i}" for i in range(9)]))
+    reseal(dup)
     same = make_store(tmp_path / "same", np.ones((30, 8), np.float32), [20, 10])
     jobs = [job(stores["two"], tmp_path / "gram.json"), job(stores["two_wide"], tmp_path / "kernel.json"),
             {**job(dup, tmp_path / "dup.json"), "expect_error": True},
@@ -186,6 +188,7 @@ def test_a_nan_row_on_one_rank_is_left_out_as_by_one_process(tmp_path):
     shard[37, 5] = np.nan
     shard.flush()
     del shard
+    reseal(store)
     proc, _ = launch(tmp_path, 2, [job(store, tmp_path / "nan.json")], "nan")
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_against_one_process(store, tmp_path / "nan.json", 2)

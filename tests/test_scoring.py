@@ -189,7 +189,7 @@ def test_bad_input_is_named():
         leverage_scores(np.ones((0, 4)))
     with pytest.raises(InputError, match="duplicate"):
         leverage_scores(x[:3], sample_ids=["a", "b", "a"])
-    with pytest.raises(InputError, match="chunk_rows"):
+    with pytest.raises(InputError, match="--chunk-rows"):
         leverage_scores(x, chunk_rows=0)
     with pytest.raises(InputError, match="eig_method"):
         leverage_scores(x, eig_method="lanczos")

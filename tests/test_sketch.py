@@ -174,7 +174,7 @@ def test_small_inputs_and_edges():
     np.testing.assert_allclose(got.scores, leverage_scores(x, method="exact").scores, rtol=1e-4, atol=1e-5)
     capped = quiet_sketch(decaying(500, 20, seed=10), sketch_size=10_000)
     assert capped.sketch["sketch_size"] == 20
-    with pytest.raises(InputError, match="sketch_size"):
+    with pytest.raises(InputError, match="--sketch-size"):
         leverage_scores(x, method="sketch", sketch_size=0)
     with pytest.raises(InputError, match="method"):
         leverage_scores(x, method="fast")

@@ -10,6 +10,7 @@ import warnings
 
 import torch
 
+from .. import options
 from . import twins
 
 try:
@@ -22,7 +23,7 @@ else:
 
 # Must match scalselect::DType in csrc/include/scalselect/kernels.h.
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
-BACKENDS = ("auto", "native", "torch")
+BACKENDS = options.BACKENDS
 
 
 def build_info() -> dict:

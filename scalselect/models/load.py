@@ -23,17 +23,6 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 _UNUSED_WEIGHTS = re.compile(r"(^|\.)lm_head\.|language_model\.norm\.")
 
 
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no usable CUDA GPU here")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise InputError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
-
-
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         if device.type != "cuda":

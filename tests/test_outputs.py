@@ -1,0 +1,109 @@
+"""Outputs go where the user meant: through a symlink to the file it names (still atomic there),
+`-` and character devices and FIFOs as plain streams, with the command's messages kept out of
+the stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scalselect.cli import main
+from scalselect.store import write_store
+
+
+@pytest.fixture
+def store(tmp_path):
+    x = np.random.default_rng(0).standard_normal((30, 5)).astype(np.float32) + 1
+    return write_store(tmp_path / "store", x, [f"s{i}" for i in range(30)], dtype="float32", shard_rows=10)
+
+
+@pytest.fixture
+def pool(tmp_path):
+    records = [{"id": f"s{i}", "image": f"a/{i}.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A cat."}]} for i in range(30)]
+    (tmp_path / "pool.json").write_text(json.dumps(records))
+    return tmp_path / "pool.json"
+
+
+def lines(text: str) -> list:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_a_symlink_output_writes_the_file_it_names_and_stays_a_link(store, tmp_path, capsys):
+    target = tmp_path / "elsewhere" / "scores.jsonl"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link = tmp_path / "scores.jsonl"
+    link.symlink_to(target)
+    assert main(["score", str(store), "--out", str(link), "--quiet"]) == 0
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert len(lines(target.read_text())) == 30
+    assert not list(target.parent.glob(".*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+    dangling = tmp_path / "new.jsonl"
+    dangling.symlink_to(tmp_path / "made" / "new.jsonl")  # names a file not there yet
+    assert main(["score", str(store), "--out", str(dangling), "--quiet"]) == 0
+    assert dangling.is_symlink() and len(lines((tmp_path / "made" / "new.jsonl").read_text())) == 30
+
+
+def test_dash_writes_scores_to_stdout_and_messages_to_stderr(store, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "scalselect", "score", str(store), "--out", "-", "--quiet"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    scores = lines(proc.stdout)  # nothing but the scores
+    assert len(scores) == 30 and {"sample_id", "importance"} == set(scores[0])
+    assert "scored 30 samples" in proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["store"]  # no summary file beside a stream
+
+
+def test_select_to_stdout_and_to_dev_stdout(store, pool, tmp_path):
+    assert main(["score", str(store), "--out", str(tmp_path / "scores.jsonl"), "--quiet"]) == 0
+    for out in ("-", "/dev/stdout"):
+        proc = subprocess.run([sys.executable, "-m", "scalselect", "select", "--scores", str(tmp_path / "scores.jsonl"),
+                               "--data", str(pool), "--budget", "5", "--out", out],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        subset = json.loads(proc.stdout)
+        assert len(subset) == 5 and "selected 5 of 30" in proc.stderr
+    assert os.path.islink("/dev/stdout") or os.path.exists("/dev/stdout")  # left as it was
+
+
+def test_a_character_device_and_a_fifo_are_written_as_streams(store, tmp_path, capsys):
+    assert main(["score", str(store), "--out", "/dev/null", "--quiet"]) == 0
+    fifo = tmp_path / "scores.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    try:
+        for _ in range(100):  # the reader has opened its end once the open below would not fail
+            rc = main(["score", str(store), "--out", str(fifo), "--quiet"])
+            if rc == 0:
+                break
+            assert "a FIFO that no process reads" in capsys.readouterr().err
+            threading.Event().wait(0.05)
+    finally:
+        reader.join(timeout=30)
+    assert rc == 0 and len(lines(got[0])) == 30
+    assert fifo.is_fifo()
+
+
+def test_a_columnar_subset_cannot_be_a_stream(store, tmp_path, capsys):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    turns = [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A cat."}]
+    pq.write_table(pa.table({"id": [f"s{i}" for i in range(30)], "conversations": [turns] * 30}),
+                   tmp_path / "pool.parquet")
+    assert main(["score", str(store), "--out", str(tmp_path / "scores.jsonl"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["select", "--scores", str(tmp_path / "scores.jsonl"), "--data", str(tmp_path / "pool.parquet"),
+                 "--budget", "5", "--out", "-"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "cannot be written to a stream" in err
