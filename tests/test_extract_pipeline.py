@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import AutoConfig
 
 from scalselect import InputError
 from scalselect.cli import main
 from scalselect.demo import prepare_demo
 from scalselect.pipeline import ExtractOptions, extract_store
 from scalselect.store import StoreWriter, load_representations, read_manifest, read_skipped
+from tolerances import assert_vectors_close, forward_rtol
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +34,13 @@ def by_id(store: Path) -> dict:
     return {i: row for i, row in zip(ids, x)}
 
 
-def assert_same_vectors(a: dict, b: dict, rtol=1e-5, atol=1e-6):
+def assert_same_vectors(a: dict, b: dict, model=None):
+    """The same samples, each vector within what two float32 forward passes of `model` may
+    differ by (tests/tolerances.forward_rtol); without a model, equal."""
     assert set(a) == set(b)
+    rtol = forward_rtol(AutoConfig.from_pretrained(model, local_files_only=True)) if model else 0.0
     for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol, err_msg=str(key))
+        assert_vectors_close(a[key], b[key], rtol, str(key))
 
 
 def test_store_rows_equal_each_sample_run_alone(demo, tmp_path):
@@ -61,14 +66,14 @@ def test_store_rows_equal_each_sample_run_alone(demo, tmp_path):
         inputs, instruction = collate([sample], processor.tokenizer.pad_token_id)
         want, kept = first_layer_vectors(model, inputs, instruction, 0.9)
         assert int(kept[0]) >= 1
-        np.testing.assert_allclose(got[sample_id], want[0].numpy(), rtol=1e-5, atol=1e-6)
+        assert_vectors_close(got[sample_id], want[0].numpy(), forward_rtol(model.config), str(sample_id))
     assert len(lengths) > 3  # the batches really mixed lengths
 
 
 def test_workers_and_batch_size_do_not_change_the_store(demo, tmp_path):
     extract_store(demo["model"], demo["pool"], demo["images"], tmp_path / "a", opts(batch_size=1))
     extract_store(demo["model"], demo["pool"], demo["images"], tmp_path / "b", opts(batch_size=5, workers=2))
-    assert_same_vectors(by_id(tmp_path / "a"), by_id(tmp_path / "b"))
+    assert_same_vectors(by_id(tmp_path / "a"), by_id(tmp_path / "b"), demo["model"])
     assert read_skipped(tmp_path / "a") == read_skipped(tmp_path / "b")
 
 
@@ -189,7 +194,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_store(demo, tmp_path, monk
     assert 0 < summary["processed_this_run"] < 42  # the two committed parts were not redone
     ids, _ = load_representations(tmp_path / "s")
     assert len(ids) == len(set(ids)) == 40
-    assert_same_vectors(by_id(tmp_path / "s"), by_id(tmp_path / "whole"))
+    assert_same_vectors(by_id(tmp_path / "s"), by_id(tmp_path / "whole"), demo["model"])
     assert sorted(map(str, read_skipped(tmp_path / "s"))) == sorted(map(str, read_skipped(tmp_path / "whole")))
 
 
@@ -249,7 +254,7 @@ def test_qwen_families_through_the_pipeline(demo, tmp_path, family):
     one = extract_store(model, pool, demo["images"], tmp_path / "one", opts(batch_size=1))
     extract_store(model, pool, demo["images"], tmp_path / "many", opts(batch_size=4))
     assert one["rows"] == 10 and read_manifest(tmp_path / "one")["meta"]["family"] == family
-    assert_same_vectors(by_id(tmp_path / "one"), by_id(tmp_path / "many"))
+    assert_same_vectors(by_id(tmp_path / "one"), by_id(tmp_path / "many"), demo["model"])
 
 
 def extract_args(demo, out, *extra):

@@ -1,0 +1,215 @@
+"""Tolerances of the suite, from the error analysis of what is compared: never from what one
+machine happened to give (BLAS libraries sum in another order on each CPU and thread count, so
+two correct runs differ by rounding that no fixed number describes).
+
+Rounding model. A dot product of m rounded operands, summed in any order in precision u, is off
+by at most about sqrt(m) u sum_r |a_r b_r| for errors of either sign (the probabilistic bound of
+Higham and Mary, SIAM J. Sci. Comput. 41, 2019; the worst case, m u, is never approached by
+blocked BLAS sums). We model each such error as Gaussian with that scale.
+
+Propagation. Worst-case perturbation bounds of leverage scores (Weyl, Davis-Kahan) overshoot
+the real errors by five orders of magnitude on decaying spectra, and a test with such a bound
+cannot fail. Instead the model's errors are pushed through the computation itself, in float64:
+the Gram matrix the engine sums gets a random error of the model's size, the projection a
+random error of its size, and the scores are recomputed; over a few seeded draws this measures
+the data's own sensitivity to that rounding (linear to first order). The tolerance is LAMBDA
+times the largest deviation drawn, per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+U32 = 2.0 ** -24  # unit roundoff of float32
+U64 = 2.0 ** -53
+LAMBDA = 5.0      # multiple of the modelled deviation that a correct run stays within
+DRAWS = 4
+EIGEN_RESIDUAL = 1e-8  # the Krylov solver stops at residuals of 1e-8 ||C|| (scalselect.eigen)
+HEAD_ROWS = 1024       # the exact engine shifts rows by the mean of its first (at most) 1,024 rows
+
+
+def summed(m: int, u: float = U32) -> float:
+    """Relative error of an m-term sum of rounded terms of one sign (probabilistic, LAMBDA)."""
+    return (2 + LAMBDA * np.sqrt(max(m, 1))) * u
+
+
+@dataclass
+class Reference:
+    """The method in float64 (centre, optionally standardise / scale rows, thin SVD)."""
+    scores: np.ndarray
+    k: int
+    singular_values: np.ndarray   # the top k
+    rows: np.ndarray              # the matrix whose SVD it is (centred, scaled as asked)
+    pre: np.ndarray               # the rows before centring (l2-normalised if asked)
+    col_scale: np.ndarray         # the standardisation's 1 / std per column (ones without)
+    energy: float
+    left: np.ndarray              # U_k
+    right: np.ndarray             # V_k
+
+
+def reference(x, energy: float = 0.9, standardize: bool = False, l2_normalize: bool = False) -> Reference:
+    """ScalSelect's scores as the method defines them, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    if l2_normalize:
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    xc = x - x.mean(axis=0)
+    col_scale = np.ones(x.shape[1])
+    if standardize:
+        std = xc.std(axis=0)
+        col_scale = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
+        xc = xc * col_scale
+    u, s, vt = np.linalg.svd(xc, full_matrices=False)
+    k = _rank(s ** 2, energy)
+    return Reference((u[:, :k] ** 2).sum(axis=1), k, s[:k], xc, x, col_scale, energy, u[:, :k], vt[:k].T)
+
+
+def _rank(values: np.ndarray, energy: float) -> int:
+    return int(np.argmax(np.cumsum(values) / np.sum(values) >= energy)) + 1
+
+
+@dataclass
+class Tolerance:
+    scores: np.ndarray           # per row
+    singular_values: np.ndarray  # per kept direction
+    k_stable: bool               # every draw kept the reference's k (else k sits at a tie)
+
+
+def engine_tolerance(ref: Reference, *, side: str, chunk_rows: int, eig_method: str = "full",
+                     seed: int = 0) -> Tolerance:
+    """What rounding allows between scalselect's exact engine and the float64 reference.
+    side "gram": float32 products of rows shifted by the first rows' mean, summed over chunks
+    of chunk_rows, then a float32 projection over D terms. side "kernel" (N < D): float64 throughout."""
+    rng = np.random.default_rng(seed)
+    n, d = ref.rows.shape
+    if side == "kernel":
+        shifted, gram_scale = np.abs(ref.rows), np.sqrt(d) * U64
+        magnitude = shifted @ shifted.T
+    else:
+        m = min(chunk_rows, n)
+        head = min(HEAD_ROWS, m)
+        shifted = np.abs((ref.pre - ref.pre[:head].mean(axis=0)) * ref.col_scale)
+        gram_scale = np.sqrt(m) * U32
+        magnitude = shifted.T @ shifted
+    top = ref.singular_values[0] ** 2
+    score_dev, value_dev, stable = np.zeros(n), np.zeros(ref.k), True
+    for _ in range(DRAWS):
+        # centring in float64 leaves u64 |x| in each entry (all of it when the mean is large)
+        rows = ref.rows + rng.standard_normal(ref.rows.shape) * U64 * np.abs(ref.pre) * ref.col_scale
+        matrix = rows @ rows.T if side == "kernel" else rows.T @ rows
+        error = _symmetric(rng, magnitude.shape[0]) * gram_scale * magnitude
+        # the eigensolver's own backward error, isotropic, of spectral norm ~ its residual: the
+        # Krylov solver's stopping rule, or LAPACK's (and the reference SVD's) p(n) u64 ||C||, p(n) = n
+        size = magnitude.shape[0]
+        residual = EIGEN_RESIDUAL if eig_method == "krylov" else 2 * size * U64
+        error += _symmetric(rng, size) * residual * top / (2 * np.sqrt(size))
+        values, vectors = np.linalg.eigh(matrix + error)
+        values, vectors = values[::-1], vectors[:, ::-1]
+        stable &= _rank(np.clip(values, 0, None), ref.energy) == ref.k
+        if side == "kernel":
+            scores = (vectors[:, :ref.k] ** 2).sum(axis=1)
+        else:
+            w = vectors[:, :ref.k] / np.sqrt(values[:ref.k])
+            y = rows @ w
+            y += rng.standard_normal(y.shape) * np.sqrt(d) * U32 * (np.abs(rows) @ np.abs(w))
+            scores = (y ** 2).sum(axis=1)
+        score_dev = np.maximum(score_dev, np.abs(scores - ref.scores))
+        value_dev = np.maximum(value_dev, np.abs(np.sqrt(np.clip(values[:ref.k], 0, None)) - ref.singular_values))
+    return Tolerance(LAMBDA * score_dev, LAMBDA * value_dev, bool(stable))
+
+
+def _symmetric(rng, size: int) -> np.ndarray:
+    """A symmetric matrix of standard normal entries."""
+    z = rng.standard_normal((size, size))
+    return (z + z.T) / np.sqrt(2)
+
+
+def for_result(res, ref: Reference, seed: int = 0) -> Tolerance:
+    """engine_tolerance for a LeverageResult of the exact engine, as it ran."""
+    return engine_tolerance(ref, side=res.side, chunk_rows=int(res.settings["chunk_rows"]),
+                            eig_method=res.eig_method, seed=seed)
+
+
+def assert_scores_within(got: np.ndarray, want: np.ndarray, tolerance: np.ndarray, top_share: float = 0.16) -> float:
+    """Every score within its tolerance, and the same top share of rows but for rows that the
+    tolerance lets reach the cut (ties at a cut). Returns the largest error as a share of the
+    tolerance (for the record)."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    err = np.abs(got - want)
+    worst = int(np.argmax(err / tolerance))
+    assert np.all(err <= tolerance), f"row {worst}: error {err[worst]:.3e} > tolerance {tolerance[worst]:.3e}"
+    top = max(1, int(round(top_share * len(want))))
+    mine = set(np.argsort(-got, kind="stable")[:top])
+    theirs = set(np.argsort(-want, kind="stable")[:top])
+    cut = np.sort(want)[::-1][top - 1]
+    reach = 2 * float(np.max(tolerance))
+    assert all(abs(want[i] - cut) <= reach for i in mine ^ theirs), sorted(mine ^ theirs)
+    return float(np.max(err / tolerance))
+
+
+def reordered_sums_tolerance(ref: Reference) -> np.ndarray:
+    """Two runs with the very same float32 products (same operands, shapes and thread count:
+    BLAS is then deterministic) whose float64 sums are added in another order (the ranks of a
+    torchrun job): the sums differ by ~1e-16, which can move an entry of the float32 weights
+    w_j = v_j / sigma_j by one ulp (2 u32 relative) and nothing more. So |dy_j| <= 2 u32 (|x| @
+    |w_j|) and |dl| <= 2 sum_j |y_j| |dy_j|, with y_j = U_ij; the float64 rest is negligible."""
+    reach = (np.abs(ref.rows) @ np.abs(ref.right)) / ref.singular_values  # |x_i| @ |w_j|
+    return 4 * U32 * np.sum(np.abs(ref.left) * reach, axis=1) + 64 * U64 * ref.scores
+
+
+# --- kernels against their twins: the same operations, in another order -------------------
+
+def same_rounding(values: torch.Tensor) -> dict:
+    """assert_close keywords for float32 results that both sides round from the same float64
+    value, which each computed up to a few float64 roundings: one float32 ulp apart at most,
+    and a float64 rounding of the inputs' magnitude near 0."""
+    return {"rtol": 2 * U32, "atol": 16 * U64 * float(values.abs().max()) if values.numel() else 0.0}
+
+
+def reordered_sum(terms: torch.Tensor, u: float = U64) -> torch.Tensor:
+    """Per column, how far two sums of these rows, added in different orders, may lie apart:
+    each within summed(n) of sum |terms| of the exact sum."""
+    return 2 * summed(terms.shape[0], u) * terms.abs().sum(dim=0)
+
+
+def reordered_projection(centred: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Per row, how far two float32 evaluations of ||c W||^2 may lie apart (each off by
+    summed(d) (|c| @ |w_j|) in each y_j, and dl = 2 sum_j y_j dy_j)."""
+    c, w = centred.double(), w.double()
+    y = c @ w
+    return 2 * 2 * summed(c.shape[1]) * ((y.abs() * (c.abs() @ w.abs())).sum(dim=1))
+
+
+# --- layer-0 vectors: two float32 forward passes that sum in other orders ------------------
+
+def forward_rtol(config, seq_len: int = 2048) -> float:
+    """Normwise relative rounding of a layer-0 vector between two float32 forward passes whose
+    reductions run in other orders (batch composition, padding, thread count): each pass is
+    within the sum over its chain of reductions of summed(m) of the exact vector, taking every
+    stage's length m as the largest inner dimension (hidden and MLP widths, the sequence); the
+    normalised blocks keep relative errors from growing. Stages: six per vision layer (q/k/v,
+    scores, values, output, two MLP products), two for the projector, nine for decoder layer 0
+    (q, k, v, scores, values, output, gate, up, down)."""
+    text, vision = config.get_text_config(), getattr(config, "vision_config", None)
+    widths = [seq_len]
+    for part in (text, vision):
+        for name in ("hidden_size", "intermediate_size", "embed_dim", "out_hidden_size"):
+            value = getattr(part, name, None)
+            if isinstance(value, int):
+                widths.append(value)
+        ratio = getattr(part, "mlp_ratio", None)
+        if ratio and isinstance(getattr(part, "embed_dim", None), int):
+            widths.append(int(part.embed_dim * ratio))
+    layers = getattr(vision, "num_hidden_layers", None) or getattr(vision, "depth", 0) or 0
+    stages = 6 * layers + 2 + 9
+    return 2 * stages * summed(max(widths))  # two passes, each that far from the exact vector
+
+
+def assert_vectors_close(got, want, rtol: float, what: str = "") -> None:
+    """||got - want||_inf <= rtol ||want||_inf (normwise: an entry near 0 is held to the vector's scale)."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    scale = float(np.abs(want).max())
+    assert float(np.abs(got - want).max()) <= rtol * scale, f"{what}: {np.abs(got - want).max():.2e} > {rtol * scale:.2e}"
