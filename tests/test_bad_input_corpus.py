@@ -573,7 +573,18 @@ def render_table() -> str:
              "were not there), counted and named in `scores.summary.json`, a note on stdout |",
              "| pool samples missing from the scores file | not eligible; counted in "
              "`subset.selection.json` (`unscored_in_pool`), a note on stdout |",
-             "| pool records without an `id` | addressed by their 0-based position in the pool |"]
+             "| pool records without an `id` | addressed by their 0-based position in the pool |",
+             "| ids with lone surrogates (legal JSON escapes, not UTF-8) | kept: written back as the same "
+             "escapes, in the store, the scores and the subset (`tests/test_hostile_pools.py`) |",
+             "| vectors of any magnitude (1e-40 to 1e100) | scored as usual: rows are multiplied by a power of two "
+             "before their float32 products |",
+             "| a full disk or a file-size limit at any write | one line, exit 2; no corrupt part is committed; "
+             "`--resume` completes with a clean run's vectors (`tests/test_full_disk.py`) |",
+             "| a store part whose files changed after it was written | reading: one line naming the file; "
+             "`extract --resume`: the part is done again |",
+             "| `--out` a symlink | the file it names is written, atomically; the link stays |",
+             "| `--out -`, `/dev/stdout`, a FIFO, `/dev/null` | written as a stream; messages go to stderr; "
+             "no summary file |"]
     rows += ["", "## A whole input", "", "| case | the error line says |", "| --- | --- |"]
     rows += [f"| {c.name} | `{c.message}` |" for c in INPUT_CASES]
     return "\n".join(rows) + "\n"
