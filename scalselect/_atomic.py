@@ -37,15 +37,32 @@ STDOUT = "-"
 _write = os.write
 
 
+_FD_NAMES = {"/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def _open_fd(path) -> int | None:
+    """The descriptor a path names that this process already holds: `-`, /dev/stdout,
+    /dev/stderr, /dev/fd/N, /proc/self/fd/N. Written as it is, never reopened or replaced: it may
+    be a file the shell opened for appending, a pipe, a socket."""
+    text = os.fspath(path)
+    if text == STDOUT:
+        return 1
+    for prefix in ("/dev/fd/", "/proc/self/fd/"):
+        if text.startswith(prefix) and text[len(prefix):].isdigit():
+            return int(text[len(prefix):])
+    return _FD_NAMES.get(text)
+
+
 def is_stream(path: str | os.PathLike) -> bool:
-    """Whether an output path is written as a stream: `-`, a character device or a FIFO."""
-    if str(path) == STDOUT:
+    """Whether an output path is written as a stream: a descriptor this process holds (`-`,
+    /dev/stdout, ...), a character device, a FIFO or a socket."""
+    if _open_fd(path) is not None:
         return True
     try:
-        mode = os.stat(path).st_mode  # follows symlinks: /dev/stdout -> /proc/self/fd/1 -> a pipe
-    except OSError:
+        mode = os.stat(path).st_mode  # follows symlinks
+    except (OSError, ValueError):
         return False
-    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 class CheckedFile:
@@ -79,9 +96,12 @@ class CheckedFile:
 
     def _out(self, view: memoryview) -> None:
         while len(view):
-            done = _write(self.fd, view)
+            try:
+                done = _write(self.fd, view)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot write {self.name}: {exc.strerror or exc}") from None
             if done <= 0:
-                raise OSError(errno.EIO, "the system wrote nothing")
+                raise OSError(errno.EIO, f"cannot write {self.name}: the system wrote nothing")
             self.size += done
             view = view[done:]
 
@@ -109,7 +129,12 @@ class CheckedFile:
 
 def _target(path: Path) -> Path:
     """The file a path names: through symlinks (a dangling one names the file to create)."""
-    return path.resolve() if path.is_symlink() else path
+    if not path.is_symlink():
+        return path
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # a loop (RuntimeError before Python 3.13)
+        raise OSError(errno.ELOOP, f"cannot write {path}: its symlinks form a loop") from None
 
 
 @contextlib.contextmanager
@@ -157,9 +182,12 @@ def _finish(f: CheckedFile) -> None:
 
 @contextlib.contextmanager
 def _stream(path) -> Iterator[int]:
-    if str(path) == STDOUT:
-        sys.stdout.flush()  # what was printed before comes first
-        yield sys.__stdout__.fileno()  # the process's own: messages may be redirected meanwhile
+    held = _open_fd(path)
+    if held is not None:
+        for stream in {sys.stdout, sys.__stdout__, sys.stderr}:  # what was printed before comes first
+            if stream is not None:
+                stream.flush()
+        yield held
         return
     # O_NONBLOCK: a FIFO nobody reads is an error now, not a wait forever; then blocking writes
     flags = os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)

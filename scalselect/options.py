@@ -7,7 +7,9 @@ Nothing here imports torch: the checks run before any heavy import.
 
 from __future__ import annotations
 
+import errno
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ MAX_TIMEOUT_MINUTES = 10 ** 6
 
 
 def _number(value, flag: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InputError(f"{flag} must be a number, got {value!r}")
     try:
         return float(value)
@@ -39,8 +41,9 @@ def share(value, flag: str) -> float:
 
 def count(value, flag: str, minimum: int = 1, maximum: int | None = None) -> int:
     """An integer of at least `minimum` (and at most `maximum`): sizes, rows, workers."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InputError(f"{flag} must be an integer, got {value!r}")
+    value = int(value)
     if value < minimum:
         raise InputError(f"{flag} must be at least {minimum}, got {value}")
     if maximum is not None and value > maximum:
@@ -89,10 +92,21 @@ def resolve_device(value: str, flag: str = "--device"):
     return dev
 
 
+def _no_loop(text: str, flag: str) -> None:
+    try:
+        os.stat(text)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"{flag} {text!r}: its symlinks form a loop") from None
+    except ValueError:  # a NUL in the name
+        raise InputError(f"{flag} {text!r}: not a usable path") from None
+
+
 def output_file(path, flag: str = "--out", stream: bool = True, folder: bool = False) -> Path:
     """A file to write: not a directory (folder=True: an existing one may be replaced, as a
     save_to_disk subset is); `-`, a character device or a FIFO only where a stream will do."""
     text = os.fspath(path)
+    _no_loop(text, flag)
     if is_stream(text):
         if not stream:
             raise InputError(f"{flag} {text}: this output cannot be a stream; name a file")
@@ -107,6 +121,7 @@ def output_file(path, flag: str = "--out", stream: bool = True, folder: bool = F
 def output_dir(path, flag: str = "--out") -> Path:
     """A folder to write into: not a file, not a stream."""
     text = os.fspath(path)
+    _no_loop(text, flag)
     target = Path(text)
     if text == "" or is_stream(text) or (target.exists() and not target.is_dir()):
         raise InputError(f"{flag} {text!r}: names a file or a stream; name a folder to write into")

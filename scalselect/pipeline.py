@@ -334,7 +334,7 @@ def _open_sketch(extraction: _Extraction, out: Path, settings: dict, dim: int):
     writer = StoreWriter(out / sketch.SKETCH_ROWS, int(omega.shape[1]), "float32",
                          settings={**settings, "sketch_plan": digest}, resume=opts.resume, comm=comm)
     holdout = sketch.holdout_rows(len(pool), opts.sketch_pilot_rows, opts.sketch_seed)
-    sink = sketch.SketchSink(writer, omega, shift, float(info.get("plan", {}).get("value_scale", 1.0)), False, extraction.device,
+    sink = sketch.SketchSink(writer, omega, shift, sketch.plan_scale(info), False, extraction.device,
                              {pool.ids[p] for p in holdout}, opts.kernel_backend)
     return writer, sink, replay, replay_positions, digest
 

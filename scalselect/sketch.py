@@ -456,6 +456,11 @@ def read_plan(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
     return omega, shift, info
 
 
+def plan_scale(info: dict) -> float:
+    """The factor a plan's rows are multiplied by (read_plan checked it; older plans: 1)."""
+    return float(info.get("plan", {}).get("value_scale", 1.0))
+
+
 class SketchSink:
     """Takes an extraction's parts in place of a store writer: each part is sketched and its y
     rows, its own sums and its holdout rows are committed together (`StoreWriter.add`)."""
@@ -495,7 +500,7 @@ def score_store(path: Path, plan: tuple, src: RowSource, shard_entries: list, de
             raise InputError(f"{path}: this sketch has size {omega.shape[1]}; it cannot be scored with another")
         if read_manifest(rows).get("meta", {}).get("sketch_plan") != plan_digest(omega, shift):
             raise InputError(f"{path}: {SKETCH_PLAN} is not the plan its rows were made with")
-        sketch = Sketch.start(omega.to(dev), shift, float(info.get("plan", {}).get("value_scale", 1.0)))
+        sketch = Sketch.start(omega.to(dev), shift, plan_scale(info))
         held, held_y = [], []
         for entry in shard_entries:
             side = read_sidecar(rows, entry)

@@ -163,7 +163,7 @@ def _check_size(path: Path, check: dict) -> None:
     try:
         size = os.stat(path).st_size
     except OSError as exc:
-        raise InputError(f"{path}: unreadable ({exc.strerror or exc})") from None
+        raise _unreadable(path, exc) from None
     if size != check["bytes"]:
         raise InputError(f"{path}: {size} bytes, but the store recorded {check['bytes']} "
                          "(truncated or replaced since it was written)")
@@ -366,16 +366,31 @@ def _open_shard(store: Path, entry: dict, dim: int) -> tuple:
     return arr, shard_ids
 
 
-def _verify_part(store: Path, entry: dict) -> str | None:
-    """What is wrong with a committed part's files (every byte read), or None."""
+class ReadFailure(InputError):
+    """A store's file could not be read (EIO, EACCES, ...): it may be sound, so nothing is removed."""
+
+
+def _unreadable(path: Path, exc: OSError) -> InputError:
+    """The error for a file that could not be read: missing is a fact about the store, any other
+    failure (EIO, EACCES) about the file system, which a later try may not meet."""
+    kind = InputError if isinstance(exc, FileNotFoundError) else ReadFailure
+    return kind(f"{path}: unreadable ({exc.strerror or exc})")
+
+
+def _verify_part(store: Path, entry: dict, full: bool = True) -> str | None:
+    """What is wrong with a committed part's files, or None: their sizes, and with `full` every
+    byte against its CRC. A file that cannot be read for another reason than being missing
+    raises ReadFailure."""
     for name, want in entry["check"].items():
         try:
-            got = file_check(store / name)
+            got = file_check(store / name) if full else {"bytes": os.stat(store / name).st_size}
+        except FileNotFoundError:
+            return f"{name} is missing"
         except OSError as exc:
-            return f"{name}: {exc.strerror or exc}"
+            raise _unreadable(store / name, exc) from None
         if got["bytes"] != want["bytes"]:
             return f"{name} holds {got['bytes']} bytes, {want['bytes']} were written"
-        if got["crc32"] != want["crc32"]:
+        if full and got["crc32"] != want["crc32"]:
             return f"{name}: its bytes do not match their CRC-32"
     return None
 
@@ -413,6 +428,7 @@ class StoreWriter:
         self._prefix = f"shard-r{self.comm.rank}-" if self.comm.active else "shard-"
         self._lock = None
         self._next = 0
+        self.shards, self.done_ids, self.skip_counts = [], set(), {}
         state = self.comm.on_rank0(lambda: self._open(resume))
         self.shards, self.done_ids, self.skip_counts = state
 
@@ -423,7 +439,9 @@ class StoreWriter:
         self._lock = _lock(self.store / LOCK)
         try:
             self._prepare(resume)
-            self._scan(verify=True)
+            # every byte of every part by one process; with several, rank 0 alone would keep
+            # the others waiting: sizes and the small files here, the vectors' CRCs as they are read
+            self._scan(verify=True, full=not self.comm.active)
         except BaseException:
             self._unlock()
             raise
@@ -443,26 +461,40 @@ class StoreWriter:
                 raise InputError(f"{progress}: unreadable ({exc})") from None
             if not isinstance(before, dict):
                 raise InputError(f"{progress}: unreadable (not a JSON object)")
+            if before.get("store_version") != STORE_VERSION:
+                raise InputError(f"{self.store}: an unfinished store of an older scalselect (store version "
+                                 f"{before.get('store_version', 1)}), which --resume cannot continue; "
+                                 "extract into a new folder")
             check_same_settings(self.store, before, self.settings)
         elif any(p.name != LOCK for p in self.store.iterdir()):
             raise InputError(f"{self.store}: exists and is not empty; choose another output")
         write_json(progress, self.settings)
 
-    def _scan(self, verify: bool) -> None:
+    def _scan(self, verify: bool, full: bool = True) -> None:
         """The committed parts of every writer, in name order. verify (rank 0, before anyone
-        writes): every byte of every part checked against its record, a part that fails removed
-        (its samples are done again), and what uncommitted parts and temporaries left removed."""
-        self.shards: list[dict] = []
-        self.done_ids: set = set()
-        self.skip_counts: dict[str, int] = {}
+        writes): each part checked against its record (every byte with `full`), a part that
+        fails removed (its samples are done again), and what uncommitted parts and temporaries
+        left removed. A file that cannot be read (ReadFailure) removes nothing. On any error the
+        account of the parts is the one before."""
+        before = self.shards, self.done_ids, self.skip_counts
+        self.shards, self.done_ids, self.skip_counts = [], set(), {}
+        try:
+            self._scan_parts(verify, full)
+        except BaseException:
+            self.shards, self.done_ids, self.skip_counts = before
+            raise
+
+    def _scan_parts(self, verify: bool, full: bool) -> None:
         named = set()
         for record in sorted(self.store.glob(f"shard-*{PART}")):
             try:
                 entry = _read_part(self.store, record)
-                problem = _verify_part(self.store, entry) if verify else None
+                problem = _verify_part(self.store, entry, full) if verify else None
                 if problem is None:
                     _, ids = _open_shard(self.store, entry, self.dim)
                     skipped = _read_jsonl(self.store / entry["skipped"], entry["check"][entry["skipped"]])
+            except ReadFailure:
+                raise
             except InputError as exc:
                 if not verify:
                     raise
@@ -566,7 +598,7 @@ class StoreWriter:
         whatever files it had begun (a failed start should not leave an unfinished store
         behind); committed parts stay for --resume. Under torchrun nothing is removed: other
         ranks may still be committing."""
-        if self.comm.active or self.shards:
+        if self.comm.active or any(self.store.glob(f"shard-*{PART}")):
             self._unlock()
             return
         for path in self.store.glob("shard-*"):
@@ -593,12 +625,14 @@ def _part_name(file_name: str) -> str:
 def _read_part(store: Path, record: Path) -> dict:
     """A part's commit record: its manifest entry, checked for form."""
     try:
-        entry = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
+        entry = json.loads(_read_text(record, None))
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, InputError):
+            raise
         raise InputError(f"{record}: unreadable part record ({exc})") from None
     _check_entry(store, entry)
-    if entry.get("check") is None:
-        raise InputError(f"{record}: part record without its files' checks")
+    if entry.get("check") is None or not isinstance(entry.get("skipped"), str):
+        raise InputError(f"{record}: part record without its skips and its files' checks")
     return entry
 
 
@@ -628,16 +662,22 @@ def check_same_settings(store: Path, before: dict, now: dict) -> None:
         raise InputError(f"{store}: made with other settings ({shown})")
 
 
-def _read_text(path: Path, check: dict | None) -> str:
+def _read_checked(path: Path, check: dict | None) -> bytes:
+    """A small file's bytes, matching the store's record of it when there is one."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise InputError(f"{path}: unreadable ({exc.strerror or exc})") from None
+        raise _unreadable(path, exc) from None
     if check is not None:
         if len(raw) != check["bytes"]:
             raise InputError(f"{path}: {len(raw)} bytes, but the store recorded {check['bytes']} "
                              "(truncated or replaced since it was written)")
         _check_crc(path, check, zlib.crc32(raw))
+    return raw
+
+
+def _read_text(path: Path, check: dict | None) -> str:
+    raw = _read_checked(path, check)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -645,8 +685,9 @@ def _read_text(path: Path, check: dict | None) -> str:
 
 
 def _read_json_list(path: Path, check: dict | None = None) -> list:
+    text = _read_text(path, check)
     try:
-        value = json.loads(_read_text(path, check))
+        value = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise InputError(f"{path}: unreadable ({exc})") from None
     if not isinstance(value, list):
@@ -655,8 +696,9 @@ def _read_json_list(path: Path, check: dict | None = None) -> list:
 
 
 def _read_jsonl(path: Path, check: dict | None = None) -> list[dict]:
+    text = _read_text(path, check)
     try:
-        rows = [json.loads(line) for line in _read_text(path, check).splitlines() if line.strip()]
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     except (ValueError, RecursionError) as exc:
         raise InputError(f"{path}: unreadable ({exc})") from None
     if not all(isinstance(r, dict) and "sample_id" in r and "reason" in r for r in rows):
@@ -678,15 +720,7 @@ def read_sidecar(store: str | os.PathLike, entry: dict) -> dict[str, np.ndarray]
     if not isinstance(name, str) or Path(name).name != name or not name.endswith(SIDECAR):
         raise InputError(f"{store}/{MANIFEST}: shard {entry.get('vectors')!r} has no sidecar file")
     path = Path(store) / name
-    check = (entry.get("check") or {}).get(name)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: unreadable ({exc.strerror or exc})") from None
-    if check is not None:
-        if len(raw) != check["bytes"]:
-            raise InputError(f"{path}: {len(raw)} bytes, but the store recorded {check['bytes']}")
-        _check_crc(path, check, zlib.crc32(raw))
+    raw = _read_checked(path, (entry.get("check") or {}).get(name))
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as z:
             return {key: z[key] for key in z.files}

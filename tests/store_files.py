@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import numpy as np
+
 from scalselect._atomic import file_check
 
 
@@ -16,3 +18,17 @@ def reseal(store) -> Path:
         entry["check"] = {name: file_check(store / name) for name in entry["check"]}
     (store / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     return store
+
+
+def assert_whole_files(store) -> None:
+    """Every file under a final name is complete: temporaries are dot-files, .npy files load,
+    JSON and JSONL files parse."""
+    for f in Path(store).iterdir():
+        if f.name.startswith("."):
+            continue
+        if f.suffix == ".npy":
+            np.load(f, allow_pickle=False)
+        elif f.name.endswith(".json"):
+            json.loads(f.read_text(encoding="utf-8"))
+        elif f.suffix == ".jsonl":
+            [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines()]

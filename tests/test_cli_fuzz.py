@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
@@ -285,3 +286,52 @@ def test_any_command_line_is_exit_0_or_2_in_one_line(argv):
         if rc == 2:
             assert len(err.strip().splitlines()) == 1, (argv, err)
         assert not list(case.tmp.rglob(".*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from scalselect.demo import prepare_demo
+
+    return prepare_demo(tmp_path_factory.mktemp("demo"), n=8)
+
+
+_SLOW = settings(FUZZ, max_examples=max(4, FUZZ.max_examples // 6))  # each example loads the model
+
+
+@_SLOW
+@given(command=st.sampled_from(["extract", "run", "report"]), tau=_mostly(["0.9", "0.5"], ["0", "1.5", "nan"]),
+       seed=_seed, device=_device, out=_mostly(["dir"], ["file", "-", "/dev/null", "", "under-file"]),
+       workers=_mostly(["0"], ["-1", "100000"]), budget=_mostly(["16%", "3"], ["0", "abc"]),
+       energy=_energy, pool=_mostly(["demo"], ["empty", "surrogate ids", "reply first", "huge id"]),
+       extra=_mostly([[]], [["--max-length", "0"], ["--batch-size", "-2"], ["--dtype", "int4"],
+                            ["--store-dtype", "bfloat16"], ["--dist-timeout", "nan"], ["--shard-rows", "0"]]))
+def test_extract_run_and_report_never_fail_with_a_traceback(demo, command, tau, seed, device, out, workers, budget,
+                                                            energy, pool, extra):
+    with tempfile.TemporaryDirectory() as tmp:
+        case = Case(Path(tmp))
+        records = json.loads(Path(demo["pool"]).read_text())
+        if pool == "empty":
+            records = []
+        elif pool == "surrogate ids":
+            records[0]["id"], records[1]["id"] = "\ud800", "x\udfff"
+        elif pool == "reply first":
+            records[0]["conversations"].insert(0, {"from": "gpt", "value": "Hello."})
+        data = case.tmp / "pool.json"
+        data.write_text(json.dumps(records) if pool != "huge id" else '[{"id": ' + "7" * 5000 + "}]")
+        target = case.out(out, "out") if out != "dir" else str(case.tmp / "out")
+        common = ["--model", str(demo["model"]), "--data", str(data), "--image-root", str(demo["images"]),
+                  "--tau", tau, "--device", device, "--workers", workers, "--quiet", *extra]
+        if command == "extract":
+            argv = ["extract", *common, "--out", target]
+        elif command == "run":
+            argv = ["run", *common, "--out-dir", target, "--budget", budget, "--energy", energy, "--seed", seed]
+        else:
+            store = case.tmp / "store"
+            x = _rows(len(records) or 1, 6, "plain", seed=1)
+            ids = [r.get("id", i) for i, r in enumerate(records)] or [0]
+            write_store(store, x, ids, dtype="float32")
+            (case.tmp / "scores.jsonl").write_text("\n".join(json.dumps({"sample_id": i, "importance": 1 / (j + 1)})
+                                                             for j, i in enumerate(ids)))
+            argv = ["report", "--store", str(store), "--scores", str(case.tmp / "scores.jsonl"), "--data", str(data),
+                    "--image-root", str(demo["images"]), "--seed", seed, "--out", target]
+        check_outcome(case, argv, case.snapshot())

@@ -18,6 +18,7 @@ import pytest
 
 from scalselect.demo import prepare_demo
 from scalselect.store import load_representations, read_manifest, read_skipped
+from store_files import assert_whole_files
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -45,19 +46,6 @@ def committed(store: Path) -> int:
     return len(list(store.glob("shard-*.part.json")))
 
 
-def no_temporary_left_under_a_final_name(store: Path) -> None:
-    """Every file under a final name is complete: temporaries are dot-files, npy files load."""
-    for f in store.iterdir():
-        if f.name.startswith("."):
-            continue
-        if f.suffix == ".npy":
-            np.load(f, allow_pickle=False)
-        elif f.name.endswith(".json"):
-            json.loads(f.read_text())
-        elif f.suffix == ".jsonl":
-            [json.loads(line) for line in f.read_text().splitlines()]
-
-
 @pytest.mark.parametrize("when", ["loading the model", "after the first part", "half way"])
 def test_sigkill_then_resume_gives_the_uninterrupted_store(demo, whole, tmp_path, when):
     out = tmp_path / "store"
@@ -74,7 +62,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_store(demo, whole, tmp_path
     job.send_signal(signal.SIGKILL)
     job.wait(timeout=30)
     assert not (out / "manifest.json").exists()
-    no_temporary_left_under_a_final_name(out)
+    assert_whole_files(out)
 
     proc = subprocess.run(extract_argv(demo, out, "--resume"), env=ENV, timeout=300,
                           capture_output=True, text=True)
@@ -88,4 +76,4 @@ def test_sigkill_then_resume_gives_the_uninterrupted_store(demo, whole, tmp_path
     key = lambda skip: json.dumps(skip, sort_keys=True)  # noqa: E731
     assert sorted(map(key, read_skipped(out))) == sorted(map(key, read_skipped(whole)))
     assert read_manifest(out)["num_skipped"] == 2
-    no_temporary_left_under_a_final_name(out)
+    assert_whole_files(out)

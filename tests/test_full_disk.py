@@ -26,6 +26,7 @@ import scalselect._atomic as atomic
 from scalselect.cli import main
 from scalselect.demo import prepare_demo
 from scalselect.store import MANIFEST, PART, _read_part, _verify_part, load_representations, read_skipped
+from store_files import assert_whole_files
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +75,7 @@ def assert_nothing_corrupt(store: Path) -> None:
         return
     for record in store.glob(f"*{PART}"):
         assert _verify_part(store, _read_part(store, record)) is None, record
-    for f in store.iterdir():
-        if f.name.startswith("."):
-            continue
-        if f.suffix == ".npy":
-            np.load(f, allow_pickle=False)
-        elif f.name.endswith(".json"):
-            json.loads(f.read_text(encoding="utf-8"))
+    assert_whole_files(store)
 
 
 def same_store(a: Path, b: Path) -> None:
@@ -184,3 +179,50 @@ def test_numpy_arrays_and_archives_go_through_the_checked_path(tmp_path):
         f.write(packed.getbuffer())
     with np.load(tmp_path / "x.npz") as z:
         np.testing.assert_array_equal(z["b"], x[:3])
+
+
+def _two_parts(store: Path):
+    from scalselect.store import StoreWriter
+
+    writer = StoreWriter(store, 4, "float32")
+    rng = np.random.default_rng(0)
+    writer.add(rng.standard_normal((3, 4)), ["a", "b", "c"])
+    writer.add(rng.standard_normal((2, 4)), ["d", "e"])
+    return writer
+
+
+def test_a_part_that_fails_its_check_at_the_end_is_done_again_and_nothing_else_is_lost(tmp_path):
+    """The manifest's scan finds part 0 changed: the job fails, both parts stay on disk, and a
+    resume keeps part 1 and does part 0 again."""
+    from scalselect import InputError
+    from scalselect.store import PROGRESS, StoreWriter
+
+    store = tmp_path / "store"
+    writer = _two_parts(store)
+    ids = store / "shard-00000.ids.json"
+    ids.write_bytes(ids.read_bytes().replace(b'"a"', b'"z"'))
+    with pytest.raises(InputError, match="CRC-32"):
+        writer.close(expected=5)
+    writer.abandon()
+    assert (store / PROGRESS).exists() and len(list(store.glob(f"*{PART}"))) == 2
+    assert (store / "shard-00001.npy").exists()
+    with pytest.warns(RuntimeWarning, match="part shard-00000 is corrupt"):
+        again = StoreWriter(store, 4, "float32", resume=True)
+    assert again.done_ids == {"d", "e"} and not (store / "shard-00000.npy").exists()
+
+
+def test_a_part_that_cannot_be_read_is_not_removed(tmp_path, monkeypatch):
+    """EIO (or EACCES) says nothing about the part: --resume stops with one line and removes nothing."""
+    import scalselect.store as stores
+
+    store = tmp_path / "store"
+    _two_parts(store)._unlock()
+    before = sorted(p.name for p in store.iterdir())
+
+    def failing(path):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(stores, "file_check", failing)
+    with pytest.raises(stores.ReadFailure, match="Input/output error"):
+        stores.StoreWriter(store, 4, "float32", resume=True)
+    assert sorted(p.name for p in store.iterdir()) == before

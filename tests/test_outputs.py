@@ -107,3 +107,24 @@ def test_a_columnar_subset_cannot_be_a_stream(store, tmp_path, capsys):
                  "--budget", "5", "--out", "-"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "cannot be written to a stream" in err
+
+
+def test_dev_stdout_opened_for_appending_is_appended_to(store, tmp_path):
+    """`>> log` then --out /dev/stdout: the scores are appended to the log, nothing replaces it."""
+    log = tmp_path / "log.txt"
+    log.write_text("before\n")
+    with open(log, "a") as f:
+        proc = subprocess.run([sys.executable, "-m", "scalselect", "score", str(store), "--out", "/dev/stdout",
+                               "--quiet"], stdout=f, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = log.read_text().splitlines()
+    assert text[0] == "before" and len(lines("\n".join(text[1:]))) == 30
+
+
+def test_an_output_through_a_symlink_loop_is_one_line(store, tmp_path, capsys):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    assert main(["score", str(store), "--out", str(tmp_path / "a"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "symlinks form a loop" in err
+    assert (tmp_path / "a").is_symlink() and (tmp_path / "b").is_symlink()

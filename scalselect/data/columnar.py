@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_open
+from .._atomic import atomic_open, write_json
 from ..errors import InputError
 from .pools import Pool, check_unique_ids
 
@@ -443,21 +443,18 @@ class ArrowDatasetPool(ColumnarPool):
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         try:
             data = "data-00000-of-00001.arrow"
-            with open(tmp / data, "wb") as f:
-                with pa.ipc.new_stream(f, self.schema) as writer:
-                    for table in self._subset_tables(order):
-                        writer.write_table(table)
-                f.flush()
-                os.fsync(f.fileno())
+            with atomic_open(tmp / data, "wb") as f, pa.ipc.new_stream(f, self.schema) as writer:
+                for table in self._subset_tables(order):
+                    writer.write_table(table)
             if (self.path / "dataset_info.json").is_file():  # the features; the pool's sizes do not apply
                 info = json.loads((self.path / "dataset_info.json").read_text(encoding="utf-8"))
                 for key in ("splits", "download_checksums", "download_size", "dataset_size", "size_in_bytes"):
                     info.pop(key, None)
-                (tmp / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+                write_json(tmp / "dataset_info.json", info, indent=2)
             chosen = hashlib.sha256(np.asarray(order, dtype=np.int64).tobytes()).hexdigest()
             state = {**self.state, "_data_files": [{"filename": data}],
                      "_fingerprint": hashlib.sha256(f"{self.digest()}{chosen}".encode()).hexdigest()[:16]}
-            (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+            write_json(tmp / "state.json", state, indent=2)
             _swap_in(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

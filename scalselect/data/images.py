@@ -60,9 +60,13 @@ def open_regular(path: Path, reason: str):
         kind = stat.S_IFMT(os.stat(path).st_mode)
         if kind == stat.S_IFREG:  # O_NONBLOCK: a FIFO put in its place since does not block the open
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-            kind = stat.S_IFMT(os.fstat(fd).st_mode)
-            if kind == stat.S_IFREG:
-                return os.fdopen(fd, "rb")
+            try:
+                kind = stat.S_IFMT(os.fstat(fd).st_mode)
+                if kind == stat.S_IFREG:
+                    return os.fdopen(fd, "rb")
+            except BaseException:
+                os.close(fd)
+                raise
             os.close(fd)
     except FileNotFoundError:
         raise SampleSkip(reason, f"{path}: no such file") from None
