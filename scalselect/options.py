@@ -102,14 +102,12 @@ def _no_loop(text: str, flag: str) -> None:
         raise InputError(f"{flag} {text!r}: not a usable path") from None
 
 
-def output_file(path, flag: str = "--out", stream: bool = True, folder: bool = False) -> Path:
-    """A file to write: not a directory (folder=True: an existing one may be replaced, as a
-    save_to_disk subset is); `-`, a character device or a FIFO only where a stream will do."""
+def output_file(path, flag: str = "--out", folder: bool = False) -> Path:
+    """A file to write (or `-`, a character device, a FIFO: a stream), not a directory
+    (folder=True: an existing one may be replaced, as a save_to_disk subset is)."""
     text = os.fspath(path)
     _no_loop(text, flag)
     if is_stream(text):
-        if not stream:
-            raise InputError(f"{flag} {text}: this output cannot be a stream; name a file")
         return Path(text)
     target = Path(text)
     if text in ("", ".", "..") or text.endswith(("/", os.sep)) or target.name in ("", ".", "..") \
@@ -126,16 +124,6 @@ def output_dir(path, flag: str = "--out") -> Path:
     if text == "" or is_stream(text) or (target.exists() and not target.is_dir()):
         raise InputError(f"{flag} {text!r}: names a file or a stream; name a folder to write into")
     return target
-
-
-def finite_or_none(value, flag: str):
-    """A number that must be finite when given (None: not given)."""
-    if value is None:
-        return None
-    number = _number(value, flag)
-    if not math.isfinite(number):
-        raise InputError(f"{flag} must be finite, got {value}")
-    return number
 
 
 PILOT_ROWS = 2048  # rows of the sketch's pilot sample, by default

@@ -438,7 +438,6 @@ def _fifo(tmp: Path) -> Path:
 
 def _llm(tmp: Path) -> Path:
     """A text-only causal LM checkpoint with the demo's tokenizer: no vision tower at all."""
-    import shutil
 
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -189,7 +189,6 @@ def scored_alone(run: Path, store: Path, out: Path) -> tuple[np.ndarray, np.ndar
 def test_run_under_torchrun_gives_the_single_process_subset(demo, tmp_path):
     from scalselect.cli import main
     from scalselect.data import read_pool
-    from scalselect.select import read_scores
 
     common = ["--model", demo["model"], "--data", demo["pool"], "--image-root", demo["images"],
               "--budget", "16%", "--workers", 0, "--quiet", "--device", "cpu", "--store-dtype", "float32",

@@ -12,14 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from processes import alive, children
 from scalselect.cli import main
 from scalselect.demo import prepare_demo
 from scalselect.select import read_scores
-from scalselect.store import MANIFEST, PROGRESS, load_representations, read_skipped
+from scalselect.store import MANIFEST, PROGRESS, load_representations
 
 
 @pytest.fixture(scope="module")
