@@ -213,3 +213,26 @@ def assert_vectors_close(got, want, rtol: float, what: str = "") -> None:
     got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
     scale = float(np.abs(want).max())
     assert float(np.abs(got - want).max()) <= rtol * scale, f"{what}: {np.abs(got - want).max():.2e} > {rtol * scale:.2e}"
+
+
+# --- the extraction kernels against their twins ----------------------------------------------
+
+def attention_mass_rtol(q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, rows: torch.Tensor,
+                        scale: float) -> float:
+    """Relative rounding allowed between two float32 evaluations of the attention mass (every
+    term is positive, so a relative bound on each holds for the sums). A logit q.k (hd terms) is
+    off by summed(hd) scale |q||k|, which the exponential turns into that relative error of a
+    probability, twice over (numerator and the softmax's max shift); the softmax's denominator
+    sums S terms, the mass sums rows x heads probabilities. Two evaluations: twice that."""
+    hd, seq = q.shape[-1], q.shape[-2]
+    group = q.shape[1] // k.shape[1]
+    kk = k.float().abs().repeat_interleave(group, dim=1)
+    logit = scale * float((q.float().abs() @ kk.transpose(-1, -2)).max()) if q.numel() and kk.numel() else 0.0
+    terms = int(rows.sum(dim=1).max()) * q.shape[1] if rows.numel() else 1
+    return 2 * (2 * summed(hd) * logit + summed(seq) + summed(terms))
+
+
+def mean_atol(hidden: torch.Tensor) -> float:
+    """Absolute rounding allowed between two float32 means of at most S rows of `hidden`, summed
+    in any order: summed(S) of the largest |h| (the mean of |h| is no larger), twice."""
+    return 2 * summed(hidden.shape[-2]) * float(hidden.float().abs().max()) if hidden.numel() else 0.0
