@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The Python half of benchmarks/gpu_check.sh (issue 5): kernel timings, the whole scoring
+"""The Python half of benchmarks/gpu_check.sh: kernel timings, the whole scoring
 engine, end-to-end extraction on a LLaVA-1.5-7B-shaped model, and the report.
 
     python benchmarks/gpu_check.py step {kernels,leverage,extraction} --out DIR --mode {full,quick,dry}
@@ -33,7 +33,7 @@ STEPS = ("build", "tests", "sanitizer", "kernels", "leverage", "extraction")
 STATUSES = ("ok", "failed", "skipped")
 
 # --- Sizes per mode ------------------------------------------------------------------------------
-# full: what issue 5 asks for (<= 8 min in all on an H200); quick: <= 3 min; dry: tiny CPU tensors
+# full: the whole check (<= 8 min in all on an H200); quick: <= 3 min; dry: tiny CPU tensors
 # through the same code (a typo in the timing code fails here, not on the rented GPU).
 SIZES = {
     "full": {
@@ -71,7 +71,7 @@ SIZES = {
     },
 }
 
-# Targets of issue 5 (to be verified on an H200).
+# The GPU targets (to be verified on an H200).
 TARGET_EXTRACTION_RATIO = 20.0
 TARGET_KERNEL_RATIO = 1.0
 TARGET_GRAM_PROJECTION_S = 1.0
@@ -408,7 +408,7 @@ def leverage_entries(rec: StepRecorder, mode: str) -> None:
         main["meets_target"] = bool(main["gram_plus_projection_s"] <= TARGET_GRAM_PROJECTION_S)
         main["self_check"] = {f"{k_[0]}@{k_[1]}": v for k_, v in kernels._cuda_verdict.items()}
         rec.flush()
-    # the one-pass sketch on the same matrix, against the exact scores (issue 7)
+    # the one-pass sketch on the same matrix, against the exact scores
     sketch = rec.entry("scalselect_sketch", run("scalselect_sketch", "auto", method="sketch"))
     if sketch and sketch["status"] == "ok" and "scalselect" in results:
         a, b = results["scalselect"], results["scalselect_sketch"]
@@ -870,7 +870,7 @@ def _entries(step: dict) -> list:
 
 
 def targets(steps: dict, evaluate: bool = True) -> list:
-    """Issue 5's targets against what this run measured (met: null when not measured, and
+    """The GPU targets against what this run measured (met: null when not measured, and
     always in a dry run, whose tiny CPU sizes say nothing about them)."""
     rows = []
     ex = steps.get("extraction", {}).get("info", {})
@@ -958,7 +958,7 @@ def print_table(report: dict, out: Path) -> None:
         if info.get("ratio_ours_over_reference") is not None:
             lines.append(f"extraction: scalselect / reference way = {_fmt(info['ratio_ours_over_reference'], 'x')}")
     dry = report["mode"] == "dry"
-    lines += ["", "targets (issue 5; to be met on an H200)" + (": not evaluated in a dry run" if dry else ":")]
+    lines += ["", "targets (to be met on an H200)" + (": not evaluated in a dry run" if dry else ":")]
     for t in report["targets"]:
         met = "dry run" if dry else {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
         lines.append(f"  {t['target']:<58} {_fmt(t['value']):>10}  {met}")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared GPU check of issue 5: build for sm_90, run the tests with the CUDA tests on,
+# The one prepared GPU check: build for sm_90, run the tests with the CUDA tests on,
 # compute-sanitizer memcheck on the CUDA kernel tests, time every CUDA kernel against its
 # PyTorch twin, the whole scoring engine, and end-to-end extraction on a LLaVA-1.5-7B-shaped
 # model (random weights, made on the meta device, materialised on the GPU in bfloat16).

@@ -1,4 +1,4 @@
-"""The bad-input corpus: every case and its outcome, in one place (issue 6).
+"""The bad-input corpus: every case and its outcome, in one place.
 
 A problem with one sample of a pool is a recorded skip with its reason, while every good sample
 is still extracted; a problem with a whole input is one line on stderr and exit code 2. The table

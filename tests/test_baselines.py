@@ -1,4 +1,4 @@
-"""Per-source budgets and the baseline selectors of `select` (issue 8, parts 3 and 4), on
+"""Per-source budgets and the baseline selectors of `select`, on
 generated pools and scores: no model needed."""
 
 from __future__ import annotations

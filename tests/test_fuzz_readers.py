@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the readers (issue 6): whatever bytes a pool, a scores file or a
+"""Property-based fuzzing of the readers: whatever bytes a pool, a scores file or a
 store holds, reading gives a result or the project's own InputError, never another exception."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh (issue 5) in its --cpu-dry-run mode: every step it can run without a
+"""benchmarks/gpu_check.sh in its --cpu-dry-run mode: every step it can run without a
 GPU runs, through the same code that times the kernels and the extraction on a GPU, and the
 report has the structure the GPU run will fill in."""
 

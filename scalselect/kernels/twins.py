@@ -44,7 +44,7 @@ def projected_sqnorm(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tens
     return (y * y).sum(dim=1)
 
 
-# --- Representation extraction (issue 3): the twins come first and define the semantics. ---
+# --- Representation extraction: the twins come first and define the semantics. ---
 
 
 def attention_mass(q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor,
