@@ -80,7 +80,8 @@ def _write_scores(source: Path, out: Path, result, t0: float) -> dict:
     write_scores(out, result.sample_ids, result.scores)
     summary = {"input": str(source), "scores": str(out), **result.summary()}
     summary["timings_s"]["total"] = time.perf_counter() - t0
-    _write_json(_summary_path(out), summary)
+    summary_path = _summary_path(out)
+    _write_json(summary_path, summary)
     sv = result.singular_values
     lead = ", ".join(f"{v:.4g}" for v in sv[:5]) + (", ..." if len(sv) > 5 else "")
     print(f"scored {len(result.scores)} samples of dim {result.dim}: k={result.k} "
@@ -97,17 +98,17 @@ def _write_scores(source: Path, out: Path, result, t0: float) -> dict:
         print(f"warning: {text}", file=sys.stderr)
     if result.excluded:
         shown = ", ".join(repr(i) for i in result.excluded[:5]) + (", ..." if len(result.excluded) > 5 else "")
-        where = f"; their ids are in {_summary_path(out)}" if _summary_path(out) else ""
+        where = f"; their ids are in {summary_path}" if summary_path else ""
         print(f"note: left out {len(result.excluded)} rows holding NaN or inf ({shown}){where}")
-    written = f"{out} and {_summary_path(out)}" if _summary_path(out) else str(out)
+    written = f"{out} and {summary_path}" if summary_path else str(out)
     print(f"wrote {written} in {summary['timings_s']['total']:.2f} s")
     return summary
 
 
 def _select(args) -> dict:
-    method = {"method": args.method, "seed": options.seed(args.seed), "stratify_by": args.stratify_by,
+    method = {"method": args.method, "seed": args.seed, "stratify_by": args.stratify_by,  # checked by top_positions
               "shares": _read_shares(args.shares), "store": args.store if args.method == "cluster" else None,
-              "clusters": options.count(args.clusters, "--clusters")}
+              "clusters": args.clusters}
     out = options.output_file(args.out, folder=True)  # the subset of a save_to_disk pool is a folder
     return select_command(args.data, args.scores, args.budget, out, args.comm, method)
 
@@ -215,17 +216,15 @@ def _compare_here(args) -> dict:
     from .select import read_scores
 
     methods = options.method_list(args.methods)
-    energy, seed = options.share(args.energy, "--energy"), options.seed(args.seed)
-    clusters = options.count(args.clusters, "--clusters")
     out = None if args.out is None else options.output_file(args.out)
     _refuse_overwrite([out], [args.data, args.scores, args.store])
     pool = read_pool(args.data)
     ids, scores = read_scores(args.scores)
     report = compare_methods(pool, ids, scores, args.store, args.budget, methods,
-                             seed=seed, energy=energy, source_by=args.source_by, clusters=clusters)
+                             seed=args.seed, energy=args.energy, source_by=args.source_by, clusters=args.clusters)
     report |= {"store": str(args.store), "scores": str(args.scores), "pool": str(args.data), "budget": args.budget}
     print(f"budget {args.budget} of {report['eligible']} scored samples; k = {report['k']} at energy "
-          f"{energy}; coverage over {min(report['eligible'], COVERAGE_SAMPLE)} pool vectors; sources by {args.source_by}")
+          f"{args.energy}; coverage over {min(report['eligible'], COVERAGE_SAMPLE)} pool vectors; sources by {args.source_by}")
     print(table(report))
     if out is not None:
         write_json(out, report)

@@ -429,6 +429,7 @@ class StoreWriter:
         self._lock = None
         self._next = 0
         self.shards, self.done_ids, self.skip_counts = [], set(), {}
+        self._skips: list[dict] = []  # the committed parts' skip records, in part order (rank 0, after a scan)
         state = self.comm.on_rank0(lambda: self._open(resume))
         self.shards, self.done_ids, self.skip_counts = state
 
@@ -476,12 +477,12 @@ class StoreWriter:
         fails removed (its samples are done again), and what uncommitted parts and temporaries
         left removed. A file that cannot be read (ReadFailure) removes nothing. On any error the
         account of the parts is the one before."""
-        before = self.shards, self.done_ids, self.skip_counts
-        self.shards, self.done_ids, self.skip_counts = [], set(), {}
+        before = self.shards, self.done_ids, self.skip_counts, self._skips
+        self.shards, self.done_ids, self.skip_counts, self._skips = [], set(), {}, []
         try:
             self._scan_parts(verify, full)
         except BaseException:
-            self.shards, self.done_ids, self.skip_counts = before
+            self.shards, self.done_ids, self.skip_counts, self._skips = before
             raise
 
     def _scan_parts(self, verify: bool, full: bool) -> None:
@@ -520,6 +521,7 @@ class StoreWriter:
 
     def _committed(self, entry: dict, ids: list, skipped: list[dict]) -> None:
         self.shards.append(entry)
+        self._skips.extend(skipped)
         for sample_id in [*ids, *(skip["sample_id"] for skip in skipped)]:
             if sample_id in self.done_ids:
                 raise InputError(f"{self.store}: sample {sample_id!r} is in two parts (was the store "
@@ -578,7 +580,7 @@ class StoreWriter:
         if expected is not None and len(self.done_ids) != expected:
             raise InputError(f"{self.store}: the parts account for {len(self.done_ids)} of "
                              f"{expected} samples; rerun with --resume")
-        skipped = [s for shard in self.shards for s in _read_jsonl(self.store / shard["skipped"])]
+        skipped = self._skips  # read by the scan just now
         _write_jsonl(self.store / SKIPPED, skipped)
         rows = sum(s["rows"] for s in self.shards)
         if rows == 0:
