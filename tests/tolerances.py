@@ -29,6 +29,7 @@ LAMBDA = 5.0      # multiple of the modelled deviation that a correct run stays 
 DRAWS = 4
 EIGEN_RESIDUAL = 1e-8  # the Krylov solver stops at residuals of 1e-8 ||C|| (scalselect.eigen)
 HEAD_ROWS = 1024       # the exact engine shifts rows by the mean of its first (at most) 1,024 rows
+SKETCH_RANGE = 1e-7    # the sketch keeps the directions of Y^T Y above this share of the largest
 
 
 def summed(m: int, u: float = U32) -> float:
@@ -50,8 +51,10 @@ class Reference:
     right: np.ndarray             # V_k
 
 
-def reference(x, energy: float = 0.9, standardize: bool = False, l2_normalize: bool = False) -> Reference:
-    """ScalSelect's scores as the method defines them, in float64."""
+def reference(x, energy: float = 0.9, standardize: bool = False, l2_normalize: bool = False,
+              k: int | None = None) -> Reference:
+    """ScalSelect's scores as the method defines them, in float64; k given: that many directions
+    (energy 1 on a rank-deficient matrix, where the float64 sums decide k by their last bit)."""
     x = np.asarray(x, dtype=np.float64)
     if l2_normalize:
         norms = np.linalg.norm(x, axis=1, keepdims=True)
@@ -63,7 +66,7 @@ def reference(x, energy: float = 0.9, standardize: bool = False, l2_normalize: b
         col_scale = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
         xc = xc * col_scale
     u, s, vt = np.linalg.svd(xc, full_matrices=False)
-    k = _rank(s ** 2, energy)
+    k = _rank(s ** 2, energy) if k is None else k
     return Reference((u[:, :k] ** 2).sum(axis=1), k, s[:k], xc, x, col_scale, energy, u[:, :k], vt[:k].T)
 
 
@@ -76,6 +79,7 @@ class Tolerance:
     scores: np.ndarray           # per row
     singular_values: np.ndarray  # per kept direction
     k_stable: bool               # every draw kept the reference's k (else k sits at a tie)
+    held: float = 0.0            # the sum of every sigma^2 the sketch holds (its energy)
 
 
 def engine_tolerance(ref: Reference, *, side: str, chunk_rows: int, eig_method: str = "full",
@@ -121,6 +125,57 @@ def engine_tolerance(ref: Reference, *, side: str, chunk_rows: int, eig_method: 
     return Tolerance(LAMBDA * score_dev, LAMBDA * value_dev, bool(stable))
 
 
+def sketch_tolerance(ref: Reference, *, chunk_rows: int, size: int | None = None, seed: int = 0) -> Tolerance:
+    """What float32 rounding allows the sketch engine (one pass, l = size columns, default D),
+    against the same sketch in exact arithmetic: with l = D that is the method itself (the
+    reference). The pass's rounding: the shifted rows to float32 (u32 |c|), y = c Omega over D
+    terms, Y^T C and Y^T Y summed over chunks of chunk_rows rows, the final projection over l
+    terms; the solve after it is float64 (P_Y A_c from the sums, restated here). Omega for l < D:
+    the reference's leading directions (the ideal pilot) and max(8, l/8) random columns."""
+    rng = np.random.default_rng(seed)
+    n, d = ref.rows.shape
+    size = d if size is None else size
+    c = ref.pre - ref.pre.mean(axis=0)  # the shifted rows (the pilot's mean, near the whole mean)
+    spare = max(8, int(np.ceil(size / 8)))
+    top = np.linalg.svd(ref.rows, full_matrices=False)[2][:max(0, size - spare)].T * ref.col_scale[:, None]
+    omega = np.linalg.qr(np.hstack([top, rng.standard_normal((d, size - top.shape[1]))]))[0]
+    m = min(chunk_rows, n)
+
+    def solved(noise: float):
+        cf = c + noise * rng.standard_normal(c.shape) * U32 * np.abs(c)
+        y = cf @ omega + noise * rng.standard_normal((n, size)) * np.sqrt(d) * U32 * (np.abs(c) @ np.abs(omega))
+        ytx = y.T @ cf + noise * rng.standard_normal((size, d)) * np.sqrt(m) * U32 * (np.abs(y).T @ np.abs(c))
+        ygram = y.T @ y + noise * _symmetric(rng, size) * np.sqrt(m) * U32 * (np.abs(y).T @ np.abs(y))
+        ymean, delta = y.mean(axis=0), c.mean(axis=0)
+        ytx = (ytx - n * np.outer(ymean, delta)) * ref.col_scale
+        lam, vecs = np.linalg.eigh(ygram - n * np.outer(ymean, ymean))
+        keep = lam > SKETCH_RANGE * lam.max()
+        whiten = vecs[:, keep] / np.sqrt(lam[keep])
+        b = whiten.T @ ytx
+        values, left = np.linalg.eigh(b @ b.T)
+        values, left = np.clip(values[::-1], 0, None), left[:, ::-1]
+        w = whiten @ left[:, :ref.k]
+        shifted = y - ymean
+        proj = shifted @ w + noise * rng.standard_normal((n, ref.k)) * np.sqrt(size) * U32 * (np.abs(shifted) @ np.abs(w))
+        return (proj ** 2).sum(axis=1), np.sqrt(values[:ref.k]), values.sum()
+
+    exact_scores, exact_values, exact_held = solved(0.0)
+    score_dev, value_dev, held_dev = np.zeros(n), np.zeros(ref.k), 0.0
+    for _ in range(DRAWS):
+        scores, values, held = solved(1.0)
+        score_dev = np.maximum(score_dev, np.abs(scores - exact_scores))
+        value_dev = np.maximum(value_dev, np.abs(values - exact_values))
+        held_dev = max(held_dev, abs(held - exact_held))
+    return Tolerance(LAMBDA * score_dev, LAMBDA * value_dev, True, LAMBDA * held_dev)
+
+
+def energy_tolerance(ref: Reference) -> float:
+    """The total energy summed in float64 from the shifted rows (sums of c and c^2, n rows per
+    column, then D columns): summed(n + D, u64) of the squares' magnitude, taken as (|x| + |mean|)^2."""
+    magnitude = float(np.sum(((np.abs(ref.pre) + np.abs(ref.pre.mean(axis=0))) * ref.col_scale) ** 2))
+    return 4 * summed(sum(ref.pre.shape), U64) * magnitude
+
+
 def _symmetric(rng, size: int) -> np.ndarray:
     """A symmetric matrix of standard normal entries."""
     z = rng.standard_normal((size, size))
@@ -158,6 +213,32 @@ def reordered_sums_tolerance(ref: Reference) -> np.ndarray:
     |w_j|) and |dl| <= 2 sum_j |y_j| |dy_j|, with y_j = U_ij; the float64 rest is negligible."""
     reach = (np.abs(ref.rows) @ np.abs(ref.right)) / ref.singular_values  # |x_i| @ |w_j|
     return 4 * U32 * np.sum(np.abs(ref.left) * reach, axis=1) + 64 * U64 * ref.scores
+
+
+# --- centred Gram matrices summed chunk by chunk (scalselect.vectors.moments) ---------------
+
+def _chunk_magnitudes(chunks: list) -> list:
+    """(rows, |c|^T |c|) per chunk, c its rows about the chunk's own mean."""
+    return [(len(c), np.abs(c - c.mean(axis=0)).T @ np.abs(c - c.mean(axis=0))) for c in chunks if len(c)]
+
+
+def chunked_gram_tolerance(chunks: list) -> np.ndarray:
+    """Per entry, how far a Gram merged from chunks (each chunk's rows about its mean, rounded to
+    float32 and multiplied in float32; the chunks merged pairwise in float64) may lie from the
+    float64 Gram of the same rows: summed(m) of each chunk's |c|^T |c|, 2 u32 of it for the
+    rounded rows, and the float64 merges' rounding of the raw squares |x|^T |x|."""
+    raw = np.vstack(chunks)
+    parts = _chunk_magnitudes(chunks)
+    return (sum((summed(m) + 2 * U32) * mag for m, mag in parts)
+            + 8 * summed(len(parts) + 2, U64) * (np.abs(raw).T @ np.abs(raw)))
+
+
+def chunked_gram_error(chunks: list, rng) -> np.ndarray:
+    """One draw of the rounding model of chunked_gram_tolerance (its scales, without LAMBDA)."""
+    raw = np.vstack(chunks)
+    parts = _chunk_magnitudes(chunks)
+    error = sum(_symmetric(rng, mag.shape[0]) * (np.sqrt(m) + 2) * U32 * mag for m, mag in parts)
+    return error + _symmetric(rng, raw.shape[1]) * np.sqrt(len(parts) + 2) * U64 * (np.abs(raw).T @ np.abs(raw))
 
 
 # --- kernels against their twins: the same operations, in another order -------------------
