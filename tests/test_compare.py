@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from scalselect import leverage_scores
 from scalselect.cli import main
@@ -52,8 +51,8 @@ def test_a_budget_gives_sane_figures_for_every_method(demo_run, tmp_path, capsys
         assert 0 <= figures["projection_error"] <= 1
         assert 0 < figures["coverage_mean"] <= figures["coverage_max"]
         shares = figures["shares"]
-        assert sum(v["subset"] for v in shares.values()) == pytest.approx(1)
-        assert figures["largest_share_gap"] == pytest.approx(max(abs(v["pool"] - v["subset"]) for v in shares.values()))
+        assert abs(sum(v["subset"] for v in shares.values()) - 1) <= summed(len(shares), U64)  # rounded shares
+        assert figures["largest_share_gap"] == max(abs(v["pool"] - v["subset"]) for v in shares.values())
         assert any(line.startswith(method) for line in printed.splitlines())
     # another seed: another random subset; scalselect's is the same (150 rows < the 2,000 probed,
     # so the coverage sample is every row whatever the seed)
