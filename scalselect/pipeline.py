@@ -29,7 +29,8 @@ from .errors import InputError, first_line
 from .extract import first_layer_probe, probe_vectors
 from .models.load import DTYPES, fingerprint, load_checkpoint, pick_dtype, read_config
 from .options import resolve_device
-from .store import LOCK, MANIFEST, PROGRESS, SKIPPED, StoreWriter, _lock, check_same_settings, read_manifest
+from .store import (LOCK, MANIFEST, PROGRESS, SKIPPED, StoreWriter, _lock, check_same_settings, damaged_parts,
+                    read_manifest, reopen_store)
 
 
 @dataclass
@@ -176,7 +177,16 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
         settings |= _sketch_settings(opts)
     if opts.resume and (rows_dir / MANIFEST).exists():
         made = settings if opts.no_store else {"dim": dim, "dtype": opts.store_dtype, **settings}
-        return {**_complete_store(rows_dir, made), "store": str(out)}
+        complete = _complete_store(rows_dir, made)
+        # every byte by one process; under torchrun rank 0 checks the sizes (a full read could
+        # outlast the group's timeout), and scoring checks every byte as it reads
+        damaged = comm.on_rank0(lambda: damaged_parts(rows_dir, full=not comm.active))
+        if not damaged:
+            return {**complete, "store": str(out)}
+        if opts.no_store:
+            raise InputError(f"{rows_dir}: part {damaged[0]}; the sketch cannot be redone in place: "
+                             "extract into a new folder")
+        comm.on_rank0(lambda: reopen_store(rows_dir, dim, opts.store_dtype, settings))
     guard = comm.together(lambda: _claim_sketch_dir(out, opts.resume), main_only=True) if opts.no_store else None
     writer = None if opts.no_store else StoreWriter(out, dim, opts.store_dtype, settings=settings,
                                                   resume=opts.resume, comm=comm)

@@ -395,6 +395,34 @@ def _verify_part(store: Path, entry: dict, full: bool = True) -> str | None:
     return None
 
 
+def damaged_parts(store: Path, full: bool = True) -> list[str]:
+    """What is wrong with the parts of a complete store, one line each (none: it is whole).
+    A store of version 1 records no checks: nothing to find."""
+    manifest = read_manifest(store)
+    if manifest["version"] < 2:
+        return []
+    damaged = []
+    for entry in manifest["shards"]:
+        _check_entry(store, entry)
+        problem = _verify_part(store, entry, full) if isinstance(entry.get("check"), dict) else "no checks recorded"
+        if problem is not None:
+            damaged.append(f"{entry['vectors'].removesuffix('.npy')}: {problem}")
+    return damaged
+
+
+def reopen_store(store: Path, dim: int, dtype: str, settings: dict) -> None:
+    """Make a complete store unfinished again, with the settings a writer would begin it with,
+    so that `--resume` redoes its damaged parts (progress first: a crash between the two
+    leaves a complete store, which a rerun finds damaged again)."""
+    write_json(store / PROGRESS, _writer_settings(dim, dtype, settings))
+    (store / MANIFEST).unlink(missing_ok=True)  # another job may have reopened it just now
+
+
+def _writer_settings(dim: int, dtype: str, settings: dict | None) -> dict:
+    """What progress.json holds: the store's form and the settings its vectors were made with."""
+    return {"store_version": STORE_VERSION, "dim": int(dim), "dtype": dtype, **(settings or {})}
+
+
 class StoreWriter:
     """Writes a store part by part; `close()` writes the manifest that makes it complete.
 
@@ -424,7 +452,7 @@ class StoreWriter:
             raise InputError("bfloat16 cannot be stored in .npy; use float16 or float32")
         self.store, self.dim, self.dtype, self.meta = Path(store), int(dim), dtype, dict(meta or {})
         self.comm = comm or Comm()
-        self.settings = {"store_version": STORE_VERSION, "dim": self.dim, "dtype": dtype, **(settings or {})}
+        self.settings = _writer_settings(self.dim, dtype, settings)
         self._prefix = f"shard-r{self.comm.rank}-" if self.comm.active else "shard-"
         self._lock = None
         self._next = 0

@@ -277,6 +277,32 @@ def test_resume_of_a_complete_store_checks_its_settings(demo, tmp_path, capsys):
     assert_one_line_error(capsys, extract_args(demo, tmp_path / "s"), "a store already exists here")
 
 
+def test_resume_of_a_complete_store_redoes_a_damaged_part(demo, tmp_path, capsys):
+    """A bit flipped in a finished store (a disk, a copy): --resume finds the part by its CRC,
+    redoes its samples and completes the store again, with the same vectors and skips."""
+    import shutil
+
+    from scalselect.store import damaged_parts
+
+    assert run_cli(capsys, *extract_args(demo, tmp_path / "s", "--shard-rows", 8))[0] == 0
+    shutil.copytree(tmp_path / "s", tmp_path / "whole")
+    entry = read_manifest(tmp_path / "s")["shards"][1]
+    shard = tmp_path / "s" / entry["vectors"]
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0x10
+    shard.write_bytes(data)
+    assert damaged_parts(tmp_path / "s") == [f"{entry['vectors'][:-4]}: {entry['vectors']}: its bytes do not "
+                                             "match their CRC-32"]
+    rc, out, err = run_cli(capsys, *extract_args(demo, tmp_path / "s", "--resume"))
+    assert rc == 0, err
+    assert err.strip() == (f"warning: {tmp_path / 's'}: part {entry['vectors'][:-4]} is corrupt ({entry['vectors']}: "
+                           "its bytes do not match their CRC-32); its samples are done again")
+    assert "extracted 40 vectors, 2 skipped" in out and f"[{entry['rows']} samples in" in out
+    assert damaged_parts(tmp_path / "s") == []
+    assert_same_vectors(by_id(tmp_path / "s"), by_id(tmp_path / "whole"), demo["model"])
+    assert sorted(map(str, read_skipped(tmp_path / "s"))) == sorted(map(str, read_skipped(tmp_path / "whole")))
+
+
 def copy_checkpoint(src, dst, drop: str | None = None, truncate: bool = False):
     import shutil
 

@@ -177,6 +177,23 @@ def test_no_store_refuses_the_exact_engine_and_a_used_folder(demo, uninterrupted
     assert proc.returncode == 2 and "not empty" in proc.stderr, proc.stderr
 
 
+def test_a_damaged_part_of_a_finished_sketch_is_one_line_on_resume(demo, uninterrupted, tmp_path):
+    """Its sums are in the finished sketch: a part cannot be redone in place."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    part = sorted((out / "sketch" / SKETCH_ROWS).glob("shard-*.npy"))[2]
+    data = bytearray(part.read_bytes())
+    data[-1] ^= 0x01
+    part.write_bytes(data)
+    proc = subprocess.run(run_argv(demo, out, "--no-store", "--resume"), env=ENV, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"part {part.stem}: {part.name}: its bytes do not match" in proc.stderr
+    assert "extract into a new folder" in proc.stderr
+
+
 def test_a_resume_must_ask_for_the_same_sketch_and_a_plan_must_match_its_rows(demo, uninterrupted, stored, tmp_path):
     import shutil
 
