@@ -359,8 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="scores JSONL to write (highest first)")
     p.add_argument("--energy", type=float, default=0.9, help="share of energy the kept subspace holds (default 0.9)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--standardize", action="store_true", help="divide centred columns by their std")
-    p.add_argument("--l2-normalize", action="store_true", help="scale rows to unit length first")
+    p.add_argument("--standardize", action="store_true", help="divide centred columns by their std (ddof 0)")
+    p.add_argument("--l2-normalize", action="store_true",
+                   help="then scale each row to unit length, decomposed as it is (exact engine)")
     p.add_argument("--chunk-rows", type=int, default=None, help="rows per streamed chunk")
     _add_method_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -132,6 +132,12 @@ EIG_METHODS = ("auto", "full", "krylov")
 BACKENDS = ("auto", "native", "torch")
 
 
+def sketch_without_l2(what: str = "the sketch") -> str:
+    """Why the one-pass sketch cannot take l2_normalize (the message of its refusal)."""
+    return (f"{what} cannot use --l2-normalize (l2_normalize): it scales the centred rows, whose "
+            "column means one pass does not know beforehand; use the exact engine (--method exact)")
+
+
 @dataclass
 class ScoreOptions:
     """How `score` (and `run`'s scoring) computes the importance scores; see leverage_scores."""
@@ -153,6 +159,8 @@ class ScoreOptions:
         if self.chunk_rows is not None:
             count(self.chunk_rows, "--chunk-rows")
         choice(self.method, SCORE_METHODS, "--method")
+        if self.l2_normalize and self.method == "sketch":
+            raise InputError(sketch_without_l2())
         if self.sketch_size is not None:
             count(self.sketch_size, "--sketch-size")
         seed(self.seed)

@@ -334,17 +334,17 @@ def _open_sketch(extraction: _Extraction, out: Path, settings: dict, dim: int):
         def plan():
             rows = torch.from_numpy(np.concatenate(every).astype(np.float32))
             omega, shift, planned = sketch.plan_test_matrix(
-                rows, energy=opts.sketch_energy, standardize=False, l2_normalize=False,
+                rows, energy=opts.sketch_energy, standardize=False,
                 sketch_size=opts.sketch_size, max_size=min(dim, len(pool)), seed=opts.sketch_seed,
                 every_row=len(pool) <= opts.sketch_pilot_rows)
-            sketch.write_plan(out, omega, shift, {"plan": planned, "l2_normalize": False, "settings": asked})
+            sketch.write_plan(out, omega, shift, {"plan": planned, "settings": asked})
         comm.together(plan, main_only=True)
     omega, shift, info = comm.on_rank0(lambda: _read_own_plan(out, asked))
     digest = sketch.plan_digest(omega, shift)
     writer = StoreWriter(out / sketch.SKETCH_ROWS, int(omega.shape[1]), "float32",
                          settings={**settings, "sketch_plan": digest}, resume=opts.resume, comm=comm)
     holdout = sketch.holdout_rows(len(pool), opts.sketch_pilot_rows, opts.sketch_seed)
-    sink = sketch.SketchSink(writer, omega, shift, sketch.plan_scale(info), False, extraction.device,
+    sink = sketch.SketchSink(writer, omega, shift, sketch.plan_scale(info), extraction.device,
                              {pool.ids[p] for p in holdout}, opts.kernel_backend)
     return writer, sink, replay, replay_positions, digest
 

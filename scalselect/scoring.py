@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import kernels
+from . import kernels, options
 from .distributed import Comm
 from .eigen import TopEigen, top_eigenpairs
 from .errors import InputError
@@ -171,8 +171,11 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     data: numpy array / memmap / torch tensor (N x D), a `.npy` file, the reference's
     `all_representations.npz`, or a store directory (see scalselect.store).
     energy: share of the centred matrix's energy the kept subspace must hold (0 < energy <= 1).
-    standardize: divide each centred column by its standard deviation (ddof 0) first.
-    l2_normalize: scale each row to unit length before centring.
+    The rows are prepared as the reference implementation's flags say, in its order: centre
+    each column; with standardize, divide it by its standard deviation (ddof 0; a constant
+    column stays 0); with l2_normalize, scale each row to unit length and decompose that
+    matrix as it is (it is not centred again). l2_normalize needs the column moments before
+    the rows are prepared: an extra pass over them, in the exact engine only.
     comm: with more than one process (torchrun; see scalselect.distributed) `data` must be a
     store directory, every rank must call this with the same arguments, and each scores only
     its share of the shards: the result's `scores` and `sample_ids` are that rank's rows (k,
@@ -200,6 +203,8 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     if sketched and method == "exact":
         raise InputError(f"{data} holds a sketch (run --no-store), not the vectors the exact engine "
                          "needs; score it with --method sketch or auto")
+    if l2_normalize and sketched:
+        raise InputError(options.sketch_without_l2(f"{data}, a sketch store (run --no-store),"))
     if comm.active:
         part = _open_part(rows, sample_ids, comm)
         src, n, d, shards = part.src, part.num_rows, part.dim, part.shards
@@ -228,12 +233,13 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     found = None
     if sketched:
         found = sketch.score_store(Path(data), plan, src, entries, dev, comm=comm, energy=energy, standardize=standardize,
-                                   l2_normalize=l2_normalize, sketch_size=sketch_size, backend=backend,
+                                   sketch_size=sketch_size, backend=backend,
                                    chunk_rows=chunk_rows, timings=timings, details=details)
+    elif method == "auto" and l2_normalize:
+        details["auto_choice"] = "exact: l2_normalize needs the column moments before the pass"
     elif method == "sketch" or (method == "auto" and sketch.may_pay(n, d)):
-        found = sketch.sketch_side(src, dev, energy, chunk_rows, standardize=standardize,
-                                   l2_normalize=l2_normalize, backend=backend, progress=progress and comm.is_main,
-                                   timings=timings, comm=comm, dim=d, num_rows=n,
+        found = sketch.sketch_side(src, dev, energy, chunk_rows, standardize=standardize, backend=backend,
+                                   progress=progress and comm.is_main, timings=timings, comm=comm, dim=d, num_rows=n,
                                    positions=part.positions if comm.active else np.arange(n),
                                    pilot_source=lambda: read_store(data) if comm.active else src,
                                    sketch_size=sketch_size, seed=seed, pilot_rows=pilot_rows,
@@ -348,16 +354,17 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
     t0 = time.perf_counter()
     zero = torch.zeros(d, dtype=torch.float64, device=dev)
     left_out: list[int] = []  # this rank's rows with a NaN or inf
+    passes = 3 if l2_normalize else 2
 
-    def prep(chunk, shift, inv=None, start=None):
+    def prep(chunk, shift, inv=None, start=None, l2=False):
         """gram_prep of the chunk's finite rows (noting the others when start is given)."""
-        centred, sums = kernels.gram_prep(chunk, shift, inv, l2_normalize, backend=backend)
+        centred, sums = kernels.gram_prep(chunk, shift, inv, l2, backend=backend)
         good = _finite_rows(sums, chunk)
         if good is None:
             return centred, sums
         if start is not None:
             left_out.extend((torch.nonzero(~good).flatten() + start).tolist())
-        return kernels.gram_prep(chunk[good], shift, inv, l2_normalize, backend=backend)
+        return kernels.gram_prep(chunk[good], shift, inv, l2, backend=backend)
 
     def head():  # an early mean estimate keeps the shifted sums small; the rows' magnitude
         if not reads_head:
@@ -366,9 +373,8 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
             chunk = chunk.to(dev, non_blocking=True)
             centred, sums = prep(chunk, zero)
             if centred.shape[0]:  # a chunk of NaN rows only: the next one
-                finite = chunk[torch.isfinite(chunk).all(dim=1)]
-                rows = kernels.twins.centre_rows(finite, zero, None, l2_normalize)
-                return sums, centred.shape[0], _head_magnitude(rows)
+                finite = chunk[torch.isfinite(chunk).all(dim=1)].to(torch.float64)
+                return sums, centred.shape[0], _head_magnitude(finite)
         return zero, 0, 0.0
 
     head_sums, head_rows, magnitude = comm.together(head)
@@ -378,13 +384,19 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
     shift = head_sums / head_rows if head_rows > 0 else zero
     scale = value_scale(magnitude)  # rows are multiplied by it before their float32 products
     inv = None if scale == 1 else torch.full((d,), scale, dtype=torch.float64, device=dev)
+    if l2_normalize:  # rows are centred (and standardised) before their unit scaling: moments first
+        shift, inv = _column_moments(src, shift, inv, scale, standardize, chunk_rows=chunk_rows, dev=dev,
+                                     backend=backend, comm=comm, left_out=left_out,
+                                     bar=lambda: _progress(n_local, f"pass 1/{passes} (column moments)", progress))
     gram = torch.zeros(d, d, dtype=torch.float64, device=dev)
     colsum = torch.zeros(d, dtype=torch.float64, device=dev)
 
     def pass1():
-        with _progress(n_local, "pass 1/2 (Gram)", progress) as bar:
+        with _progress(n_local, f"pass {passes - 1}/{passes} (Gram)", progress) as bar:
             for start, chunk in src.chunks(chunk_rows):
-                centred, sums = prep(chunk.to(dev, non_blocking=True), shift, inv, start)
+                # the moments pass noted the rows it left out
+                centred, sums = prep(chunk.to(dev, non_blocking=True), shift, inv,
+                                     None if l2_normalize else start, l2_normalize)
                 add_gram(gram, centred)
                 colsum.add_(sums)
                 bar.update(chunk.shape[0])
@@ -400,7 +412,10 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
     gram = mirror_lower(gram)
 
     def finish():
-        cov, mean, inv_scale, total = _centred_gram(gram, colsum, shift, n, standardize, scale)
+        if l2_normalize:  # unit rows, decomposed as they are
+            cov, mean, inv_scale, total = gram, shift, inv, float(gram.trace())
+        else:
+            cov, mean, inv_scale, total = _centred_gram(gram, colsum, shift, n, standardize, scale)
         timings["gram_pass"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         eig = top_eigenpairs(cov, energy, total, method=eig_method, rank_tol=_RANK_TOL["gram"])
@@ -419,7 +434,7 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
     scores = np.empty(n_local, dtype=np.float64)
 
     def pass2():
-        with _progress(n_local, "pass 2/2 (scores)", progress) as bar:
+        with _progress(n_local, f"pass {passes}/{passes} (scores)", progress) as bar:
             for start, chunk in src.chunks(chunk_rows):
                 chunk = chunk.to(dev, non_blocking=True)
                 part = kernels.projected_sqnorm(chunk, mean, inv_scale, l2_normalize, w, backend=backend)
@@ -428,8 +443,47 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
 
     comm.together(pass2)
     timings["score_pass"] = time.perf_counter() - t0
-    # energies are those of the rows multiplied by `scale` (standardised rows have no units)
-    return scores, total, eig.values, eig.method, left_out, 1.0 if standardize else scale
+    # energies are those of the rows multiplied by `scale` (standardised or unit rows have no units)
+    return scores, total, eig.values, eig.method, left_out, 1.0 if standardize or l2_normalize else scale
+
+
+def _column_moments(src: RowSource, shift, inv, scale: float, standardize: bool, *, chunk_rows, dev, backend,
+                    comm: Comm, left_out: list, bar):
+    """A pass for the column means (and, with standardize, 1 / std): the shift and column scale
+    that centre (and standardise) the rows, still multiplied by `scale`. Notes the rows with a
+    NaN or inf in left_out."""
+    d = shift.shape[0]
+    sums = torch.zeros(d, dtype=torch.float64, device=dev)
+    squares = torch.zeros(d, dtype=torch.float64, device=dev)
+
+    def one_pass():
+        with bar() as progress:
+            for start, chunk in src.chunks(chunk_rows):
+                chunk = chunk.to(dev, non_blocking=True)
+                _, part, part_sq = kernels.sketch_prep(chunk, shift, inv, False, backend=backend)
+                good = _finite_rows(part, chunk)
+                if good is not None:
+                    left_out.extend((torch.nonzero(~good).flatten() + start).tolist())
+                    _, part, part_sq = kernels.sketch_prep(chunk[good], shift, inv, False, backend=backend)
+                sums.add_(part)
+                squares.add_(part_sq)
+                progress.update(chunk.shape[0])
+
+    comm.together(one_pass)
+    n = src.num_rows - len(left_out)
+    if comm.active:
+        both = comm.all_reduce_sum(torch.cat([sums, squares, sums.new_tensor([n])]))
+        sums, squares, n = both[:d], both[d:2 * d], int(both[2 * d])
+    if n == 0:
+        raise InputError("every row holds a NaN or inf: there is nothing to score")
+    delta = sums / n
+    var = (squares / n - delta * delta).clamp_min(0)   # of the rows multiplied by scale
+    raw_second = var + (shift * scale + delta) ** 2      # mean(x_j^2), in the same units
+    _check_spread(n * float(var.sum()), n * float(raw_second.sum()), n)
+    mean = shift + delta / scale
+    if standardize:
+        inv = _inv_std(var, raw_second) * scale
+    return mean, inv
 
 
 def _centred_gram(gram: torch.Tensor, colsum: torch.Tensor, shift: torch.Tensor, n: int, standardize: bool,
@@ -468,7 +522,6 @@ def _kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_nor
     """N < D: centre the (small) matrix in memory and take the N x N side. Distributed: every
     rank sends its finite rows to rank 0, which scores them all and sends each rank its own."""
     t0 = time.perf_counter()
-    zero = torch.zeros(dim, dtype=torch.float64, device=dev)
 
     def load():  # this rank's finite rows, and which rows were left out
         chunks = [chunk for _, chunk in src.chunks(chunk_rows)]
@@ -480,8 +533,8 @@ def _kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_nor
         x = torch.cat([part.to(dev, torch.float64) for part in parts])
         if x.shape[0] == 0:
             raise InputError("every row holds a NaN or inf: there is nothing to score")
-        rows = kernels.twins.centre_rows(x, zero, None, l2_normalize)
-        scores, total, values, method, scale = _kernel_solve(rows, energy, standardize, eig_method, timings, t0)
+        scores, total, values, method, scale = _kernel_solve(x, energy, standardize, l2_normalize, eig_method,
+                                                             timings, t0)
         splits = np.cumsum([int(part.shape[0]) for part in parts])[:-1]
         return np.split(scores.cpu().numpy(), splits), total, values.cpu(), method, scale
 
@@ -495,8 +548,8 @@ def _kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_nor
     return scores, total, values.to(dev), method, left_out, scale
 
 
-def _kernel_solve(rows: torch.Tensor, energy, standardize, eig_method, timings, t0):
-    """Scores of the rows (float64, already l2-normalised if asked) on the N x N side."""
+def _kernel_solve(rows: torch.Tensor, energy, standardize, l2_normalize, eig_method, timings, t0):
+    """Scores of the rows (float64) on the N x N side."""
     n = rows.shape[0]
     scale = value_scale(_head_magnitude(rows))
     rows = rows * scale
@@ -506,6 +559,8 @@ def _kernel_solve(rows: torch.Tensor, energy, standardize, eig_method, timings, 
     _check_spread(n * float(var.sum()), n * float(raw_second.sum()), n)
     if standardize:
         rows = rows * _inv_std(var, raw_second)
+    if l2_normalize:  # unit rows, not centred again
+        rows = kernels.twins.centre_rows(rows, torch.zeros_like(var), None, True)
     kernel = rows @ rows.T
     kernel = (kernel + kernel.T) / 2
     total = float(kernel.trace())
@@ -514,4 +569,4 @@ def _kernel_solve(rows: torch.Tensor, energy, standardize, eig_method, timings, 
     eig = top_eigenpairs(kernel, energy, total, method=eig_method, rank_tol=_RANK_TOL["kernel"])
     timings["eigen"] = time.perf_counter() - t0
     scores = (eig.vectors ** 2).sum(dim=1)  # rows of U_k: the left singular vectors
-    return scores, total, eig.values, eig.method, 1.0 if standardize else scale
+    return scores, total, eig.values, eig.method, 1.0 if standardize or l2_normalize else scale

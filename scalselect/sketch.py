@@ -92,16 +92,15 @@ class Sketch:
     def size(self) -> int:
         return int(self.omega.shape[1])
 
-    def update(self, chunk: torch.Tensor, l2_normalize: bool, backend: str = "auto"):
+    def update(self, chunk: torch.Tensor, backend: str = "auto"):
         """Add a chunk's finite rows (the chunk is on the sketch's device). Returns their y rows
         (float32) and a mask of the finite rows (None when all are). The elementwise part is
         the native prep kernel; the products are GEMMs."""
         inv = None if self.scale == 1 else torch.full_like(self.shift, self.scale)
-        centred, sums, squares = kernels.sketch_prep(chunk, self.shift, inv, l2_normalize, backend=backend)
+        centred, sums, squares = kernels.sketch_prep(chunk, self.shift, inv, False, backend=backend)
         good = _finite_rows(sums, chunk)  # a NaN or inf shows in the sums: free to check
         if good is not None:
-            centred, sums, squares = kernels.sketch_prep(chunk[good], self.shift, inv, l2_normalize,
-                                                         backend=backend)
+            centred, sums, squares = kernels.sketch_prep(chunk[good], self.shift, inv, False, backend=backend)
         y = centred @ self.omega
         self.rows += centred.shape[0]
         self.colsum += sums
@@ -152,7 +151,7 @@ def holdout_rows(num_rows: int, pilot_rows: int, seed: int) -> np.ndarray:
     return spare[sample_rows(len(spare), HOLDOUT_ROWS, seed + 1)]
 
 
-def plan_test_matrix(pilot: torch.Tensor, *, energy: float, standardize: bool, l2_normalize: bool,
+def plan_test_matrix(pilot: torch.Tensor, *, energy: float, standardize: bool,
                      sketch_size: int | None, max_size: int, seed: int,
                      every_row: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(Omega, shift, plan) from the pilot's finite rows (CPU). The centred pilot H (p x D)
@@ -162,7 +161,7 @@ def plan_test_matrix(pilot: torch.Tensor, *, energy: float, standardize: bool, l
     if pilot.shape[0] < 2:
         raise InputError(f"fewer than 2 rows of the pilot sample are finite (no NaN or inf): there is "
                          "nothing to plan a sketch from; use --method exact")
-    h = kernels.twins.centre_rows(pilot, torch.zeros(pilot.shape[1], dtype=torch.float64), None, l2_normalize)
+    h = pilot.to(torch.float64)
     shift = h.mean(dim=0)
     scale = value_scale(_head_magnitude(h))  # the pass multiplies its shifted rows by it
     h = (h - shift) * scale
@@ -237,12 +236,11 @@ def solve(sketch: Sketch, energy: float, standardize: bool) -> SketchSolution:
                           (ytx.T @ w) / values[:k], info, 1.0 if standardize else scale)
 
 
-def holdout_errors(solution: SketchSolution, rows: torch.Tensor, ys: torch.Tensor,
-                   l2_normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+def holdout_errors(solution: SketchSolution, rows: torch.Tensor, ys: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(sketch scores, direct scores) of the holdout rows: through their y rows, and from their
     whole vectors with the right singular directions of P_Y A_c."""
     through_y = kernels.twins.projected_sqnorm(ys, solution.ymean, None, False, solution.w)
-    whole = kernels.twins.centre_rows(rows, solution.mean, solution.inv_scale, l2_normalize)
+    whole = kernels.twins.centre_rows(rows, solution.mean, solution.inv_scale, False)
     direct = (whole @ solution.direct).pow(2).sum(dim=1)
     return through_y.cpu().numpy(), direct.cpu().numpy()
 
@@ -297,7 +295,7 @@ def may_pay(n: int, d: int) -> bool:
     return n >= d and 2 * costs(n, d, 0, 0)["sketch"] < costs(n, d, 0, 0)["exact"]
 
 
-def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normalize, backend,
+def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, backend,
                 progress, timings, comm: Comm, dim: int, num_rows: int, positions: np.ndarray,
                 pilot_source, sketch_size: int | None, seed: int, pilot_rows: int, auto: bool, details: dict):
     """Scores of this rank's rows from one pass, as scoring's sides return them. With `auto`,
@@ -308,8 +306,8 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norm
 
     def plan():
         pilot = pilot_source().take(sample_rows(num_rows, pilot_rows, seed))
-        return plan_test_matrix(pilot, energy=energy, standardize=standardize, l2_normalize=l2_normalize,
-                                sketch_size=sketch_size, max_size=min(dim, num_rows), seed=seed,
+        return plan_test_matrix(pilot, energy=energy, standardize=standardize, sketch_size=sketch_size,
+                                max_size=min(dim, num_rows), seed=seed,
                                 every_row=num_rows <= pilot_rows)
 
     omega, shift, planned = comm.broadcast_object(comm.together(plan, main_only=True)) if comm.active else plan()
@@ -338,7 +336,7 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norm
             for start, chunk in src.chunks(chunk_rows):
                 mine = holdout[(holdout >= start) & (holdout < start + len(chunk))] - start
                 held.append(chunk[torch.from_numpy(mine)])
-                y, good = sketch.update(chunk.to(dev, non_blocking=True), l2_normalize, backend)
+                y, good = sketch.update(chunk.to(dev, non_blocking=True), backend)
                 if good is None:
                     ys[start:start + len(y)] = y.cpu()
                 else:
@@ -351,7 +349,7 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norm
     timings["sketch_pass"] = time.perf_counter() - t0
     rows = torch.cat(held) if held else torch.zeros(0, dim)
     y_chunks = ((lo, ys[lo:lo + chunk_rows]) for lo in range(0, src.num_rows, chunk_rows))
-    scores, found = finish(sketch, comm, energy=energy, standardize=standardize, l2_normalize=l2_normalize,
+    scores, found = finish(sketch, comm, energy=energy, standardize=standardize,
                            held=(rows, ys[torch.from_numpy(holdout)]), y_chunks=y_chunks,
                            num_local=src.num_rows, dev=dev, backend=backend, timings=timings, details=details)
     return scores, found.total, found.values, "sketch", left_out, found.value_scale
@@ -373,7 +371,7 @@ def _y_rows(rows: int, width: int) -> torch.Tensor:
         return torch.from_numpy(np.memmap(f, dtype=np.float32, mode="r+", shape=(rows, width)))
 
 
-def finish(sketch: Sketch, comm: Comm, *, energy, standardize, l2_normalize, held, y_chunks, num_local,
+def finish(sketch: Sketch, comm: Comm, *, energy, standardize, held, y_chunks, num_local,
            dev, backend, timings, details) -> tuple[np.ndarray, SketchSolution]:
     """After the pass: every rank's sums together, rank 0's solve for all, the holdout's error
     estimate (every rank's holdout), and this rank's scores from its y rows.
@@ -392,7 +390,7 @@ def finish(sketch: Sketch, comm: Comm, *, energy, standardize, l2_normalize, hel
     found = comm.broadcast_object(found) if comm.active else found
     rows, ys = held
     finite = torch.isfinite(rows).all(dim=1)
-    pairs = comm.together(lambda: holdout_errors(found, rows[finite].to(torch.float64), ys[finite], l2_normalize))
+    pairs = comm.together(lambda: holdout_errors(found, rows[finite].to(torch.float64), ys[finite]))
     if comm.active:
         every = comm.all_gather_objects(pairs)
         pairs = tuple(np.concatenate([p[i] for p in every]) for i in range(2))
@@ -465,9 +463,9 @@ class SketchSink:
     """Takes an extraction's parts in place of a store writer: each part is sketched and its y
     rows, its own sums and its holdout rows are committed together (`StoreWriter.add`)."""
 
-    def __init__(self, writer, omega: torch.Tensor, shift: torch.Tensor, scale: float, l2_normalize: bool,
-                 device, holdout_ids: set, backend: str = "auto"):
-        self.writer, self.l2_normalize, self.backend = writer, l2_normalize, backend
+    def __init__(self, writer, omega: torch.Tensor, shift: torch.Tensor, scale: float, device,
+                 holdout_ids: set, backend: str = "auto"):
+        self.writer, self.backend = writer, backend
         self.omega, self.shift, self.scale = omega.to(device), shift, scale
         self.dim = int(omega.shape[0])  # the width of the vectors it takes
         self.holdout_ids = holdout_ids
@@ -475,7 +473,7 @@ class SketchSink:
     def add(self, vectors: np.ndarray, ids, skipped=()) -> None:
         part = Sketch.start(self.omega, self.shift, self.scale)  # this part's sums only
         x = torch.from_numpy(np.ascontiguousarray(vectors))
-        y, good = part.update(x.to(self.omega.device), self.l2_normalize, self.backend)
+        y, good = part.update(x.to(self.omega.device), self.backend)
         if good is not None:
             raise InputError("a vector to sketch is not finite")  # the extraction refuses these first
         held = np.array([i for i, sample_id in enumerate(ids) if sample_id in self.holdout_ids], np.int64)
@@ -485,7 +483,7 @@ class SketchSink:
 
 
 def score_store(path: Path, plan: tuple, src: RowSource, shard_entries: list, dev, *, comm: Comm, energy,
-                standardize, l2_normalize, sketch_size, backend, chunk_rows, timings, details):
+                standardize, sketch_size, backend, chunk_rows, timings, details):
     """Scores of a sketch store's rows (this rank's shards: `src` and their manifest entries);
     plan: its `read_plan`."""
     t0 = time.perf_counter()
@@ -493,9 +491,6 @@ def score_store(path: Path, plan: tuple, src: RowSource, shard_entries: list, de
 
     def gather():  # the plan, checked, and this rank's parts' sums and holdout
         omega, shift, info = plan
-        if bool(info.get("l2_normalize")) != bool(l2_normalize):
-            raise InputError(f"{path}: this sketch was made with l2_normalize={bool(info.get('l2_normalize'))}; "
-                             "it cannot be scored with another (only --energy and --standardize may change)")
         if sketch_size is not None and sketch_size != omega.shape[1]:
             raise InputError(f"{path}: this sketch has size {omega.shape[1]}; it cannot be scored with another")
         if read_manifest(rows).get("meta", {}).get("sketch_plan") != plan_digest(omega, shift):
@@ -515,7 +510,7 @@ def score_store(path: Path, plan: tuple, src: RowSource, shard_entries: list, de
     sketch, info, held = comm.together(gather)
     details.update(info.get("plan", {}))
     timings["sketch_sums"] = time.perf_counter() - t0
-    scores, found = finish(sketch, comm, energy=energy, standardize=standardize, l2_normalize=l2_normalize,
+    scores, found = finish(sketch, comm, energy=energy, standardize=standardize,
                            held=held, y_chunks=src.chunks(chunk_rows), num_local=src.num_rows, dev=dev,
                            backend=backend, timings=timings, details=details)
     return scores, found.total, found.values, "sketch", [], found.value_scale

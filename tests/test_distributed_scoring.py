@@ -157,7 +157,8 @@ def test_world_of_two_matches_one_process(stores, tmp_path):
              ("wide", {"standardize": True, "l2_normalize": True}),
              # the sketch: rank 0 plans it from the whole store; each rank sketches its shards
              ("seven", {"method": "sketch"}), ("seven", {"method": "sketch", "standardize": True}),
-             ("late_head", {"method": "sketch", "sketch_size": 20, "l2_normalize": True})]
+             ("late_head", {"method": "sketch", "sketch_size": 20, "standardize": True}),
+             ("late_head", {"method": "exact", "standardize": True, "l2_normalize": True})]
     jobs = [job(stores[name], tmp_path / f"out{i}.json", **opts) for i, (name, opts) in enumerate(cases)]
     proc, _ = launch(tmp_path, 2, jobs, "two")
     assert proc.returncode == 0, proc.stderr[-3000:]

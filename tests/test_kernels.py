@@ -7,7 +7,7 @@ import torch
 
 from scalselect import kernels
 from scalselect.kernels import twins
-from tolerances import reordered_projection, reordered_sum, same_rounding
+from tolerances import reordered_projection, reordered_sum, same_rounding, summed
 
 SHAPES = [(0, 5), (1, 1), (1, 7), (3, 300), (17, 33), (100, 257), (1000, 64)]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -80,11 +80,15 @@ def test_kernels_read_strided_rows_and_convert_other_dtypes():
                                twins.gram_prep(ints.float(), shift, None, False)[1])
 
 
-def test_zero_rows_stay_zero_under_l2_normalisation():
-    x, shift, _ = _inputs(6, 10, torch.float32, seed=5)
-    x[2] = 0
-    got, _ = kernels.gram_prep(x, shift, None, True, backend="native")
-    torch.testing.assert_close(got[2], (-shift).float())
+def test_rows_at_the_shift_stay_zero_under_l2_normalisation():
+    """A row equal to the shift is 0 once shifted, and 0 has no direction to scale to unit length."""
+    x, _, inv = _inputs(6, 10, torch.float32, seed=5)
+    shift = x[2].double()
+    for scale in (None, inv):
+        got, _ = kernels.gram_prep(x, shift, scale, True, backend="native")
+        assert torch.equal(got[2], torch.zeros(10))
+        others = torch.linalg.vector_norm(got[[0, 1, 3, 4, 5]].double(), dim=1)
+        torch.testing.assert_close(others, torch.ones(5, dtype=torch.float64), rtol=2 * summed(10), atol=0)
 
 
 def test_bad_arguments_are_refused_before_the_native_call():

@@ -39,13 +39,13 @@ def quiet_sketch(x, **options):
         return leverage_scores(x, method="sketch", device="cpu", **options)
 
 
-@pytest.mark.parametrize("options", [{}, {"standardize": True}, {"l2_normalize": True},
-                                     {"standardize": True, "l2_normalize": True, "chunk_rows": 97}])
+@pytest.mark.parametrize("options", [{}, {"standardize": True}, {"chunk_rows": 97},
+                                     {"standardize": True, "chunk_rows": 97}])
 def test_a_sketch_that_spans_every_column_gives_the_exact_scores(options):
     """With l = D the sketch's range is the whole column space: P_Y A_c = A_c, so only rounding
     separates it from the exact engine. This checks the centring (and scaling) algebra."""
     x = decaying(3000, 40, seed=1, kind="slow")
-    ref = reference(x, standardize=options.get("standardize", False), l2_normalize=options.get("l2_normalize", False))
+    ref = reference(x, standardize=options.get("standardize", False))
     got = quiet_sketch(x, sketch_size=40, **options)
     assert got.method == "sketch" and got.side == "sketch" and got.k == ref.k
     tol = sketch_tolerance(ref, chunk_rows=got.settings["chunk_rows"])
@@ -124,7 +124,7 @@ def test_k_stays_within_the_resolved_directions_at_energy_one():
 def test_sums_do_not_depend_on_chunking_or_backend():
     """Sketch.update over chunks of 1, 7 and all rows, native and twin, equals the float64 sums."""
     x = decaying(300, 33, seed=7, kind="pow1")
-    omega, shift, _ = plan_test_matrix(x[:100].double(), energy=0.9, standardize=False, l2_normalize=False,
+    omega, shift, _ = plan_test_matrix(x[:100].double(), energy=0.9, standardize=False,
                                        sketch_size=12, max_size=33, seed=0)
     xs = x.double() - shift
     y = (xs.float() @ omega).double()
@@ -141,7 +141,7 @@ def test_sums_do_not_depend_on_chunking_or_backend():
     for backend in ("native", "torch"):
         for size in (1, 7, 300):
             sk = Sketch.start(omega, shift)
-            ys = torch.cat([sk.update(x[lo:lo + size], False, backend)[0] for lo in range(0, 300, size)])
+            ys = torch.cat([sk.update(x[lo:lo + size], backend)[0] for lo in range(0, 300, size)])
             assert torch.all((ys.double() - y).abs() <= dy), (backend, size)
             for name, value in want.items():
                 assert torch.all((getattr(sk, name) - value).abs() <= allowed[name]), (backend, size, name)

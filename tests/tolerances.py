@@ -39,16 +39,18 @@ def summed(m: int, u: float = U32) -> float:
 
 @dataclass
 class Reference:
-    """The method in float64 (centre, optionally standardise / scale rows, thin SVD)."""
+    """The method in float64: centre, optionally standardise, optionally scale rows to unit
+    length (not centred again), thin SVD; the reference implementation's order."""
     scores: np.ndarray
     k: int
     singular_values: np.ndarray   # the top k
-    rows: np.ndarray              # the matrix whose SVD it is (centred, scaled as asked)
-    pre: np.ndarray               # the rows before centring (l2-normalised if asked)
-    col_scale: np.ndarray         # the standardisation's 1 / std per column (ones without)
+    rows: np.ndarray              # the matrix whose SVD it is
+    pre: np.ndarray               # the rows as the engine's float32 products take them, before its shift
+    col_scale: np.ndarray         # the column scale applied to pre after the shift (ones without)
     energy: float
     left: np.ndarray              # U_k
     right: np.ndarray             # V_k
+    shifted: bool = True          # the engine shifts pre by an early mean (else pre is final: unit rows)
 
 
 def reference(x, energy: float = 0.9, standardize: bool = False, l2_normalize: bool = False,
@@ -56,18 +58,21 @@ def reference(x, energy: float = 0.9, standardize: bool = False, l2_normalize: b
     """ScalSelect's scores as the method defines them, in float64; k given: that many directions
     (energy 1 on a rank-deficient matrix, where the float64 sums decide k by their last bit)."""
     x = np.asarray(x, dtype=np.float64)
-    if l2_normalize:
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
     xc = x - x.mean(axis=0)
     col_scale = np.ones(x.shape[1])
     if standardize:
         std = xc.std(axis=0)
         col_scale = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
         xc = xc * col_scale
+    pre, shifted = x, True
+    if l2_normalize:
+        norms = np.linalg.norm(xc, axis=1, keepdims=True)
+        xc = np.divide(xc, norms, out=np.zeros_like(xc), where=norms > 0)
+        pre, col_scale, shifted = xc, np.ones(x.shape[1]), False
     u, s, vt = np.linalg.svd(xc, full_matrices=False)
     k = _rank(s ** 2, energy) if k is None else k
-    return Reference((u[:, :k] ** 2).sum(axis=1), k, s[:k], xc, x, col_scale, energy, u[:, :k], vt[:k].T)
+    return Reference((u[:, :k] ** 2).sum(axis=1), k, s[:k], xc, pre, col_scale, energy, u[:, :k], vt[:k].T,
+                     shifted)
 
 
 def _rank(values: np.ndarray, energy: float) -> int:
@@ -95,7 +100,7 @@ def engine_tolerance(ref: Reference, *, side: str, chunk_rows: int, eig_method: 
     else:
         m = min(chunk_rows, n)
         head = min(HEAD_ROWS, m)
-        shifted = np.abs((ref.pre - ref.pre[:head].mean(axis=0)) * ref.col_scale)
+        shifted = np.abs((ref.pre - ref.pre[:head].mean(axis=0)) * ref.col_scale) if ref.shifted else np.abs(ref.pre)
         gram_scale = np.sqrt(m) * U32
         magnitude = shifted.T @ shifted
     top = ref.singular_values[0] ** 2

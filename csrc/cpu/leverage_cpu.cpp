@@ -46,19 +46,19 @@ void read_row(const void* x, DType dtype, int64_t i, int64_t d, int64_t row_stri
   }
 }
 
-// c = ((x / ||x||) - shift) * inv_scale in place, see kernels.h.
+// c = (x - shift) * inv_scale, then scaled to unit length if l2_normalize, in place (kernels.h).
 void centre_row(double* row, int64_t d, bool l2_normalize, const double* shift,
                 const double* inv_scale) {
-  double norm_inv = 1.0;
+  if (inv_scale) {
+    for (int64_t j = 0; j < d; ++j) row[j] = (row[j] - shift[j]) * inv_scale[j];
+  } else {
+    for (int64_t j = 0; j < d; ++j) row[j] -= shift[j];
+  }
   if (l2_normalize) {
     double ss = 0.0;
     for (int64_t j = 0; j < d; ++j) ss += row[j] * row[j];
-    norm_inv = ss > 0.0 ? 1.0 / std::sqrt(ss) : 0.0;
-  }
-  if (inv_scale) {
-    for (int64_t j = 0; j < d; ++j) row[j] = (row[j] * norm_inv - shift[j]) * inv_scale[j];
-  } else {
-    for (int64_t j = 0; j < d; ++j) row[j] = row[j] * norm_inv - shift[j];
+    const double norm_inv = ss > 0.0 ? 1.0 / std::sqrt(ss) : 0.0;
+    for (int64_t j = 0; j < d; ++j) row[j] *= norm_inv;
   }
 }
 

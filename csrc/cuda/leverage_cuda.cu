@@ -25,15 +25,23 @@ __device__ double block_sum(double v, double* scratch) {
   return v;
 }
 
-// One block per row: 1 / ||x_i||, or 0 for a zero row.
+__device__ __forceinline__ double shifted(const void* x, DType dtype, int64_t i, int64_t j,
+                                          int64_t row_stride, const double* shift,
+                                          const double* inv_scale) {
+  const double v = load_as<double>(x, dtype, i * row_stride + j) - shift[j];
+  return inv_scale ? v * inv_scale[j] : v;
+}
+
+// One block per row: 1 / ||(x_i - shift) * inv_scale||, or 0 for a zero row.
 __global__ void row_inv_norm_kernel(const void* x, DType dtype, int64_t n, int64_t d,
-                                    int64_t row_stride, double* inv_norm) {
+                                    int64_t row_stride, const double* shift,
+                                    const double* inv_scale, double* inv_norm) {
   __shared__ double scratch[32];
   const int64_t i = blockIdx.x;
   if (i >= n) return;
   double ss = 0.0;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-    const double v = load_as<double>(x, dtype, i * row_stride + j);
+    const double v = shifted(x, dtype, i, j, row_stride, shift, inv_scale);
     ss += v * v;
   }
   ss = block_sum(ss, scratch);
@@ -43,8 +51,8 @@ __global__ void row_inv_norm_kernel(const void* x, DType dtype, int64_t n, int64
 __device__ __forceinline__ double centred(const void* x, DType dtype, int64_t i, int64_t j,
                                           int64_t row_stride, const double* inv_norm,
                                           const double* shift, const double* inv_scale) {
-  double v = load_as<double>(x, dtype, i * row_stride + j) * (inv_norm ? inv_norm[i] : 1.0) - shift[j];
-  return inv_scale ? v * inv_scale[j] : v;
+  const double v = shifted(x, dtype, i, j, row_stride, shift, inv_scale);
+  return inv_norm ? v * inv_norm[i] : v;
 }
 
 // Grid: (column tiles of kThreads, row slabs). Each thread walks its column down its slab.
@@ -111,17 +119,18 @@ __global__ void projected_sqnorm_kernel(const void* x, DType dtype, int64_t n, i
   }
 }
 
-// Device buffer of n inverse row norms when rows are L2-normalised (else null: scale 1),
-// freed in stream order when the call returns.
+// Device buffer of n inverse norms of the shifted, scaled rows when they are L2-normalised
+// (else null: scale 1), freed in stream order when the call returns.
 struct InvNorms {
   cudaStream_t stream;
   double* ptr = nullptr;
   InvNorms(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
-           bool l2_normalize, cudaStream_t s)
+           bool l2_normalize, const double* shift, const double* inv_scale, cudaStream_t s)
       : stream(s) {
     if (!l2_normalize) return;
     check(cudaMallocAsync(&ptr, sizeof(double) * size_t(n), s), "cudaMallocAsync");
-    row_inv_norm_kernel<<<unsigned(n), kThreads, 0, s>>>(x, dtype, n, d, row_stride, ptr);
+    row_inv_norm_kernel<<<unsigned(n), kThreads, 0, s>>>(x, dtype, n, d, row_stride, shift,
+                                                         inv_scale, ptr);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) {
       cudaFreeAsync(ptr, s);  // the destructor does not run when the constructor throws
@@ -140,7 +149,7 @@ void gram_prep_cuda(const void* x, DType dtype, int64_t n, int64_t d, int64_t ro
                     float* out, double* colsum, double* colsumsq, std::uintptr_t stream) {
   if (n <= 0 || d <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
-  InvNorms norms(x, dtype, n, d, row_stride, l2_normalize, s);
+  InvNorms norms(x, dtype, n, d, row_stride, l2_normalize, shift, inv_scale, s);
   // Rows per slab from the device: enough slabs for about 8 resident blocks of kThreads per SM
   // (a short chunk still fills the GPU), 16 to 64 rows each (longer slabs, fewer colsum
   // atomics), and never more slabs than the grid's y limit allows.
@@ -163,7 +172,7 @@ void projected_sqnorm_cuda(const void* x, DType dtype, int64_t n, int64_t d, int
                            const float* w, int64_t k, double* out, std::uintptr_t stream) {
   if (n <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
-  InvNorms norms(x, dtype, n, d, row_stride, l2_normalize, s);
+  InvNorms norms(x, dtype, n, d, row_stride, l2_normalize, shift, inv_scale, s);
   const unsigned blocks = unsigned((n + kRows - 1) / kRows);
   projected_sqnorm_kernel<<<blocks, kThreads, 0, s>>>(x, dtype, n, d, row_stride, norms.ptr,
                                                       shift, inv_scale, w, k, out);

@@ -11,14 +11,14 @@ import torch
 
 def centre_rows(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None,
                 l2_normalize: bool) -> torch.Tensor:
-    """float64 rows c_i = (x_i / ||x_i|| - shift) * inv_scale (each step optional)."""
-    c = x.to(torch.float64)
+    """float64 rows r_i = (x_i - shift) * inv_scale, then c_i = r_i / ||r_i|| if l2_normalize
+    (a row of norm 0 stays 0)."""
+    c = x.to(torch.float64) - shift
+    if inv_scale is not None:
+        c = c * inv_scale
     if l2_normalize:
         norms = torch.linalg.vector_norm(c, dim=1, keepdim=True)
         c = c * torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
-    c = c - shift
-    if inv_scale is not None:
-        c = c * inv_scale
     return c
 
 

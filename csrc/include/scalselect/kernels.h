@@ -9,8 +9,8 @@ namespace scalselect {
 enum class DType : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
 
 // Row-wise preprocessing shared by both passes, for rows x[i, :] of an n x d matrix:
-//   r_i = x_i / ||x_i||   if l2_normalize (rows of norm 0 stay 0), else x_i
-//   c_i = (r_i - shift) * inv_scale          (inv_scale may be null: no scaling)
+//   r_i = (x_i - shift) * inv_scale          (inv_scale may be null: no scaling)
+//   c_i = r_i / ||r_i||   if l2_normalize (rows of norm 0 stay 0), else r_i
 // all in float64.
 
 // Pass 1 (Gram accumulation) and the sketch update: writes c_i as float32 to out (n x d,
