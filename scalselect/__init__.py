@@ -6,26 +6,44 @@ first-layer representations; this package computes those scores exactly, in line
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from .data import Pool, read_pool, write_subset
 from .errors import InputError
-from .pipeline import ExtractOptions, extract_store
-from .scoring import LeverageResult, leverage_scores
-from .select import parse_budget, read_scores, select_subset, write_scores
-from .store import StoreWriter, load_representations, open_rows, read_skipped, read_store, write_store
 
 try:
     __version__ = _version("scalselect")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
+# The public names, imported when first used: `import scalselect` (and every command that needs
+# neither) then costs no torch or transformers import.
+_HOMES = {
+    "Pool": "data", "read_pool": "data", "write_subset": "data",
+    "ExtractOptions": "pipeline", "extract_store": "pipeline",
+    "LeverageResult": "scoring", "leverage_scores": "scoring",
+    "parse_budget": "select", "read_scores": "select", "select_subset": "select", "write_scores": "select",
+    "StoreWriter": "store", "load_representations": "store", "open_rows": "store", "read_skipped": "store",
+    "read_store": "store", "write_store": "store",
+}
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'scalselect' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))
+
 
 def info() -> dict:
     """Version, compiled backends and CUDA architectures, whether a GPU is usable, and the
     pyarrow that reads Parquet and save_to_disk pools (None: not installed)."""
-    import importlib.metadata
-
     import torch
 
     from .kernels import build_info

@@ -4,7 +4,7 @@
 - scalselect: the highest importance scores;
 - random: a seeded uniform draw;
 - length: the longest conversations (characters of all turns);
-- cluster: k-means on the vectors, an equal share of the budget per cluster, seeded draws
+- cluster: k-means on the vectors (scalselect.vectors), an equal share of the budget per cluster, seeded draws
   inside each.
 
 `--stratify-by` gives each source its share of the eligible samples (or of a share table) and
@@ -18,7 +18,6 @@ import math
 from pathlib import PurePosixPath
 
 import numpy as np
-import torch
 
 from . import options
 from .data.conversations import _turns, image_name
@@ -98,44 +97,3 @@ def conversation_length(record: dict, layout: str) -> int:
         return sum(len(text) for _, text in _turns(record, layout))
     except InputError:
         return 0
-
-
-def kmeans(x: torch.Tensor, k: int, seed: int, iterations: int = 25, chunk: int = 8192) -> np.ndarray:
-    """Cluster labels of the rows of x (float32 on its device): k-means++ seeding from a
-    seeded generator, then Lloyd's iterations until no label changes. An emptied cluster is
-    reseeded with the row farthest from its centre."""
-    n = x.shape[0]
-    k = min(k, n)
-    gen = torch.Generator().manual_seed(seed)
-    sq = x.pow(2).sum(dim=1)
-
-    def distances(centres):  # squared distances to the nearest centre, and its index
-        best = torch.empty(n, device=x.device)
-        label = torch.empty(n, dtype=torch.int64, device=x.device)
-        csq = centres.pow(2).sum(dim=1)
-        for lo in range(0, n, chunk):
-            d = sq[lo:lo + chunk, None] - 2 * x[lo:lo + chunk] @ centres.T + csq
-            best[lo:lo + chunk], label[lo:lo + chunk] = d.min(dim=1)
-        return best.clamp_min(0), label
-
-    centres = x[int(torch.randint(n, (1,), generator=gen))][None]
-    for _ in range(1, k):
-        best, _ = distances(centres)
-        weights = best.cpu().double()
-        pick = int(torch.multinomial(weights / weights.sum(), 1, generator=gen)) if weights.sum() > 0 else \
-            int(torch.randint(n, (1,), generator=gen))
-        centres = torch.cat([centres, x[pick][None]])
-    labels = None
-    for _ in range(iterations):
-        best, new = distances(centres)
-        if labels is not None and torch.equal(new, labels):
-            break
-        labels = new
-        counts = torch.bincount(labels, minlength=k)
-        sums = torch.zeros_like(centres).index_add_(0, labels, x)
-        centres = sums / counts.clamp_min(1)[:, None].to(x.dtype)
-        for empty in torch.nonzero(counts == 0).flatten().tolist():
-            far = int(best.argmax())
-            centres[empty] = x[far]
-            best[far] = 0
-    return labels.cpu().numpy()

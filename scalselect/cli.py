@@ -319,25 +319,21 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_method_args(p: argparse.ArgumentParser) -> None:
-    from .sketch import PILOT_ROWS
-
-    p.add_argument("--method", choices=("auto", "exact", "sketch"), default="auto",
+    p.add_argument("--method", choices=options.SCORE_METHODS, default="auto",
                    help="exact: two passes over the vectors, O(N D^2); sketch: one pass, O(N D l), with an "
                         "error estimate; auto (default): the sketch where it is 2x cheaper and certifies its "
                         "accuracy, else exact")
     p.add_argument("--sketch-size", type=int, default=None,
                    help="columns l of the sketch (default: chosen from a pilot sample's spectrum)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sketch's pilot sample and test matrix (default 0)")
-    p.add_argument("--pilot-rows", type=int, default=PILOT_ROWS,
-                   help=f"rows sampled to plan the sketch: its directions and size (default {PILOT_ROWS})")
+    p.add_argument("--pilot-rows", type=int, default=options.PILOT_ROWS,
+                   help=f"rows sampled to plan the sketch: its directions and size (default {options.PILOT_ROWS})")
 
 
 def _add_dist_timeout(p: argparse.ArgumentParser) -> None:
-    from .distributed import DEFAULT_TIMEOUT_MINUTES
-
-    p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_MINUTES,
+    p.add_argument("--dist-timeout", type=float, default=options.DEFAULT_TIMEOUT_MINUTES,
                    help="under torchrun: minutes a rank waits for the others before failing "
-                        f"(default {DEFAULT_TIMEOUT_MINUTES:g})")
+                        f"(default {options.DEFAULT_TIMEOUT_MINUTES:g})")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -458,7 +454,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .distributed import DEFAULT_TIMEOUT_MINUTES, RankFailure, context
+    from .distributed import RankFailure, context
 
     try:
         args = build_parser().parse_args(argv)
@@ -469,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     try:
-        timeout = options.minutes(getattr(args, "dist_timeout", DEFAULT_TIMEOUT_MINUTES))
+        timeout = options.minutes(getattr(args, "dist_timeout", options.DEFAULT_TIMEOUT_MINUTES))
         with warnings.catch_warnings(), context(timeout) as comm:
             args.comm = comm
             warnings.showwarning = _say_warning

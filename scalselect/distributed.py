@@ -22,13 +22,20 @@ import datetime
 import importlib
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from .errors import InputError, first_line
+from .options import DEFAULT_TIMEOUT_MINUTES
 
-DEFAULT_TIMEOUT_MINUTES = 60.0
+if TYPE_CHECKING:
+    import torch
+
+
+def _torch(module: str = "torch"):
+    """torch (or one of its modules), imported when first needed: only a job under torchrun
+    reaches a collective, so a single process's Comm never imports it, and the commands that
+    need no tensors start without it."""
+    return importlib.import_module(module)
 
 
 class RankFailure(RuntimeError):
@@ -62,12 +69,13 @@ class Comm:
 
     def gpu(self) -> torch.device:
         """This rank's GPU (ranks share GPUs round-robin when a node has fewer than ranks)."""
+        torch = _torch()
         return torch.device("cuda", self.local_rank % max(1, torch.cuda.device_count()))
 
     def barrier(self) -> None:
         if self.active:
             with _collective("barrier", self.timeout_minutes):
-                torch.distributed.barrier()
+                _torch("torch.distributed").barrier()
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum of `t` over ranks, on every rank (t's device and dtype)."""
@@ -75,7 +83,7 @@ class Comm:
             return t
         buf = t.cpu().contiguous()
         with _collective("all_reduce", self.timeout_minutes):
-            torch.distributed.all_reduce(buf)
+            _torch("torch.distributed").all_reduce(buf)
         return buf.to(t.device)
 
     def broadcast_object(self, obj):
@@ -84,7 +92,7 @@ class Comm:
             return obj
         box = [obj]
         with _collective("broadcast", self.timeout_minutes):
-            torch.distributed.broadcast_object_list(box, src=0)
+            _torch("torch.distributed").broadcast_object_list(box, src=0)
         return box[0]
 
     def all_gather_objects(self, obj) -> list:
@@ -93,7 +101,7 @@ class Comm:
             return [obj]
         out = [None] * self.world
         with _collective("all_gather", self.timeout_minutes):
-            torch.distributed.all_gather_object(out, obj)
+            _torch("torch.distributed").all_gather_object(out, obj)
         return out
 
     def gather_objects(self, obj) -> list | None:
@@ -102,7 +110,7 @@ class Comm:
             return [obj]
         out = [None] * self.world if self.is_main else None
         with _collective("gather", self.timeout_minutes):
-            torch.distributed.gather_object(obj, out, dst=0)
+            _torch("torch.distributed").gather_object(obj, out, dst=0)
         return out
 
     def together(self, fn: Callable, main_only: bool = False):
@@ -147,6 +155,7 @@ def context(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> Iterator[Comm]:
         return
     comm = Comm(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
                 int(os.environ.get("LOCAL_RANK", "0")), timeout_minutes)
+    torch = _torch()
     if torch.cuda.is_available():
         torch.cuda.set_device(comm.gpu())
     # Imported after the group exists, torch.distributed.nn.functional keeps it in default
@@ -154,7 +163,7 @@ def context(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> Iterator[Comm]:
     # live on into the interpreter's exit, and one that still drops a finished broadcast's
     # tensors there aborts the process (SIGABRT after all the work is done). transformers
     # imports it while loading a checkpoint, so import it first.
-    importlib.import_module("torch.distributed.nn.functional")
+    _torch("torch.distributed.nn.functional")
     with _collective("joining the process group", timeout_minutes):
         torch.distributed.init_process_group(
             backend="gloo", timeout=datetime.timedelta(minutes=timeout_minutes))

@@ -127,6 +127,7 @@ def output_dir(path, flag: str = "--out") -> Path:
 
 
 PILOT_ROWS = 2048  # rows of the sketch's pilot sample, by default
+DEFAULT_TIMEOUT_MINUTES = 60.0  # how long a torchrun rank waits for the others (--dist-timeout)
 SCORE_METHODS = ("auto", "exact", "sketch")
 EIG_METHODS = ("auto", "full", "krylov")
 BACKENDS = ("auto", "native", "torch")

@@ -142,8 +142,7 @@ def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str |
 def _cluster_labels(score_ids: list, store, clusters: int, seed: int) -> np.ndarray:
     """k-means labels of the scored samples' vectors, on their leading principal components
     (scalselect.vectors.CLUSTER_DIMS of them: two passes over the store, N x 64 in memory)."""
-    from .baselines import kmeans
-    from .vectors import principal_rows
+    from .vectors import kmeans, principal_rows  # torch: only the cluster method needs it
 
     if store is None:
         raise InputError("--method cluster needs the vectors: pass --store STORE")

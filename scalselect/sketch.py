@@ -159,7 +159,7 @@ def plan_test_matrix(pilot: torch.Tensor, *, energy: float, standardize: bool,
     pilot is the whole input (small), so the default size is the largest, and the sketch exact."""
     pilot = pilot[torch.isfinite(pilot).all(dim=1)]
     if pilot.shape[0] < 2:
-        raise InputError(f"fewer than 2 rows of the pilot sample are finite (no NaN or inf): there is "
+        raise InputError("fewer than 2 rows of the pilot sample are finite (no NaN or inf): there is "
                          "nothing to plan a sketch from; use --method exact")
     h = pilot.to(torch.float64)
     shift = h.mean(dim=0)

@@ -130,3 +130,44 @@ def principal_rows(store, score_ids: list, dims: int = CLUSTER_DIMS) -> torch.Te
     for index, rows in scored_chunks(store, score_ids):
         out[torch.from_numpy(index)] = (rows - mean) @ top
     return out
+
+
+def kmeans(x: torch.Tensor, k: int, seed: int, iterations: int = 25, chunk: int = 8192) -> np.ndarray:
+    """Cluster labels of the rows of x (float32 on its device): k-means++ seeding from a
+    seeded generator, then Lloyd's iterations until no label changes. An emptied cluster is
+    reseeded with the row farthest from its centre."""
+    n = x.shape[0]
+    k = min(k, n)
+    gen = torch.Generator().manual_seed(seed)
+    sq = x.pow(2).sum(dim=1)
+
+    def distances(centres):  # squared distances to the nearest centre, and its index
+        best = torch.empty(n, device=x.device)
+        label = torch.empty(n, dtype=torch.int64, device=x.device)
+        csq = centres.pow(2).sum(dim=1)
+        for lo in range(0, n, chunk):
+            d = sq[lo:lo + chunk, None] - 2 * x[lo:lo + chunk] @ centres.T + csq
+            best[lo:lo + chunk], label[lo:lo + chunk] = d.min(dim=1)
+        return best.clamp_min(0), label
+
+    centres = x[int(torch.randint(n, (1,), generator=gen))][None]
+    for _ in range(1, k):
+        best, _ = distances(centres)
+        weights = best.cpu().double()
+        pick = int(torch.multinomial(weights / weights.sum(), 1, generator=gen)) if weights.sum() > 0 else \
+            int(torch.randint(n, (1,), generator=gen))
+        centres = torch.cat([centres, x[pick][None]])
+    labels = None
+    for _ in range(iterations):
+        best, new = distances(centres)
+        if labels is not None and torch.equal(new, labels):
+            break
+        labels = new
+        counts = torch.bincount(labels, minlength=k)
+        sums = torch.zeros_like(centres).index_add_(0, labels, x)
+        centres = sums / counts.clamp_min(1)[:, None].to(x.dtype)
+        for empty in torch.nonzero(counts == 0).flatten().tolist():
+            far = int(best.argmax())
+            centres[empty] = x[far]
+            best[far] = 0
+    return labels.cpu().numpy()

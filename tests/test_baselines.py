@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from scalselect import InputError
-from scalselect.baselines import IMAGE_FOLDER, apportion, kmeans, source_of
+from scalselect.baselines import IMAGE_FOLDER, apportion, source_of
+from scalselect.vectors import kmeans
 from scalselect.cli import main
 from scalselect.data import read_pool
 from scalselect.select import read_scores, top_positions, write_scores

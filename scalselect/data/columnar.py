@@ -377,7 +377,7 @@ class ArrowDatasetPool(ColumnarPool):
     container = SAVE_TO_DISK
 
     def __init__(self, path: Path):
-        pa = _arrow()
+        _arrow()  # a clear error when pyarrow is missing
         if (path / "dataset_dict.json").is_file():
             splits = sorted(p.name for p in path.iterdir() if (p / "state.json").is_file())
             raise InputError(f"pool {path}: is a DatasetDict (splits: {', '.join(splits) or 'none'}); "
