@@ -1,5 +1,5 @@
-"""scalselect against the paper's own scoring script (`scripts/cur.py` of the ScalSelect code),
-restated here from its definition: for every combination of its options, the same k, the same
+"""scalselect against the paper's own scoring script (`scripts/cur.py` of the ScalSelect code, as
+tests/official.py restates it): for every combination of its options, the same k, the same
 scores and the same top of the ranking."""
 
 from __future__ import annotations
@@ -11,30 +11,10 @@ import pytest
 
 from scalselect import leverage_scores
 from scalselect.cli import main
+from official import official
 from tolerances import assert_scores_within, engine_tolerance, for_result, reference
 
 OPTIONS = [{}, {"standardize": True}, {"l2_normalize": True}, {"standardize": True, "l2_normalize": True}]
-
-
-def official(x: np.ndarray, standardize: bool, l2_normalize: bool, threshold: float = 0.9):
-    """The script's preprocessing and scores, in float64: centre; divide by the population std
-    (a zero std counts as 1); scale rows to unit length (a zero norm counts as 1); thin SVD of
-    that matrix as it is; k is one past the first index whose cumulative energy share reaches
-    the threshold (searchsorted), clamped to [1, rank]; leverage of the top k left vectors."""
-    a = np.asarray(x, dtype=np.float64).copy()
-    a -= a.mean(axis=0, keepdims=True)
-    if standardize:
-        std = a.std(axis=0, keepdims=True)
-        std[std == 0] = 1
-        a /= std
-    if l2_normalize:
-        norms = np.linalg.norm(a, axis=1, keepdims=True)
-        norms[norms == 0] = 1
-        a = a / norms
-    u, s, _ = np.linalg.svd(a, full_matrices=False)
-    energy = np.cumsum(s ** 2) / np.sum(s ** 2)
-    k = max(1, min(int(np.searchsorted(energy, threshold)) + 1, len(s)))
-    return (u[:, :k] ** 2).sum(axis=1), k
 
 
 def decaying(n: int, d: int, seed: int) -> np.ndarray:
@@ -90,3 +70,19 @@ def test_the_cli_scores_the_official_input_file_as_the_script_does(tmp_path, cap
                            chunk_rows=summary["settings"]["chunk_rows"], eig_method=summary["eig_method"])
     assert_scores_within(got, want, tol.scores, top_share=0.16)
     assert np.max(np.abs(got - want) / want) <= 1e-5
+
+
+@pytest.mark.parametrize("n,d", [(2000, 48), (40, 90)])
+def test_a_nan_row_and_tiny_values_with_every_option(n, d):
+    """Rows of 1e-30 (scaled by a power of two before their float32 products) and a row
+    holding a NaN (left out, as by the exact engine without options): the official scores of
+    the other rows."""
+    x = decaying(n, d, 5) * np.float32(1e-30)
+    x[7, 3] = np.nan
+    keep = np.arange(n) != 7
+    for options in OPTIONS:
+        got = leverage_scores(x, method="exact", sample_ids=list(range(n)), **options)
+        assert got.excluded == [7]
+        want, k = official(x[keep], options.get("standardize", False), options.get("l2_normalize", False))
+        assert got.k == k
+        assert_scores_within(got.scores, want, for_result(got, reference(x[keep], **options)).scores)
