@@ -158,6 +158,8 @@ def _extract_options(args, **sketch):
                           store_dtype=args.store_dtype, shard_rows=args.shard_rows,
                           resume=args.resume, trust_remote_code=args.trust_remote_code,
                           allow_outside_root=args.allow_outside_root, progress=not args.quiet,
+                          system_prompt=args.system_prompt,
+                          chat_template=None if args.chat_template is None else options.chat_template(args.chat_template),
                           **sketch).check()
 
 
@@ -314,6 +316,11 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
                    help="run Python code shipped with the checkpoint (off by default)")
     p.add_argument("--allow-outside-root", action="store_true",
                    help="allow absolute image paths and paths leaving --image-root")
+    p.add_argument("--system-prompt", default=None,
+                   help="system turn for samples without one, as your trainer adds it (e.g. its template's default)")
+    p.add_argument("--chat-template", type=Path, default=None,
+                   help="Jinja chat template file (or a JSON file with a chat_template string) in place of "
+                        "the checkpoint's: the one your trainer renders with")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dist_timeout(p)
 

@@ -8,6 +8,7 @@ Nothing here imports torch: the checks run before any heavy import.
 from __future__ import annotations
 
 import errno
+import json
 import math
 import numbers
 import os
@@ -124,6 +125,44 @@ def output_dir(path, flag: str = "--out") -> Path:
     if text == "" or is_stream(text) or (target.exists() and not target.is_dir()):
         raise InputError(f"{flag} {text!r}: names a file or a stream; name a folder to write into")
     return target
+
+
+def text(value, flag: str) -> str:
+    """Text that can be written as UTF-8 (a lone surrogate from a mis-encoded argv cannot)."""
+    if not isinstance(value, str):
+        raise InputError(f"{flag}: expected text, got {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{flag}: not valid UTF-8 text ({ascii(value)[:60]})") from None
+    return value
+
+
+MAX_TEMPLATE_BYTES = 1 << 20
+
+
+def chat_template(path, flag: str = "--chat-template") -> str:
+    """A chat template from a file: its text (a Jinja template, e.g. chat_template.jinja), or
+    the "chat_template" string of a JSON file (chat_template.json, tokenizer_config.json)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{flag} {path}: no such file" if not path.exists() else f"{flag} {path}: not a regular file")
+    if path.stat().st_size > MAX_TEMPLATE_BYTES:
+        raise InputError(f"{flag} {path}: over {MAX_TEMPLATE_BYTES >> 20} MiB, not a chat template")
+    try:
+        body = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{flag} {path}: not UTF-8 text") from None
+    if path.suffix == ".json":
+        try:
+            body = json.loads(body).get("chat_template")
+        except (ValueError, AttributeError, RecursionError):
+            body = None
+        if not isinstance(body, str):
+            raise InputError(f'{flag} {path}: a JSON file without a "chat_template" string')
+    if not body.strip():
+        raise InputError(f"{flag} {path}: empty")
+    return text(body, flag)
 
 
 PILOT_ROWS = 2048  # rows of the sketch's pilot sample, by default

@@ -53,9 +53,15 @@ class ExtractOptions:
     sketch_seed: int = 0
     sketch_energy: float = 0.9     # the energy the pilot sizes the sketch for
     sketch_pilot_rows: int = sketch.PILOT_ROWS
+    system_prompt: str | None = None  # the system turn of samples that have none (as the trainer adds it)
+    chat_template: str | None = None  # a template in place of the checkpoint's (its text)
 
     def check(self) -> "ExtractOptions":
         options.share(self.tau, "--tau")
+        if self.system_prompt is not None:
+            options.text(self.system_prompt, "--system-prompt")
+        if self.chat_template is not None:
+            options.text(self.chat_template, "--chat-template")
         for name in ("max_length", "batch_size", "shard_rows"):
             if getattr(self, name) is not None:
                 options.count(getattr(self, name), f"--{name.replace('_', '-')}")
@@ -170,7 +176,8 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
                 "pool": str(Path(pool_path).resolve()), "pool_sha256": pool.digest(),
                 "pool_samples": len(pool), "image_root": str(root.resolve()), "tau": opts.tau,
                 "max_length": opts.max_length, "compute_dtype": str(dtype).removeprefix("torch."),
-                "allow_outside_root": opts.allow_outside_root}
+                "allow_outside_root": opts.allow_outside_root, "system_prompt": opts.system_prompt,
+                "chat_template": opts.chat_template}
     dim = int(config.get_text_config().hidden_size)
     rows_dir = out / sketch.SKETCH_ROWS if opts.no_store else out
     if opts.no_store:
@@ -243,7 +250,8 @@ class _Extraction:
         self.part_rows = part_rows
         self.pool, self.opts, self.device, self.dtype, self.comm = pool, opts, device, dtype, comm
         self.maker = SampleMaker(processor, adapter.image_token_id(self.model), root, opts.max_length,
-                                 opts.allow_outside_root)
+                                 opts.allow_outside_root, opts.system_prompt, opts.chat_template)
+        self.maker.check_template()
         pad_id = processor.tokenizer.pad_token_id
         self.pad_id = pad_id if pad_id is not None else (processor.tokenizer.eos_token_id or 0)
 

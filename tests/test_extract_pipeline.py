@@ -410,3 +410,77 @@ def test_run_checks_the_budget_before_extracting(demo, tmp_path, capsys):
                                    "--image-root", demo["images"], "--budget", "abc", "--out-dir",
                                    tmp_path / "out"], "budget 'abc'")
     assert not (tmp_path / "out").exists()
+
+
+VICUNA = ("A chat between a curious human and an artificial intelligence assistant. "
+          "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+
+
+def test_the_system_prompt_is_rendered_as_an_instruction_where_a_sample_has_none(demo):
+    from transformers import AutoProcessor
+
+    from scalselect.data.samples import SampleMaker
+
+    processor = AutoProcessor.from_pretrained(demo["model"], local_files_only=True)
+    image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
+    plain = SampleMaker(processor, image_token, demo["images"], 2048)
+    prompted = SampleMaker(processor, image_token, demo["images"], 2048, system_prompt=VICUNA)
+    record = json.loads(Path(demo["pool"]).read_text())[0]
+    a, b = plain(record, "llava", "x"), prompted(record, "llava", "x")
+    extra = b.length - a.length
+    assert extra > 0
+    text = processor.tokenizer.decode(b.inputs["input_ids"][0][:extra + 1])
+    assert VICUNA in text  # first, before the user's turn
+    assert bool(b.instruction[:extra].all())  # system tokens are instruction tokens
+    # a record's own system turn wins: no second one
+    own = {**record, "conversations": [{"from": "system", "value": "Be brief."}, *record["conversations"]]}
+    messages, _ = prompted.messages(own, "llava")
+    assert [m["role"] for m in messages].count("system") == 1 and messages[0]["content"][0]["text"] == "Be brief."
+
+
+def test_system_prompt_and_chat_template_change_the_vectors_and_are_recorded(demo, tmp_path, capsys):
+    from scalselect.models.tiny import LLAVA_CHAT_TEMPLATE
+
+    assert run_cli(capsys, *extract_args(demo, tmp_path / "plain"))[0] == 0
+    rc, _, err = run_cli(capsys, *extract_args(demo, tmp_path / "sys", "--system-prompt", VICUNA))
+    assert rc == 0, err
+    assert read_manifest(tmp_path / "sys")["meta"]["system_prompt"] == VICUNA
+    plain, prompted = by_id(tmp_path / "plain"), by_id(tmp_path / "sys")
+    rtol = forward_rtol(AutoConfig.from_pretrained(demo["model"], local_files_only=True))
+    assert all(np.abs(plain[k] - prompted[k]).max() > 100 * rtol * np.abs(plain[k]).max() for k in plain)
+    # another prompt on --resume is another store
+    assert_one_line_error(capsys, extract_args(demo, tmp_path / "sys", "--resume", "--system-prompt", "Hi."),
+                          "made with other settings (system_prompt:")
+
+    template = LLAVA_CHAT_TEMPLATE.replace("USER: ", "HUMAN: ")
+    (tmp_path / "t.jinja").write_text(template, encoding="utf-8")
+    (tmp_path / "t.json").write_text(json.dumps({"chat_template": template}), encoding="utf-8")
+    for name in ("t.jinja", "t.json"):
+        out = tmp_path / f"store-{name}"
+        rc, _, err = run_cli(capsys, *extract_args(demo, out, "--chat-template", tmp_path / name))
+        assert rc == 0, err
+        assert read_manifest(out)["meta"]["chat_template"] == template
+    a, b = by_id(tmp_path / "store-t.jinja"), by_id(tmp_path / "store-t.json")
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # the same template from either file
+    assert all(not np.array_equal(a[k], plain[k]) for k in a)
+
+
+@pytest.mark.parametrize("body,message", [
+    ("{% for m in messages %}", "--chat-template cannot render a conversation (TemplateSyntaxError"),
+    ("{{ messages[0]['role'] }}", "does not render the assistant's reply"),
+    ("   ", "empty"),
+])
+def test_a_template_that_cannot_serve_is_one_line_before_any_work(demo, tmp_path, capsys, body, message):
+    (tmp_path / "t.jinja").write_text(body, encoding="utf-8")
+    assert_one_line_error(capsys, extract_args(demo, tmp_path / "s", "--chat-template", tmp_path / "t.jinja"), message)
+    assert not (tmp_path / "s").exists()
+
+
+def test_prompt_options_that_are_not_text_are_one_line(demo, tmp_path, capsys):
+    (tmp_path / "t.json").write_text(json.dumps({"template": "x"}), encoding="utf-8")
+    assert_one_line_error(capsys, extract_args(demo, tmp_path / "s", "--chat-template", tmp_path / "t.json"),
+                          'without a "chat_template" string')
+    assert_one_line_error(capsys, extract_args(demo, tmp_path / "s", "--chat-template", tmp_path / "none.jinja"),
+                          "no such file")
+    assert_one_line_error(capsys, extract_args(demo, tmp_path / "s", "--system-prompt", "\udcff"),
+                          "--system-prompt: not valid UTF-8 text")

@@ -39,18 +39,44 @@ class SampleMaker:
     """Callable record -> Prepared; picklable, so DataLoader workers can run it."""
 
     def __init__(self, processor, image_token_id: int, image_root: Path, max_length: int,
-                 allow_outside_root: bool = False):
+                 allow_outside_root: bool = False, system_prompt: str | None = None,
+                 chat_template: str | None = None):
         self.processor, self.image_token_id = processor, int(image_token_id)
         self.image_root, self.max_length = image_root, int(max_length)
         self.allow_outside_root = allow_outside_root
+        self.system_prompt, self.chat_template = system_prompt, chat_template
 
     def _render(self, messages: list, add_generation_prompt: bool) -> str:
-        return self.processor.apply_chat_template(messages, tokenize=False,
+        return self.processor.apply_chat_template(messages, tokenize=False, chat_template=self.chat_template,
                                                   add_generation_prompt=add_generation_prompt)
+
+    def messages(self, record: dict, layout: str) -> tuple[list, list]:
+        """The record's chat messages and images; the system prompt first where it has no
+        system turn of its own (a record's own system turn wins, as in trainers)."""
+        messages, refs = to_messages(record, layout)
+        if self.system_prompt is not None and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": [{"type": "text", "text": self.system_prompt}]}, *messages]
+        return messages, refs
+
+    def check_template(self) -> None:
+        """Render one conversation (the system prompt if any, a user turn with an image, a
+        reply) before any work: a template that cannot is one line, not a skip for every sample."""
+        probe = self.messages({"conversations": [{"from": "human", "value": "<image>\nWhat is this?"},
+                                                 {"from": "gpt", "value": "A cat."}], "image": "x.png"},
+                              "llava")[0]
+        what = "--chat-template" if self.chat_template is not None else "the checkpoint's chat template"
+        try:
+            text = self._render(probe, add_generation_prompt=False)
+        except Exception as exc:  # jinja2 raises its own kinds, and templates raise on purpose
+            raise InputError(f"{what} cannot render a conversation ({exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        if "A cat." not in text:
+            raise InputError(f"{what} does not render the assistant's reply: nothing would tell "
+                             "the reply tokens from the instruction")
 
     def __call__(self, record: dict, layout: str, sample_id) -> Prepared:
         try:
-            messages, refs = to_messages(record, layout)
+            messages, refs = self.messages(record, layout)
         except InputError as exc:
             raise SampleSkip("bad record", str(exc)) from None
         if not refs:
