@@ -254,6 +254,16 @@ def _report_here(args) -> dict:
     return done
 
 
+def _assemble_llava(args) -> dict:
+    from .models.assemble import assemble_llava
+
+    out = options.output_dir(args.out)
+    _refuse_overwrite([out], [args.llm, args.vision, args.projector])
+    assemble_llava(args.llm, args.vision, args.projector, out, vision_feature_layer=args.vision_feature_layer)
+    print(f"assembled a LLaVA checkpoint -> {out} (extract and run take it as --model)")
+    return {"out": str(out)}
+
+
 def _info(args) -> dict:
     from . import info
 
@@ -435,6 +445,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not store the N x D vectors: extraction feeds a sketch (l numbers per sample "
                         "and its sums, checkpointed with every part; --resume works) that is then scored")
     p.set_defaults(run=_run)
+
+    p = sub.add_parser("assemble-llava", help="one LLaVA-1.5 checkpoint from a base LLM, a CLIP tower and a "
+                                              "stage-1 projector: the model before instruction tuning")
+    p.add_argument("--llm", type=Path, required=True, help="the base LLM (a Hugging Face causal LM, e.g. Vicuna)")
+    p.add_argument("--vision", type=Path, required=True, help="the CLIP vision tower (Hugging Face CLIP checkpoint)")
+    p.add_argument("--projector", type=Path, required=True,
+                   help="stage-1 projector: mm_projector.bin (tensors only) or .safetensors")
+    p.add_argument("--out", type=Path, required=True, help="new folder for the checkpoint")
+    p.add_argument("--vision-feature-layer", type=int, default=-2,
+                   help="CLIP layer whose features the projector takes (LLaVA-1.5: -2)")
+    p.set_defaults(run=_assemble_llava)
 
     p = sub.add_parser("info", help="version, compiled backends, CUDA architectures, GPU")
     p.add_argument("--json", action="store_true", help="print JSON")
