@@ -7,6 +7,7 @@ first-layer representations; this package computes those scores exactly, in line
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from importlib.metadata import PackageNotFoundError, version as _version
 
 from .errors import InputError
@@ -31,6 +32,8 @@ _HOMES = {
 def __getattr__(name: str):
     home = _HOMES.get(name)
     if home is None:
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f".{name}", __name__)  # a submodule: scalselect.store, ...
         raise AttributeError(f"module 'scalselect' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{home}", __name__), name)
     globals()[name] = value

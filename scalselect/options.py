@@ -156,6 +156,8 @@ def chat_template(path, flag: str = "--chat-template") -> str:
     if path.suffix == ".json":
         try:
             body = json.loads(body).get("chat_template")
+            if isinstance(body, list):  # named templates (tokenizer_config.json): the default one
+                body = next((t.get("template") for t in body if t.get("name") == "default"), None)
         except (ValueError, AttributeError, RecursionError):
             body = None
         if not isinstance(body, str):

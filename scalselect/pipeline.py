@@ -9,6 +9,7 @@ reason; an interrupted job resumes from the committed parts.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import signal
 import sys
@@ -177,7 +178,9 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
                 "pool_samples": len(pool), "image_root": str(root.resolve()), "tau": opts.tau,
                 "max_length": opts.max_length, "compute_dtype": str(dtype).removeprefix("torch."),
                 "allow_outside_root": opts.allow_outside_root, "system_prompt": opts.system_prompt,
-                "chat_template": opts.chat_template}
+                # the template's digest: a --resume with another one says so in one short line
+                "chat_template_sha256": None if opts.chat_template is None else
+                hashlib.sha256(opts.chat_template.encode("utf-8")).hexdigest()}
     dim = int(config.get_text_config().hidden_size)
     rows_dir = out / sketch.SKETCH_ROWS if opts.no_store else out
     if opts.no_store:
@@ -216,7 +219,8 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
         seconds = time.perf_counter() - t0
         processed = len(todo) + len(replay_positions)
         processor, model, adapter = loaded
-        meta = {**settings, "family": adapter.family, "model_class": type(model).__name__,
+        meta = {**settings, "chat_template": opts.chat_template, "family": adapter.family,
+                "model_class": type(model).__name__,
                 "versions": _versions(),
                 "batch_size": opts.batch_size, "extract_seconds_last_run": seconds,
                 "world_size_last_run": comm.world,
@@ -377,7 +381,7 @@ def _complete_store(out: Path, settings: dict) -> dict:
 
 # Reasons that, when they hit every one of the first samples, mean the setup is wrong
 # (image root, model, processor), not the data: stop early instead of skipping the whole pool.
-_SETUP_REASONS = ("unreadable image", "sample error", "processor error", "forward error")
+_SETUP_REASONS = ("unreadable image", "sample error", "processor error", "forward error", "template mismatch")
 _FAIL_FAST_AFTER = 100
 
 

@@ -460,6 +460,15 @@ def test_system_prompt_and_chat_template_change_the_vectors_and_are_recorded(dem
         rc, _, err = run_cli(capsys, *extract_args(demo, out, "--chat-template", tmp_path / name))
         assert rc == 0, err
         assert read_manifest(out)["meta"]["chat_template"] == template
+    named = tmp_path / "tokenizer_config.json"  # named templates: the default one
+    named.write_text(json.dumps({"chat_template": [{"name": "tool_use", "template": "x"},
+                                                   {"name": "default", "template": template}]}), encoding="utf-8")
+    assert run_cli(capsys, *extract_args(demo, tmp_path / "store-named", "--chat-template", named))[0] == 0
+    assert read_manifest(tmp_path / "store-named")["meta"]["chat_template"] == template
+    # another template on --resume: one short line naming the templates' digests
+    (tmp_path / "other.jinja").write_text(template.replace("HUMAN", "PERSON"), encoding="utf-8")
+    assert_one_line_error(capsys, extract_args(demo, tmp_path / "store-named", "--resume", "--chat-template",
+                                               tmp_path / "other.jinja"), "chat_template_sha256")
     a, b = by_id(tmp_path / "store-t.jinja"), by_id(tmp_path / "store-t.json")
     assert all(np.array_equal(a[k], b[k]) for k in a)  # the same template from either file
     assert all(not np.array_equal(a[k], plain[k]) for k in a)
@@ -467,7 +476,8 @@ def test_system_prompt_and_chat_template_change_the_vectors_and_are_recorded(dem
 
 @pytest.mark.parametrize("body,message", [
     ("{% for m in messages %}", "--chat-template cannot render a conversation (TemplateSyntaxError"),
-    ("{{ messages[0]['role'] }}", "does not render the assistant's reply"),
+    ("{{ messages[0]['role'] }}", "does not render the replies where they can be told from the instruction"),
+    ("{% for m in messages %}{{ m['content'] }}{% endfor %}", "does not render the replies"),
     ("   ", "empty"),
 ])
 def test_a_template_that_cannot_serve_is_one_line_before_any_work(demo, tmp_path, capsys, body, message):

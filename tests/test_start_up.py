@@ -75,6 +75,12 @@ def test_select_on_a_json_pool_imports_neither(files, method):
     assert len(json.loads((files / f"subset-{method}.json").read_text(encoding="utf-8"))) == 8
 
 
+def test_submodules_are_attributes_of_the_package_as_before(files):
+    got = imported("import scalselect\nassert callable(scalselect.store.read_manifest)\n"
+                   "assert callable(scalselect.options.share)", files)
+    assert got["transformers"] is False
+
+
 def test_score_imports_torch_but_not_transformers(files):
     got = imported(command("score", "x.npy", "--out", "s.jsonl", "--quiet"), files)
     assert got == {"torch": True, "transformers": False}

@@ -66,13 +66,13 @@ class SampleMaker:
                               "llava")[0]
         what = "--chat-template" if self.chat_template is not None else "the checkpoint's chat template"
         try:
-            text = self._render(probe, add_generation_prompt=False)
+            reply_char_spans(self._render, probe)
+        except InputError as exc:
+            raise InputError(f"{what} does not render the replies where they can be told from the "
+                             f"instruction ({exc})") from None
         except Exception as exc:  # jinja2 raises its own kinds, and templates raise on purpose
             raise InputError(f"{what} cannot render a conversation ({exc.__class__.__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-        if "A cat." not in text:
-            raise InputError(f"{what} does not render the assistant's reply: nothing would tell "
-                             "the reply tokens from the instruction")
 
     def __call__(self, record: dict, layout: str, sample_id) -> Prepared:
         try:

@@ -14,6 +14,7 @@ unpickle of arbitrary objects) or as safetensors.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -88,10 +89,10 @@ def assemble_llava(llm: Path, vision: Path, projector: Path, out: Path, *,
         raise InputError(f"--projector {projector}: does not join this vision tower ({width} wide) to this "
                          f"LLM ({hidden} wide): {'; '.join(wrong)}")
 
-    added = tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}) if \
-        IMAGE_TOKEN not in tokenizer.get_vocab() else 0
+    # special even where the vocabulary has it already (it must never be split)
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     if tokenizer.pad_token is None:
-        added += tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     state = {f"model.language_model.{k}": v for k, v in language.model.state_dict().items()}
     state["lm_head.weight"] = language.lm_head.weight.detach()
     vocab = len(tokenizer)
@@ -125,6 +126,11 @@ def assemble_llava(llm: Path, vision: Path, projector: Path, out: Path, *,
     try:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide it from other users
+        if out.exists():  # made while the parts loaded: never replace it
+            raise InputError(f"--out {out}: appeared while the parts were loading; nothing was written there")
         staging.rename(out)  # the checkpoint appears whole
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
