@@ -306,9 +306,9 @@ def _demo(args) -> dict:
 
 
 def _add_extract_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, required=True, help="checkpoint directory (Hugging Face format)")
-    p.add_argument("--data", type=Path, required=True, help="the pool: LLaVA or ShareGPT, JSON or JSONL")
-    p.add_argument("--image-root", type=Path, default=None,
+    p.add_argument("--model", type=_path, required=True, help="checkpoint directory (Hugging Face format)")
+    p.add_argument("--data", type=_path, required=True, help="the pool: LLaVA or ShareGPT, JSON or JSONL")
+    p.add_argument("--image-root", type=_path, default=None,
                    help="folder the pool's image paths are relative to (default: the current folder)")
     p.add_argument("--tau", type=float, default=0.9,
                    help="share of attention mass whose vision tokens are kept (default 0.9)")
@@ -328,7 +328,7 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
                    help="allow absolute image paths and paths leaving --image-root")
     p.add_argument("--system-prompt", default=None,
                    help="system turn for samples without one, as your trainer adds it (e.g. its template's default)")
-    p.add_argument("--chat-template", type=Path, default=None,
+    p.add_argument("--chat-template", type=_path, default=None,
                    help="Jinja chat template file (or a JSON file with a chat_template string) in place of "
                         "the checkpoint's: the one your trainer renders with")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -353,6 +353,13 @@ def _add_dist_timeout(p: argparse.ArgumentParser) -> None:
                         f"(default {options.DEFAULT_TIMEOUT_MINUTES:g})")
 
 
+def _path(text: str) -> Path:
+    """A path argument; an empty one is an error (Path("") would be the current folder)."""
+    if text == "":
+        raise argparse.ArgumentTypeError("an empty path")
+    return Path(text)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors on one line like every other error of the command."""
 
@@ -368,8 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("score", help="importance scores of every sample of a representation matrix")
-    p.add_argument("input", type=Path, help="store directory, .npy, or all_representations.npz")
-    p.add_argument("--out", type=Path, required=True, help="scores JSONL to write (highest first)")
+    p.add_argument("input", type=_path, help="store directory, .npy, or all_representations.npz")
+    p.add_argument("--out", type=_path, required=True, help="scores JSONL to write (highest first)")
     p.add_argument("--energy", type=float, default=0.9, help="share of energy the kept subspace holds (default 0.9)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--standardize", action="store_true", help="divide centred columns by their std (ddof 0)")
@@ -382,10 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_score)
 
     p = sub.add_parser("select", help="write the top-scored samples of a pool in its own format")
-    p.add_argument("--scores", type=Path, required=True, help="scores JSONL from `scalselect score`")
-    p.add_argument("--data", type=Path, required=True, help="the pool: LLaVA or ShareGPT, JSON or JSONL")
+    p.add_argument("--scores", type=_path, required=True, help="scores JSONL from `scalselect score`")
+    p.add_argument("--data", type=_path, required=True, help="the pool: LLaVA or ShareGPT, JSON or JSONL")
     p.add_argument("--budget", required=True, help="how many to keep: a count (100000) or a share (16%%)")
-    p.add_argument("--out", type=Path, required=True, help="subset file to write")
+    p.add_argument("--out", type=_path, required=True, help="subset file to write")
     p.add_argument("--method", choices=("scalselect", "random", "length", "cluster"), default="scalselect",
                    help="scalselect (default): the highest scores; baselines to compare with: random "
                         "(seeded), length (longest conversations), cluster (k-means on the vectors of "
@@ -394,16 +401,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stratify-by", default=None,
                    help="keep each source's share: a record field, or image-folder (the first folder "
                         "of the image path, as coco/ in LLaVA-665K)")
-    p.add_argument("--shares", type=Path, default=None,
+    p.add_argument("--shares", type=_path, default=None,
                    help='with --stratify-by: a JSON share table {"coco": 0.4, ...} instead of the pool\'s shares')
-    p.add_argument("--store", type=Path, default=None, help="the store the scores came from (--method cluster)")
+    p.add_argument("--store", type=_path, default=None, help="the store the scores came from (--method cluster)")
     p.add_argument("--clusters", type=int, default=100, help="k of --method cluster (default 100)")
     p.set_defaults(run=_select)
 
     p = sub.add_parser("compare", help="training-free quality figures of several selection methods' subsets")
-    p.add_argument("--store", type=Path, required=True, help="the store the scores came from")
-    p.add_argument("--scores", type=Path, required=True, help="scores JSONL from `scalselect score`")
-    p.add_argument("--data", type=Path, required=True, help="the pool")
+    p.add_argument("--store", type=_path, required=True, help="the store the scores came from")
+    p.add_argument("--scores", type=_path, required=True, help="scores JSONL from `scalselect score`")
+    p.add_argument("--data", type=_path, required=True, help="the pool")
     p.add_argument("--budget", required=True, help="a count (100000) or a share (16%%)")
     p.add_argument("--methods", default="scalselect,random,length,cluster",
                    help="comma-separated (default scalselect,random,length,cluster)")
@@ -412,32 +419,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-by", default="image-folder",
                    help="a record field, or image-folder (default): the sources of the balance figures")
     p.add_argument("--clusters", type=int, default=100, help="k of the cluster method (default 100)")
-    p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
+    p.add_argument("--out", type=_path, default=None, help="also write the figures as JSON")
     p.set_defaults(run=_compare)
 
     p = sub.add_parser("report", help="PNG plots and a self-contained HTML page of a selection")
-    p.add_argument("--store", type=Path, required=True, help="the store the scores came from")
-    p.add_argument("--scores", type=Path, required=True, help="scores JSONL from `scalselect score`")
-    p.add_argument("--subset", type=Path, default=None, help="the subset `select` wrote (marks the cut)")
-    p.add_argument("--data", type=Path, default=None, help="the pool (default: the one in the store's manifest)")
-    p.add_argument("--image-root", type=Path, default=None,
+    p.add_argument("--store", type=_path, required=True, help="the store the scores came from")
+    p.add_argument("--scores", type=_path, required=True, help="scores JSONL from `scalselect score`")
+    p.add_argument("--subset", type=_path, default=None, help="the subset `select` wrote (marks the cut)")
+    p.add_argument("--data", type=_path, default=None, help="the pool (default: the one in the store's manifest)")
+    p.add_argument("--image-root", type=_path, default=None,
                    help="for the thumbnails (default: the one in the store's manifest)")
     p.add_argument("--source-field", default=None,
                    help="record field naming each sample's source (default: the image's first folder)")
     p.add_argument("--seed", type=int, default=0, help="seed of the spectrum's row sample on large stores")
-    p.add_argument("--compare", type=Path, default=None, help="JSON of `scalselect compare --out`, shown as a table")
-    p.add_argument("--out", type=Path, required=True, help="folder for the PNGs and report.html")
+    p.add_argument("--compare", type=_path, default=None, help="JSON of `scalselect compare --out`, shown as a table")
+    p.add_argument("--out", type=_path, required=True, help="folder for the PNGs and report.html")
     p.set_defaults(run=_report)
 
     p = sub.add_parser("extract", help="one vector per pool sample from the model's first decoder layer")
     _add_extract_args(p)
-    p.add_argument("--out", type=Path, required=True, help="store directory to write")
+    p.add_argument("--out", type=_path, required=True, help="store directory to write")
     p.set_defaults(run=_extract)
 
     p = sub.add_parser("run", help="extract + score + select: the subset of a pool for a model")
     _add_extract_args(p)
     p.add_argument("--budget", required=True, help="how many to keep: a count (100000) or a share (16%%)")
-    p.add_argument("--out-dir", type=Path, required=True,
+    p.add_argument("--out-dir", type=_path, required=True,
                    help="folder for store/, scores.jsonl and the subset")
     p.add_argument("--energy", type=float, default=0.9, help="share of energy the kept subspace holds (default 0.9)")
     _add_method_args(p)
@@ -448,11 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("assemble-llava", help="one LLaVA-1.5 checkpoint from a base LLM, a CLIP tower and a "
                                               "stage-1 projector: the model before instruction tuning")
-    p.add_argument("--llm", type=Path, required=True, help="the base LLM (a Hugging Face causal LM, e.g. Vicuna)")
-    p.add_argument("--vision", type=Path, required=True, help="the CLIP vision tower (Hugging Face CLIP checkpoint)")
-    p.add_argument("--projector", type=Path, required=True,
+    p.add_argument("--llm", type=_path, required=True, help="the base LLM (a Hugging Face causal LM, e.g. Vicuna)")
+    p.add_argument("--vision", type=_path, required=True, help="the CLIP vision tower (Hugging Face CLIP checkpoint)")
+    p.add_argument("--projector", type=_path, required=True,
                    help="stage-1 projector: mm_projector.bin (tensors only) or .safetensors")
-    p.add_argument("--out", type=Path, required=True, help="new folder for the checkpoint")
+    p.add_argument("--out", type=_path, required=True, help="new folder for the checkpoint")
     p.add_argument("--vision-feature-layer", type=int, default=-2,
                    help="CLIP layer whose features the projector takes (LLaVA-1.5: -2)")
     p.set_defaults(run=_assemble_llava)
@@ -462,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_info)
 
     p = sub.add_parser("demo", help="offline demo: a generated pool and a tiny random LLaVA, through `run`")
-    p.add_argument("--out", type=Path, default=Path("scalselect-demo"), help="folder for its files")
+    p.add_argument("--out", type=_path, default=Path("scalselect-demo"), help="folder for its files")
     p.add_argument("--n", type=int, default=600, help="samples in the generated pool (default 600)")
     p.add_argument("--budget", default="16%", help="how many to keep (default 16%%)")
     p.add_argument("--device", default="auto")

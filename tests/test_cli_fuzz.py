@@ -119,7 +119,8 @@ def run(argv: list[str]) -> tuple[int, str, str]:
 
 
 def check_outcome(case: Case, argv: list[str], before: dict) -> tuple[int, str]:
-    rc, out, err = run(argv)
+    with contextlib.chdir(case.tmp):  # what a relative or empty path writes is in the snapshot
+        rc, out, err = run(argv)
     assert rc in (0, 2), (argv, rc, err)
     assert "Traceback" not in err, err
     event(f"exit {rc}")

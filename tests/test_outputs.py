@@ -127,3 +127,16 @@ def test_an_output_through_a_symlink_loop_is_one_line(store, tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "symlinks form a loop" in err
     assert (tmp_path / "a").is_symlink() and (tmp_path / "b").is_symlink()
+
+
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(tmp_path, monkeypatch, capsys):
+    """argparse would turn "" into Path("") == ".": the report would land in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32))
+    for argv in (["score", "x.npy", "--out", ""], ["report", "--store", "", "--scores", "s.jsonl", "--out", "r"],
+                 ["report", "--store", "x", "--scores", "s.jsonl", "--out", ""]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "an empty path" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
