@@ -111,6 +111,22 @@ def _finite_rows(sums: torch.Tensor, rows: torch.Tensor) -> torch.Tensor | None:
     return good
 
 
+def _prep_finite(kernel, chunk: torch.Tensor, *args, **kwargs):
+    """kernel(chunk, *args) (gram_prep or sketch_prep) on the chunk's finite rows: its outputs
+    and the mask of those rows (None when all are). A NaN or inf shows in the column sums, the
+    kernel's second output, so only then is the chunk searched and the kernel run again."""
+    out = kernel(chunk, *args, **kwargs)
+    good = _finite_rows(out[1], chunk)
+    if good is not None:
+        out = kernel(chunk[good], *args, **kwargs)
+    return out, good
+
+
+def _left_out_rows(good: torch.Tensor, start: int) -> list[int]:
+    """Indices (from `start`) of a chunk's rows that are not finite."""
+    return (torch.nonzero(~good).flatten() + start).tolist()
+
+
 def _check_scores(scores: np.ndarray, excluded: list) -> None:
     """Every score is finite but those of the rows left out (NaN)."""
     if not np.all(np.isfinite(np.delete(scores, excluded))):
@@ -358,13 +374,10 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
 
     def prep(chunk, shift, inv=None, start=None, l2=False):
         """gram_prep of the chunk's finite rows (noting the others when start is given)."""
-        centred, sums = kernels.gram_prep(chunk, shift, inv, l2, backend=backend)
-        good = _finite_rows(sums, chunk)
-        if good is None:
-            return centred, sums
-        if start is not None:
-            left_out.extend((torch.nonzero(~good).flatten() + start).tolist())
-        return kernels.gram_prep(chunk[good], shift, inv, l2, backend=backend)
+        out, good = _prep_finite(kernels.gram_prep, chunk, shift, inv, l2, backend=backend)
+        if good is not None and start is not None:
+            left_out.extend(_left_out_rows(good, start))
+        return out
 
     def head():  # an early mean estimate keeps the shifted sums small; the rows' magnitude
         if not reads_head:
@@ -460,11 +473,10 @@ def _column_moments(src: RowSource, shift, inv, scale: float, standardize: bool,
         with bar() as progress:
             for start, chunk in src.chunks(chunk_rows):
                 chunk = chunk.to(dev, non_blocking=True)
-                _, part, part_sq = kernels.sketch_prep(chunk, shift, inv, False, backend=backend)
-                good = _finite_rows(part, chunk)
+                (_, part, part_sq), good = _prep_finite(kernels.sketch_prep, chunk, shift, inv, False,
+                                                        backend=backend)
                 if good is not None:
-                    left_out.extend((torch.nonzero(~good).flatten() + start).tolist())
-                    _, part, part_sq = kernels.sketch_prep(chunk[good], shift, inv, False, backend=backend)
+                    left_out.extend(_left_out_rows(good, start))
                 sums.add_(part)
                 squares.add_(part_sq)
                 progress.update(chunk.shape[0])

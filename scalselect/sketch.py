@@ -48,7 +48,7 @@ from ._atomic import atomic_open, write_json
 from .distributed import Comm
 from .eigen import rank_for_energy
 from .errors import InputError, first_line
-from .scoring import _check_spread, _finite_rows, _head_magnitude, _inv_std, _progress, value_scale
+from .scoring import _check_spread, _head_magnitude, _inv_std, _left_out_rows, _prep_finite, _progress, value_scale
 from .store import RowSource, read_manifest, read_sidecar
 
 # Rows in the pilot sample (by default), and in the holdout that checks the result.
@@ -97,10 +97,8 @@ class Sketch:
         (float32) and a mask of the finite rows (None when all are). The elementwise part is
         the native prep kernel; the products are GEMMs."""
         inv = None if self.scale == 1 else torch.full_like(self.shift, self.scale)
-        centred, sums, squares = kernels.sketch_prep(chunk, self.shift, inv, False, backend=backend)
-        good = _finite_rows(sums, chunk)  # a NaN or inf shows in the sums: free to check
-        if good is not None:
-            centred, sums, squares = kernels.sketch_prep(chunk[good], self.shift, inv, False, backend=backend)
+        (centred, sums, squares), good = _prep_finite(kernels.sketch_prep, chunk, self.shift, inv, False,
+                                                      backend=backend)
         y = centred @ self.omega
         self.rows += centred.shape[0]
         self.colsum += sums
@@ -341,7 +339,7 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, backend
                     ys[start:start + len(y)] = y.cpu()
                 else:
                     good = good.cpu()
-                    left_out.extend((torch.nonzero(~good).flatten() + start).tolist())
+                    left_out.extend(_left_out_rows(good, start))
                     ys[torch.arange(start, start + len(good))[good]] = y.cpu()
                 bar.update(len(chunk))
 

@@ -406,7 +406,7 @@ def damaged_parts(store: Path, full: bool = True) -> list[str]:
         _check_entry(store, entry)
         problem = _verify_part(store, entry, full) if isinstance(entry.get("check"), dict) else "no checks recorded"
         if problem is not None:
-            damaged.append(f"{entry['vectors'].removesuffix('.npy')}: {problem}")
+            damaged.append(f"{_part_name(entry['vectors'])}: {problem}")
     return damaged
 
 
