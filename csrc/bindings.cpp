@@ -14,8 +14,13 @@ T* ptr(std::uintptr_t p) {
   return reinterpret_cast<T*>(p);
 }
 
+// Bumped whenever a kernel's arguments or semantics change: Python refuses a module built from
+// older sources (a stale build in a source checkout) instead of calling it with new arguments.
+constexpr int kKernelVersion = 2;
+
 py::dict build_info() {
   py::dict info;
+  info["kernel_version"] = kKernelVersion;
 #ifdef _OPENMP
   info["openmp"] = true;
 #else
@@ -61,13 +66,14 @@ PYBIND11_MODULE(_C, m) {
       "attention_mass_cpu",
       [](std::uintptr_t q, std::uintptr_t k, int dtype, int64_t batch, int64_t heads,
          int64_t kv_heads, int64_t seq, int64_t hd, std::uintptr_t key_valid,
-         std::uintptr_t row_is_instruction, std::uintptr_t col_is_vision, double scale,
-         std::uintptr_t out) {
+         std::uintptr_t row_is_instruction, std::uintptr_t col_is_vision, std::uintptr_t key_lo,
+         std::uintptr_t key_hi, double scale, double softcap, std::uintptr_t out) {
         py::gil_scoped_release nogil;
         scalselect::attention_mass_cpu(ptr<const void>(q), ptr<const void>(k), DType(dtype), batch,
                                        heads, kv_heads, seq, hd, ptr<const uint8_t>(key_valid),
                                        ptr<const uint8_t>(row_is_instruction),
-                                       ptr<const uint8_t>(col_is_vision), scale, ptr<float>(out));
+                                       ptr<const uint8_t>(col_is_vision), ptr<const int32_t>(key_lo),
+                                       ptr<const int32_t>(key_hi), scale, softcap, ptr<float>(out));
       });
   m.def(
       "top_mass_mean_cpu",
@@ -106,13 +112,15 @@ PYBIND11_MODULE(_C, m) {
       "attention_mass_cuda",
       [](std::uintptr_t q, std::uintptr_t k, int dtype, int64_t batch, int64_t heads,
          int64_t kv_heads, int64_t seq, int64_t hd, std::uintptr_t key_valid,
-         std::uintptr_t row_is_instruction, std::uintptr_t col_is_vision, double scale,
-         std::uintptr_t out, std::uintptr_t stream) {
+         std::uintptr_t row_is_instruction, std::uintptr_t col_is_vision, std::uintptr_t key_lo,
+         std::uintptr_t key_hi, double scale, double softcap, std::uintptr_t out,
+         std::uintptr_t stream) {
         py::gil_scoped_release nogil;
         scalselect::attention_mass_cuda(ptr<const void>(q), ptr<const void>(k), DType(dtype), batch,
                                         heads, kv_heads, seq, hd, ptr<const uint8_t>(key_valid),
                                         ptr<const uint8_t>(row_is_instruction),
-                                        ptr<const uint8_t>(col_is_vision), scale, ptr<float>(out),
+                                        ptr<const uint8_t>(col_is_vision), ptr<const int32_t>(key_lo),
+                                        ptr<const int32_t>(key_hi), scale, softcap, ptr<float>(out),
                                         stream);
       });
   m.def(

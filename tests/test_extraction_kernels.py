@@ -8,6 +8,7 @@ import torch
 
 from scalselect import kernels
 from scalselect.kernels import twins
+import layer_masks
 from tolerances import attention_mass_rtol, mean_atol
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -48,14 +49,16 @@ def extraction_batch(seed, batch, heads, kv_heads, seq, hd, sharp=1.5, dtype=tor
     return q, k, valid, instruction, vision
 
 
-def check_attention_mass(q, k, valid, rows, cols, scale, device="cpu"):
+def check_attention_mass(q, k, valid, rows, cols, scale, device="cpu", ranges=None, softcap=None):
     """Native on `device` against the twin on the CPU; returns the native result (CPU)."""
-    want = twins.attention_mass(q, k, valid, rows, cols, scale)
+    want = twins.attention_mass(q, k, valid, rows, cols, scale, ranges, softcap)
+    on_device = None if ranges is None else tuple(r.to(device) for r in ranges)
     got = kernels.attention_mass(*(t.to(device) for t in (q, k, valid, rows, cols)), scale,
-                                 backend="native")
+                                 on_device, softcap, backend="native")
     assert got.dtype == torch.float32 and got.shape == cols.shape and got.device.type == device
     got = got.cpu()
-    torch.testing.assert_close(got, want, rtol=attention_mass_rtol(q, k, valid, rows, scale), atol=0.0)
+    rtol = attention_mass_rtol(q, k, valid, rows, scale, softcap)
+    torch.testing.assert_close(got, want, rtol=rtol, atol=0.0)
     assert torch.all(got[~cols] == 0)
     assert torch.all(got >= 0)
     return got
@@ -72,6 +75,45 @@ def test_attention_mass_matches_twin(shape, dtype):
         r, c = torch.nonzero(rows[b] & valid[b]).flatten(), torch.nonzero(cols[b]).flatten()
         if r.numel() and c.numel() and int(r.max()) >= int(c.min()):
             assert float(got[b].sum()) > 0
+
+
+# (batch, heads, kv_heads, seq, head_dim, window / chunk / prefix length)
+MASK_SHAPES = [
+    (1, 1, 1, 1, 8, 1),
+    (3, 4, 2, 23, 16, 5),
+    (2, 8, 2, 130, 32, 16),     # windows on panel boundaries
+    (2, 4, 4, 300, 24, 37),     # many panels before a row's window
+    (2, 4, 2, 700, 64, 100),
+]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("kind", layer_masks.KINDS)
+@pytest.mark.parametrize("shape", MASK_SHAPES)
+def test_attention_mass_follows_key_ranges(kind, shape, device):
+    """Sliding windows, chunks and prefixes: the native kernels read each row's key range as the
+    twin does, with and without soft-capping, in half precision too."""
+    batch, heads, kv_heads, seq, hd, size = shape
+    for dtype, softcap in ((torch.float32, None), (torch.bfloat16, 1.5)):
+        q, k, valid, rows, cols = extraction_batch(seq + size, batch, heads, kv_heads, seq, hd, 2.0, dtype)
+        rows &= ~cols
+        ranges = layer_masks.key_ranges(kind, valid, window=size, chunk=size, prefix=size)
+        got = check_attention_mass(q, k, valid, rows, cols, hd ** -0.5, device, ranges, softcap)
+        assert torch.all(got[~cols] == 0) and torch.all(got >= 0)
+
+
+def test_attention_mass_refuses_key_ranges_without_the_row():
+    q, k, valid, rows, cols = extraction_batch(4, 2, 2, 2, 20, 8)
+    lo, hi = layer_masks.key_ranges("sliding", valid, window=3)
+    i = int(torch.nonzero(rows[0] & valid[0])[0])
+    for bad in ((lo, hi.clone().index_put_((torch.tensor([0]), torch.tensor([i])), torch.tensor(i, dtype=torch.int32))),
+                (lo.clone().index_put_((torch.tensor([0]), torch.tensor([i])), torch.tensor(i + 1, dtype=torch.int32)), hi),
+                (lo, hi + 30)):
+        for backend in ("torch", "native"):
+            with pytest.raises(ValueError, match="must hold the row itself"):
+                kernels.attention_mass(q, k, valid, rows, cols, 0.3, bad, backend=backend)
+    with pytest.raises(ValueError, match="softcap must be positive"):
+        kernels.attention_mass(q, k, valid, rows, cols, 0.3, (lo, hi), 0.0)
 
 
 def test_attention_mass_degenerate_samples():

@@ -4,25 +4,27 @@ import pytest
 import torch
 
 from scalselect.kernels import twins
+import layer_masks
 from tolerances import attention_mass_rtol, mean_atol
 
 
-def eager_attention_mass(q, k, key_valid, row_instr, col_vision, scale):
-    """What the reference does: full eager attention, every map kept, heads averaged."""
-    heads, group = q.shape[1], q.shape[1] // k.shape[1]
+def eager_attention_mass(q, k, key_valid, row_instr, col_vision, scale, mask=None, softcap=None):
+    """What the reference does: full eager attention, every map kept, heads averaged.
+    mask: [B, S, S] bool, the layer's (layer_masks.dense_mask); None: causal and padding."""
+    group = q.shape[1] // k.shape[1]
     k_full = k.repeat_interleave(group, dim=1)  # transformers' repeat_kv
     scores = (q.double() @ k_full.double().transpose(-1, -2)) * scale  # [B, H, S, S]
-    seq = q.shape[2]
-    causal = torch.ones(seq, seq, dtype=torch.bool).tril()
-    mask = causal[None, None] & key_valid[:, None, None, :]
-    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).nan_to_num(0.0)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if mask is None:
+        mask = layer_masks.dense_mask("causal", key_valid)
+    probs = torch.softmax(scores.masked_fill(~mask[:, None], float("-inf")), dim=-1).nan_to_num(0.0)
     attn = probs.mean(dim=1)  # [B, S, S]
-    out = torch.zeros(q.shape[0], seq, dtype=torch.float64)
+    out = torch.zeros(q.shape[0], q.shape[2], dtype=torch.float64)
     for b in range(q.shape[0]):
         rows = row_instr[b] & key_valid[b]
         if rows.any() and col_vision[b].any():
             out[b, col_vision[b]] = attn[b][rows][:, col_vision[b]].mean(dim=0)
-    assert heads == q.shape[1]
     return out
 
 
@@ -47,6 +49,30 @@ def test_attention_mass_equals_eager_attention(seed, heads, kv_heads):
     want = eager_attention_mass(q, k, valid, rows, cols, scale)
     torch.testing.assert_close(got.double(), want, rtol=attention_mass_rtol(q, k, valid, rows, scale), atol=0.0)
     assert torch.all(got[~cols] == 0)
+
+
+@pytest.mark.parametrize("kind", layer_masks.KINDS)
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_attention_mass_follows_the_layer_mask(kind, softcap):
+    """Per-row key ranges give what eager attention under the layer's full mask gives: sliding
+    windows and chunks cut rows off from keys (some instruction rows see no vision token),
+    prefixes and image blocks let rows see later keys; with soft-capped logits too."""
+    q, k, valid, rows, cols = random_batch(3, batch=4, seq=40, hd=8)
+    q = q * 3  # sharp enough that the cap changes the probabilities
+    if kind == "image_blocks":  # instruction rows stay outside the blocks, as in Gemma 3
+        rows &= ~cols
+    mask = layer_masks.dense_mask(kind, valid, blocks=layer_masks.image_blocks(cols))
+    ranges = layer_masks.key_ranges(kind, valid)
+    scale = q.shape[-1] ** -0.5
+    got = twins.attention_mass(q, k, valid, rows, cols, scale, ranges, softcap, row_chunk=5)
+    want = eager_attention_mass(q, k, valid, rows, cols, scale, mask, softcap)
+    rtol = attention_mass_rtol(q, k, valid, rows, scale, softcap)
+    torch.testing.assert_close(got.double(), want, rtol=rtol, atol=0.0)
+    causal = twins.attention_mass(q, k, valid, rows, cols, scale, None, softcap)
+    assert (kind in ("causal", "image_blocks")) == torch.allclose(got, causal, rtol=rtol, atol=0.0)
+    if softcap is not None:
+        assert not torch.allclose(got, twins.attention_mass(q, k, valid, rows, cols, scale, ranges),
+                                  rtol=rtol, atol=0.0)
 
 
 def test_attention_mass_half_precision_and_empty_samples():

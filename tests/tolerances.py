@@ -304,18 +304,21 @@ def assert_vectors_close(got, want, rtol: float, what: str = "") -> None:
 # --- the extraction kernels against their twins ----------------------------------------------
 
 def attention_mass_rtol(q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, rows: torch.Tensor,
-                        scale: float) -> float:
+                        scale: float, softcap: float | None = None) -> float:
     """Relative rounding allowed between two float32 evaluations of the attention mass (every
     term is positive, so a relative bound on each holds for the sums). A logit q.k (hd terms) is
     off by summed(hd) scale |q||k|, which the exponential turns into that relative error of a
     probability, twice over (numerator and the softmax's max shift); the softmax's denominator
-    sums S terms, the mass sums rows x heads probabilities. Two evaluations: twice that."""
+    sums S terms, the mass sums rows x heads probabilities. Two evaluations: twice that.
+    Soft-capping c tanh(l / c) does not enlarge a logit's error (its slope is at most 1) and adds
+    its own: the division, tanh (within 2 ulp) and the product, 4 u of c."""
     hd, seq = q.shape[-1], q.shape[-2]
     group = q.shape[1] // k.shape[1]
     kk = k.float().abs().repeat_interleave(group, dim=1)
     logit = scale * float((q.float().abs() @ kk.transpose(-1, -2)).max()) if q.numel() and kk.numel() else 0.0
     terms = int(rows.sum(dim=1).max()) * q.shape[1] if rows.numel() else 1
-    return 2 * (2 * summed(hd) * logit + summed(seq) + summed(terms))
+    cap = 4 * U32 * softcap if softcap is not None else 0.0
+    return 2 * (2 * (summed(hd) * logit + cap) + summed(seq) + summed(terms))
 
 
 def mean_atol(hidden: torch.Tensor) -> float:

@@ -132,20 +132,26 @@ void logit_tile(const float* q, const float* panel, int64_t hd, float* out, int6
   }
 }
 
-// One query row's softmax over keys [0, n8) (masked keys carry bias -inf, keys past the
-// causal limit were set to -inf), added into colsum: colsum[j] += P[j]. row is overwritten.
+// One query row's softmax over its keys lo <= j < hi, read from row[j0, j1) (j0 <= lo, hi <= j1,
+// both multiples of 8; logits outside [lo, hi) and keys with bias -inf count as masked), added
+// into colsum: colsum[j] += P[j]. Logits are already scaled (and soft-capped). row is overwritten.
 SCALSELECT_CLONES
-void softmax_into(float* row, const float* bias, int64_t n8, float scale, float* colsum) {
+void softmax_into(float* row, const float* bias, int64_t j0, int64_t j1, int64_t lo, int64_t hi,
+                  float* colsum) {
+  v8i lane;
+  for (int l = 0; l < kLanes; ++l) lane[l] = l;
   v8f m = splat(kNegInf);
-  for (int64_t j = 0; j < n8; j += kLanes) {
-    const v8f x = load8(row + j) * splat(scale) + load8(bias + j);
+  for (int64_t j = j0; j < j1; j += kLanes) {
+    const v8i at = lane + int32_t(j);
+    const v8i inside = (at >= int32_t(lo)) & (at < int32_t(hi));
+    const v8f x = inside ? load8(row + j) + load8(bias + j) : splat(kNegInf);
     store8(row + j, x);
     m = x > m ? x : m;
   }
   float mx = m[0];
   for (int l = 1; l < kLanes; ++l) mx = std::max(mx, m[l]);
   v8f s = splat(0.0f);
-  for (int64_t j = 0; j < n8; j += kLanes) {
+  for (int64_t j = j0; j < j1; j += kLanes) {
     const v8f e = exp_nonpositive(load8(row + j) - splat(mx));
     store8(row + j, e);
     s += e;
@@ -153,27 +159,32 @@ void softmax_into(float* row, const float* bias, int64_t n8, float scale, float*
   double total = 0.0;
   for (int l = 0; l < kLanes; ++l) total += s[l];
   const v8f inv = splat(float(1.0 / total));
-  for (int64_t j = 0; j < n8; j += kLanes) store8(colsum + j, load8(colsum + j) + load8(row + j) * inv);
+  for (int64_t j = j0; j < j1; j += kLanes) store8(colsum + j, load8(colsum + j) + load8(row + j) * inv);
 }
 
-// Keys of one (sample, kv head) packed as panels: panels[t][d][c] = k[16 t + c][d], zero past nkeys.
-void pack_keys(const void* k, DType dtype, int64_t base, int64_t nkeys, int64_t hd, float* panels,
-               float* row) {
+// Keys [first, first + nkeys) of one (sample, kv head) packed as panels:
+// panels[t][d][c] = k[first + 16 t + c][d], zero past the last key.
+void pack_keys(const void* k, DType dtype, int64_t base, int64_t first, int64_t nkeys, int64_t hd,
+               float* panels, float* row) {
   const int64_t tiles = (nkeys + kNr - 1) / kNr;
   std::fill(panels, panels + tiles * hd * kNr, 0.0f);
   for (int64_t j = 0; j < nkeys; ++j) {
-    to_float(k, dtype, base + j * hd, hd, row);
+    to_float(k, dtype, base + (first + j) * hd, hd, row);
     float* dst = panels + (j / kNr) * hd * kNr + j % kNr;
     for (int64_t d = 0; d < hd; ++d) dst[d * kNr] = row[d];
   }
 }
+
+int64_t round_down(int64_t x, int64_t m) { return x / m * m; }
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 }  // namespace
 
 void attention_mass_cpu(const void* q, const void* k, DType dtype, int64_t batch, int64_t heads,
                         int64_t kv_heads, int64_t seq, int64_t hd, const uint8_t* key_valid,
                         const uint8_t* row_is_instruction, const uint8_t* col_is_vision,
-                        double scale, float* out) {
+                        const int32_t* key_lo, const int32_t* key_hi, double scale,
+                        double softcap, float* out) {
   if (batch <= 0 || seq <= 0) return;
   std::fill(out, out + batch * seq, 0.0f);
   if (heads <= 0 || kv_heads <= 0) return;
@@ -231,32 +242,46 @@ void attention_mass_cpu(const void* q, const void* k, DType dtype, int64_t batch
       const int64_t b = task_sample[task], kh = task_head[task], c0 = task_row[task];
       const int64_t* my_rows = rows.data() + first[b] + c0;  // ascending positions
       const int64_t n_mine = std::min(chunk, first[b + 1] - first[b] - c0);
-      const int64_t keys = my_rows[n_mine - 1] + 1;  // causal: no row here sees past this key
+      const int32_t* lo = key_lo + b * seq;
+      const int32_t* hi = key_hi + b * seq;
+      // The keys some row of the chunk sees, from a panel boundary: [k0, k1).
+      int64_t k0 = seq, k1 = 0;
+      for (int64_t r = 0; r < n_mine; ++r) {
+        k0 = std::min<int64_t>(k0, lo[my_rows[r]]);
+        k1 = std::max<int64_t>(k1, hi[my_rows[r]]);
+      }
+      k0 = round_down(k0, kNr);
       const uint8_t* valid = key_valid + b * seq;
-      for (int64_t j = 0; j < s_pad; ++j) bias[j] = j < keys && valid[j] ? 0.0f : kNegInf;
-      pack_keys(k, dtype, (b * kv_heads + kh) * seq * hd, keys, hd, panels.data(), scratch.data());
+      for (int64_t j = 0; j < s_pad; ++j) bias[j] = k0 + j < k1 && valid[k0 + j] ? 0.0f : kNegInf;
+      pack_keys(k, dtype, (b * kv_heads + kh) * seq * hd, k0, k1 - k0, hd, panels.data(), scratch.data());
       double* mine = partial.data() + size_t(task) * size_t(seq);
       for (int64_t r0 = 0; r0 < n_mine; r0 += rt) {
         const int64_t nr = std::min(rt, n_mine - r0);
         const int64_t* tile = my_rows + r0;
-        const int64_t jmax = tile[nr - 1] + 1;
-        const int64_t kt = (jmax + kNr - 1) / kNr, ld = kt * kNr;
+        int64_t t_lo = seq, t_hi = 0;  // the tile's keys, relative to k0
+        for (int64_t r = 0; r < nr; ++r) {
+          t_lo = std::min<int64_t>(t_lo, lo[tile[r]] - k0);
+          t_hi = std::max<int64_t>(t_hi, hi[tile[r]] - k0);
+        }
+        const int64_t p0 = t_lo / kNr, p1 = (t_hi + kNr - 1) / kNr, ld = p1 * kNr;
         for (int64_t h = kh * group; h < (kh + 1) * group; ++h) {
           for (int64_t r = 0; r < nr; ++r)
             to_float(q, dtype, ((b * heads + h) * seq + tile[r]) * hd, hd, qt.data() + r * hd);
           for (int64_t m0 = 0; m0 < nr; m0 += kMr)
-            for (int64_t t = 0; t < kt; ++t)
+            for (int64_t t = p0; t < p1; ++t)
               logit_tile(qt.data() + m0 * hd, panels.data() + t * hd * kNr, hd,
                          logits.data() + m0 * ld + t * kNr, ld);
-          std::fill(colsum.begin(), colsum.begin() + ld, 0.0f);
+          std::fill(colsum.begin() + p0 * kNr, colsum.begin() + ld, 0.0f);
           for (int64_t r = 0; r < nr; ++r) {
-            const int64_t n = tile[r] + 1;  // keys 0..i
-            const int64_t n8 = (n + kLanes - 1) / kLanes * kLanes;
+            const int64_t row_lo = lo[tile[r]] - k0, row_hi = hi[tile[r]] - k0;
+            const int64_t j0 = round_down(row_lo, kLanes), j1 = round_up(row_hi, kLanes);
             float* row = logits.data() + r * ld;
-            std::fill(row + n, row + n8, kNegInf);
-            softmax_into(row, bias.data(), n8, float(scale), colsum.data());
+            for (int64_t j = j0; j < j1; ++j) row[j] *= float(scale);
+            if (softcap > 0.0)
+              for (int64_t j = j0; j < j1; ++j) row[j] = float(softcap * std::tanh(double(row[j]) / softcap));
+            softmax_into(row, bias.data(), j0, j1, row_lo, row_hi, colsum.data());
           }
-          for (int64_t j = 0; j < jmax; ++j) mine[j] += colsum[j];
+          for (int64_t j = p0 * kNr; j < std::min(ld, seq - k0); ++j) mine[k0 + j] += colsum[j];
         }
       }
     }

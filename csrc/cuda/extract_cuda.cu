@@ -42,7 +42,8 @@ __global__ void compact_kernel(const uint8_t* flag_a, const uint8_t* flag_b, int
 }
 
 // attention_mass: a block takes (up to) kRowTile instruction rows of one sample and one head.
-// Its 8 warps hold 2 rows each; lane l handles key 32 t + l of key tile t, staged in shared
+// Its 8 warps hold 2 rows each; lane l handles key 32 t + l of key tile t (the tiles some row's
+// key range [lo, hi) reaches), staged in shared
 // memory with the queries. Pass 1 keeps a per-lane online softmax (running max and sum), merged
 // over the warp: the normaliser of each row. Pass 2 recomputes the logits of the vision keys
 // and adds P over the block's rows into a float64 column accumulator (one atomic per column
@@ -62,8 +63,9 @@ __device__ __forceinline__ void merge_softmax(float& m, float& s, float m2, floa
 __global__ void attention_mass_kernel(const void* q, const void* k, DType dtype, int heads,
                                       int group, int64_t seq, int hd, int stride,
                                       const uint8_t* key_valid, const uint8_t* col_is_vision,
+                                      const int32_t* key_lo, const int32_t* key_hi,
                                       const int* rows, const int* n_rows, const int* n_vision,
-                                      float scale, double* acc) {
+                                      float scale, float softcap, double* acc) {
   extern __shared__ float smem[];
   float* qs = smem;                       // [kRowTile][stride]
   float* ks = smem + kRowTile * stride;   // [kKeyTile][stride]
@@ -75,7 +77,13 @@ __global__ void attention_mass_kernel(const void* q, const void* k, DType dtype,
   if (r0 >= nr_total || n_vision[b] == 0) return;  // uniform over the block
   const int nr = min(kRowTile, nr_total - r0);
   const int* my_rows = rows + b * seq + r0;
-  const int64_t jmax = int64_t(my_rows[nr - 1]) + 1;  // rows ascend: the last sees the most keys
+  const int32_t* lo = key_lo + b * seq;
+  const int32_t* hi = key_hi + b * seq;
+  int64_t jmin = seq, jmax = 0;  // the keys some row of the block sees
+  for (int r = 0; r < nr; ++r) {
+    jmin = min(jmin, int64_t(lo[my_rows[r]]));
+    jmax = max(jmax, int64_t(hi[my_rows[r]]));
+  }
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t q_base = (b * heads + h) * seq;
   const int64_t k_base = (b * (heads / group) + h / group) * seq;
@@ -86,16 +94,17 @@ __global__ void attention_mass_kernel(const void* q, const void* k, DType dtype,
     const int r = e / hd, d = e % hd;
     qs[r * stride + d] = r < nr ? load_as<float>(q, dtype, (q_base + my_rows[r]) * hd + d) : 0.0f;
   }
-  int64_t row_pos[2];
+  int64_t row_lo[2], row_hi[2];
   for (int u = 0; u < 2; ++u) {
     const int r = warp + u * kWarps;
-    row_pos[u] = r < nr ? int64_t(my_rows[r]) : -1;  // -1: no row, sees no key
+    row_lo[u] = r < nr ? int64_t(lo[my_rows[r]]) : 0;
+    row_hi[u] = r < nr ? int64_t(hi[my_rows[r]]) : 0;  // no row: sees no key
   }
   float m[2] = {-INFINITY, -INFINITY}, s[2] = {0.0f, 0.0f};
-  const int64_t key_tiles = (jmax + kKeyTile - 1) / kKeyTile;
+  const int64_t first_tile = jmin / kKeyTile, key_tiles = (jmax + kKeyTile - 1) / kKeyTile;
 
   for (int pass = 0; pass < 2; ++pass) {
-    for (int64_t t = 0; t < key_tiles; ++t) {
+    for (int64_t t = first_tile; t < key_tiles; ++t) {
       const int64_t j = t * kKeyTile + lane;
       const bool key_ok = j < jmax && valid[j];
       if (pass == 1) {  // only tiles with a vision key matter now
@@ -120,8 +129,9 @@ __global__ void attention_mass_kernel(const void* q, const void* k, DType dtype,
       }
       float mass = 0.0f;
       for (int u = 0; u < 2; ++u) {
-        if (!key_ok || j > row_pos[u]) continue;
-        const float l = dot[u] * scale;
+        if (!key_ok || j < row_lo[u] || j >= row_hi[u]) continue;
+        float l = dot[u] * scale;
+        if (softcap > 0.0f) l = softcap * tanhf(l / softcap);
         if (pass == 0) {
           if (l > m[u]) {
             s[u] = s[u] * expf(m[u] - l) + 1.0f;  // expf(-inf) = 0 for the first key
@@ -260,7 +270,8 @@ __global__ void top_mass_mean_kernel(const void* hidden, DType dtype, int64_t se
 void attention_mass_cuda(const void* q, const void* k, DType dtype, int64_t batch, int64_t heads,
                          int64_t kv_heads, int64_t seq, int64_t hd, const uint8_t* key_valid,
                          const uint8_t* row_is_instruction, const uint8_t* col_is_vision,
-                         double scale, float* out, std::uintptr_t stream) {
+                         const int32_t* key_lo, const int32_t* key_hi, double scale,
+                         double softcap, float* out, std::uintptr_t stream) {
   if (batch <= 0 || seq <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   const size_t cells = size_t(batch) * size_t(seq);
@@ -306,8 +317,8 @@ void attention_mass_cuda(const void* q, const void* k, DType dtype, int64_t batc
   const dim3 grid(unsigned((seq + kRowTile - 1) / kRowTile), unsigned(heads), unsigned(batch));
   attention_mass_kernel<<<grid, kMassThreads, smem, s>>>(
       q, k, dtype, int(heads), int(heads / kv_heads), seq, int(hd), stride, key_valid,
-      col_is_vision, static_cast<const int*>(rows.ptr), n_rows, n_vision, float(scale),
-      static_cast<double*>(acc.ptr));
+      col_is_vision, key_lo, key_hi, static_cast<const int*>(rows.ptr), n_rows, n_vision,
+      float(scale), float(softcap), static_cast<double*>(acc.ptr));
   check(cudaGetLastError(), "attention_mass_kernel");
   const unsigned blocks = unsigned((cells + 255) / 256);
   attention_mass_finish<<<blocks, 256, 0, s>>>(static_cast<const double*>(acc.ptr), col_is_vision,

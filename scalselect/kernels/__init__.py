@@ -13,6 +13,10 @@ import torch
 from .. import options
 from . import twins
 
+# Must match kKernelVersion in csrc/bindings.cpp: a module built from older sources has other
+# kernel arguments, and calling it would read the wrong memory.
+KERNEL_VERSION = 2
+
 try:
     from .. import _C
 except ImportError as exc:  # a source checkout without a build, or a broken wheel
@@ -20,6 +24,11 @@ except ImportError as exc:  # a source checkout without a build, or a broken whe
     _IMPORT_ERROR = str(exc)
 else:
     _IMPORT_ERROR = ""
+    _built = _C.build_info().get("kernel_version")
+    if _built != KERNEL_VERSION:
+        _C = None
+        _IMPORT_ERROR = (f"the native module was built from other sources (kernel version {_built}, "
+                         f"expected {KERNEL_VERSION}); rebuild it: pip install .")
 
 # Must match scalselect::DType in csrc/include/scalselect/kernels.h.
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
@@ -99,12 +108,13 @@ def _native_projected_sqnorm(x, shift, inv_scale, l2_normalize, w):
     return out
 
 
-def _native_attention_mass(q, k, key_valid, row_is_instruction, col_is_vision, scale):
+def _native_attention_mass(q, k, key_valid, row_is_instruction, col_is_vision, key_lo, key_hi,
+                           scale, softcap):
     b, heads, seq, hd = q.shape
     out = torch.empty((b, seq), dtype=torch.float32, device=q.device)  # every entry written
     args = (q.data_ptr(), k.data_ptr(), _DTYPE_CODES[q.dtype], b, heads, k.shape[1], seq, hd,
             key_valid.data_ptr(), row_is_instruction.data_ptr(), col_is_vision.data_ptr(),
-            float(scale), out.data_ptr())
+            key_lo.data_ptr(), key_hi.data_ptr(), float(scale), float(softcap or 0.0), out.data_ptr())
     _launch("attention_mass", q.device, args)
     return out
 
@@ -122,14 +132,20 @@ def _native_top_mass_mean(hidden, mass, col_is_vision, tau):
 def _self_check(name: str, device: torch.device) -> bool:
     """The native kernel against its twin on a small input that reaches every code path."""
     gen = torch.Generator().manual_seed(1234)
-    if name == "attention_mass":  # 70 tokens: several row and key tiles; padding both sides; GQA
+    if name == "attention_mass":  # 70 tokens: several row and key tiles; padding both sides; GQA;
+        # causal rows in sample 0, a sliding window of 20 keys and soft-capping in sample 1
         q = torch.randn(2, 4, 70, 24, generator=gen).to(device=device, dtype=torch.float16)
         k = torch.randn(2, 2, 70, 24, generator=gen).to(device=device, dtype=torch.float16)
         valid = torch.ones(2, 70, dtype=torch.bool)
         valid[0, :6], valid[1, -5:] = False, False
         vision = (torch.rand(2, 70, generator=gen) < 0.5) & valid
+        lo, hi = twins.causal_key_ranges(valid)
+        lo = lo.clone()
+        lo[1] = (torch.arange(70) - 19).clamp(min=0).to(torch.int32)
         masks = [m.to(device) for m in (valid, ~vision & valid, vision)]
-        got, want = _native_attention_mass(q, k, *masks, 0.2), twins.attention_mass(q, k, *masks, 0.2)
+        ranges = (lo.to(device), hi.to(device))
+        got = _native_attention_mass(q, k, *masks, *ranges, 0.2, 3.0)
+        want = twins.attention_mass(q, k, *masks, 0.2, ranges, 3.0)
         return torch.allclose(got, want, rtol=1e-4, atol=1e-7)
     if name == "top_mass_mean":
         hidden = torch.randn(3, 40, 70, generator=gen).to(device=device, dtype=torch.bfloat16)
@@ -263,11 +279,32 @@ def _mask(m: torch.Tensor, shape: tuple, device: torch.device, what: str) -> tor
     return m.to(device=device, dtype=torch.bool).contiguous()
 
 
+def _key_ranges(key_ranges, shape: tuple, device: torch.device, key_valid: torch.Tensor,
+                rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) as contiguous int32 [B, S] on `device`, causal when None; every row that is
+    computed must see itself (lo <= i < hi <= S), so each softmax has a key."""
+    if key_ranges is None:
+        return twins.causal_key_ranges(key_valid)
+    lo, hi = key_ranges
+    if tuple(lo.shape) != shape or tuple(hi.shape) != shape:
+        raise ValueError(f"key_ranges must be two tensors of shape {shape}, got "
+                         f"{tuple(lo.shape)} and {tuple(hi.shape)}")
+    lo, hi = (t.to(device=device, dtype=torch.int32).contiguous() for t in (lo, hi))
+    at = torch.arange(shape[1], device=device)
+    computed = rows & key_valid
+    if bool(((lo > at) | (hi <= at) | (lo < 0) | (hi > shape[1]))[computed].any()):
+        raise ValueError("key_ranges: an instruction row's keys [lo, hi) must hold the row itself "
+                         "and lie within the sequence")
+    return lo, hi
+
+
 def attention_mass(q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor,
                    row_is_instruction: torch.Tensor, col_is_vision: torch.Tensor, scale: float,
-                   *, backend: str = "auto") -> torch.Tensor:
+                   key_ranges: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   softcap: float | None = None, *, backend: str = "auto") -> torch.Tensor:
     """[B, S] float32 mean attention of the instruction rows on each vision token; see
-    twins.attention_mass. The native kernels never hold more than a tile of logits."""
+    twins.attention_mass (key_ranges: the layer's per-row keys, None for causal). The native
+    kernels never hold more than a tile of logits."""
     if q.dim() != 4 or k.dim() != 4:
         raise ValueError(f"q and k must be [B, H, S, hd], got {tuple(q.shape)} and {tuple(k.shape)}")
     b, heads, seq, hd = q.shape
@@ -277,16 +314,20 @@ def attention_mass(q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor,
                          "(same B, S, hd; H a positive multiple of Hkv)")
     if k.device != q.device:
         raise ValueError(f"q is on {q.device} but k on {k.device}")
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"softcap must be positive or None, not {softcap}")
     masks = [_mask(m, (b, seq), q.device, what) for m, what in
              ((key_valid, "key_valid"), (row_is_instruction, "row_is_instruction"),
               (col_is_vision, "col_is_vision"))]
+    ranges = _key_ranges(key_ranges, (b, seq), q.device, masks[0], masks[1])
     if _use_native("attention_mass", q.device, backend):
         if q.dtype != k.dtype or q.dtype not in _DTYPE_CODES:  # the twin reads both as float32
             q, k = q.float(), k.float()
         return _native_or_twin("attention_mass", q.device, backend, (tuple(q.shape), tuple(k.shape)),
-                               lambda: _native_attention_mass(q.contiguous(), k.contiguous(), *masks, scale),
-                               lambda: twins.attention_mass(q, k, *masks, scale))
-    return twins.attention_mass(q, k, *masks, scale)
+                               lambda: _native_attention_mass(q.contiguous(), k.contiguous(), *masks,
+                                                              *ranges, scale, softcap),
+                               lambda: twins.attention_mass(q, k, *masks, scale, ranges, softcap))
+    return twins.attention_mass(q, k, *masks, scale, ranges, softcap)
 
 
 def top_mass_mean(hidden: torch.Tensor, mass: torch.Tensor, col_is_vision: torch.Tensor,

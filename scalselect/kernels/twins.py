@@ -47,21 +47,32 @@ def projected_sqnorm(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tens
 # --- Representation extraction: the twins come first and define the semantics. ---
 
 
+def causal_key_ranges(key_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row i of a causal layer attends to keys [0, i + 1): (lo, hi), int32 [B, S] each."""
+    b_size, seq = key_valid.shape
+    hi = torch.arange(1, seq + 1, dtype=torch.int32, device=key_valid.device).expand(b_size, seq)
+    return torch.zeros_like(hi), hi.contiguous()
+
+
 def attention_mass(q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor,
                    row_is_instruction: torch.Tensor, col_is_vision: torch.Tensor,
-                   scale: float, row_chunk: int = 512) -> torch.Tensor:
-    """Mean layer-0 attention each vision token receives from the instruction tokens.
+                   scale: float, key_ranges: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   softcap: float | None = None, row_chunk: int = 512) -> torch.Tensor:
+    """Mean attention each vision token receives from the instruction tokens in one layer.
 
     q: [B, H, S, hd] rotary-embedded queries; k: [B, Hkv, S, hd] keys, H a multiple of Hkv
     (query head h reads key head h // (H / Hkv), as transformers' repeat_kv does).
     key_valid: [B, S] bool, False at padding. row_is_instruction, col_is_vision: [B, S] bool.
-    Softmax over all causal, valid keys (j <= i), in float32, scaled by `scale`.
-    Returns [B, S] float32: a_j = mean over heads and instruction rows of P[i, j] at vision
-    columns, 0 elsewhere (all 0 for a sample without instruction rows). Memory: one
-    [row_chunk, S] block at a time, never [B, H, S, S].
+    key_ranges: (lo, hi), int [B, S]: row i attends to the valid keys lo[i] <= j < hi[i] (the
+    layer's mask: causal, sliding window, chunked, bidirectional prefix); None is causal, j <= i.
+    Logits are scale * q.k, then softcap * tanh(logit / softcap) when softcap is set, softmax over
+    the row's keys in float32. Returns [B, S] float32: a_j = mean over heads and instruction rows
+    of P[i, j] at vision columns, 0 elsewhere (all 0 for a sample without instruction rows).
+    Memory: one [row_chunk, S] block at a time, never [B, H, S, S].
     """
     b_size, heads, seq, _ = q.shape
     group = heads // k.shape[1]
+    lo, hi = key_ranges if key_ranges is not None else causal_key_ranges(key_valid)
     out = torch.zeros(b_size, seq, dtype=torch.float32, device=q.device)
     positions = torch.arange(seq, device=q.device)
     for b in range(b_size):
@@ -70,11 +81,14 @@ def attention_mass(q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor,
         if rows.numel() == 0 or cols.numel() == 0:
             continue
         total = torch.zeros(cols.numel(), dtype=torch.float32, device=q.device)
-        for lo in range(0, rows.numel(), row_chunk):
-            r = rows[lo:lo + row_chunk]
-            allowed = key_valid[b][None, :] & (positions[None, :] <= r[:, None])  # [r, S]
+        for start in range(0, rows.numel(), row_chunk):
+            r = rows[start:start + row_chunk]
+            allowed = (key_valid[b][None, :] & (positions[None, :] >= lo[b, r, None])
+                       & (positions[None, :] < hi[b, r, None]))  # [r, S]
             for h in range(heads):
                 logits = (q[b, h, r].float() @ k[b, h // group].float().T) * scale
+                if softcap is not None:
+                    logits = torch.tanh(logits / softcap) * softcap
                 probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
                 total += probs[:, cols].sum(dim=0)
         out[b, cols] = total / (heads * rows.numel())

@@ -31,14 +31,18 @@ void projected_sqnorm_cpu(const void* x, DType dtype, int64_t n, int64_t d, int6
 // scalselect/kernels/twins.py). All tensors contiguous; masks are [batch, seq] bytes (0 / 1).
 //
 // attention_mass: q [batch, heads, seq, hd] and k [batch, kv_heads, seq, hd] of `dtype`, heads a
-// multiple of kv_heads (head h reads kv head h / (heads / kv_heads)). Softmax of scale * q_i . k_j
-// over the keys j <= i with key_valid[j], for the rows i with row_is_instruction[i] && key_valid[i];
-// out[b, j] (float32, every entry written) = mean over heads and those rows of P[i, j] where
-// col_is_vision[j], else 0. Works on one tile of logits at a time, never a [seq, seq] map.
+// multiple of kv_heads (head h reads kv head h / (heads / kv_heads)). For the rows i with
+// row_is_instruction[i] && key_valid[i], the softmax of the logits l = scale * q_i . k_j (then
+// softcap * tanh(l / softcap) when softcap > 0) over the keys key_lo[i] <= j < key_hi[i] with
+// key_valid[j] (int32 [batch, seq] each; the caller guarantees key_lo[i] <= i < key_hi[i] <= seq
+// for those rows); out[b, j] (float32, every entry written) = mean over heads and those rows of
+// P[i, j] where col_is_vision[j], else 0. Works on one tile of logits at a time, never a
+// [seq, seq] map.
 void attention_mass_cpu(const void* q, const void* k, DType dtype, int64_t batch, int64_t heads,
                         int64_t kv_heads, int64_t seq, int64_t hd, const uint8_t* key_valid,
                         const uint8_t* row_is_instruction, const uint8_t* col_is_vision,
-                        double scale, float* out);
+                        const int32_t* key_lo, const int32_t* key_hi, double scale,
+                        double softcap, float* out);
 
 // top_mass_mean: hidden [batch, seq, dim] of `dtype`, mass [batch, seq] float64. Per sample,
 // p = mass / sum over the vision tokens (uniform when the sum is not > 0), sorted descending
@@ -61,7 +65,8 @@ void projected_sqnorm_cuda(const void* x, DType dtype, int64_t n, int64_t d, int
 void attention_mass_cuda(const void* q, const void* k, DType dtype, int64_t batch, int64_t heads,
                          int64_t kv_heads, int64_t seq, int64_t hd, const uint8_t* key_valid,
                          const uint8_t* row_is_instruction, const uint8_t* col_is_vision,
-                         double scale, float* out, std::uintptr_t stream);
+                         const int32_t* key_lo, const int32_t* key_hi, double scale,
+                         double softcap, float* out, std::uintptr_t stream);
 void top_mass_mean_cuda(const void* hidden, DType dtype, int64_t batch, int64_t seq, int64_t dim,
                         const double* mass, const uint8_t* col_is_vision, double tau, float* out,
                         int64_t* kept, std::uintptr_t stream);
