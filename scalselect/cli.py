@@ -158,7 +158,7 @@ def _extract_options(args, **sketch):
                           store_dtype=args.store_dtype, shard_rows=args.shard_rows,
                           resume=args.resume, trust_remote_code=args.trust_remote_code,
                           allow_outside_root=args.allow_outside_root, progress=not args.quiet,
-                          system_prompt=args.system_prompt,
+                          system_prompt=args.system_prompt, layer=args.layer,
                           chat_template=None if args.chat_template is None else options.chat_template(args.chat_template),
                           **sketch).check()
 
@@ -331,6 +331,9 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat-template", type=_path, default=None,
                    help="Jinja chat template file (or a JSON file with a chat_template string) in place of "
                         "the checkpoint's: the one your trainer renders with")
+    p.add_argument("--layer", type=int, default=None,
+                   help="decoder layer whose attention and output make the vectors (default: the first "
+                        "with softmax attention, 0 for most models)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dist_timeout(p)
 
@@ -436,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_path, required=True, help="folder for the PNGs and report.html")
     p.set_defaults(run=_report)
 
-    p = sub.add_parser("extract", help="one vector per pool sample from the model's first decoder layer")
+    p = sub.add_parser("extract", help="one vector per pool sample from the model's first softmax-attention decoder layer")
     _add_extract_args(p)
     p.add_argument("--out", type=_path, required=True, help="store directory to write")
     p.set_defaults(run=_extract)

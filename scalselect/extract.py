@@ -1,74 +1,175 @@
-"""One vector per sample from the target VLM's first decoder layer (DESIGN.md section 1a).
+"""One vector per sample from the target VLM's first softmax-attention decoder layer L
+(docs/design.md, the representation).
 
-The forward stops right after decoder layer 0: a hook takes that layer's output (what a full
-model returns as hidden_states[1]) and ends the forward. Layer 0 runs with SDPA through an
-attention function registered with transformers that also keeps its rotary-embedded queries and
-keys, from which the instruction -> vision attention mass is computed without any [B, H, S, S]
-map. The most-attended vision tokens' states are then averaged.
+The forward stops right after layer L: a hook takes that layer's output (what a full model
+returns as hidden_states[L + 1]) and ends the forward. The model's attention runs through a
+function registered with transformers that also keeps layer L's rotary-embedded queries and keys
+and turns the mask transformers built for that layer (causal, sliding window, chunked,
+bidirectional blocks, padding) into each row's key range; from these the instruction -> vision
+attention mass is computed without any [B, H, S, S] map. The most-attended vision tokens'
+states are then averaged.
+
+The hook takes the layer's own output. Qwen3-VL's DeepStack adds visual features of early ViT
+blocks to the vision tokens after decoder layers 0, 1, ..., on a copy of the layer's output, so
+what a full forward returns as hidden_states[L + 1] is that same output without the addition.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import torch
 
 from . import kernels
+from .errors import InputError
 from .models import adapter_for
 
-_ATTENTION_NAME = "scalselect_layer0"
+_ATTENTION_NAME = "scalselect_probe"
 
 
 class _StopForward(Exception):
-    """Raised by the layer-0 hook: nothing after layer 0 is needed."""
+    """Raised by the hook on layer L: nothing after it is needed."""
 
 
-def _capturing_sdpa(module, query, key, value, attention_mask, **kwargs):
+class UnsupportedModel(InputError):
+    """The model's layer L cannot be probed exactly (found during the first forward)."""
+
+
+def key_ranges_from_mask(mask: torch.Tensor | None, batch: int, seq: int, causal: bool,
+                         device: torch.device | str = "cpu"):
+    """(lo, hi, contiguous), [B, S] each, from the mask an attention function receives: row i
+    attends to keys lo <= j < hi, and `contiguous` says whether those are exactly its keys.
+
+    mask: bool [B or 1, 1 or H, S, S] (True: attend), an additive float mask of the same shape
+    (0: attend, very negative: not), or None (no padding: causal, or everything when the layer
+    is not causal)."""
+    if mask is None:
+        lo = torch.zeros(batch, seq, dtype=torch.int32, device=device)
+        hi = torch.arange(1, seq + 1, dtype=torch.int32, device=device) if causal else lo[0] + seq
+        return lo, hi.expand(batch, seq).contiguous(), torch.ones(batch, seq, dtype=torch.bool, device=device)
+    if mask.dim() != 4 or mask.shape[-2:] != (seq, seq) or mask.shape[0] not in (1, batch):
+        raise UnsupportedModel(f"its attention mask has shape {tuple(mask.shape)}, not [B, 1, {seq}, {seq}]")
+    if mask.dtype != torch.bool:
+        allowed = mask > torch.finfo(mask.dtype).min / 2
+        if bool((mask[allowed] != 0).any()):
+            raise UnsupportedModel("its attention mask adds a bias to the logits (not a plain mask)")
+        mask = allowed
+    if mask.shape[1] != 1 and not bool((mask == mask[:, :1]).all()):
+        raise UnsupportedModel("its attention mask differs between heads")
+    m = mask[:, 0].expand(batch, seq, seq)
+    count = m.sum(dim=-1, dtype=torch.int32)
+    lo = m.to(torch.uint8).argmax(dim=-1).to(torch.int32)  # the first allowed key
+    hi = seq - m.flip(-1).to(torch.uint8).argmax(dim=-1).to(torch.int32)  # after the last
+    lo, hi = torch.where(count > 0, lo, 0), torch.where(count > 0, hi, 0)
+    return lo, hi, count == hi - lo
+
+
+def _probe_attention(module, query, key, value, attention_mask, **kwargs):
+    """transformers' attention for every layer, and for layer L the probe's captures. SDPA,
+    except where the layer soft-caps its logits (SDPA cannot): the family's own eager attention."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     store = getattr(module, "_scalselect_store", None)
     if store is not None:
+        if "q" in store:
+            raise UnsupportedModel("its probed layer runs attention twice (cross-attention?)")
+        b_size, seq = query.shape[0], query.shape[2]
+        if key.shape[2] != seq:
+            raise UnsupportedModel("its probed layer attends to other keys than its own tokens")
+        causal = kwargs.get("is_causal") if kwargs.get("is_causal") is not None else getattr(module, "is_causal", True)
         store["q"], store["k"] = query, key
         store["scaling"] = kwargs.get("scaling") or getattr(module, "scaling", query.shape[-1] ** -0.5)
+        store["softcap"] = kwargs.get("softcap")
+        store["ranges"] = key_ranges_from_mask(attention_mask, b_size, seq, bool(causal), query.device)
+    if kwargs.get("softcap") is not None:
+        eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+        if eager is None:
+            raise UnsupportedModel("it soft-caps attention logits without an eager attention function")
+        if attention_mask is not None and attention_mask.dtype == torch.bool:  # eager adds its mask
+            attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device
+                                         ).masked_fill(~attention_mask, torch.finfo(query.dtype).min)
+        return eager(module, query, key, value, attention_mask, **kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
+def attention_implementations(model) -> dict:
+    """The attention implementation of the model and of each sub-model (they may differ: a
+    Gemma 2 text model cannot take SDPA under a PaliGemma that can), to restore them as found."""
+    config = model.config
+    found = {"": config._attn_implementation}
+    for key in getattr(config, "sub_configs", {}):
+        sub = getattr(config, key, None)
+        if sub is not None and hasattr(sub, "_attn_implementation"):
+            found[key] = sub._attn_implementation
+    return found
+
+
 @contextlib.contextmanager
-def first_layer_probe(model):
-    """Yields run(**batch) -> {"hidden", "q", "k", "scaling"} that runs `model` up to layer 0."""
+def first_layer_probe(model, layer: int | None = None):
+    """Yields run(**batch) -> {"hidden", "q", "k", "scaling", "softcap", "ranges", "embeds"?}
+    that runs `model` up to decoder layer `layer` (default: the adapter's first softmax layer)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(_ATTENTION_NAME, _capturing_sdpa)
-    # The padding mask is built per implementation name: without this, an unknown name gets
-    # no mask, and left-padded rows would attend to the padding.
+    AttentionInterface.register(_ATTENTION_NAME, _probe_attention)
+    # Masks are built per implementation name: without this, an unknown name gets no mask, and
+    # left-padded rows would attend to the padding.
     AttentionMaskInterface.register(_ATTENTION_NAME, sdpa_mask)
-    layer0 = adapter_for(model).decoder_layers(model)[0]
+    adapter = adapter_for(model)
+    layers = adapter.decoder_layers(model)
+    index = adapter.first_softmax_layer(model) if layer is None else layer
+    if not 0 <= index < len(layers):
+        raise InputError(f"decoder layer {index} is not loaded (the model has {len(layers)})")
+    target = layers[index]
     store: dict = {}
 
     def stop(_module, _args, output):
         store["hidden"] = output[0] if isinstance(output, tuple) else output
         raise _StopForward
 
-    previous = model.config._attn_implementation
+    def embeds(_module, args, kwargs):  # the decoder's input, for markers among the placeholders
+        store["embeds"] = args[0] if args else kwargs["hidden_states"]
+
+    previous = attention_implementations(model)
     model.set_attn_implementation(_ATTENTION_NAME)
-    layer0.self_attn._scalselect_store = store
-    handle = layer0.register_forward_hook(stop)
+    marked = list(target.modules())
+    for m in marked:
+        m._scalselect_store = store
+    handles = [target.register_forward_hook(stop)]
+    if adapter.image_newline(model) is not None:
+        handles.append(layers[0].register_forward_pre_hook(embeds, with_kwargs=True))
 
     def run(**batch) -> dict:
         store.clear()
         with contextlib.suppress(_StopForward), torch.no_grad():
             model(**batch)
         if "hidden" not in store or "q" not in store:
-            raise RuntimeError("the forward did not reach decoder layer 0's attention")
+            raise UnsupportedModel(f"{type(model).__name__}: its decoder layer {index} did not run "
+                                   "softmax attention through transformers' attention interface")
         return dict(store)
 
     try:
         yield run
     finally:
-        handle.remove()
-        del layer0.self_attn._scalselect_store
+        for h in handles:
+            h.remove()
+        for m in marked:
+            del m._scalselect_store
         model.set_attn_implementation(previous)
+
+
+def token_sets(model, batch: dict, instruction: torch.Tensor, got: dict):
+    """(vision, instruction) [B, S] bool: the placeholder positions that received image features,
+    and the instruction rows with the markers among the placeholders (LLaVA-NeXT's image_newline
+    rows, say) moved to them."""
+    adapter = adapter_for(model)
+    vision = batch["input_ids"] == adapter.image_token_id(model)
+    newline = adapter.image_newline(model)
+    if newline is not None:
+        marker = vision & (got["embeds"] == newline.to(got["embeds"].dtype)).all(dim=-1)
+        vision, instruction = vision & ~marker, instruction | marker
+    return vision, instruction & ~vision
 
 
 def probe_vectors(model, run, batch: dict, instruction: torch.Tensor, tau: float = 0.9,
@@ -79,16 +180,20 @@ def probe_vectors(model, run, batch: dict, instruction: torch.Tensor, tau: float
     batch: the processor's output (input_ids, attention_mask, pixel_values, ...);
     instruction: [B, S] bool, the instruction tokens (see scalselect.models.roles);
     backend: the kernels' (auto: compiled when available, torch: the PyTorch twins)."""
-    vision = batch["input_ids"] == adapter_for(model).image_token_id(model)
     valid = batch["attention_mask"].bool()
     got = run(**batch)
-    mass = kernels.attention_mass(got["q"], got["k"], valid, instruction & ~vision, vision,
-                                  float(got["scaling"]), backend=backend)
+    vision, rows = token_sets(model, batch, instruction, got)
+    lo, hi, contiguous = got["ranges"]
+    if not bool(contiguous[rows & valid].all()):
+        raise UnsupportedModel(f"{type(model).__name__}: an instruction row's keys in the probed layer "
+                               "are not one contiguous range")
+    mass = kernels.attention_mass(got["q"], got["k"], valid, rows, vision, float(got["scaling"]),
+                                  (lo, hi), got["softcap"], backend=backend)
     return kernels.top_mass_mean(got["hidden"], mass, vision, tau, backend=backend)
 
 
 def first_layer_vectors(model, batch: dict, instruction: torch.Tensor, tau: float = 0.9,
-                        backend: str = "auto"):
+                        backend: str = "auto", layer: int | None = None):
     """probe_vectors for one batch, the probe opened and closed around it."""
-    with first_layer_probe(model) as run:
+    with first_layer_probe(model, layer) as run:
         return probe_vectors(model, run, batch, instruction, tau, backend)

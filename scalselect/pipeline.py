@@ -27,7 +27,8 @@ from .data.images import SampleSkip, check_image_root
 from .data.samples import LengthBatcher, SampleMaker, collate
 from .distributed import Comm
 from .errors import InputError, first_line
-from .extract import first_layer_probe, probe_vectors
+from .extract import UnsupportedModel, first_layer_probe, probe_vectors
+from .models import check_layer, check_supported, first_softmax_layer
 from .models.load import DTYPES, fingerprint, load_checkpoint, pick_dtype, read_config
 from .options import resolve_device
 from .store import (LOCK, MANIFEST, PROGRESS, SKIPPED, StoreWriter, _lock, check_same_settings, damaged_parts,
@@ -56,6 +57,7 @@ class ExtractOptions:
     sketch_pilot_rows: int = sketch.PILOT_ROWS
     system_prompt: str | None = None  # the system turn of samples that have none (as the trainer adds it)
     chat_template: str | None = None  # a template in place of the checkpoint's (its text)
+    layer: int | None = None       # decoder layer probed; None: the first with softmax attention
 
     def check(self) -> "ExtractOptions":
         options.share(self.tau, "--tau")
@@ -63,6 +65,8 @@ class ExtractOptions:
             options.text(self.system_prompt, "--system-prompt")
         if self.chat_template is not None:
             options.text(self.chat_template, "--chat-template")
+        if self.layer is not None:
+            options.count(self.layer, "--layer", 0)
         for name in ("max_length", "batch_size", "shard_rows"):
             if getattr(self, name) is not None:
                 options.count(getattr(self, name), f"--{name.replace('_', '-')}")
@@ -171,6 +175,9 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
         device = comm.gpu()
     dtype = pick_dtype(opts.dtype, device)
     config = read_config(model_dir, opts.trust_remote_code)
+    check_supported(config)
+    layer = first_softmax_layer(config) if opts.layer is None else opts.layer
+    check_layer(config, layer)
     out = Path(out)
     settings = {"model": str(Path(model_dir).resolve()), "model_fingerprint": fingerprint(model_dir),
                 "architecture": (config.architectures or [config.model_type])[0],
@@ -178,6 +185,7 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
                 "pool_samples": len(pool), "image_root": str(root.resolve()), "tau": opts.tau,
                 "max_length": opts.max_length, "compute_dtype": str(dtype).removeprefix("torch."),
                 "allow_outside_root": opts.allow_outside_root, "system_prompt": opts.system_prompt,
+                "layer": layer,
                 # the template's digest: a --resume with another one says so in one short line
                 "chat_template_sha256": None if opts.chat_template is None else
                 hashlib.sha256(opts.chat_template.encode("utf-8")).hexdigest()}
@@ -203,8 +211,8 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
     job = None
     try:
         loaded = load_checkpoint(model_dir, config, device, dtype, opts.trust_remote_code,
-                                 opts.progress and comm.is_main)
-        extraction = _Extraction(loaded, pool, root, opts, device, dtype, comm, _part_rows(opts, dim))
+                                 opts.progress and comm.is_main, layer)
+        extraction = _Extraction(loaded, pool, root, opts, device, dtype, comm, _part_rows(opts, dim), layer)
         t0 = time.perf_counter()
         if opts.no_store:
             writer, sink, replay, replay_positions, digest = _open_sketch(extraction, out, settings, dim)
@@ -249,8 +257,10 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
 class _Extraction:
     """The loaded model and what it needs to turn pool positions into vectors for a sink."""
 
-    def __init__(self, loaded, pool, root, opts: ExtractOptions, device, dtype, comm: Comm, part_rows: int):
+    def __init__(self, loaded, pool, root, opts: ExtractOptions, device, dtype, comm: Comm, part_rows: int,
+                 layer: int):
         processor, self.model, adapter = loaded
+        self.layer = layer
         self.part_rows = part_rows
         self.pool, self.opts, self.device, self.dtype, self.comm = pool, opts, device, dtype, comm
         self.maker = SampleMaker(processor, adapter.image_token_id(self.model), root, opts.max_length,
@@ -270,7 +280,7 @@ class _Extraction:
             worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if workers else None)
         batcher = LengthBatcher(self.opts.batch_size)
         desc = f"{what} (rank 0 of {self.comm.world})" if self.comm.active else what
-        with first_layer_probe(self.model) as probe, tqdm(
+        with first_layer_probe(self.model, self.layer) as probe, tqdm(
                 total=len(mine), unit="sample", disable=not (self.opts.progress and self.comm.is_main),
                 desc=desc, dynamic_ncols=True, smoothing=0.1) as bar:
             job = _Job(self.model, probe, sink, self.opts, self.device, self.dtype, self.pad_id, bar,
@@ -421,6 +431,8 @@ class _Job:
     def run(self, samples: list) -> None:
         try:
             stored, kept = self._forward(samples)
+        except UnsupportedModel:  # the model, not a sample: no sample would do better
+            raise
         except Exception as exc:  # out of memory, or one sample the model rejects
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -118,7 +119,8 @@ def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str |
     elif stratify_by is not None:
         groups = pool.map(lambda r: source_of(r, pool.layout, stratify_by), where)
     if groups is not None:
-        sizes = dict(zip(*np.unique(groups, return_counts=True)))
+        # counted as Python values: numpy's string arrays would drop a trailing NUL of a source name
+        sizes = dict(sorted(collections.Counter(groups).items()))
         weights = dict.fromkeys(sizes, 1.0) if method == "cluster" else (shares or sizes)  # clusters: equal
         quotas = apportion(sizes, count, weights)
     chosen = choose(ranking, count, groups, quotas)

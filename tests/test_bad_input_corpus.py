@@ -403,7 +403,7 @@ INPUT_CASES = [
               lambda t, d: ["score", _store(t), "--out", t / "s.jsonl", "--device", "meta"], "expected auto, cpu, cuda"),
     InputCase("a malformed CUDA device", lambda t, d: _extract(t, d, **{"--device": "cuda:x"}), "expected auto, cpu, cuda"),
     InputCase("a checkpoint that is not a VLM (a text-only Llama)", lambda t, d: _extract(t, d, **{"--model": _llm(t)}),
-              "cannot load it"),
+              "is not an image-text model"),
     InputCase("100,000 DataLoader workers", lambda t, d: _extract(t, d) + ["--workers", "100000"],
               "--workers must be at most 256"),
     InputCase("a malformed option value", lambda t, d: ["score", _store(t), "--out", t / "s.jsonl", "--seed", "x"],

@@ -13,6 +13,7 @@ from transformers import AutoConfig
 from scalselect import InputError
 from scalselect.cli import main
 from scalselect.demo import prepare_demo
+from scalselect.models import tiny
 from scalselect.pipeline import ExtractOptions, extract_store
 from scalselect.store import StoreWriter, load_representations, read_manifest, read_skipped
 from tolerances import assert_vectors_close, forward_rtol
@@ -241,20 +242,65 @@ def test_cli_extract_errors_are_one_line(demo, tmp_path, capsys, change, message
     assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
-def test_qwen_families_through_the_pipeline(demo, tmp_path, family):
-    """Padded batches of Qwen samples (mm_token_type_ids padded, image_grid_thw concatenated)
-    give every sample its batch-size-1 vector."""
-    from scalselect.models import tiny
+@pytest.mark.parametrize("family", [f for f in tiny.BUILDERS if f != "llava"])
+def test_every_family_through_the_pipeline(demo, tmp_path, family):
+    """Padded batches of each family's samples (its per-token tensors padded, its image tensors
+    stacked, tiles or images of unequal counts zero-padded) give every sample its batch-size-1
+    vector; the manifest records the layer probed, the first softmax-attention one."""
+    from scalselect.models import first_softmax_layer
+    from scalselect.models.load import read_config
 
-    model = getattr(tiny, f"save_tiny_{family}")(tmp_path / "model")
+    model = tiny.BUILDERS[family](tmp_path / "model")
     records = json.loads(Path(demo["pool"]).read_text())[:10]  # 1 or 2 images, multi-turn
     pool = tmp_path / "pool.json"
     pool.write_text(json.dumps(records))
     one = extract_store(model, pool, demo["images"], tmp_path / "one", opts(batch_size=1))
     extract_store(model, pool, demo["images"], tmp_path / "many", opts(batch_size=4))
-    assert one["rows"] == 10 and read_manifest(tmp_path / "one")["meta"]["family"] == family
-    assert_same_vectors(by_id(tmp_path / "one"), by_id(tmp_path / "many"), demo["model"])
+    meta = read_manifest(tmp_path / "one")["meta"]
+    assert one["rows"] == 10 and meta["layer"] == first_softmax_layer(read_config(model))
+    assert_same_vectors(by_id(tmp_path / "one"), by_id(tmp_path / "many"), str(model))
+
+
+def test_a_hybrid_decoder_loads_and_probes_its_first_softmax_layer(demo, tmp_path, capsys):
+    """Qwen3.5: linear-attention layers first; the layers up to the first softmax one are
+    loaded and probed; --layer picks a later softmax layer, and refuses a linear one."""
+    from scalselect.models import first_softmax_layer
+    from scalselect.models.load import load_checkpoint, read_config
+
+    model_dir = tiny.BUILDERS["qwen3_5"](tmp_path / "model")
+    config = read_config(model_dir)
+    kinds = config.get_text_config().layer_types
+    first = first_softmax_layer(config)
+    assert first > 0 and kinds[first] == "full_attention" and set(kinds[:first]) == {"linear_attention"}
+    _, model, adapter = load_checkpoint(model_dir, config, torch.device("cpu"), torch.float32, layer=first)
+    assert len(adapter.decoder_layers(model)) == first + 1 < len(kinds)
+    linear = kinds.index("linear_attention")
+    args = extract_args(demo, tmp_path / "s")
+    args[args.index("--model") + 1] = model_dir
+    assert_one_line_error(capsys, [*args, "--layer", linear], f"--layer {linear}: that decoder layer is linear_attention")
+    assert_one_line_error(capsys, [*args, "--layer", len(kinds)], f"decoder layers 0..{len(kinds) - 1}")
+
+
+def _config_only(path: Path, config) -> Path:
+    config.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: __import__("transformers").MllamaConfig(architectures=["MllamaForConditionalGeneration"]),
+     "MllamaForConditionalGeneration is not supported: the image reaches the language model through cross-attention"),
+    (lambda: __import__("transformers").Pix2StructConfig(architectures=["Pix2StructForConditionalGeneration"]),
+     "Pix2StructForConditionalGeneration is not supported: an encoder-decoder model"),
+    (lambda: __import__("transformers").Qwen3_5Config(
+        text_config={"num_hidden_layers": 2, "layer_types": ["linear_attention"] * 2}),
+     "no decoder layer has softmax attention (layer kinds: linear_attention)"),
+])
+def test_models_that_cannot_be_probed_exactly_are_refused(demo, tmp_path, capsys, make, message):
+    model = _config_only(tmp_path / "model", make())
+    args = extract_args(demo, tmp_path / "s")
+    args[args.index("--model") + 1] = model
+    assert_one_line_error(capsys, args, message)
+    assert not (tmp_path / "s").exists()
 
 
 def extract_args(demo, out, *extra):
@@ -324,7 +370,7 @@ def test_a_checkpoint_without_layer0_weights_or_corrupt_is_refused(demo, tmp_pat
     no_q = copy_checkpoint(base, tmp_path / "no-q", drop="layers.0.self_attn.q_proj")
     args = extract_args(demo, tmp_path / "s")
     args[args.index("--model") + 1] = no_q
-    assert_one_line_error(capsys, args, "lacks 1 weights the first layer needs")
+    assert_one_line_error(capsys, args, "lacks 1 weights that layers 0..0 need")
     assert not (tmp_path / "s").exists()  # a failed start leaves no unfinished store behind
     # a weight of a later layer is not needed: only layer 0 is loaded
     no_l1 = copy_checkpoint(base, tmp_path / "no-l1", drop="layers.1.mlp.up_proj")

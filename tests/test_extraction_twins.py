@@ -134,3 +134,44 @@ def test_top_mass_mean_equals_naive(seed, tau):
     assert kept[2] == 1 and kept[3] == 0 and torch.all(got[3] == 0)
     if tau >= 1.0:
         assert kept[1] == int(cols[1].sum())  # uniform mass never exceeds 1: all kept
+
+
+@pytest.mark.parametrize("kind", layer_masks.KINDS)
+def test_key_ranges_read_from_the_mask_transformers_builds(kind):
+    """The probe reads each row's keys from the layer's 4-D mask (bool, or additive float), as
+    the definitions' ranges give them, and says where a row's keys are not one range."""
+    from scalselect.extract import key_ranges_from_mask
+
+    _, _, valid, rows, cols = random_batch(5, batch=4, seq=40)
+    blocks = layer_masks.image_blocks(cols)
+    mask = layer_masks.dense_mask(kind, valid, blocks=blocks)[:, None]
+    want_lo, want_hi = layer_masks.key_ranges(kind, valid)
+    outside = valid & (blocks == 0)  # the rows the definitions' ranges are for
+    additive = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+    for given in (mask, additive, mask.expand(-1, 3, -1, -1)):
+        lo, hi, contiguous = key_ranges_from_mask(given, 4, 40, causal=True)
+        assert bool(contiguous[outside].all())
+        # a range may reach into padding (the kernels skip padded keys): compare the keys seen
+        at = torch.arange(40)
+        seen = valid[:, None, :] & (at >= lo[..., None]) & (at < hi[..., None])
+        want = valid[:, None, :] & (at >= want_lo[..., None]) & (at < want_hi[..., None])
+        assert torch.equal(seen[outside], want[outside])
+        assert torch.equal(seen[outside], mask[:, 0][outside])
+
+
+def test_key_ranges_without_a_mask_and_of_rows_with_holes():
+    from scalselect.errors import InputError
+    from scalselect.extract import key_ranges_from_mask
+
+    lo, hi, contiguous = key_ranges_from_mask(None, 2, 5, causal=True)
+    assert lo.tolist() == [[0] * 5] * 2 and hi.tolist() == [[1, 2, 3, 4, 5]] * 2 and bool(contiguous.all())
+    lo, hi, _ = key_ranges_from_mask(None, 2, 5, causal=False)
+    assert hi.tolist() == [[5] * 5] * 2
+    holes = torch.ones(1, 1, 5, 5, dtype=torch.bool).tril()
+    holes[0, 0, 4, 2] = False  # row 4 sees keys 0, 1, 3, 4
+    lo, hi, contiguous = key_ranges_from_mask(holes, 1, 5, causal=True)
+    assert contiguous.tolist() == [[True, True, True, True, False]]
+    bias = torch.zeros(1, 1, 5, 5)
+    bias[0, 0, 3, 1] = 0.5  # a bias, not a mask: refused
+    with pytest.raises(InputError, match="adds a bias"):
+        key_ranges_from_mask(bias, 1, 5, causal=True)

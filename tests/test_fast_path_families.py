@@ -1,6 +1,7 @@
-"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL: tiny random checkpoints load like a user's; for them and for
-LLaVA, the layer-0 fast path gives what the reference way (DESIGN.md 1a) gives, whatever the
-padding and batch-mates."""
+"""Every family of scalselect.models.tiny: tiny random checkpoints load like a user's, and the
+fast path at the first softmax-attention layer L gives what the reference way (docs/design.md,
+the representation) gives, whatever the padding and batch-mates: windowed, chunked and hybrid
+decoders included."""
 
 import numpy as np
 import pytest
@@ -8,13 +9,14 @@ import torch
 
 from PIL import Image
 
-from scalselect.models import tiny
+from scalselect.extract import attention_implementations
+from scalselect.models import SOFTMAX_LAYERS, first_softmax_layer, image_token_id, tiny
 from tolerances import assert_vectors_close, forward_rtol
 
-FAMILIES = {
-    "qwen2_vl": ("Qwen2VLForConditionalGeneration", tiny.save_tiny_qwen2_vl),
-    "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", tiny.save_tiny_qwen2_5_vl),
-    "qwen3_vl": ("Qwen3VLForConditionalGeneration", tiny.save_tiny_qwen3_vl),
+QWEN = {
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
 }
 MIN_COSINE = 0.99999
 
@@ -23,20 +25,28 @@ def _load(family, tmp_path_factory):
     """(family, processor, model) of a tiny checkpoint saved to disk and loaded like a user's."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    save = tiny.save_tiny_llava if family == "llava" else FAMILIES[family][1]
-    path = save(tmp_path_factory.mktemp(family))
+    path = tiny.BUILDERS[family](tmp_path_factory.mktemp(family))
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-    model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True).eval()
-    model.set_attn_implementation("sdpa")
+    # float32, as the tolerances assume (a checkpoint saved in bfloat16 would load as such)
+    model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
     return family, processor, model
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
+def _float32(batch):
+    """The processor's output with its floating tensors (pixel values) in float32, as the
+    pipeline casts them to the model's dtype."""
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            batch[key] = value.float()
+    return batch
+
+
+@pytest.fixture(scope="module", params=list(QWEN))
 def qwen(request, tmp_path_factory):
     return _load(request.param, tmp_path_factory)
 
 
-@pytest.fixture(scope="module", params=["llava", *FAMILIES])
+@pytest.fixture(scope="module", params=list(tiny.BUILDERS))
 def any_family(request, tmp_path_factory):
     return _load(request.param, tmp_path_factory)
 
@@ -83,8 +93,8 @@ def _prepared(processor, model):
     out = []
     for images, messages in _samples():
         text, spans = reply_char_spans(_render(processor), messages)
-        alone = processor(images=images, text=[text], return_tensors="pt")
-        roles = token_roles(processor.tokenizer, text, spans, model.config.image_token_id,
+        alone = _float32(processor(images=images, text=[text], return_tensors="pt"))
+        roles = token_roles(processor.tokenizer, text, spans, image_token_id(model.config),
                             alone["input_ids"][0])
         out.append((images, text, alone, roles.instruction[None]))
     return out
@@ -106,25 +116,63 @@ def _kept_by_definition(mass: torch.Tensor, tau: float) -> list[int]:
     return kept
 
 
+def _windowed(model) -> bool:
+    """Whether layer L's own mask cuts rows off from earlier keys (a sliding window or chunks):
+    its layer type, or for Mistral, whose layer_types say full attention, the text config's
+    sliding_window (MistralModel then builds a sliding mask for every layer). Not PaliGemma's:
+    its processor marks the whole rendered sample as the bidirectional prefix, which overrides
+    the window."""
+    text = model.config.get_text_config()
+    if model.config.model_type == "paligemma":
+        return False
+    kinds = getattr(text, "layer_types", None)
+    if kinds and kinds[first_softmax_layer(model.config)] in ("sliding_attention", "chunked_attention"):
+        return True
+    return text.model_type == "mistral" and text.sliding_window is not None
+
+
 def _reference(model, batch, instruction, tau):
-    """The reference way, straight from DESIGN.md 1a, for a batch of size 1: full forward with eager
-    attention and every map kept; layer 0's attention averaged over heads; each vision token's mean
-    attention from the instruction rows; top-mass prefix; mean of hidden_states[1] there.
-    Returns (kept positions in the sequence, float64 vector)."""
+    """The reference way, straight from the definition, for a batch of size 1: full forward with
+    eager attention and every map kept; layer L's attention (L: the first softmax layer) averaged
+    over heads; vision tokens: the placeholder positions whose decoder input is an image feature
+    (not a learned image_newline); each one's mean attention from the instruction rows (markers
+    among the placeholders included); top-mass prefix; mean of hidden_states[L + 1] there.
+    Returns (kept positions in the sequence, float64 vector, instruction rows after a vision
+    token that see none)."""
     assert batch["input_ids"].shape[0] == 1 and bool(batch["attention_mask"].all())
-    previous = model.config._attn_implementation
+    previous = attention_implementations(model)
     model.set_attn_implementation("eager")
+    seen = {}  # the language model's own output: its hidden states and attention maps
+    hook = model.get_decoder().register_forward_hook(lambda _m, _a, output: seen.setdefault("out", output))
     try:
         with torch.no_grad():
-            out = model(**batch, output_hidden_states=True, output_attentions=True)
+            model(**batch, output_hidden_states=True, output_attentions=True)
+    except AttributeError:  # Llama4ForConditionalGeneration fails after the language model ran,
+        if "out" not in seen:  # wrapping its output (transformers 5.24)
+            raise
     finally:
+        hook.remove()
         model.set_attn_implementation(previous)
-    probs = out.attentions[0][0].double().mean(dim=0)  # [S, S], heads averaged
-    vision = torch.nonzero(batch["input_ids"][0] == model.config.image_token_id).flatten()
-    rows = torch.nonzero(instruction[0]).flatten()
-    mass = probs[rows][:, vision].mean(dim=0)
-    positions = vision[_kept_by_definition(mass, tau)]
-    return sorted(positions.tolist()), out.hidden_states[1][0, positions].double().mean(dim=0)
+    out = seen["out"]
+    layer = first_softmax_layer(model.config)
+    kinds = getattr(model.config.get_text_config(), "layer_types", None) or []
+    if len(out.attentions) != model.config.get_text_config().num_hidden_layers:  # softmax layers only
+        assert len(out.attentions) == sum(kind in SOFTMAX_LAYERS for kind in kinds)
+        attention = out.attentions[sum(kind in SOFTMAX_LAYERS for kind in kinds[:layer])]
+    else:
+        attention = out.attentions[layer]
+    probs = attention[0].double().mean(dim=0)  # [S, S], heads averaged
+    placeholder = batch["input_ids"][0] == image_token_id(model.config)
+    marker = torch.zeros_like(placeholder)
+    newline = getattr(getattr(model, "model", None), "image_newline", None)
+    if newline is not None:
+        marker = placeholder & (out.hidden_states[0][0] == newline).all(dim=-1)
+    vision = torch.nonzero(placeholder & ~marker).flatten()
+    rows = torch.nonzero((instruction[0] | marker) & ~(placeholder & ~marker)).flatten()
+    block = probs[rows][:, vision]
+    positions = vision[_kept_by_definition(block.mean(dim=0), tau)]
+    blind = rows[(block == 0).all(dim=1) & (rows > vision.min())]  # after an image, seeing none
+    return sorted(positions.tolist()), out.hidden_states[layer + 1][0, positions].double().mean(dim=0), blind
 
 
 def _fast(model, batch, instruction, tau, monkeypatch):
@@ -155,24 +203,19 @@ def _cosine(a, b):
 
 
 def _ragged_batch(processor, prepared, padding_side):
-    tokenizer = processor.tokenizer
-    before = tokenizer.padding_side
-    tokenizer.padding_side = padding_side
-    try:
-        batch = processor(images=[im for images, *_ in prepared for im in images],
-                          text=[text for _, text, *_ in prepared], return_tensors="pt", padding=True)
-    finally:
-        tokenizer.padding_side = before
-    instruction = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)
+    """The samples batched as the pipeline batches them: each processed alone, then padded
+    (here on either side) and their image tensors stacked by scalselect's collate."""
+    from scalselect.data.samples import Prepared, collate
+
+    samples = [Prepared(b, alone, instruction[0]) for b, (_, _, alone, instruction) in enumerate(prepared)]
+    batch, instruction = collate(samples, processor.tokenizer.pad_token_id, padding_side)
     real = [torch.nonzero(batch["attention_mask"][b]).flatten() for b in range(len(prepared))]
-    for b, (*_, alone_instruction) in enumerate(prepared):
-        instruction[b, real[b]] = alone_instruction[0]  # each sample's roles sit on its real tokens
     return batch, instruction, real
 
 
 def test_tiny_qwen_checkpoints_are_architecturally_real(qwen):
     family, processor, model = qwen
-    assert type(model).__name__ == FAMILIES[family][0]
+    assert type(model).__name__ == QWEN[family]
     text_config = model.config.text_config
     assert text_config.num_key_value_heads < text_config.num_attention_heads  # GQA
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
@@ -196,20 +239,23 @@ def test_tiny_qwen_checkpoints_are_architecturally_real(qwen):
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
-def test_first_layer_fast_path_equals_the_reference_way(any_family, padding_side, monkeypatch):
+def test_fast_path_equals_the_reference_way(any_family, padding_side, monkeypatch):
     _, processor, model = any_family
     prepared = _prepared(processor, model)
     batch, instruction, real = _ragged_batch(processor, prepared, padding_side)
     assert int(batch["attention_mask"].sum()) < batch["input_ids"].numel()  # ragged
     pads_first = [int(r[0]) for r in real]
     assert (max(pads_first) > 0) == (padding_side == "left")
+    rtol = forward_rtol(model.config, decoder_layers=first_softmax_layer(model.config) + 1)
+    implementation = attention_implementations(model)
 
-    cosines = []
+    cosines, blind = [], 0
     for tau in (0.5, 0.9):
         vectors, kept, positions = _fast(model, batch, instruction, tau, monkeypatch)
         assert [len(p) for p in positions] == kept.tolist()
         for b, (_, _, alone, alone_instruction) in enumerate(prepared):
-            want_positions, want = _reference(model, alone, alone_instruction, tau)
+            want_positions, want, blind_rows = _reference(model, alone, alone_instruction, tau)
+            blind += len(blind_rows)
             assert int(kept[b]) == len(want_positions) >= 1
             local = [int(torch.nonzero(real[b] == p)) for p in positions[b]]  # position in the sample
             assert local == want_positions
@@ -218,9 +264,11 @@ def test_first_layer_fast_path_equals_the_reference_way(any_family, padding_side
             single, single_kept, single_positions = _fast(model, alone, alone_instruction, tau, monkeypatch)
             assert single_kept.tolist() == [len(want_positions)] and single_positions[0] == want_positions
             cosines.append(_cosine(vectors[b], single[0]))
-            assert_vectors_close(vectors[b], single[0], forward_rtol(model.config), f"sample {b}")
+            assert_vectors_close(vectors[b], single[0], rtol, f"sample {b}")
     assert min(cosines) >= MIN_COSINE, cosines
-    assert model.config._attn_implementation == "sdpa"  # the probe restored it
+    # where the layer is windowed, the conversations are long enough that it cuts rows off
+    assert (blind > 0) == _windowed(model)
+    assert attention_implementations(model) == implementation  # the probe restored them
 
 
 @pytest.mark.parametrize("qwen", ["qwen3_vl"], indirect=True)

@@ -271,14 +271,15 @@ def reordered_projection(centred: torch.Tensor, w: torch.Tensor) -> torch.Tensor
 
 # --- layer-0 vectors: two float32 forward passes that sum in other orders ------------------
 
-def forward_rtol(config, seq_len: int = 2048) -> float:
-    """Normwise relative rounding of a layer-0 vector between two float32 forward passes whose
-    reductions run in other orders (batch composition, padding, thread count): each pass is
-    within the sum over its chain of reductions of summed(m) of the exact vector, taking every
-    stage's length m as the largest inner dimension (hidden and MLP widths, the sequence); the
-    normalised blocks keep relative errors from growing. Stages: six per vision layer (q/k/v,
-    scores, values, output, two MLP products), two for the projector, nine for decoder layer 0
-    (q, k, v, scores, values, output, gate, up, down)."""
+def forward_rtol(config, seq_len: int = 2048, decoder_layers: int = 1) -> float:
+    """Normwise relative rounding of a vector from decoder layer decoder_layers - 1 between two
+    float32 forward passes whose reductions run in other orders (batch composition, padding,
+    thread count): each pass is within the sum over its chain of reductions of summed(m) of the
+    exact vector, taking every stage's length m as the largest inner dimension (hidden and MLP
+    widths, the sequence); the normalised blocks keep relative errors from growing. Stages: six
+    per vision layer (q/k/v, scores, values, output, two MLP products), two for the projector,
+    nine per decoder layer run (q, k, v, scores, values, output, gate, up, down; a linear-attention
+    or convolution layer has no more reductions in sequence than these)."""
     text, vision = config.get_text_config(), getattr(config, "vision_config", None)
     widths = [seq_len]
     for part in (text, vision):
@@ -290,7 +291,7 @@ def forward_rtol(config, seq_len: int = 2048) -> float:
         if ratio and isinstance(getattr(part, "embed_dim", None), int):
             widths.append(int(part.embed_dim * ratio))
     layers = getattr(vision, "num_hidden_layers", None) or getattr(vision, "depth", 0) or 0
-    stages = 6 * layers + 2 + 9
+    stages = 6 * layers + 2 + 9 * decoder_layers
     return 2 * stages * summed(max(widths))  # two passes, each that far from the exact vector
 
 

@@ -111,9 +111,26 @@ class SampleMaker:
         return Prepared(sample_id, inputs, instruction)
 
 
-def collate(samples: list[Prepared], pad_token_id: int) -> tuple[dict, torch.Tensor]:
-    """Right-pad per-token tensors to the longest sample; concatenate image tensors."""
+def _stack_images(values: list[torch.Tensor]) -> torch.Tensor:
+    """Image tensors of several samples along dim 0. Where their other dims differ (a sample's
+    number of tiles or images: LLaVA-NeXT, LLaVA-OneVision, Idefics3), each is zero-padded to the
+    largest, as the processor pads a batch; those models drop the padding (from image_sizes, or
+    all-zero images)."""
+    if any(v.dim() != values[0].dim() for v in values) or values[0].dim() == 0:
+        raise ValueError("image tensors of different ranks cannot be batched")
+    widest = [max(v.shape[d] for v in values) for d in range(1, values[0].dim())]
+    padded = []
+    for v in values:
+        pad = [p for d in reversed(range(1, v.dim())) for p in (0, widest[d - 1] - v.shape[d])]
+        padded.append(torch.nn.functional.pad(v, pad) if any(pad) else v)
+    return torch.cat(padded, dim=0)
+
+
+def collate(samples: list[Prepared], pad_token_id: int, padding_side: str = "right") -> tuple[dict, torch.Tensor]:
+    """Pad per-token tensors to the longest sample (on the right, or the left); stack image
+    tensors."""
     seq = max(s.length for s in samples)
+    place = [slice(0, s.length) if padding_side == "right" else slice(seq - s.length, seq) for s in samples]
     batch: dict = {}
     for key, first in samples[0].inputs.items():
         values = [s.inputs[key] for s in samples]
@@ -121,13 +138,13 @@ def collate(samples: list[Prepared], pad_token_id: int) -> tuple[dict, torch.Ten
             fill = pad_token_id if key == "input_ids" else 0
             padded = torch.full((len(samples), seq), fill, dtype=first.dtype)
             for row, v in enumerate(values):
-                padded[row, :v.shape[1]] = v[0]
+                padded[row, place[row]] = v[0]
             batch[key] = padded
         elif isinstance(first, torch.Tensor):
-            batch[key] = torch.cat(values, dim=0)
+            batch[key] = _stack_images(values)
     instruction = torch.zeros(len(samples), seq, dtype=torch.bool)
     for row, s in enumerate(samples):
-        instruction[row, :s.length] = s.instruction
+        instruction[row, place[row]] = s.instruction
     return batch, instruction
 
 

@@ -1,4 +1,8 @@
-"""LLaVA-1.5 (LlavaForConditionalGeneration): CLIP vision tower, projector, Llama decoder."""
+"""The LLaVA families. LLaVA-1.5 (LlavaForConditionalGeneration: CLIP vision tower, projector,
+Llama decoder) goes through the generic adapter; LLaVA-NeXT and LLaVA-OneVision put a learned
+image_newline vector at the end of each row of an image's high-resolution grid, in positions of
+the image placeholder token: those carry no image features, so they are markers, not vision
+tokens."""
 
 from . import Adapter, register
 
@@ -14,8 +18,6 @@ LLAVA_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 
-register("LlavaForConditionalGeneration", Adapter(
-    family="llava",
-    decoder_layers=lambda model: model.model.language_model.layers,
-    image_token_id=lambda model: model.config.image_token_id,
-))
+for _class, _family in [("LlavaNextForConditionalGeneration", "llava_next"),
+                        ("LlavaOnevisionForConditionalGeneration", "llava_onevision")]:
+    register(_class, Adapter(family=_family, image_newline=lambda model: model.model.image_newline))

@@ -2,7 +2,8 @@
 
 Nothing is downloaded (local files only), and code shipped with a checkpoint runs only when the
 user passes trust_remote_code. Only what the fast path runs is loaded: the vision tower, the
-projector, the embeddings and decoder layer 0 (a 72B checkpoint then needs a few GB).
+projector, the embeddings and the decoder layers up to the probed one (usually layer 0: a 72B
+checkpoint then needs a few GB).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from ..errors import InputError, first_line
 from . import adapter_for
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-# weights a layer-0 model may lack without changing its output: the LM head and the final norm
-_UNUSED_WEIGHTS = re.compile(r"(^|\.)lm_head\.|language_model\.norm\.")
+# weights a cut model may lack without changing its output: the LM head and the final norm
+_UNUSED_WEIGHTS = re.compile(r"(^|\.)lm_head\.|(^|\.)(language_model|text_model)(\.model)?\.norm\.")
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -56,20 +57,24 @@ def fingerprint(path: str | os.PathLike) -> str:
     return digest.hexdigest()[:16]
 
 
-def _layer0_config(config):
-    """A copy of `config` whose language model has decoder layer 0 only."""
+def _cut_config(config, layers: int):
+    """A copy of `config` whose language model has its first `layers` decoder layers only; all of
+    them where a weight's shape depends on the layer count (Gemma 4's per-layer input embeddings
+    hold hidden_size_per_layer_input values for every layer)."""
     cut = copy.deepcopy(config)
     text = cut.get_text_config()
-    text.num_hidden_layers = 1
+    if getattr(text, "hidden_size_per_layer_input", None):
+        return cut
+    text.num_hidden_layers = layers
     if isinstance(getattr(text, "layer_types", None), list):
-        text.layer_types = text.layer_types[:1]
+        text.layer_types = text.layer_types[:layers]
     return cut
 
 
 def load_checkpoint(path: str | os.PathLike, config, device: torch.device, dtype: torch.dtype,
-                    trust_remote_code: bool = False, progress: bool = True):
-    """(processor, layer-0 model in eval mode on `device`, its adapter); InputError when it
-    cannot load or lacks weights the fast path uses."""
+                    trust_remote_code: bool = False, progress: bool = True, layer: int = 0):
+    """(processor, the model up to decoder layer `layer` in eval mode on `device`, its adapter);
+    InputError when it cannot load or lacks weights the fast path uses."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from transformers.utils import logging
 
@@ -82,8 +87,8 @@ def load_checkpoint(path: str | os.PathLike, config, device: torch.device, dtype
         processor = AutoProcessor.from_pretrained(path, local_files_only=True,
                                                   trust_remote_code=trust_remote_code)
         model, info = AutoModelForImageTextToText.from_pretrained(
-            path, config=_layer0_config(config), local_files_only=True, dtype=dtype,
-            trust_remote_code=trust_remote_code, attn_implementation="sdpa", output_loading_info=True)
+            path, config=_cut_config(config, layer + 1), local_files_only=True, dtype=dtype,
+            trust_remote_code=trust_remote_code, output_loading_info=True)
     except ImportError as exc:
         raise InputError(f"--model {path}: its processor needs a package that is not installed "
                          f"({first_line(exc)}); for Qwen-VL: pip install torchvision "
@@ -95,8 +100,8 @@ def load_checkpoint(path: str | os.PathLike, config, device: torch.device, dtype
     missing = [k for k in info.get("missing_keys", []) if not _UNUSED_WEIGHTS.search(k)]
     if missing:
         shown = ", ".join(sorted(missing)[:4]) + (", ..." if len(missing) > 4 else "")
-        raise InputError(f"--model {path}: the checkpoint lacks {len(missing)} weights the first "
-                         f"layer needs ({shown}); they would be random")
+        raise InputError(f"--model {path}: the checkpoint lacks {len(missing)} weights that layers 0..{layer} "
+                         f"need ({shown}); they would be random")
     adapter = adapter_for(model)
     if getattr(processor, "chat_template", None) is None:
         raise InputError(f"--model {path}: the processor has no chat template")

@@ -2,9 +2,8 @@
 
 Reply spans are found exactly, from character offsets in the text the checkpoint's own chat
 template renders, never by searching for a reply's standalone token ids (a reply tokenises
-differently in context, and that search silently fails). For each assistant turn the template
-renders the conversation up to it with the generation prompt; the full rendering must continue
-that prefix, and the reply's text must follow it (after whitespace at most). A token whose
+differently in context, and that search silently fails): each reply is rendered once more as a
+sentinel, and the rendering must differ from the real one exactly there. A token whose
 character span overlaps a reply is a reply token; every other real, non-vision token
 (system prompt, user text, template markup) is an instruction token.
 """
@@ -33,59 +32,73 @@ def _reply_text(message: dict) -> str:
     return "".join(part["text"] for part in content if part.get("type") == "text")
 
 
+# Stands in for one reply while the conversation is rendered: no template writes it.
+_SENTINEL = "\u2063scalselect-reply\u2063"
+
+
+def _with_text(message: dict, text: str) -> dict:
+    content = message["content"]
+    if isinstance(content, str):
+        return {**message, "content": text}
+    parts, done = [], False
+    for part in content:
+        if part.get("type") == "text":
+            if done:
+                continue
+            part, done = {**part, "text": text}, True
+        parts.append(part)
+    return {**message, "content": parts}
+
+
 def reply_char_spans(render: Callable[[list, bool], str], messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the [start, end) character span of every assistant reply.
 
-    render(messages, add_generation_prompt) -> str is the checkpoint's chat template."""
+    render(messages, add_generation_prompt) -> str is the checkpoint's chat template. Reply i is
+    where the template puts a sentinel in its place: the rendering with the sentinel, A + sentinel
+    + B, must give the rendering itself as A + reply + B (the reply verbatim, or stripped of
+    surrounding whitespace), so a template that rewrites a reply, hoists or reorders text around
+    it, or renders past turns unlike the generation prompt is handled or refused, never guessed."""
     full = render(messages, False)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prefix = render(messages[:i], True)
+        marked = render([*messages[:i], _with_text(message, _SENTINEL), *messages[i + 1:]], False)
+        if marked.count(_SENTINEL) != 1:
+            raise InputError(f"the chat template does not render reply {i} once, as it is; "
+                             "reply tokens cannot be located")
+        before, after = marked.split(_SENTINEL)
         content = _reply_text(message)
-        if not full.startswith(prefix):
-            raise InputError(f"the chat template does not render turn {i} as a continuation of the "
-                             "turns before it; reply tokens cannot be located")
-        start = full.find(content, len(prefix))
-        if start < 0 or full[len(prefix):start].strip():
+        for text in (content, content.strip()):
+            if full == before + text + after:
+                spans.append((len(before), len(before) + len(text)))
+                break
+        else:
             raise InputError(f"reply {i} is not where the chat template puts it (was it rewritten?)")
-        spans.append((start, start + len(content)))
     return full, spans
 
 
 def token_roles(tokenizer, text: str, spans: list[tuple[int, int]], image_token_id: int,
                 processor_ids: torch.Tensor) -> Roles:
-    """Roles of `processor_ids`, the processor's ids for `text` with its image tokens expanded.
+    """Roles of `processor_ids`, the processor's ids for `text` with its images expanded.
 
-    `text` is tokenised again with offsets; each run of m >= 1 consecutive image tokens there
-    (m > 1 when the template puts image tags side by side) stands for one run of R >= m image
-    tokens in `processor_ids` (the images' expansions, which then touch), and everything else
-    must match one to one."""
+    `text` is tokenised again with offsets and aligned with `processor_ids` (the longest common
+    runs of ids, in order): a processor inserts tokens the text lacks (image placeholder runs,
+    begin/end-of-image markers, row separators, a BOS) and drops the image tags it expands;
+    those are never inside a reply. Every token of a reply must be found, in order, else the
+    processor and the template disagree and the sample cannot be split into roles."""
+    from difflib import SequenceMatcher
+
     enc = tokenizer(text, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     in_reply = [any(s < hi and lo < e for lo, hi in spans) for s, e in offsets]
     proc = processor_ids.tolist()
-    reply: list[bool] = []
-    consumed = 0
-    while consumed < len(ids):
-        token, j = ids[consumed], len(reply)
-        if token == image_token_id:
-            m = run = 0
-            while consumed + m < len(ids) and ids[consumed + m] == image_token_id:
-                m += 1
-            while j + run < len(proc) and proc[j + run] == image_token_id:
-                run += 1
-            if run < m:  # fewer image tokens than image tags
-                break
-            reply.extend([False] * run)
-            consumed += m
-        elif j < len(proc) and proc[j] == token:
-            reply.append(in_reply[consumed])
-            consumed += 1
-        else:
-            break
-    if consumed != len(ids) or len(reply) != len(proc):
+    reply = [False] * len(proc)
+    found = 0
+    for a, b, size in SequenceMatcher(None, ids, proc, autojunk=False).get_matching_blocks():
+        reply[b:b + size] = in_reply[a:a + size]
+        found += sum(in_reply[a:a + size])
+    if found != sum(in_reply):
         raise InputError("the processor's tokens do not match the rendered chat text "
                          "(unsupported processor or template)")
     vision = processor_ids == image_token_id
