@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from scalselect.extract import attention_implementations
-from scalselect.models import SOFTMAX_LAYERS, first_softmax_layer, image_token_id, tiny
+from scalselect.models import first_softmax_layer, image_token_id, tiny, training_inputs
+import reference_way
 from tolerances import assert_vectors_close, forward_rtol
 
 QWEN = {
@@ -78,7 +79,8 @@ def _samples():
          [{"role": "user", "content": [_text("Hello.")]},
           {"role": "assistant", "content": [_text("Yes?")]},
           {"role": "user", "content": [{"type": "image"}, _text("Describe the picture in detail.")]},
-          {"role": "assistant", "content": [_text("A cat sits on a red sofa next to a window. The sky is blue and there are two dogs.")]}]),
+          {"role": "assistant", "content": [_text("A cat sits on a red sofa next to a window. "
+                                                  "The sky is blue and there are two dogs.")]}]),
     ]
 
 
@@ -96,83 +98,20 @@ def _prepared(processor, model):
         alone = _float32(processor(images=images, text=[text], return_tensors="pt"))
         roles = token_roles(processor.tokenizer, text, spans, image_token_id(model.config),
                             alone["input_ids"][0])
+        alone = training_inputs(processor, alone, roles.vision, roles.instruction)
         out.append((images, text, alone, roles.instruction[None]))
     return out
-
-
-def _kept_by_definition(mass: torch.Tensor, tau: float) -> list[int]:
-    """Indices into `mass` (one value per vision token, in sequence order) that DESIGN.md 1a step 4
-    keeps: normalise, sort descending (ties: earlier first), keep the prefix up to and including the
-    first token where the running sum exceeds tau; at least one."""
-    mass = mass.double()
-    p = mass / mass.sum() if float(mass.sum()) > 0 else torch.full_like(mass, 1.0 / mass.numel())
-    order = sorted(range(p.numel()), key=lambda j: (-float(p[j]), j))
-    kept, running = [], 0.0
-    for j in order:
-        kept.append(j)
-        running += float(p[j])
-        if running > tau:
-            break
-    return kept
 
 
 def _windowed(model) -> bool:
     """Whether layer L's own mask cuts rows off from earlier keys (a sliding window or chunks):
     its layer type, or for Mistral, whose layer_types say full attention, the text config's
-    sliding_window (MistralModel then builds a sliding mask for every layer). Not PaliGemma's:
-    its processor marks the whole rendered sample as the bidirectional prefix, which overrides
-    the window."""
+    sliding_window (MistralModel then builds a sliding mask for every layer)."""
     text = model.config.get_text_config()
-    if model.config.model_type == "paligemma":
-        return False
     kinds = getattr(text, "layer_types", None)
     if kinds and kinds[first_softmax_layer(model.config)] in ("sliding_attention", "chunked_attention"):
         return True
     return text.model_type == "mistral" and text.sliding_window is not None
-
-
-def _reference(model, batch, instruction, tau):
-    """The reference way, straight from the definition, for a batch of size 1: full forward with
-    eager attention and every map kept; layer L's attention (L: the first softmax layer) averaged
-    over heads; vision tokens: the placeholder positions whose decoder input is an image feature
-    (not a learned image_newline); each one's mean attention from the instruction rows (markers
-    among the placeholders included); top-mass prefix; mean of hidden_states[L + 1] there.
-    Returns (kept positions in the sequence, float64 vector, instruction rows after a vision
-    token that see none)."""
-    assert batch["input_ids"].shape[0] == 1 and bool(batch["attention_mask"].all())
-    previous = attention_implementations(model)
-    model.set_attn_implementation("eager")
-    seen = {}  # the language model's own output: its hidden states and attention maps
-    hook = model.get_decoder().register_forward_hook(lambda _m, _a, output: seen.setdefault("out", output))
-    try:
-        with torch.no_grad():
-            model(**batch, output_hidden_states=True, output_attentions=True)
-    except AttributeError:  # Llama4ForConditionalGeneration fails after the language model ran,
-        if "out" not in seen:  # wrapping its output (transformers 5.24)
-            raise
-    finally:
-        hook.remove()
-        model.set_attn_implementation(previous)
-    out = seen["out"]
-    layer = first_softmax_layer(model.config)
-    kinds = getattr(model.config.get_text_config(), "layer_types", None) or []
-    if len(out.attentions) != model.config.get_text_config().num_hidden_layers:  # softmax layers only
-        assert len(out.attentions) == sum(kind in SOFTMAX_LAYERS for kind in kinds)
-        attention = out.attentions[sum(kind in SOFTMAX_LAYERS for kind in kinds[:layer])]
-    else:
-        attention = out.attentions[layer]
-    probs = attention[0].double().mean(dim=0)  # [S, S], heads averaged
-    placeholder = batch["input_ids"][0] == image_token_id(model.config)
-    marker = torch.zeros_like(placeholder)
-    newline = getattr(getattr(model, "model", None), "image_newline", None)
-    if newline is not None:
-        marker = placeholder & (out.hidden_states[0][0] == newline).all(dim=-1)
-    vision = torch.nonzero(placeholder & ~marker).flatten()
-    rows = torch.nonzero((instruction[0] | marker) & ~(placeholder & ~marker)).flatten()
-    block = probs[rows][:, vision]
-    positions = vision[_kept_by_definition(block.mean(dim=0), tau)]
-    blind = rows[(block == 0).all(dim=1) & (rows > vision.min())]  # after an image, seeing none
-    return sorted(positions.tolist()), out.hidden_states[layer + 1][0, positions].double().mean(dim=0), blind
 
 
 def _fast(model, batch, instruction, tau, monkeypatch):
@@ -194,7 +133,7 @@ def _fast(model, batch, instruction, tau, monkeypatch):
     positions = []
     for b in range(vectors.shape[0]):
         cols = torch.nonzero(seen["vision"][b]).flatten()
-        positions.append(sorted(cols[_kept_by_definition(seen["mass"][b, cols], tau)].tolist()))
+        positions.append(sorted(cols[reference_way.kept_by_definition(seen["mass"][b, cols], tau)].tolist()))
     return vectors, kept, positions
 
 
@@ -254,7 +193,7 @@ def test_fast_path_equals_the_reference_way(any_family, padding_side, monkeypatc
         vectors, kept, positions = _fast(model, batch, instruction, tau, monkeypatch)
         assert [len(p) for p in positions] == kept.tolist()
         for b, (_, _, alone, alone_instruction) in enumerate(prepared):
-            want_positions, want, blind_rows = _reference(model, alone, alone_instruction, tau)
+            want_positions, want, blind_rows = reference_way.reference_vector(model, alone, alone_instruction, tau)
             blind += len(blind_rows)
             assert int(kept[b]) == len(want_positions) >= 1
             local = [int(torch.nonzero(real[b] == p)) for p in positions[b]]  # position in the sample
@@ -292,3 +231,22 @@ def test_qwen3_vl_hidden_states_1_is_layer_0_output_before_deepstack(qwen):
     assert torch.equal(out.hidden_states[1], seen["out0"])
     assert torch.equal(seen["in1"][~vision], seen["out0"][~vision])
     assert not torch.allclose(seen["in1"][vision], seen["out0"][vision])
+
+
+@pytest.mark.parametrize("any_family", ["paligemma"], indirect=True)
+def test_paligemma_prefix_is_bidirectional_and_the_replies_causal(any_family):
+    """As PaliGemma's fine-tuning renders a sample: images and prompt are the prefix, which the
+    probed layer lets every prefix row see whole; from the first reply on, rows are causal."""
+    from scalselect.extract import first_layer_probe
+
+    _, processor, model = any_family
+    _, _, batch, instruction = _prepared(processor, model)[0]
+    types = batch["token_type_ids"][0]
+    start = int(types.argmax())  # the first reply token
+    reply = ~instruction[0] & (batch["input_ids"][0] != image_token_id(model.config))
+    assert 0 < start == int(reply.int().argmax()) and bool(types[start:].all()) and not bool(types[:start].any())
+    with first_layer_probe(model) as run:
+        lo, hi, contiguous = run(**batch)["ranges"]
+    at = torch.arange(types.numel())
+    assert bool(contiguous.all()) and bool((lo == 0).all())
+    assert torch.equal(hi[0], torch.where(at < start, start, at + 1).to(hi.dtype))

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
+from ..models import training_inputs
 from ..models.roles import reply_char_spans, token_roles
 from .conversations import to_messages
 from .images import SampleSkip, open_image
@@ -105,6 +106,8 @@ class SampleMaker:
                                  f"{seq} tokens, the last vision token at {last_vision}; "
                                  f"--max-length is {self.max_length}")
             inputs = {k: v[:, :self.max_length] if _per_token(k, v, seq) else v for k, v in inputs.items()}
+        inputs = training_inputs(self.processor, inputs, roles.vision[:self.max_length],
+                                 roles.instruction[:self.max_length])
         instruction = roles.instruction[:self.max_length]
         if not instruction.any():
             raise SampleSkip("no instruction tokens", "every real token is a vision or reply token")

@@ -102,6 +102,19 @@ class Adapter:
 
 
 _ADAPTERS: dict[str, Adapter] = {}
+# processor class -> f(inputs, vision, instruction) -> inputs: what a family's trainer adds to
+# the processor's output of one sample (PaliGemma's prefix / suffix split)
+_INPUT_RULES: dict[str, Callable] = {}
+
+
+def register_inputs(processor_class: str, rule: Callable) -> None:
+    _INPUT_RULES[processor_class] = rule
+
+
+def training_inputs(processor, inputs: dict, vision, instruction) -> dict:
+    """The processor's output of one sample as the family's trainer feeds it to the model."""
+    rule = _INPUT_RULES.get(type(processor).__name__)
+    return inputs if rule is None else rule(inputs, vision, instruction)
 
 
 def register(model_class: str, adapter: Adapter) -> None:
@@ -117,4 +130,4 @@ def adapter_for(model) -> Adapter:
     return _ADAPTERS.setdefault(name, Adapter(family=getattr(model.config, "model_type", name)))
 
 
-from . import llava  # noqa: E402,F401  (registers itself)
+from . import llava, paligemma  # noqa: E402,F401  (they register themselves)
