@@ -28,7 +28,7 @@ from .data.samples import LengthBatcher, SampleMaker, collate
 from .distributed import Comm
 from .errors import InputError, first_line
 from .extract import UnsupportedModel, first_layer_probe, probe_vectors
-from .models import check_layer, check_supported, first_softmax_layer
+from .models import check_layer, check_supported, first_softmax_layer, image_token_id
 from .models.load import DTYPES, fingerprint, load_checkpoint, pick_dtype, read_config
 from .options import resolve_device
 from .store import (LOCK, MANIFEST, PROGRESS, SKIPPED, StoreWriter, _lock, check_same_settings, damaged_parts,
@@ -211,7 +211,8 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
     job = None
     try:
         loaded = load_checkpoint(model_dir, config, device, dtype, opts.trust_remote_code,
-                                 opts.progress and comm.is_main, layer)
+                                 opts.progress and comm.is_main, layer,
+                                 check_processor=lambda p: _sample_maker(p, config, root, opts).check_template())
         extraction = _Extraction(loaded, pool, root, opts, device, dtype, comm, _part_rows(opts, dim), layer)
         t0 = time.perf_counter()
         if opts.no_store:
@@ -254,18 +255,21 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
     return summary
 
 
+def _sample_maker(processor, config, root, opts: ExtractOptions) -> SampleMaker:
+    return SampleMaker(processor, image_token_id(config), root, opts.max_length, opts.allow_outside_root,
+                       opts.system_prompt, opts.chat_template)
+
+
 class _Extraction:
     """The loaded model and what it needs to turn pool positions into vectors for a sink."""
 
     def __init__(self, loaded, pool, root, opts: ExtractOptions, device, dtype, comm: Comm, part_rows: int,
                  layer: int):
-        processor, self.model, adapter = loaded
+        processor, self.model, _ = loaded
         self.layer = layer
         self.part_rows = part_rows
         self.pool, self.opts, self.device, self.dtype, self.comm = pool, opts, device, dtype, comm
-        self.maker = SampleMaker(processor, adapter.image_token_id(self.model), root, opts.max_length,
-                                 opts.allow_outside_root, opts.system_prompt, opts.chat_template)
-        self.maker.check_template()
+        self.maker = _sample_maker(processor, self.model.config, root, opts)
         pad_id = processor.tokenizer.pad_token_id
         self.pad_id = pad_id if pad_id is not None else (processor.tokenizer.eos_token_id or 0)
 

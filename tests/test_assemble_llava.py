@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from scalselect.cli import main
 from scalselect.demo import prepare_demo
@@ -70,6 +72,13 @@ def test_the_assembled_checkpoint_holds_the_parts_and_extracts(parts, tmp_path, 
     assert torch.allclose(embed[vocab:], parts["llm"].model.embed_tokens.weight.mean(dim=0).expand(2, -1))
     assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<image>")
     assert processor.tokenizer.pad_token == "<pad>" and processor.chat_template
+    # a wide image is padded to a square in the mean colour (LLaVA's "pad"), not cropped: its top
+    # rows are background, which normalises to ~0 (the mean rounded to 1/255, over the std)
+    wide = Image.fromarray((np.random.default_rng(1).random((20, 60, 3)) * 255).astype("uint8"))
+    pixels = processor.image_processor(images=[wide], return_tensors="pt")["pixel_values"][0]
+    std = torch.tensor(processor.image_processor.image_std)
+    assert float(pixels[:, 0].abs().max()) <= float((1 / 255) / std.min())
+    assert float(pixels[:, pixels.shape[1] // 2].abs().max()) > 0.5  # the image itself, in the middle
 
     demo = prepare_demo(tmp_path / "demo", n=50)
     rc = main(["extract", "--model", str(out), "--data", str(demo["pool"]), "--image-root", str(demo["images"]),

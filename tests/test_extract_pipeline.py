@@ -526,7 +526,13 @@ def test_system_prompt_and_chat_template_change_the_vectors_and_are_recorded(dem
     ("{% for m in messages %}{{ m['content'] }}{% endfor %}", "does not render the replies"),
     ("   ", "empty"),
 ])
-def test_a_template_that_cannot_serve_is_one_line_before_any_work(demo, tmp_path, capsys, body, message):
+def test_a_template_that_cannot_serve_is_one_line_before_any_work(demo, tmp_path, capsys, monkeypatch, body, message):
+    import transformers
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were read before the template was checked")
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", no_weights)
     (tmp_path / "t.jinja").write_text(body, encoding="utf-8")
     assert_one_line_error(capsys, extract_args(demo, tmp_path / "s", "--chat-template", tmp_path / "t.jinja"), message)
     assert not (tmp_path / "s").exists()

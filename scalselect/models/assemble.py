@@ -5,8 +5,9 @@ stage-1 alignment, which LLaVA's own code never saves as one checkpoint. Its par
 LLM (a Hugging Face causal LM, e.g. Vicuna), a CLIP vision tower (a Hugging Face CLIP or
 CLIP-vision checkpoint) and the stage-1 projector (`mm_projector.bin`: the two linear layers of
 LLaVA's `mlp2x_gelu`). `assemble_llava` writes them as one `LlavaForConditionalGeneration`
-checkpoint with its processor (the CLIP image processor, the LLM's tokenizer with `<image>`
-added, the LLaVA-1.5 chat template), which `extract` and `run` then take as `--model`.
+checkpoint with its processor (the CLIP image processor, padding images to a square in the mean
+colour as LLaVA-1.5 trains; the LLM's tokenizer with `<image>` added; the LLaVA-1.5 chat
+template), which `extract` and `run` then take as `--model`.
 
 The projector file is read with `torch.load(weights_only=True)` (tensors only: never an
 unpickle of arbitrary objects) or as safetensors.
@@ -58,6 +59,19 @@ def read_projector(path: Path) -> dict:
     return found
 
 
+_IMAGE_SETTINGS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+                   "do_normalize", "image_mean", "image_std", "do_convert_rgb")
+
+
+def _padding_to_square(clip):
+    """The CLIP tower's image processor, padding each image to a square in the mean colour first,
+    as LLaVA-1.5 trains (image_aspect_ratio "pad"), instead of cropping its sides away."""
+    from transformers import LlavaImageProcessorPil
+
+    settings = {k: getattr(clip, k) for k in _IMAGE_SETTINGS if getattr(clip, k, None) is not None}
+    return LlavaImageProcessorPil(**settings, do_pad=True)
+
+
 def assemble_llava(llm: Path, vision: Path, projector: Path, out: Path, *,
                    vision_feature_layer: int = -2) -> Path:
     """Write the assembled checkpoint into `out` (which must not exist yet): whole or not at all."""
@@ -76,7 +90,7 @@ def assemble_llava(llm: Path, vision: Path, projector: Path, out: Path, *,
         tokenizer = AutoTokenizer.from_pretrained(llm, local_files_only=True)
         language = AutoModelForCausalLM.from_pretrained(llm, local_files_only=True)
         tower = CLIPVisionModel.from_pretrained(vision, local_files_only=True)
-        images = CLIPImageProcessor.from_pretrained(vision, local_files_only=True)
+        images = _padding_to_square(CLIPImageProcessor.from_pretrained(vision, local_files_only=True))
     except Exception as exc:  # a wrong kind of checkpoint, missing files: one line
         raise InputError(f"cannot load the parts ({first_line(exc)})") from None
     vision_config = tower.config

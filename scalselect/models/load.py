@@ -72,9 +72,11 @@ def _cut_config(config, layers: int):
 
 
 def load_checkpoint(path: str | os.PathLike, config, device: torch.device, dtype: torch.dtype,
-                    trust_remote_code: bool = False, progress: bool = True, layer: int = 0):
+                    trust_remote_code: bool = False, progress: bool = True, layer: int = 0,
+                    check_processor=None):
     """(processor, the model up to decoder layer `layer` in eval mode on `device`, its adapter);
-    InputError when it cannot load or lacks weights the fast path uses."""
+    InputError when it cannot load or lacks weights the fast path uses. check_processor(processor)
+    runs before the weights are read, so a processor or template that cannot work fails fast."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from transformers.utils import logging
 
@@ -82,17 +84,27 @@ def load_checkpoint(path: str | os.PathLike, config, device: torch.device, dtype
     if not progress:
         logging.disable_progress_bar()
     verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # the layers left out would be reported as unused weights
+    logging.set_verbosity_error()
     try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True,
                                                   trust_remote_code=trust_remote_code)
-        model, info = AutoModelForImageTextToText.from_pretrained(
-            path, config=_cut_config(config, layer + 1), local_files_only=True, dtype=dtype,
-            trust_remote_code=trust_remote_code, output_loading_info=True)
     except ImportError as exc:
         raise InputError(f"--model {path}: its processor needs a package that is not installed "
                          f"({first_line(exc)}); for Qwen-VL: pip install torchvision "
                          "(the build that matches your torch)") from None
+    except Exception as exc:  # unknown classes, broken files, ...: one line, not a traceback
+        raise InputError(f"--model {path}: cannot load its processor ({first_line(exc)})") from None
+    finally:
+        logging.set_verbosity(verbosity)
+    if getattr(processor, "chat_template", None) is None:
+        raise InputError(f"--model {path}: the processor has no chat template")
+    if check_processor is not None:
+        check_processor(processor)
+    logging.set_verbosity_error()  # the layers left out would be reported as unused weights
+    try:
+        model, info = AutoModelForImageTextToText.from_pretrained(
+            path, config=_cut_config(config, layer + 1), local_files_only=True, dtype=dtype,
+            trust_remote_code=trust_remote_code, output_loading_info=True)
     except Exception as exc:  # corrupt weights, unknown classes, ...: one line, not a traceback
         raise InputError(f"--model {path}: cannot load it ({first_line(exc)})") from None
     finally:
@@ -102,7 +114,4 @@ def load_checkpoint(path: str | os.PathLike, config, device: torch.device, dtype
         shown = ", ".join(sorted(missing)[:4]) + (", ..." if len(missing) > 4 else "")
         raise InputError(f"--model {path}: the checkpoint lacks {len(missing)} weights that layers 0..{layer} "
                          f"need ({shown}); they would be random")
-    adapter = adapter_for(model)
-    if getattr(processor, "chat_template", None) is None:
-        raise InputError(f"--model {path}: the processor has no chat template")
-    return processor, model.to(device).eval(), adapter
+    return processor, model.to(device).eval(), adapter_for(model)
