@@ -413,9 +413,11 @@ def damaged_parts(store: Path, full: bool = True) -> list[str]:
 def reopen_store(store: Path, dim: int, dtype: str, settings: dict) -> None:
     """Make a complete store unfinished again, with the settings a writer would begin it with,
     so that `--resume` redoes its damaged parts (progress first: a crash between the two
-    leaves a complete store, which a rerun finds damaged again)."""
-    write_json(store / PROGRESS, _writer_settings(dim, dtype, settings))
-    (store / MANIFEST).unlink(missing_ok=True)  # another job may have reopened it just now
+    leaves a complete store, which a rerun finds damaged again). Under the store's lock: a job
+    writing it meanwhile makes this one line, not two writers."""
+    with _lock(store / LOCK):
+        write_json(store / PROGRESS, _writer_settings(dim, dtype, settings))
+        (store / MANIFEST).unlink(missing_ok=True)
 
 
 def _writer_settings(dim: int, dtype: str, settings: dict | None) -> dict:

@@ -400,6 +400,24 @@ def test_one_store_has_one_writer(tmp_path):
     assert_same_vectors(by_id(tmp_path / "s"), {"a": np.ones(4), "b": np.ones(4)})
 
 
+def test_a_store_is_reopened_for_repair_only_when_no_one_writes_it(tmp_path):
+    from scalselect.store import damaged_parts, reopen_store
+
+    writer = StoreWriter(tmp_path / "s", 4, "float32")
+    writer.add(np.ones((2, 4)), ["a", "b"])
+    writer.close()
+    import fcntl
+
+    with open(tmp_path / "s" / ".lock", "a+") as busy:  # another job holds the store's lock
+        fcntl.flock(busy, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(InputError, match="another process is writing this store"):
+            reopen_store(tmp_path / "s", 4, "float32", {})
+        assert read_manifest(tmp_path / "s")["num_rows"] == 2  # untouched
+    assert damaged_parts(tmp_path / "s") == []
+    reopen_store(tmp_path / "s", 4, "float32", {})
+    assert not (tmp_path / "s" / "manifest.json").exists() and (tmp_path / "s" / "progress.json").exists()
+
+
 def test_an_unfinished_store_is_named_as_such(demo, tmp_path, capsys):
     writer = StoreWriter(tmp_path / "s", 4, "float32")
     writer.add(np.ones((2, 4)), ["a", "b"])
