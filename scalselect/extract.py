@@ -36,6 +36,10 @@ class UnsupportedModel(InputError):
     """The model's layer L cannot be probed exactly (found during the first forward)."""
 
 
+# Mask rows read at once: the uint8 copies of one block stay a few MiB even at S = 32k.
+_MASK_ROWS = 1024
+
+
 def key_ranges_from_mask(mask: torch.Tensor | None, batch: int, seq: int, causal: bool,
                          device: torch.device | str = "cpu"):
     """(lo, hi, contiguous), [B, S] each, from the mask an attention function receives: row i
@@ -43,26 +47,32 @@ def key_ranges_from_mask(mask: torch.Tensor | None, batch: int, seq: int, causal
 
     mask: bool [B or 1, 1 or H, S, S] (True: attend), an additive float mask of the same shape
     (0: attend, very negative: not), or None (no padding: causal, or everything when the layer
-    is not causal)."""
+    is not causal). Read in blocks of rows, at the mask's own batch size."""
     if mask is None:
         lo = torch.zeros(batch, seq, dtype=torch.int32, device=device)
         hi = torch.arange(1, seq + 1, dtype=torch.int32, device=device) if causal else lo[0] + seq
         return lo, hi.expand(batch, seq).contiguous(), torch.ones(batch, seq, dtype=torch.bool, device=device)
     if mask.dim() != 4 or mask.shape[-2:] != (seq, seq) or mask.shape[0] not in (1, batch):
         raise UnsupportedModel(f"its attention mask has shape {tuple(mask.shape)}, not [B, 1, {seq}, {seq}]")
-    if mask.dtype != torch.bool:
-        allowed = mask > torch.finfo(mask.dtype).min / 2
-        if bool((mask[allowed] != 0).any()):
-            raise UnsupportedModel("its attention mask adds a bias to the logits (not a plain mask)")
-        mask = allowed
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise UnsupportedModel(f"its attention mask is {mask.dtype}, neither bool nor an additive float mask")
     if mask.shape[1] != 1 and not bool((mask == mask[:, :1]).all()):
         raise UnsupportedModel("its attention mask differs between heads")
-    m = mask[:, 0].expand(batch, seq, seq)
-    count = m.sum(dim=-1, dtype=torch.int32)
-    lo = m.to(torch.uint8).argmax(dim=-1).to(torch.int32)  # the first allowed key
-    hi = seq - m.flip(-1).to(torch.uint8).argmax(dim=-1).to(torch.int32)  # after the last
-    lo, hi = torch.where(count > 0, lo, 0), torch.where(count > 0, hi, 0)
-    return lo, hi, count == hi - lo
+    parts = []
+    for start in range(0, seq, _MASK_ROWS):
+        block = mask[:, 0, start:start + _MASK_ROWS]  # [B or 1, rows, S]
+        if block.dtype != torch.bool:
+            allowed = block > torch.finfo(block.dtype).min / 2
+            if bool((allowed & (block != 0)).any()):
+                raise UnsupportedModel("its attention mask adds a bias to the logits (not a plain mask)")
+            block = allowed
+        count = block.sum(dim=-1, dtype=torch.int32)
+        lo = block.to(torch.uint8).argmax(dim=-1).to(torch.int32)  # the first allowed key
+        hi = seq - block.flip(-1).to(torch.uint8).argmax(dim=-1).to(torch.int32)  # after the last
+        parts.append((torch.where(count > 0, lo, 0), torch.where(count > 0, hi, 0), count))
+    lo, hi, count = (torch.cat(t, dim=1) for t in zip(*parts))
+    lo, hi, contiguous = (t.expand(batch, seq).contiguous() for t in (lo, hi, count == hi - lo))
+    return lo, hi, contiguous
 
 
 def _probe_attention(module, query, key, value, attention_mask, **kwargs):
@@ -71,17 +81,17 @@ def _probe_attention(module, query, key, value, attention_mask, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     store = getattr(module, "_scalselect_store", None)
+    causal = bool(kwargs["is_causal"] if kwargs.get("is_causal") is not None else getattr(module, "is_causal", True))
     if store is not None:
         if "q" in store:
             raise UnsupportedModel("its probed layer runs attention twice (cross-attention?)")
         b_size, seq = query.shape[0], query.shape[2]
         if key.shape[2] != seq:
             raise UnsupportedModel("its probed layer attends to other keys than its own tokens")
-        causal = kwargs.get("is_causal") if kwargs.get("is_causal") is not None else getattr(module, "is_causal", True)
         store["q"], store["k"] = query, key
         store["scaling"] = kwargs.get("scaling") or getattr(module, "scaling", query.shape[-1] ** -0.5)
         store["softcap"] = kwargs.get("softcap")
-        store["ranges"] = key_ranges_from_mask(attention_mask, b_size, seq, bool(causal), query.device)
+        store["ranges"] = key_ranges_from_mask(attention_mask, b_size, seq, causal, query.device)
     if kwargs.get("softcap") is not None:
         eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
         if eager is None:
@@ -91,6 +101,12 @@ def _probe_attention(module, query, key, value, attention_mask, **kwargs):
                                          ).masked_fill(~attention_mask, torch.finfo(query.dtype).min)
         return eager(module, query, key, value, attention_mask, **kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _explicit_mask(*args, **kwargs):
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_mask(*args, **{**kwargs, "allow_is_causal_skip": False, "allow_is_bidirectional_skip": False})
 
 
 def attention_implementations(model) -> dict:
@@ -110,12 +126,14 @@ def first_layer_probe(model, layer: int | None = None):
     """Yields run(**batch) -> {"hidden", "q", "k", "scaling", "softcap", "ranges", "embeds"?}
     that runs `model` up to decoder layer `layer` (default: the adapter's first softmax layer)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(_ATTENTION_NAME, _probe_attention)
     # Masks are built per implementation name: without this, an unknown name gets no mask, and
-    # left-padded rows would attend to the padding.
-    AttentionMaskInterface.register(_ATTENTION_NAME, sdpa_mask)
+    # left-padded rows would attend to the padding. Never skipped: SDPA's skip (no mask: use
+    # is_causal) trusts the module's is_causal, which some decoders set False (PaliGemma 2's
+    # Gemma 2 says bidirectional while its mask is causal), and eager attention has no skip.
+    AttentionMaskInterface.register(_ATTENTION_NAME, _explicit_mask)
     adapter = adapter_for(model)
     layers = adapter.decoder_layers(model)
     index = adapter.first_softmax_layer(model) if layer is None else layer
@@ -167,7 +185,9 @@ def token_sets(model, batch: dict, instruction: torch.Tensor, got: dict):
     vision = batch["input_ids"] == adapter.image_token_id(model)
     newline = adapter.image_newline(model)
     if newline is not None:
-        marker = vision & (got["embeds"] == newline.to(got["embeds"].dtype)).all(dim=-1)
+        marker = torch.zeros_like(vision)
+        embeds = got["embeds"][vision]  # the placeholder rows only
+        marker[vision] = (embeds == newline.to(embeds.dtype)).all(dim=-1)
         vision, instruction = vision & ~marker, instruction | marker
     return vision, instruction & ~vision
 
@@ -184,9 +204,11 @@ def probe_vectors(model, run, batch: dict, instruction: torch.Tensor, tau: float
     got = run(**batch)
     vision, rows = token_sets(model, batch, instruction, got)
     lo, hi, contiguous = got["ranges"]
-    if not bool(contiguous[rows & valid].all()):
+    computed = rows & valid
+    at = torch.arange(valid.shape[1], device=valid.device)
+    if not bool((contiguous & (lo <= at) & (at < hi))[computed].all()):
         raise UnsupportedModel(f"{type(model).__name__}: an instruction row's keys in the probed layer "
-                               "are not one contiguous range")
+                               "are not one contiguous range holding the row itself")
     mass = kernels.attention_mass(got["q"], got["k"], valid, rows, vision, float(got["scaling"]),
                                   (lo, hi), got["softcap"], backend=backend)
     return kernels.top_mass_mean(got["hidden"], mass, vision, tau, backend=backend)

@@ -1,8 +1,8 @@
 """Pool -> representation store: the extraction job behind `scalselect extract` and `run`.
 
 DataLoader workers read and process samples (images decoded, chat rendered, token roles) while
-the main process runs the model's layer-0 fast path on length-grouped batches and commits the
-vectors to the store part by part. Every sample ends up either as a row or as a skip with its
+the main process runs the model's fast path (up to the probed layer) on length-grouped batches
+and commits the vectors to the store part by part. Every sample ends up either as a row or as a skip with its
 reason; an interrupted job resumes from the committed parts.
 """
 
@@ -385,8 +385,8 @@ def _read_own_plan(out: Path, asked: dict):
 def _complete_store(out: Path, settings: dict) -> dict:
     """--resume on a finished store: nothing to do, if it was made the same way."""
     manifest = read_manifest(out)
-    top = {"dim": manifest.get("dim"), "dtype": manifest.get("dtype")}
-    made = {k: top[k] if k in top else manifest.get("meta", {}).get(k) for k in settings}
+    top, meta = {"dim": manifest.get("dim"), "dtype": manifest.get("dtype")}, manifest.get("meta", {})
+    made = {k: top[k] if k in top else meta[k] for k in settings if k in top or k in meta}
     check_same_settings(out, made, settings)
     return {"store": str(out), "rows": manifest["num_rows"], "skipped": manifest.get("num_skipped", 0),
             "skipped_by_reason": manifest.get("skipped_by_reason", {}), "processed_this_run": 0,

@@ -686,8 +686,13 @@ def _lock(path: Path):
     return f
 
 
+# Settings recorded since stores were first made, with the value an older store was made with.
+_ADDED_SETTINGS = {"layer": 0}  # the probed decoder layer: 0 before hybrid decoders were supported
+
+
 def check_same_settings(store: Path, before: dict, now: dict) -> None:
     """A store continued or reused must have been made with the same settings."""
+    before = {**{k: v for k, v in _ADDED_SETTINGS.items() if k in now}, **before}
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if changed:
         shown = "; ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in changed)

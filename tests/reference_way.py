@@ -24,9 +24,9 @@ def kept_by_definition(mass: torch.Tensor, tau: float) -> list[int]:
     return kept
 
 
-def reference_vector(model, batch, instruction, tau):
+def reference_vector(model, batch, instruction, tau, layer=None):
     """The reference way, straight from the definition, for a batch of size 1: full forward with
-    eager attention and every map kept; layer L's attention (L: the first softmax layer) averaged
+    eager attention and every map kept; layer L's attention (L: `layer`, else the first softmax layer) averaged
     over heads; vision tokens: the placeholder positions whose decoder input is an image feature
     (not a learned image_newline); each one's mean attention from the instruction rows (markers
     among the placeholders included); top-mass prefix; mean of hidden_states[L + 1] there.
@@ -47,7 +47,7 @@ def reference_vector(model, batch, instruction, tau):
         hook.remove()
         model.set_attn_implementation(previous)
     out = seen["out"]
-    layer = first_softmax_layer(model.config)
+    layer = first_softmax_layer(model.config) if layer is None else layer
     kinds = getattr(model.config.get_text_config(), "layer_types", None) or []
     if len(out.attentions) != model.config.get_text_config().num_hidden_layers:  # softmax layers only
         assert len(out.attentions) == sum(kind in SOFTMAX_LAYERS for kind in kinds)

@@ -323,6 +323,19 @@ def test_resume_of_a_complete_store_checks_its_settings(demo, tmp_path, capsys):
     assert_one_line_error(capsys, extract_args(demo, tmp_path / "s"), "a store already exists here")
 
 
+def test_a_store_made_before_the_layer_was_recorded_resumes(demo, tmp_path, capsys):
+    """Such a store was made at layer 0: its missing setting counts as 0."""
+    assert run_cli(capsys, *extract_args(demo, tmp_path / "s", "--shard-rows", "16"))[0] == 0
+    manifest = tmp_path / "s" / "manifest.json"
+    record = json.loads(manifest.read_text())
+    assert record["meta"].pop("layer") == 0
+    manifest.write_text(json.dumps(record))
+    rc, out, err = run_cli(capsys, *extract_args(demo, tmp_path / "s", "--shard-rows", "16", "--resume"))
+    assert rc == 0 and "already complete" in out, err
+    assert_one_line_error(capsys, extract_args(demo, tmp_path / "s", "--shard-rows", "16", "--resume",
+                                               "--layer", "1"), "layer: 0 then, 1 now")
+
+
 def test_resume_of_a_complete_store_redoes_a_damaged_part(demo, tmp_path, capsys):
     """A bit flipped in a finished store (a disk, a copy): --resume finds the part by its CRC,
     redoes its samples and completes the store again, with the same vectors and skips."""

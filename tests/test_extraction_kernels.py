@@ -112,8 +112,9 @@ def test_attention_mass_refuses_key_ranges_without_the_row():
         for backend in ("torch", "native"):
             with pytest.raises(ValueError, match="must hold the row itself"):
                 kernels.attention_mass(q, k, valid, rows, cols, 0.3, bad, backend=backend)
-    with pytest.raises(ValueError, match="softcap must be positive"):
-        kernels.attention_mass(q, k, valid, rows, cols, 0.3, (lo, hi), 0.0)
+    for cap in (0.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="softcap must be positive and finite"):
+            kernels.attention_mass(q, k, valid, rows, cols, 0.3, (lo, hi), cap)
 
 
 def test_attention_mass_degenerate_samples():

@@ -175,3 +175,8 @@ def test_key_ranges_without_a_mask_and_of_rows_with_holes():
     bias[0, 0, 3, 1] = 0.5  # a bias, not a mask: refused
     with pytest.raises(InputError, match="adds a bias"):
         key_ranges_from_mask(bias, 1, 5, causal=True)
+    with pytest.raises(InputError, match="neither bool nor an additive float mask"):
+        key_ranges_from_mask(holes.long(), 1, 5, causal=True)
+    # one mask for the whole batch (equal lengths), read once and spread over the samples
+    lo, hi, contiguous = key_ranges_from_mask(holes[:, :, :4, :4], 3, 4, causal=True)
+    assert hi.tolist() == [[1, 2, 3, 4]] * 3 and bool(contiguous.all())

@@ -114,7 +114,7 @@ def _windowed(model) -> bool:
     return text.model_type == "mistral" and text.sliding_window is not None
 
 
-def _fast(model, batch, instruction, tau, monkeypatch):
+def _fast(model, batch, instruction, tau, monkeypatch, layer=None):
     """first_layer_vectors, and the positions it keeps (from the mass it hands to the selection)."""
     from scalselect import extract
 
@@ -127,7 +127,7 @@ def _fast(model, batch, instruction, tau, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(extract.kernels, "top_mass_mean", spy)
-        vectors, kept = extract.first_layer_vectors(model, batch, instruction, tau)
+        vectors, kept = extract.first_layer_vectors(model, batch, instruction, tau, layer=layer)
     if "mass" not in seen:
         pytest.fail("first_layer_vectors no longer hands its mass to kernels.top_mass_mean: update this spy")
     positions = []
@@ -250,3 +250,19 @@ def test_paligemma_prefix_is_bidirectional_and_the_replies_causal(any_family):
     at = torch.arange(types.numel())
     assert bool(contiguous.all()) and bool((lo == 0).all())
     assert torch.equal(hi[0], torch.where(at < start, start, at + 1).to(hi.dtype))
+
+
+@pytest.mark.parametrize("any_family", ["paligemma2"], indirect=True)
+def test_soft_capped_layers_stay_causal_where_transformers_skips_the_mask(any_family, monkeypatch):
+    """Without token types or padding, transformers would hand a full-attention layer no mask
+    (SDPA's is_causal instead), while PaliGemma 2's Gemma 2 attention says it is not causal: the
+    probe must still see, and run, the causal mask that eager attention applies. Probed at
+    layer 1, PaliGemma 2's first full-attention layer."""
+    _, processor, model = any_family
+    text = model.config.get_text_config()
+    assert text.attn_logit_softcapping and text.layer_types[1] == "full_attention"
+    _, _, alone, instruction = _prepared(processor, model)[1]
+    plain = {k: v for k, v in alone.items() if k != "token_type_ids"}
+    want_positions, want, _ = reference_way.reference_vector(model, plain, instruction, 0.9, layer=1)
+    vectors, kept, positions = _fast(model, plain, instruction, 0.9, monkeypatch, layer=1)
+    assert positions[0] == want_positions and _cosine(vectors[0], want) >= MIN_COSINE

@@ -1,5 +1,5 @@
-// CPU kernels of the representation extraction: layer-0 attention mass on the vision tokens and
-// the mean hidden state of the most-attended ones. Contracts in kernels.h; semantics defined by
+// CPU kernels of the representation extraction: the probed layer's attention mass on the vision
+// tokens and the mean hidden state of the most-attended ones. Contracts in kernels.h; semantics defined by
 // the twins in scalselect/kernels/twins.py.
 #include <algorithm>
 #include <cmath>

@@ -132,6 +132,8 @@ def _stack_images(values: list[torch.Tensor]) -> torch.Tensor:
 def collate(samples: list[Prepared], pad_token_id: int, padding_side: str = "right") -> tuple[dict, torch.Tensor]:
     """Pad per-token tensors to the longest sample (on the right, or the left); stack image
     tensors."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be left or right, not {padding_side!r}")
     seq = max(s.length for s in samples)
     place = [slice(0, s.length) if padding_side == "right" else slice(seq - s.length, seq) for s in samples]
     batch: dict = {}

@@ -314,8 +314,8 @@ def attention_mass(q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor,
                          "(same B, S, hd; H a positive multiple of Hkv)")
     if k.device != q.device:
         raise ValueError(f"q is on {q.device} but k on {k.device}")
-    if softcap is not None and not softcap > 0:
-        raise ValueError(f"softcap must be positive or None, not {softcap}")
+    if softcap is not None and not 0 < softcap < float("inf"):
+        raise ValueError(f"softcap must be positive and finite, or None, not {softcap}")
     masks = [_mask(m, (b, seq), q.device, what) for m, what in
              ((key_valid, "key_valid"), (row_is_instruction, "row_is_instruction"),
               (col_is_vision, "col_is_vision"))]

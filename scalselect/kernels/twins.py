@@ -99,7 +99,7 @@ def top_mass_mean(hidden: torch.Tensor, mass: torch.Tensor, col_is_vision: torch
                   tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One vector per sample: the mean hidden state of its most-attended vision tokens.
 
-    hidden: [B, S, D] layer-0 outputs; mass: [B, S] from attention_mass; col_is_vision [B, S].
+    hidden: [B, S, D] the probed layer's outputs; mass: [B, S] from attention_mass; col_is_vision [B, S].
     Per sample: p = mass / sum(mass) over vision tokens (uniform when the sum is 0); sort p
     descending (ties: earlier position first); keep the prefix up to and including the first
     token where the running sum exceeds tau (at least one, at most all). Returns the float32

@@ -16,7 +16,7 @@ from typing import Callable
 from ..errors import InputError
 
 # Layer kinds of text configs' layer_types whose attention is a softmax over keys.
-SOFTMAX_LAYERS = ("full_attention", "sliding_attention", "chunked_attention")
+SOFTMAX_LAYERS = ("full_attention", "sliding_attention", "chunked_attention", "attention")
 
 # Classes that cannot be probed exactly, with the reason.
 REFUSED = {

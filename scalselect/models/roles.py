@@ -55,8 +55,8 @@ def reply_char_spans(render: Callable[[list, bool], str], messages: list[dict]) 
 
     render(messages, add_generation_prompt) -> str is the checkpoint's chat template. Reply i is
     where the template puts a sentinel in its place: the rendering with the sentinel, A + sentinel
-    + B, must give the rendering itself as A + reply + B (the reply verbatim, or stripped of
-    surrounding whitespace), so a template that rewrites a reply, hoists or reorders text around
+    + B, must give the rendering itself as A + M + B with M the reply (the template may trim
+    whitespace around it), so a template that rewrites a reply, hoists or reorders text around
     it, or renders past turns unlike the generation prompt is handled or refused, never guessed."""
     full = render(messages, False)
     spans = []
@@ -68,13 +68,13 @@ def reply_char_spans(render: Callable[[list, bool], str], messages: list[dict]) 
             raise InputError(f"the chat template does not render reply {i} once, as it is; "
                              "reply tokens cannot be located")
         before, after = marked.split(_SENTINEL)
-        content = _reply_text(message)
-        for text in (content, content.strip()):
-            if full == before + text + after:
-                spans.append((len(before), len(before) + len(text)))
-                break
-        else:
+        text = _reply_text(message).strip()
+        middle = full[len(before):len(full) - len(after)]
+        if not (full.startswith(before) and full.endswith(after) and len(full) >= len(before) + len(after)
+                and middle.strip() == text):
             raise InputError(f"reply {i} is not where the chat template puts it (was it rewritten?)")
+        start = len(before) + middle.find(text) if text else len(before)
+        spans.append((start, start + len(text)))
     return full, spans
 
 
@@ -94,12 +94,14 @@ def token_roles(tokenizer, text: str, spans: list[tuple[int, int]], image_token_
     in_reply = [any(s < hi and lo < e for lo, hi in spans) for s, e in offsets]
     proc = processor_ids.tolist()
     reply = [False] * len(proc)
-    found = 0
+    where = [-1] * len(ids)  # each text token's processor position, where it has one
     for a, b, size in SequenceMatcher(None, ids, proc, autojunk=False).get_matching_blocks():
         reply[b:b + size] = in_reply[a:a + size]
-        found += sum(in_reply[a:a + size])
-    if found != sum(in_reply):
-        raise InputError("the processor's tokens do not match the rendered chat text "
-                         "(unsupported processor or template)")
+        where[a:a + size] = range(b, b + size)
+    for lo, hi in spans:  # every token of a reply found, side by side as in the text
+        at = [where[t] for t, (s, e) in enumerate(offsets) if s < hi and lo < e]
+        if any(p < 0 for p in at) or any(q != p + 1 for p, q in zip(at, at[1:])):
+            raise InputError("the processor's tokens do not match the rendered chat text "
+                             "(unsupported processor or template)")
     vision = processor_ids == image_token_id
     return Roles(processor_ids, vision, ~vision & ~torch.tensor(reply, dtype=torch.bool))

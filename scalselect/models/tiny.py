@@ -115,8 +115,9 @@ QWEN2_VL_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# Qwen3-VL-Instruct's format, without the tool-calling branches: ChatML, no default system turn.
-QWEN3_VL_CHAT_TEMPLATE = (
+# The turns of Qwen3-VL-Instruct's and Qwen3.5's formats, without the tool-calling branches:
+# ChatML, no default system turn.
+_QWEN3_TURNS = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
     "{% for message in messages %}"
     "<|im_start|>{{ message['role'] }}\n"
@@ -125,8 +126,8 @@ QWEN3_VL_CHAT_TEMPLATE = (
     + _QWEN_PART +
     "{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+QWEN3_VL_CHAT_TEMPLATE = _QWEN3_TURNS + "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 
 
 def _qwen_tokenizer():
@@ -233,15 +234,7 @@ def save_tiny_qwen3_vl(out: str | Path, *, seed: int = 0) -> Path:
 
 # Qwen3.5's format without the tool-calling branches: ChatML, no default system turn; thinking is on
 # unless enable_thinking=false, which opens the reply with an empty <think></think> block.
-QWEN3_5_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for content in message['content'] %}"
-    + _QWEN_PART +
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}"
+QWEN3_5_CHAT_TEMPLATE = _QWEN3_TURNS + (
     "{% if add_generation_prompt %}<|im_start|>assistant\n"
     "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
     "{% else %}<think>\n{% endif %}{% endif %}"
