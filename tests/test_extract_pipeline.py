@@ -281,6 +281,42 @@ def test_a_hybrid_decoder_loads_and_probes_its_first_softmax_layer(demo, tmp_pat
     assert_one_line_error(capsys, [*args, "--layer", len(kinds)], f"decoder layers 0..{len(kinds) - 1}")
 
 
+def test_weights_that_span_the_layers_are_cut_to_the_loaded_ones(demo, tmp_path):
+    """Gemma 4 holds per-layer input embeddings for every decoder layer in one matrix: the
+    loaded model keeps the probed layers' columns (and projection rows), and its vectors are the
+    full model's, the reference way."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import reference_way
+    from scalselect.data import read_pool
+    from scalselect.data.samples import SampleMaker, collate
+    from scalselect.models import image_token_id
+    from scalselect.models.load import load_checkpoint, read_config
+
+    model_dir = tiny.BUILDERS["gemma4"](tmp_path / "model")
+    config = read_config(model_dir)
+    width, layers = config.get_text_config().hidden_size_per_layer_input, config.get_text_config().num_hidden_layers
+    _, cut, adapter = load_checkpoint(model_dir, config, torch.device("cpu"), torch.float32, progress=False)
+    assert len(adapter.decoder_layers(cut)) == 1 < layers
+    full = AutoModelForImageTextToText.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).eval()
+    table = "model.language_model.embed_tokens_per_layer.weight"
+    assert cut.state_dict()[table].shape[1] == width < full.state_dict()[table].shape[1]
+    assert torch.equal(cut.state_dict()[table], full.state_dict()[table][:, :width])
+
+    pool_path = tmp_path / "pool.json"
+    pool_path.write_text(json.dumps(json.loads(Path(demo["pool"]).read_text())[:4]))
+    extract_store(model_dir, pool_path, demo["images"], tmp_path / "s", opts(batch_size=2))
+    got = by_id(tmp_path / "s")
+    processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
+    maker = SampleMaker(processor, image_token_id(config), Path(demo["images"]), 2048)
+    pool = read_pool(pool_path)
+    for record, sample_id in zip(pool.records, pool.ids):
+        batch, instruction = collate([maker(record, pool.layout, sample_id)], 0)
+        batch = {k: v.float() if v.is_floating_point() else v for k, v in batch.items()}
+        want = reference_way.reference_vector(full, batch, instruction, 0.9)[1]
+        assert float(torch.nn.functional.cosine_similarity(torch.as_tensor(got[sample_id]).double(), want, dim=0)) >= 0.99999
+
+
 def _config_only(path: Path, config) -> Path:
     config.save_pretrained(path)
     return path

@@ -58,17 +58,58 @@ def fingerprint(path: str | os.PathLike) -> str:
 
 
 def _cut_config(config, layers: int):
-    """A copy of `config` whose language model has its first `layers` decoder layers only; all of
-    them where a weight's shape depends on the layer count (Gemma 4's per-layer input embeddings
-    hold hidden_size_per_layer_input values for every layer)."""
+    """A copy of `config` whose language model has its first `layers` decoder layers only (KV
+    sharing, as Gemma 4's last layers reuse earlier layers' keys and values, starting where it
+    started)."""
     cut = copy.deepcopy(config)
     text = cut.get_text_config()
-    if getattr(text, "hidden_size_per_layer_input", None):
-        return cut
+    shared = getattr(text, "num_kv_shared_layers", 0) or 0
+    if shared:
+        text.num_kv_shared_layers = max(0, layers - (text.num_hidden_layers - shared))
     text.num_hidden_layers = layers
     if isinstance(getattr(text, "layer_types", None), list):
         text.layer_types = text.layer_types[:layers]
     return cut
+
+
+def _per_layer_width(config) -> int:
+    """Values per decoder layer in weights that hold some for every layer (Gemma 4's per-layer
+    input embeddings and their projection, laid out layer by layer), else 0."""
+    return int(getattr(config.get_text_config(), "hidden_size_per_layer_input", 0) or 0)
+
+
+def _checkpoint_tensor(path: Path, name: str, rows: slice | None, cols: slice | None):
+    """Part of one tensor of the checkpoint's safetensors files (the key itself, or the one key
+    ending like it), read without loading the rest."""
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    for f in files:
+        with safe_open(f, "pt") as handle:
+            keys = [k for k in handle.keys() if k == name or k.endswith("." + name.split(".", 1)[-1])]
+            if keys:
+                part = handle.get_slice(keys[0])
+                return part[rows or slice(None), cols or slice(None)]
+    raise InputError(f"--model {path}: its weight {name} is not in its safetensors files")
+
+
+def _fill_per_layer_weights(path: Path, model, mismatched: list, width: int, layers: int) -> None:
+    """The weights sized by the layer count, cut to the loaded layers: the checkpoint's first
+    `layers` x `width` columns (embeddings) or rows (the projection). Any other mismatch is an
+    error: the checkpoint does not fit its own config."""
+    params = dict(model.named_parameters())
+    for name, saved, made in mismatched:
+        saved, made = tuple(saved), tuple(made)
+        if len(saved) != 2 or name not in params:
+            raise InputError(f"--model {path}: {name} has shape {saved}, its config says {made}")
+        if made == (saved[0], layers * width) and saved[1] % width == 0:
+            part = _checkpoint_tensor(path, name, None, slice(0, layers * width))
+        elif made == (layers * width, saved[1]) and saved[0] % width == 0:
+            part = _checkpoint_tensor(path, name, slice(0, layers * width), None)
+        else:
+            raise InputError(f"--model {path}: {name} has shape {saved}, its config says {made}")
+        with torch.no_grad():
+            params[name].copy_(part.to(params[name].dtype))
 
 
 def load_checkpoint(path: str | os.PathLike, config, device: torch.device, dtype: torch.dtype,
@@ -102,13 +143,16 @@ def load_checkpoint(path: str | os.PathLike, config, device: torch.device, dtype
         check_processor(processor)
     logging.set_verbosity_error()  # the layers left out would be reported as unused weights
     try:
+        width = _per_layer_width(config)
         model, info = AutoModelForImageTextToText.from_pretrained(
             path, config=_cut_config(config, layer + 1), local_files_only=True, dtype=dtype,
-            trust_remote_code=trust_remote_code, output_loading_info=True)
+            trust_remote_code=trust_remote_code, output_loading_info=True, ignore_mismatched_sizes=bool(width))
     except Exception as exc:  # corrupt weights, unknown classes, ...: one line, not a traceback
         raise InputError(f"--model {path}: cannot load it ({first_line(exc)})") from None
     finally:
         logging.set_verbosity(verbosity)
+    if width:
+        _fill_per_layer_weights(path, model, info.get("mismatched_keys", []), width, layer + 1)
     missing = [k for k in info.get("missing_keys", []) if not _UNUSED_WEIGHTS.search(k)]
     if missing:
         shown = ", ".join(sorted(missing)[:4]) + (", ..." if len(missing) > 4 else "")
