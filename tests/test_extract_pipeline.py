@@ -315,6 +315,12 @@ def test_weights_that_span_the_layers_are_cut_to_the_loaded_ones(demo, tmp_path)
         batch = {k: v.float() if v.is_floating_point() else v for k, v in batch.items()}
         want = reference_way.reference_vector(full, batch, instruction, 0.9)[1]
         assert float(torch.nn.functional.cosine_similarity(torch.as_tensor(got[sample_id]).double(), want, dim=0)) >= 0.99999
+    # a config that does not fit its weights (the per-layer width halved) is refused, not sliced
+    record = json.loads((model_dir / "config.json").read_text())
+    record["text_config"]["hidden_size_per_layer_input"] = width // 2
+    (model_dir / "config.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match="has shape"):
+        load_checkpoint(model_dir, read_config(model_dir), torch.device("cpu"), torch.float32, progress=False)
 
 
 def _config_only(path: Path, config) -> Path:

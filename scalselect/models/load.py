@@ -93,18 +93,18 @@ def _checkpoint_tensor(path: Path, name: str, rows: slice | None, cols: slice | 
     raise InputError(f"--model {path}: its weight {name} is not in its safetensors files")
 
 
-def _fill_per_layer_weights(path: Path, model, mismatched: list, width: int, layers: int) -> None:
-    """The weights sized by the layer count, cut to the loaded layers: the checkpoint's first
-    `layers` x `width` columns (embeddings) or rows (the projection). Any other mismatch is an
-    error: the checkpoint does not fit its own config."""
+def _fill_per_layer_weights(path: Path, model, mismatched: list, width: int, layers: int, every: int) -> None:
+    """The weights sized by the layer count, cut to the loaded layers: of the checkpoint's
+    `every` x `width` columns (embeddings) or rows (the projection), the first `layers` x `width`.
+    Any other mismatch is an error: the checkpoint does not fit its own config."""
     params = dict(model.named_parameters())
     for name, saved, made in mismatched:
         saved, made = tuple(saved), tuple(made)
         if len(saved) != 2 or name not in params:
             raise InputError(f"--model {path}: {name} has shape {saved}, its config says {made}")
-        if made == (saved[0], layers * width) and saved[1] % width == 0:
+        if made == (saved[0], layers * width) and saved[1] == every * width:
             part = _checkpoint_tensor(path, name, None, slice(0, layers * width))
-        elif made == (layers * width, saved[1]) and saved[0] % width == 0:
+        elif made == (layers * width, saved[1]) and saved[0] == every * width:
             part = _checkpoint_tensor(path, name, slice(0, layers * width), None)
         else:
             raise InputError(f"--model {path}: {name} has shape {saved}, its config says {made}")
@@ -152,7 +152,8 @@ def load_checkpoint(path: str | os.PathLike, config, device: torch.device, dtype
     finally:
         logging.set_verbosity(verbosity)
     if width:
-        _fill_per_layer_weights(path, model, info.get("mismatched_keys", []), width, layer + 1)
+        _fill_per_layer_weights(path, model, info.get("mismatched_keys", []), width, layer + 1,
+                                int(config.get_text_config().num_hidden_layers))
     missing = [k for k in info.get("missing_keys", []) if not _UNUSED_WEIGHTS.search(k)]
     if missing:
         shown = ", ".join(sorted(missing)[:4]) + (", ..." if len(missing) > 4 else "")
