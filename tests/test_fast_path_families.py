@@ -266,3 +266,21 @@ def test_soft_capped_layers_stay_causal_where_transformers_skips_the_mask(any_fa
     want_positions, want, _ = reference_way.reference_vector(model, plain, instruction, 0.9, layer=1)
     vectors, kept, positions = _fast(model, plain, instruction, 0.9, monkeypatch, layer=1)
     assert positions[0] == want_positions and _cosine(vectors[0], want) >= MIN_COSINE
+
+
+@pytest.mark.parametrize("family, layer", [("llava", 1), ("gemma3", 1)])
+def test_a_later_layer_is_probed_as_the_reference_way_reads_it(family, layer, tmp_path, monkeypatch):
+    """--layer N: layer N's attention mass and its output, hidden_states[N + 1] (N not the last
+    layer, whose hidden_states entry has the final norm applied)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = tiny.save_tiny_llava(tmp_path, text_layers=3) if family == "llava" else tiny.BUILDERS[family](tmp_path)
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
+    assert layer < model.config.get_text_config().num_hidden_layers - 1
+    for _, _, alone, instruction in _prepared(processor, model):
+        want_positions, want, _ = reference_way.reference_vector(model, alone, instruction, 0.9, layer=layer)
+        vectors, _, positions = _fast(model, alone, instruction, 0.9, monkeypatch, layer=layer)
+        first, _, _ = _fast(model, alone, instruction, 0.9, monkeypatch)
+        assert positions[0] == want_positions and _cosine(vectors[0], want) >= MIN_COSINE
+        assert _cosine(vectors[0], first[0]) < MIN_COSINE  # another layer, another vector
