@@ -20,7 +20,7 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from . import options
-from .data.conversations import _turns, image_name
+from .data.conversations import image_name, read_turns
 from .errors import InputError
 
 SELECT_METHODS = options.SELECT_METHODS
@@ -94,6 +94,6 @@ def random_ranking(n: int, seed: int) -> np.ndarray:
 def conversation_length(record: dict, layout: str) -> int:
     """Characters of all turns; 0 for a record whose turns cannot be read."""
     try:
-        return sum(len(text) for _, text in _turns(record, layout))
+        return sum(len(text) for _, text in read_turns(record, layout))
     except InputError:
         return 0

@@ -31,7 +31,7 @@ from .extract import UnsupportedModel, first_layer_probe, probe_vectors
 from .models import check_layer, check_supported, first_softmax_layer, image_token_id
 from .models.load import DTYPES, fingerprint, load_checkpoint, pick_dtype, read_config
 from .options import resolve_device
-from .store import (LOCK, MANIFEST, PROGRESS, SKIPPED, StoreWriter, _lock, check_same_settings, damaged_parts,
+from .store import (LOCK, MANIFEST, PROGRESS, SKIPPED, StoreWriter, check_same_settings, damaged_parts, lock_store,
                     read_manifest, reopen_store)
 
 
@@ -338,7 +338,7 @@ def _claim_sketch_dir(out: Path, resume: bool):
     if out.exists() and any(out.iterdir()) and not resume:
         raise InputError(f"{out}: exists and is not empty; choose another output (or --resume)")
     out.mkdir(parents=True, exist_ok=True)
-    return _lock(out / LOCK)
+    return lock_store(out / LOCK)
 
 
 def _open_sketch(extraction: _Extraction, out: Path, settings: dict, dim: int):

@@ -28,7 +28,7 @@ from . import options
 from ._atomic import atomic_open
 from .baselines import IMAGE_FOLDER, source_of
 from .data import read_pool
-from .data.conversations import IMAGE_TAG, _turns, image_refs
+from .data.conversations import IMAGE_TAG, image_refs, read_turns
 from .data.images import SampleSkip, open_image
 from .eigen import centred_spectrum, rank_for_energy
 from .errors import InputError
@@ -126,7 +126,7 @@ def _thumbnail(record: dict, layout: str, root: Path | None) -> str | None:
 
 def _first_instruction(record: dict, layout: str) -> str:
     try:
-        text = next((t for role, t in _turns(record, layout) if role == "user"), "")
+        text = next((t for role, t in read_turns(record, layout) if role == "user"), "")
     except InputError:
         return "(unreadable conversation)"
     text = " ".join(text.replace(IMAGE_TAG, " ").split())

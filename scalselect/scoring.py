@@ -23,7 +23,6 @@ collective: the rank that met it raises it, the others raise "rank R: <message>"
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import warnings
@@ -33,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import kernels, options
+from . import kernels, options, sketch
 from .distributed import Comm
 from .eigen import TopEigen, top_eigenpairs
 from .errors import InputError
 from .options import PILOT_ROWS, ScoreOptions, resolve_device
-from .store import RowSource, _check_ids, open_rows, part_shards, read_manifest, read_store
+from .rows import check_spread, head_magnitude, inverse_std, left_out_rows, prep_finite, progress_bar, value_scale
+from .store import RowSource, check_ids, open_rows, part_shards, read_manifest, read_store
 
 # Target size of one streamed chunk (its float32 centred copy).
 _CHUNK_BYTES = 128 << 20
@@ -86,45 +86,8 @@ class LeverageResult:
 
     def warnings(self) -> list[str]:
         """Lines the user should read: a sketch that cannot certify its accuracy."""
-        from .sketch import warning_text
-
-        text = warning_text(self.sketch, self.settings["energy"]) if self.method == "sketch" else None
+        text = sketch.warning_text(self.sketch, self.settings["energy"]) if self.method == "sketch" else None
         return [text] if text else []
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-    # disable=None: draw only on a terminal, so errors and logs stay clean
-    return tqdm(total=total, desc=desc, unit="rows", unit_scale=True, disable=None if enabled else True,
-                leave=False, dynamic_ncols=True)
-
-
-def _finite_rows(sums: torch.Tensor, rows: torch.Tensor) -> torch.Tensor | None:
-    """None when every row is finite, else a mask of the finite rows. A NaN or inf anywhere in
-    `rows` makes its column sums non-finite: checking the d sums is free, and only then are the
-    rows searched."""
-    if bool(torch.isfinite(sums).all()):
-        return None
-    good = torch.isfinite(rows).all(dim=1)
-    if bool(good.all()):
-        raise InputError("the column sums overflowed: values too large; rescale the vectors")
-    return good
-
-
-def _prep_finite(kernel, chunk: torch.Tensor, *args, **kwargs):
-    """kernel(chunk, *args) (gram_prep or sketch_prep) on the chunk's finite rows: its outputs
-    and the mask of those rows (None when all are). A NaN or inf shows in the column sums, the
-    kernel's second output, so only then is the chunk searched and the kernel run again."""
-    out = kernel(chunk, *args, **kwargs)
-    good = _finite_rows(out[1], chunk)
-    if good is not None:
-        out = kernel(chunk[good], *args, **kwargs)
-    return out, good
-
-
-def _left_out_rows(good: torch.Tensor, start: int) -> list[int]:
-    """Indices (from `start`) of a chunk's rows that are not finite."""
-    return (torch.nonzero(~good).flatten() + start).tolist()
 
 
 def _check_scores(scores: np.ndarray, excluded: list) -> None:
@@ -169,11 +132,11 @@ def _open_part(data, sample_ids, comm: Comm) -> _Part:
     part = comm.together(open_part)
     every = comm.gather_objects(part.src.ids)
 
-    def check_ids() -> None:  # rank 0: each part's ids are unique, but over all parts?
+    def check_all_ids() -> None:  # rank 0: each part's ids are unique, but over all parts?
         ids = [i for ids in every for i in ids]
-        _check_ids(ids, len(ids), str(data))
+        check_ids(ids, len(ids), str(data))
 
-    comm.together(check_ids, main_only=True)
+    comm.together(check_all_ids, main_only=True)
     return part
 
 
@@ -211,7 +174,6 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
                  chunk_rows=chunk_rows, method=method, sketch_size=sketch_size, seed=seed,
                  pilot_rows=PILOT_ROWS if pilot_rows is None else pilot_rows, backend=backend,
                  eig_method=eig_method).check()
-    from . import sketch  # it builds on this module's helpers
 
     comm = comm if comm is not None else Comm()
     sketched = sketch.is_sketch_store(data)  # `run --no-store`: y rows and sums, no vectors
@@ -333,37 +295,6 @@ def mirror_lower(gram: torch.Tensor) -> torch.Tensor:
 _RANK_TOL = {"gram": 1e-6, "kernel": 1e-12}
 
 
-def value_scale(magnitude: float) -> float:
-    """A power of two that brings values of this magnitude near 1 before their float32 products
-    (whose squares would underflow below ~1e-19 or overflow above ~1e19), or 1 where they are safe
-    already. Scaling by a power of two is exact, and leverage scores do not change under it."""
-    if not (magnitude > 0 and math.isfinite(magnitude)) or 2.0 ** -16 <= magnitude <= 2.0 ** 16:
-        return 1.0
-    return math.ldexp(1.0, -math.frexp(magnitude)[1])
-
-
-def _head_magnitude(rows: torch.Tensor) -> float:
-    """The largest |x - mean| of a few finite rows (float64), or their largest |x| if they are all equal."""
-    rows = rows.to(torch.float64)
-    spread = float((rows - rows.mean(dim=0)).abs().max()) if rows.numel() else 0.0
-    return spread if spread > 0 else float(rows.abs().max()) if rows.numel() else 0.0
-
-
-def _check_spread(centred_energy: float, raw_energy: float, n: int) -> None:
-    """Refuse a matrix whose rows are all equal up to rounding: there is nothing to rank."""
-    if not centred_energy > 1e-24 * raw_energy:
-        raise InputError(f"all {n} rows are identical (up to rounding): there is nothing to rank")
-
-
-def _inv_std(var: torch.Tensor, second_moment: torch.Tensor) -> torch.Tensor:
-    """1 / std per column for `standardize`. A column whose variance is rounding noise against
-    its magnitude is constant and gets 0, so that noise is not blown up to unit variance."""
-    constant = var <= 1e-20 * second_moment
-    if bool(constant.all()):
-        raise InputError("no column varies: after standardisation there is nothing to rank")
-    return torch.where(constant, torch.zeros_like(var), 1.0 / var.clamp_min(1e-300).sqrt())
-
-
 def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normalize, backend,
                eig_method, progress, timings, comm: Comm, dim: int, reads_head: bool):
     n_local, d = src.num_rows, dim
@@ -374,9 +305,9 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
 
     def prep(chunk, shift, inv=None, start=None, l2=False):
         """gram_prep of the chunk's finite rows (noting the others when start is given)."""
-        out, good = _prep_finite(kernels.gram_prep, chunk, shift, inv, l2, backend=backend)
+        out, good = prep_finite(kernels.gram_prep, chunk, shift, inv, l2, backend=backend)
         if good is not None and start is not None:
-            left_out.extend(_left_out_rows(good, start))
+            left_out.extend(left_out_rows(good, start))
         return out
 
     def head():  # an early mean estimate keeps the shifted sums small; the rows' magnitude
@@ -387,7 +318,7 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
             centred, sums = prep(chunk, zero)
             if centred.shape[0]:  # a chunk of NaN rows only: the next one
                 finite = chunk[torch.isfinite(chunk).all(dim=1)].to(torch.float64)
-                return sums, centred.shape[0], _head_magnitude(finite)
+                return sums, centred.shape[0], head_magnitude(finite)
         return zero, 0, 0.0
 
     head_sums, head_rows, magnitude = comm.together(head)
@@ -400,12 +331,12 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
     if l2_normalize:  # rows are centred (and standardised) before their unit scaling: moments first
         shift, inv = _column_moments(src, shift, inv, scale, standardize, chunk_rows=chunk_rows, dev=dev,
                                      backend=backend, comm=comm, left_out=left_out,
-                                     bar=lambda: _progress(n_local, f"pass 1/{passes} (column moments)", progress))
+                                     bar=lambda: progress_bar(n_local, f"pass 1/{passes} (column moments)", progress))
     gram = torch.zeros(d, d, dtype=torch.float64, device=dev)
     colsum = torch.zeros(d, dtype=torch.float64, device=dev)
 
     def pass1():
-        with _progress(n_local, f"pass {passes - 1}/{passes} (Gram)", progress) as bar:
+        with progress_bar(n_local, f"pass {passes - 1}/{passes} (Gram)", progress) as bar:
             for start, chunk in src.chunks(chunk_rows):
                 # the moments pass noted the rows it left out
                 centred, sums = prep(chunk.to(dev, non_blocking=True), shift, inv,
@@ -447,7 +378,7 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
     scores = np.empty(n_local, dtype=np.float64)
 
     def pass2():
-        with _progress(n_local, f"pass {passes}/{passes} (scores)", progress) as bar:
+        with progress_bar(n_local, f"pass {passes}/{passes} (scores)", progress) as bar:
             for start, chunk in src.chunks(chunk_rows):
                 chunk = chunk.to(dev, non_blocking=True)
                 part = kernels.projected_sqnorm(chunk, mean, inv_scale, l2_normalize, w, backend=backend)
@@ -473,10 +404,10 @@ def _column_moments(src: RowSource, shift, inv, scale: float, standardize: bool,
         with bar() as progress:
             for start, chunk in src.chunks(chunk_rows):
                 chunk = chunk.to(dev, non_blocking=True)
-                (_, part, part_sq), good = _prep_finite(kernels.sketch_prep, chunk, shift, inv, False,
+                (_, part, part_sq), good = prep_finite(kernels.sketch_prep, chunk, shift, inv, False,
                                                         backend=backend)
                 if good is not None:
-                    left_out.extend(_left_out_rows(good, start))
+                    left_out.extend(left_out_rows(good, start))
                 sums.add_(part)
                 squares.add_(part_sq)
                 progress.update(chunk.shape[0])
@@ -491,10 +422,10 @@ def _column_moments(src: RowSource, shift, inv, scale: float, standardize: bool,
     delta = sums / n
     var = (squares / n - delta * delta).clamp_min(0)   # of the rows multiplied by scale
     raw_second = var + (shift * scale + delta) ** 2      # mean(x_j^2), in the same units
-    _check_spread(n * float(var.sum()), n * float(raw_second.sum()), n)
+    check_spread(n * float(var.sum()), n * float(raw_second.sum()), n)
     mean = shift + delta / scale
     if standardize:
-        inv = _inv_std(var, raw_second) * scale
+        inv = inverse_std(var, raw_second) * scale
     return mean, inv
 
 
@@ -509,10 +440,10 @@ def _centred_gram(gram: torch.Tensor, colsum: torch.Tensor, shift: torch.Tensor,
     if not bool(torch.isfinite(cov).all()):
         raise InputError("the Gram matrix overflowed float32: values too large; rescale the vectors")
     raw_second = gram.diagonal() / n + (shift * scale) ** 2  # about mean(x_j^2) per column
-    _check_spread(float(cov.trace()), n * float(raw_second.sum()), n)
+    check_spread(float(cov.trace()), n * float(raw_second.sum()), n)
     inv_scale = None if scale == 1 else torch.full_like(mean, scale)
     if standardize:
-        inv_std = _inv_std(cov.diagonal().clamp_min(0) / n, raw_second)
+        inv_std = inverse_std(cov.diagonal().clamp_min(0) / n, raw_second)
         cov = cov * torch.outer(inv_std, inv_std)
         inv_scale = inv_std * scale
     return cov, mean, inv_scale, float(cov.trace())
@@ -563,14 +494,14 @@ def _kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_nor
 def _kernel_solve(rows: torch.Tensor, energy, standardize, l2_normalize, eig_method, timings, t0):
     """Scores of the rows (float64) on the N x N side."""
     n = rows.shape[0]
-    scale = value_scale(_head_magnitude(rows))
+    scale = value_scale(head_magnitude(rows))
     rows = rows * scale
     raw_second = rows.pow(2).mean(dim=0)
     rows = rows - rows.mean(dim=0)
     var = rows.pow(2).mean(dim=0)
-    _check_spread(n * float(var.sum()), n * float(raw_second.sum()), n)
+    check_spread(n * float(var.sum()), n * float(raw_second.sum()), n)
     if standardize:
-        rows = rows * _inv_std(var, raw_second)
+        rows = rows * inverse_std(var, raw_second)
     if l2_normalize:  # unit rows, not centred again
         rows = kernels.twins.centre_rows(rows, torch.zeros_like(var), None, True)
     kernel = rows @ rows.T

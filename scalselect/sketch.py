@@ -48,7 +48,7 @@ from ._atomic import atomic_open, write_json
 from .distributed import Comm
 from .eigen import rank_for_energy
 from .errors import InputError, first_line
-from .scoring import _check_spread, _head_magnitude, _inv_std, _left_out_rows, _prep_finite, _progress, value_scale
+from .rows import check_spread, head_magnitude, inverse_std, left_out_rows, prep_finite, progress_bar, value_scale
 from .store import RowSource, read_manifest, read_sidecar
 
 # Rows in the pilot sample (by default), and in the holdout that checks the result.
@@ -77,7 +77,7 @@ class Sketch:
     ytx: torch.Tensor        # l x D: Y^T X~ (this way round: the skinny GEMM runs 1.3x faster)
     ygram: torch.Tensor      # l x l: Y^T Y
     ysum: torch.Tensor       # l: sum of y
-    scale: float = 1.0       # rows are multiplied by it after the shift (scoring.value_scale)
+    scale: float = 1.0       # rows are multiplied by it after the shift (rows.value_scale)
 
     SUMS = ("rows", "colsum", "colsumsq", "ytx", "ygram", "ysum")
 
@@ -97,7 +97,7 @@ class Sketch:
         (float32) and a mask of the finite rows (None when all are). The elementwise part is
         the native prep kernel; the products are GEMMs."""
         inv = None if self.scale == 1 else torch.full_like(self.shift, self.scale)
-        (centred, sums, squares), good = _prep_finite(kernels.sketch_prep, chunk, self.shift, inv, False,
+        (centred, sums, squares), good = prep_finite(kernels.sketch_prep, chunk, self.shift, inv, False,
                                                       backend=backend)
         y = centred @ self.omega
         self.rows += centred.shape[0]
@@ -161,7 +161,7 @@ def plan_test_matrix(pilot: torch.Tensor, *, energy: float, standardize: bool,
                          "nothing to plan a sketch from; use --method exact")
     h = pilot.to(torch.float64)
     shift = h.mean(dim=0)
-    scale = value_scale(_head_magnitude(h))  # the pass multiplies its shifted rows by it
+    scale = value_scale(head_magnitude(h))  # the pass multiplies its shifted rows by it
     h = (h - shift) * scale
     inv = None
     if standardize:  # directions of the scaled pilot, mapped back to the unscaled rows below
@@ -206,10 +206,10 @@ def solve(sketch: Sketch, energy: float, standardize: bool) -> SketchSolution:
     col_energy = (sketch.colsumsq - n * delta * delta).clamp_min(0)  # centred energy per column
     scale = sketch.scale  # the sums are of rows multiplied by it: so is everything below
     raw_second = sketch.colsumsq / n - delta * delta + (sketch.shift * scale + delta) ** 2  # mean(x_j^2)
-    _check_spread(float(col_energy.sum()), n * float(raw_second.sum()), int(n))
+    check_spread(float(col_energy.sum()), n * float(raw_second.sum()), int(n))
     inv = None if scale == 1 else torch.full_like(delta, scale)  # applied to whole rows, after centring
     if standardize:
-        inv_std = _inv_std(col_energy / n, raw_second)
+        inv_std = inverse_std(col_energy / n, raw_second)
         ytx = ytx * inv_std
         col_energy = col_energy * inv_std * inv_std
         inv = inv_std * scale
@@ -330,7 +330,7 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, backend
     left_out: list[int] = []
 
     def one_pass():
-        with _progress(src.num_rows, "sketch pass", progress) as bar:
+        with progress_bar(src.num_rows, "sketch pass", progress) as bar:
             for start, chunk in src.chunks(chunk_rows):
                 mine = holdout[(holdout >= start) & (holdout < start + len(chunk))] - start
                 held.append(chunk[torch.from_numpy(mine)])
@@ -339,7 +339,7 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, backend
                     ys[start:start + len(y)] = y.cpu()
                 else:
                     good = good.cpu()
-                    left_out.extend(_left_out_rows(good, start))
+                    left_out.extend(left_out_rows(good, start))
                     ys[torch.arange(start, start + len(good))[good]] = y.cpu()
                 bar.update(len(chunk))
 

@@ -197,7 +197,7 @@ def _check_matrix(shape: Sequence[int], what: str) -> None:
         raise InputError(f"{what}: the matrix is empty (shape {tuple(shape)})")
 
 
-def _check_ids(ids: list, n: int, what: str) -> list:
+def check_ids(ids: list, n: int, what: str) -> list:
     if len(ids) != n:
         raise InputError(f"{what}: {len(ids)} sample ids for {n} rows")
     seen: set = set()
@@ -236,7 +236,7 @@ def open_rows(data, sample_ids: Sequence | None = None) -> RowSource:
         _check_matrix(tuple(data.shape), "input matrix")
         src = RowSource([data], list(range(int(data.shape[0]))), "array")
     if sample_ids is not None:
-        src.ids = _check_ids([_plain_id(i) for i in sample_ids], src.num_rows, src.description)
+        src.ids = check_ids([_plain_id(i) for i in sample_ids], src.num_rows, src.description)
     return src
 
 
@@ -266,7 +266,7 @@ def _open_npz(path: Path) -> RowSource:
     if ids is not None and ids.ndim != 1:
         raise InputError(f"{path}: sample_ids must be a 1-D array, got shape {ids.shape}")
     ids = list(range(reps.shape[0])) if ids is None else [_plain_id(i) for i in ids.tolist()]
-    return RowSource([reps], _check_ids(ids, reps.shape[0], str(path)), str(path))
+    return RowSource([reps], check_ids(ids, reps.shape[0], str(path)), str(path))
 
 
 def read_manifest(store: str | os.PathLike) -> dict:
@@ -327,7 +327,7 @@ def read_store(store: str | os.PathLike, part: tuple[int, int] | None = None) ->
             blocks.append(arr)
         ids.extend(shard_ids)
     what = str(store) if part is None else f"{store} (shards {part[0]}::{part[1]})"
-    return RowSource(blocks, _check_ids(ids, len(ids), what), what)
+    return RowSource(blocks, check_ids(ids, len(ids), what), what)
 
 
 def _check_entry(store: Path, entry) -> None:
@@ -415,7 +415,7 @@ def reopen_store(store: Path, dim: int, dtype: str, settings: dict) -> None:
     so that `--resume` redoes its damaged parts (progress first: a crash between the two
     leaves a complete store, which a rerun finds damaged again). Under the store's lock: a job
     writing it meanwhile makes this one line, not two writers."""
-    with _lock(store / LOCK):
+    with lock_store(store / LOCK):
         write_json(store / PROGRESS, _writer_settings(dim, dtype, settings))
         (store / MANIFEST).unlink(missing_ok=True)
 
@@ -467,7 +467,7 @@ class StoreWriter:
         """Rank 0: lock the store, check it (resuming: the settings it was begun with), write
         progress.json, and read the committed parts."""
         self.store.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock(self.store / LOCK)
+        self._lock = lock_store(self.store / LOCK)
         try:
             self._prepare(resume)
             # every byte of every part by one process; with several, rank 0 alone would keep
@@ -668,7 +668,7 @@ def _read_part(store: Path, record: Path) -> dict:
     return entry
 
 
-def _lock(path: Path):
+def lock_store(path: Path):
     """An exclusive lock on `path`, held while the returned file stays open. On a file system
     without locks (Lustre without -o flock, some NFS) it warns and goes on unlocked."""
     import fcntl

@@ -32,7 +32,7 @@ import numpy as np
 
 from .._atomic import atomic_open, write_json
 from ..errors import InputError
-from .pools import Pool, check_unique_ids
+from .pool import Pool, check_unique_ids
 
 PARQUET, SAVE_TO_DISK = "parquet", "save_to_disk"
 _RECORD_ROWS = 64            # rows decoded at a time for whole records (images included)

@@ -16,7 +16,7 @@ _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "ass
           "system": "system"}
 
 
-def _turns(record: dict, layout: str) -> list[tuple[str, str]]:
+def read_turns(record: dict, layout: str) -> list[tuple[str, str]]:
     key, role_key, text_key = (("conversations", "from", "value") if layout == "llava"
                                else ("messages", "role", "content"))
     turns = []
@@ -67,7 +67,7 @@ def image_name(ref) -> str | None:
 def to_messages(record: dict, layout: str) -> tuple[list[dict], list[str]]:
     """Chat messages (content as typed parts) and the record's images (see image_refs), in part
     order."""
-    turns = _turns(record, layout)
+    turns = read_turns(record, layout)
     images = image_refs(record, layout)
     if not any(role == "user" for role, _ in turns):
         raise InputError("no user turn")

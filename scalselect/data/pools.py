@@ -22,52 +22,17 @@ import operator
 import os
 import re
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
-from scalselect._atomic import atomic_open, is_stream, json_text
-from scalselect.errors import InputError
+from .._atomic import atomic_open, is_stream, json_text
+from ..errors import InputError
+from .columnar import PARQUET, SAVE_TO_DISK, columnar_kind, open_columnar
+from .pool import Pool, check_unique_ids
 
 __all__ = ["Pool", "read_pool", "write_subset"]
 
 _LAYOUT_KEYS = {"llava": "conversations", "sharegpt": "messages"}
 _FIRST_NON_WS = re.compile(r"[^ \t\r\n]")
-
-
-class Pool:
-    """A pool of samples: `ids[i]` is sample i's id as stored (its 0-based position when it has
-    none); `layout` is "llava" or "sharegpt"; `container` names the file format."""
-
-    path: Path
-    ids: list
-    layout: str
-    container: str
-    block_rows: int = 64  # rows worth reading together: extraction deals the pool out in such blocks
-    _index: dict | None = None
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def index_of(self) -> dict:
-        """Map sample id -> position in the pool (built on first use, then cached)."""
-        if self._index is None:
-            self._index = {sample_id: pos for pos, sample_id in enumerate(self.ids)}
-        return self._index
-
-    def record(self, pos: int) -> dict:
-        """The whole record at `pos`, images included."""
-        raise NotImplementedError
-
-    def map(self, fn: Callable[[dict], object], positions) -> list:
-        """fn(record) for the records at `positions`, in that order. The records may lack their
-        embedded image bytes (image paths stay): for reading conversations and fields."""
-        raise NotImplementedError
-
-    def digest(self) -> str:
-        """A short hex digest of the pool's files, kept in a store's manifest."""
-        raise NotImplementedError
-
-    def _write(self, order: list[int], out: Path) -> None:
-        raise NotImplementedError
 
 
 class JsonPool(Pool):
@@ -112,8 +77,6 @@ def read_pool(path: str | os.PathLike) -> Pool:
     path = Path(path)
     if not path.exists():
         raise InputError(f"pool {path}: no such file")
-    from .columnar import columnar_kind, open_columnar
-
     if columnar_kind(path):
         return open_columnar(path)
     if path.is_dir():
@@ -310,33 +273,8 @@ def _collect_ids(path: Path, records: list, lines: list[int] | None) -> list:
     return ids
 
 
-def check_unique_ids(path: Path, ids: list) -> None:
-    """Raise InputError naming the duplicated ids, if any."""
-    if len(set(ids)) == len(ids):
-        return
-    seen: dict = {}
-    dups: dict = {}  # id -> positions, in order of first duplication
-    for pos, sample_id in enumerate(ids):
-        if sample_id in seen:
-            dups.setdefault(sample_id, [seen[sample_id]]).append(pos)
-        else:
-            seen[sample_id] = pos
-    shown = "; ".join(
-        f"{sample_id!r} at records {', '.join(map(str, positions[:3]))}"
-        + (", ..." if len(positions) > 3 else "")
-        for sample_id, positions in list(dups.items())[:5]
-    )
-    more = f" (and {len(dups) - 5} more)" if len(dups) > 5 else ""
-    raise InputError(
-        f"pool {path}: {len(dups)} duplicated sample id(s): {shown}{more} "
-        "(records without an 'id' use their 0-based index as id)"
-    )
-
-
 def subset_name(pool_path: str | os.PathLike) -> str:
     """The file name `run` gives the subset of this pool: same format, same kind of suffix."""
-    from .columnar import PARQUET, SAVE_TO_DISK, columnar_kind
-
     path = Path(pool_path)
     kind = columnar_kind(path) if path.exists() else None
     return {PARQUET: "subset.parquet", SAVE_TO_DISK: "subset"}.get(kind, f"subset{path.suffix or '.json'}")

@@ -4,7 +4,7 @@ image_newline vector at the end of each row of an image's high-resolution grid, 
 the image placeholder token: those carry no image features, so they are markers, not vision
 tokens."""
 
-from . import Adapter, register
+from .adapters import Adapter, register
 
 # LLaVA-1.5's conversation format (USER/ASSISTANT turns, images before the user text).
 LLAVA_CHAT_TEMPLATE = (

@@ -6,12 +6,12 @@ first reply on."""
 
 from __future__ import annotations
 
-import torch
-
-from . import register_inputs
+from .adapters import register_inputs
 
 
-def _prefix_and_suffix(inputs: dict, vision: torch.Tensor, instruction: torch.Tensor) -> dict:
+def _prefix_and_suffix(inputs: dict, vision, instruction) -> dict:
+    import torch
+
     reply = ~vision & ~instruction
     first = int(reply.int().argmax()) if bool(reply.any()) else reply.numel()
     types = (torch.arange(reply.numel()) >= first).to(inputs["input_ids"].dtype)[None]
