@@ -1,5 +1,5 @@
 """One vector per sample from the target VLM's first softmax-attention decoder layer L
-(docs/design.md, the representation).
+(docs/design.md, section 1a).
 
 The forward stops right after layer L: a hook takes that layer's output (what a full model
 returns as hidden_states[L + 1]) and ends the forward. The model's attention runs through a

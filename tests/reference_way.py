@@ -1,4 +1,4 @@
-"""The reference way, written once from the definition (docs/design.md, the representation) and
+"""The reference way, written once from the definition (docs/design.md, section 1a) and
 shared by the tests and benchmarks that compare scalselect's fast path with it: a full forward
 with eager attention and every attention map kept, batch size 1."""
 
@@ -9,7 +9,7 @@ from scalselect.models import SOFTMAX_LAYERS, first_softmax_layer, image_token_i
 
 
 def kept_by_definition(mass: torch.Tensor, tau: float) -> list[int]:
-    """Indices into `mass` (one value per vision token, in sequence order) that DESIGN.md 1a step 4
+    """Indices into `mass` (one value per vision token, in sequence order) that docs/design.md 1a step 4
     keeps: normalise, sort descending (ties: earlier first), keep the prefix up to and including the
     first token where the running sum exceeds tau; at least one."""
     mass = mass.double()

@@ -1,4 +1,4 @@
-"""Pool records become chat messages with images placed where DESIGN.md section 1a says."""
+"""Pool records become chat messages with images placed where docs/design.md section 1a says."""
 
 import pytest
 

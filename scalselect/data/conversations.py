@@ -1,4 +1,4 @@
-"""Pool records -> chat messages with image parts, placed as DESIGN.md section 1a says.
+"""Pool records -> chat messages with image parts, placed as docs/design.md section 1a says.
 
 Images become image parts before the text of the user turn that carries their `<image>` tags
 (one part per tag, in order); when no turn has a tag, all images go to the first user turn.
