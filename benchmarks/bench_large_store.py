@@ -3,20 +3,20 @@
     python benchmarks/bench_large_store.py [--rows 1000000] [--dim 4096] [--dir /tmp/scalselect-large]
 
 The store (8.2 GB at the default size) is generated once, with a decaying spectrum, and reused.
-Both the generation and `scalselect score` run in child processes and this parent stays small:
-a child's peak RSS (RUSAGE_CHILDREN) would otherwise include the parent's pages when it forks.
+Both the generation and `scalselect score` run in child processes and this parent stays small;
+the peak RSS reported is the scoring child's own (benchmarks/measure.py), never the generator's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import timed  # noqa: E402  (benchmarks/measure.py)
 
 
 def make_store(path: Path, rows: int, dim: int, rank: int = 256, shard_rows: int = 65536) -> None:
@@ -53,11 +53,9 @@ def main() -> None:
         subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--dim", str(args.dim),
                         "--dir", str(args.dir), "--write-store-only"], check=True)
     out = args.dir / "scores.jsonl"
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "scalselect", "score", str(store), "--out", str(out),
-                    "--quiet", "--method", "exact"], check=True)  # the exact engine, as recorded
-    wall = time.perf_counter() - t0
-    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
+    run = timed([sys.executable, "-m", "scalselect", "score", str(store), "--out", str(out),
+                 "--quiet", "--method", "exact"])  # the exact engine, as recorded
+    wall, peak_gb = run["wall_s"], run["peak_mib"] / 1024
     summary = json.loads((args.dir / "scores.summary.json").read_text())
     result = {"rows": args.rows, "dim": args.dim, "dtype": "float16", "wall_s": round(wall, 1),
               "peak_rss_gib": round(peak_gb, 2), "k": summary["k"],

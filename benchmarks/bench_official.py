@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +24,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from official import official as official_float64  # noqa: E402  (the restated script, in float64)
+from measure import timed  # noqa: E402  (benchmarks/measure.py)
 
 OPTIONS = {"centre": [], "standardize": ["--standardize"], "l2": ["--l2-normalize"],
            "standardize + l2": ["--standardize", "--l2-normalize"]}
@@ -52,18 +50,6 @@ def npz_of(directory: Path, n: int, d: int) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, representations=matrix(n, d), sample_ids=np.array([f"sample_{i}" for i in range(n)]))
     return path
-
-
-def timed(argv: list[str]) -> dict:
-    """Wall time and peak RSS of one child process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    out, err = proc.stdout.read(), proc.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{argv[:4]} failed: {err[-2000:]}")
-    return {"wall_s": wall, "peak_mib": usage.ru_maxrss / 1024, "stdout": out}
 
 
 def official(npz: Path, out: Path, flags: list[str]) -> dict:

@@ -70,7 +70,7 @@ void attention_mass_cuda(const void* q, const void* k, DType dtype, int64_t batc
 void top_mass_mean_cuda(const void* hidden, DType dtype, int64_t batch, int64_t seq, int64_t dim,
                         const double* mass, const uint8_t* col_is_vision, double tau, float* out,
                         int64_t* kept, std::uintptr_t stream);
-// Architectures this module was compiled for, e.g. "80;90".
+// Architectures this module was compiled for, e.g. "80,90".
 const char* cuda_archs();
 #endif
 
