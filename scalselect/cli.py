@@ -472,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_info)
 
     p = sub.add_parser("demo", help="offline demo: a generated pool and a tiny random LLaVA, through `run`")
-    p.add_argument("--out", type=_path, default=Path("scalselect-demo"), help="folder for its files")
+    p.add_argument("--out-dir", "--out", dest="out", type=_path, default=Path("scalselect-demo"),
+                   help="folder for its files, as run's --out-dir (--out: the same)")
     p.add_argument("--n", type=int, default=600, help="samples in the generated pool (default 600)")
     p.add_argument("--budget", default="16%", help="how many to keep (default 16%%)")
     p.add_argument("--device", default="auto")

@@ -529,7 +529,7 @@ def test_info_json(capsys):
 def test_demo_runs_twice(tmp_path, capsys):
     out_dir = tmp_path / "demo"
     for _ in range(2):
-        rc, out, err = run_cli(capsys, "demo", "--out", out_dir, "--n", 60, "--quiet")
+        rc, out, err = run_cli(capsys, "demo", "--out-dir", out_dir, "--n", 60, "--quiet")
         assert rc == 0, err
         assert "extracted 60 vectors, 2 skipped (1 no image, 1 unreadable image)" in out
         subset = read_pool(out_dir / "run" / "subset.json")
