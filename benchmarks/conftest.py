@@ -1,9 +1,12 @@
 """Collects each benchmark's best time and prints the ratios side by side at the end."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the shared slow path, tolerances
 
 RESULTS: dict[str, float] = {}
 

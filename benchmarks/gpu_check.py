@@ -28,6 +28,9 @@ import time
 import traceback
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import reference_way  # noqa: E402  (the slow path of the tests, shared)
+
 SCHEMA = "scalselect-gpu-check/1"
 STEPS = ("build", "tests", "sanitizer", "kernels", "leverage", "extraction")
 STATUSES = ("ok", "failed", "skipped")
@@ -571,8 +574,6 @@ def ours_loop(model, samples, batch_size, dev, dtype, tau, backend):
     """scalselect's fast path as the extraction job runs it in its main process: length-grouped
     batches, collate, to the device, layer 0 only, the two kernels, vectors back to the host.
     Returns ({id: vector}, {id: kept}, seconds of the timed loop); the first batch warms up."""
-    import torch
-
     from scalselect.data.samples import LengthBatcher, collate
     from scalselect.extract import first_layer_probe, probe_vectors
 
@@ -598,43 +599,26 @@ def ours_loop(model, samples, batch_size, dev, dtype, tau, backend):
 
 
 def reference_loop(model, samples, dev, dtype, tau):
-    """The reference way (as benchmarks/test_bench_extraction.py): full forward with eager
-    attention, every layer's attention map and hidden states kept, batch size 1, then layer 0's
-    instruction -> vision block. The first sample warms up (not timed)."""
-    import torch
-
+    """The reference way of the tests (tests/reference_way.py: full forward with eager attention,
+    every layer's attention map and hidden states kept, batch size 1), sample by sample. The first
+    sample warms up (not timed)."""
     from scalselect.data.samples import collate
-    from scalselect.kernels import twins
 
-    image_id = model.config.image_token_id
-    previous = model.config._attn_implementation
-    model.set_attn_implementation("eager")
     vectors, kept = {}, {}
 
     def one(s):
         inputs, instruction = collate([s], 0)
-        inputs = _to_device(inputs, dev, dtype)
-        with torch.no_grad():
-            out = model(**inputs, output_attentions=True, output_hidden_states=True)
-        vision = inputs["input_ids"] == image_id
-        instruction = instruction.to(dev)
-        attn = out.attentions[0].float().mean(dim=1)[0]  # heads averaged, [S, S]
-        mass = torch.zeros(vision.shape, dtype=torch.float32, device=dev)
-        mass[0, vision[0]] = attn[instruction[0] & ~vision[0]][:, vision[0]].mean(dim=0)
-        vec, count = twins.top_mass_mean(out.hidden_states[1], mass, vision, tau)
-        vectors[s.sample_id], kept[s.sample_id] = vec[0].cpu(), int(count[0])
+        positions, vector, _ = reference_way.reference_vector(model, _to_device(inputs, dev, dtype),
+                                                             instruction.to(dev), tau)
+        vectors[s.sample_id], kept[s.sample_id] = vector.float().cpu(), len(positions)
 
-    try:
-        one(samples[0])
-        _sync(dev)
-        t0 = time.perf_counter()
-        for s in samples:
-            one(s)
-        _sync(dev)
-        seconds = time.perf_counter() - t0
-    finally:
-        model.set_attn_implementation(previous)
-    return vectors, kept, seconds
+    one(samples[0])
+    _sync(dev)
+    t0 = time.perf_counter()
+    for s in samples:
+        one(s)
+    _sync(dev)
+    return vectors, kept, time.perf_counter() - t0
 
 
 def extraction_entries(rec: StepRecorder, mode: str) -> None:

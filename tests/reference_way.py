@@ -12,7 +12,7 @@ def kept_by_definition(mass: torch.Tensor, tau: float) -> list[int]:
     """Indices into `mass` (one value per vision token, in sequence order) that docs/design.md 1a step 4
     keeps: normalise, sort descending (ties: earlier first), keep the prefix up to and including the
     first token where the running sum exceeds tau; at least one."""
-    mass = mass.double()
+    mass = mass.double().cpu()
     p = mass / mass.sum() if float(mass.sum()) > 0 else torch.full_like(mass, 1.0 / mass.numel())
     order = sorted(range(p.numel()), key=lambda j: (-float(p[j]), j))
     kept, running = [], 0.0
@@ -26,8 +26,8 @@ def kept_by_definition(mass: torch.Tensor, tau: float) -> list[int]:
 
 def reference_vector(model, batch, instruction, tau, layer=None):
     """The reference way, straight from the definition, for a batch of size 1: full forward with
-    eager attention and every map kept; layer L's attention (L: `layer`, else the first softmax layer) averaged
-    over heads; vision tokens: the placeholder positions whose decoder input is an image feature
+    eager attention and every map kept; layer L's attention (L: `layer`, else the first softmax
+    layer) averaged over heads; vision tokens: the placeholder positions whose decoder input is an image feature
     (not a learned image_newline); each one's mean attention from the instruction rows (markers
     among the placeholders included); top-mass prefix; mean of hidden_states[L + 1] there.
     Returns (kept positions in the sequence, float64 vector, instruction rows after a vision
