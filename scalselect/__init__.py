@@ -61,5 +61,6 @@ def info() -> dict:
 
 
 __all__ = ["ExtractOptions", "InputError", "LeverageResult", "Pool", "StoreWriter", "extract_store", "info", "leverage_scores",
-           "load_representations", "open_rows", "read_skipped", "parse_budget", "read_pool", "read_scores", "read_store", "select_subset",
+           "load_representations", "open_rows", "read_skipped", "parse_budget", "read_pool", "read_scores", "read_store",
+           "select_subset",
            "write_scores", "write_store", "write_subset", "__version__"]

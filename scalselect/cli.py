@@ -314,7 +314,8 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
                    help="share of attention mass whose vision tokens are kept (default 0.9)")
     p.add_argument("--max-length", type=int, default=2048, help="tokens per sample, as in training (default 2048)")
     p.add_argument("--batch-size", type=int, default=8, help="samples per forward (default 8)")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers decoding images (default: one per core but one, at most 8)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers decoding images (default: one per core but one, at most 8)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (default: "
                    "bfloat16 on a GPU that has it, else float32)")

@@ -182,7 +182,8 @@ def test_score_lower_energy_gives_smaller_k(tmp_path, capsys):
     assert s_half["k"] <= k_def
     assert s_half["k"] < k_def  # with this decaying spectrum the two ranks differ
     by_id = check_scores_file(out_half, list(range(n)))
-    tol = assert_method_scores([by_id[i] for i in range(n)], np.load(tmp_path / "reps.npy"), out_half.with_name("half.summary.json"))
+    tol = assert_method_scores([by_id[i] for i in range(n)], np.load(tmp_path / "reps.npy"),
+                               out_half.with_name("half.summary.json"))
     assert abs(sum(by_id.values()) - s_half["k"]) <= tol.sum()
 
 
@@ -538,7 +539,8 @@ def test_demo_runs_twice(tmp_path, capsys):
         scores = read_jsonl(out_dir / "run" / "scores.jsonl")
         assert len(scores) == 60
         assert set(subset.ids) == {r["sample_id"] for r in scores[:10]}
-        table = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line[:3] in ("coc", "gqa", "ocr", "tex", "vg ")}
+        table = {line.split()[0]: line.split()[1:] for line in out.splitlines()
+                 if line[:3] in ("coc", "gqa", "ocr", "tex", "vg ")}
         assert sum(int(pool) for pool, _ in table.values()) == 60
         assert sum(int(sub) for _, sub in table.values()) == 10
 

@@ -124,7 +124,8 @@ def check_outcome(case: Case, argv: list[str], before: dict) -> tuple[int, str]:
     assert rc in (0, 2), (argv, rc, err)
     assert "Traceback" not in err, err
     event(f"exit {rc}")
-    if os.environ.get("FUZZ_SAY"): event(err.strip()[:90])
+    if os.environ.get("FUZZ_SAY"):
+        event(err.strip()[:90])
     if rc == 2:
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"scalselect {argv[0]}: error: "), (argv, err)
