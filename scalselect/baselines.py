@@ -19,11 +19,9 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from . import options
 from .data.conversations import image_name, read_turns
 from .errors import InputError
 
-SELECT_METHODS = options.SELECT_METHODS
 IMAGE_FOLDER = "image-folder"  # --stratify-by value: the first folder of the first image path
 
 

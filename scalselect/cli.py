@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=_path, required=True, help="the pool: LLaVA or ShareGPT, JSON or JSONL")
     p.add_argument("--budget", required=True, help="how many to keep: a count (100000) or a share (16%%)")
     p.add_argument("--out", type=_path, required=True, help="subset file to write")
-    p.add_argument("--method", choices=("scalselect", "random", "length", "cluster"), default="scalselect",
+    p.add_argument("--method", choices=options.SELECT_METHODS, default="scalselect",
                    help="scalselect (default): the highest scores; baselines to compare with: random "
                         "(seeded), length (longest conversations), cluster (k-means on the vectors of "
                         "--store, an equal share per cluster)")

@@ -95,9 +95,9 @@ def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str |
     """Pool positions of the `budget` samples `method` picks among the scored ones, and a
     summary of the choice (see scalselect.baselines for the methods and stratification).
     store: the store (or .npy, or matrix) the scores came from, for method "cluster"."""
-    from .baselines import SELECT_METHODS, apportion, choose, conversation_length, random_ranking, source_of
+    from .baselines import apportion, choose, conversation_length, random_ranking, source_of
 
-    options.choice(method, SELECT_METHODS, "--method")
+    options.choice(method, options.SELECT_METHODS, "--method")
     options.seed(seed)
     if method == "cluster" and stratify_by is not None:
         raise InputError("--stratify-by cannot be combined with --method cluster (its clusters are its strata)")
