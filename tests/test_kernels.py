@@ -27,6 +27,36 @@ def test_native_module_is_built():
     assert kernels.native_available(torch.device("cpu"))
 
 
+def _stub_signatures() -> dict[str, list[str]]:
+    """Function name -> parameter names, as scalselect/_C.pyi declares them."""
+    import ast
+    from pathlib import Path
+
+    import scalselect
+
+    tree = ast.parse((Path(scalselect.__file__).parent / "_C.pyi").read_text())
+    return {f.name: [a.arg for a in f.args.args] for f in tree.body if isinstance(f, ast.FunctionDef)}
+
+
+def test_the_shipped_stub_declares_what_the_module_binds():
+    """_C.pyi names every function of the native module with the argument names the bindings
+    give (a CPU-only build lacks the *_cuda entries, which the stub still lists)."""
+    import re
+
+    from scalselect import _C
+
+    stub = _stub_signatures()
+    bound = [name for name in dir(_C) if not name.startswith("_")]
+    assert bound and set(bound) <= set(stub) and all(n.endswith("_cuda") for n in set(stub) - set(bound))
+    for name in bound:
+        if name == "build_info":
+            continue
+        signature = getattr(_C, name).__doc__.splitlines()[0]
+        assert re.findall(r"(\w+): ", signature) == stub[name], name
+        kernel = name.rsplit("_", 1)[0]
+        assert stub[f"{kernel}_cuda"] == [*stub[f"{kernel}_cpu"], "stream"]
+
+
 @pytest.mark.parametrize("shape,dtype", list(itertools.product(SHAPES, DTYPES)))
 @pytest.mark.parametrize("l2,scaled", [(False, False), (True, True), (True, False)])
 def test_gram_prep_matches_twin(shape, dtype, l2, scaled):
