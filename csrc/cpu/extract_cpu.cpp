@@ -8,7 +8,7 @@
 #include <numeric>
 #include <vector>
 
-#include "scalselect/half.h"
+#include "scalselect/dtype.h"
 #include "scalselect/kernels.h"
 
 #ifdef _OPENMP
@@ -20,24 +20,10 @@ namespace {
 
 // n contiguous elements of x starting at `offset`, converted to float32.
 void to_float(const void* x, DType dtype, int64_t offset, int64_t n, float* dst) {
-  switch (dtype) {
-    case DType::F32: std::memcpy(dst, static_cast<const float*>(x) + offset, sizeof(float) * n); break;
-    case DType::F64: {
-      const double* r = static_cast<const double*>(x) + offset;
-      for (int64_t j = 0; j < n; ++j) dst[j] = float(r[j]);
-      break;
-    }
-    case DType::F16: {
-      const uint16_t* r = static_cast<const uint16_t*>(x) + offset;
-      for (int64_t j = 0; j < n; ++j) dst[j] = f16_to_float(r[j]);
-      break;
-    }
-    case DType::BF16: {
-      const uint16_t* r = static_cast<const uint16_t*>(x) + offset;
-      for (int64_t j = 0; j < n; ++j) dst[j] = bf16_to_float(r[j]);
-      break;
-    }
-  }
+  with_dtype(dtype, x, [&](auto data, auto convert) {
+    const auto* r = data + offset;
+    for (int64_t j = 0; j < n; ++j) dst[j] = float(convert(r[j]));
+  });
 }
 
 int max_threads() {

@@ -4,7 +4,7 @@
 #include <cstring>
 #include <vector>
 
-#include "scalselect/half.h"
+#include "scalselect/dtype.h"
 #include "scalselect/kernels.h"
 
 #ifdef _OPENMP
@@ -14,36 +14,12 @@
 namespace scalselect {
 namespace {
 
-// One row converted to float64 (the precision every centring step runs in).
-template <typename Loader>
-void load_row(Loader load, int64_t d, double* dst) {
-  for (int64_t j = 0; j < d; ++j) dst[j] = load(j);
-}
-
-// Reads row i of x into dst as float64, whatever the storage type.
+// Reads row i of x into dst as float64 (the precision every centring step runs in).
 void read_row(const void* x, DType dtype, int64_t i, int64_t d, int64_t row_stride, double* dst) {
-  switch (dtype) {
-    case DType::F32: {
-      const float* r = static_cast<const float*>(x) + i * row_stride;
-      load_row([r](int64_t j) { return double(r[j]); }, d, dst);
-      break;
-    }
-    case DType::F64: {
-      const double* r = static_cast<const double*>(x) + i * row_stride;
-      load_row([r](int64_t j) { return r[j]; }, d, dst);
-      break;
-    }
-    case DType::F16: {
-      const uint16_t* r = static_cast<const uint16_t*>(x) + i * row_stride;
-      load_row([r](int64_t j) { return double(f16_to_float(r[j])); }, d, dst);
-      break;
-    }
-    case DType::BF16: {
-      const uint16_t* r = static_cast<const uint16_t*>(x) + i * row_stride;
-      load_row([r](int64_t j) { return double(bf16_to_float(r[j])); }, d, dst);
-      break;
-    }
-  }
+  with_dtype(dtype, x, [&](auto data, auto convert) {
+    const auto* r = data + i * row_stride;
+    for (int64_t j = 0; j < d; ++j) dst[j] = double(convert(r[j]));
+  });
 }
 
 // c = (x - shift) * inv_scale, then scaled to unit length if l2_normalize, in place (kernels.h).
