@@ -409,7 +409,7 @@ def leverage_entries(rec: StepRecorder, mode: str) -> None:
     if main and main["status"] == "ok":
         main["target_gram_plus_projection_s"] = TARGET_GRAM_PROJECTION_S
         main["meets_target"] = bool(main["gram_plus_projection_s"] <= TARGET_GRAM_PROJECTION_S)
-        main["self_check"] = {f"{k_[0]}@{k_[1]}": v for k_, v in kernels._cuda_verdict.items()}
+        main["self_check"] = {f"{k_[0]}@{k_[1]}": v for k_, v in kernels.dispatch.cuda_verdict.items()}
         rec.flush()
     # the one-pass sketch on the same matrix, against the exact scores
     sketch = rec.entry("scalselect_sketch", run("scalselect_sketch", "auto", method="sketch"))

@@ -272,7 +272,7 @@ def test_auto_dispatch_uses_the_native_cpu_kernels(monkeypatch):
 def test_without_the_native_module_auto_uses_the_twin_and_native_refuses(monkeypatch):
     q, k, valid, rows, cols = extraction_batch(22, 2, 2, 2, 20, 8)
     want = twins.attention_mass(q, k, valid, rows, cols, 0.3)
-    monkeypatch.setattr(kernels, "_C", None)
+    monkeypatch.setattr(kernels.native, "C", None)
     assert torch.equal(kernels.attention_mass(q, k, valid, rows, cols, 0.3), want)
     with pytest.raises(RuntimeError, match="no native cpu kernel for top_mass_mean"):
         kernels.top_mass_mean(torch.randn(2, 20, 4), torch.rand(2, 20), cols, 0.9, backend="native")
@@ -301,9 +301,9 @@ def _refuse(*args):
 def test_native_or_twin_falls_back_with_one_warning_under_auto_only(monkeypatch):
     """A GPU kernel refusing a shape its self-check never tried: "auto" warns once and uses the
     twin; "native", or a CPU kernel, lets the error through."""
-    monkeypatch.setattr(kernels, "_fallback_warned", set())
+    monkeypatch.setattr(kernels.dispatch, "fallback_warned", set())
     cuda, cpu = torch.device("cuda"), torch.device("cpu")  # a device object needs no GPU
-    call = kernels._native_or_twin
+    call = kernels.dispatch.native_or_twin
     message = r"CUDA kernel attention_mass failed on shape \(2, 300\) \(head size too large\)"
     with pytest.warns(RuntimeWarning, match=message):
         assert call("attention_mass", cuda, "auto", (2, 300), _refuse, lambda: "twin") == "twin"
@@ -332,9 +332,9 @@ def _fallback_args(name):
 def test_public_functions_fall_back_to_the_twin_when_the_gpu_kernel_refuses(monkeypatch, name):
     """The public functions on the CPU, with the helper told their device is a GPU and the
     native call replaced by one that raises: the result is the twin's."""
-    real = kernels._native_or_twin
-    monkeypatch.setattr(kernels, "_fallback_warned", set())
-    monkeypatch.setattr(kernels, "_native_or_twin", lambda kernel, device, backend, shape, native, twin:
+    real = kernels.dispatch.native_or_twin
+    monkeypatch.setattr(kernels.dispatch, "fallback_warned", set())
+    monkeypatch.setattr(kernels.dispatch, "native_or_twin", lambda kernel, device, backend, shape, native, twin:
                         real(kernel, torch.device("cuda"), backend, shape, _refuse, twin))
     args = _fallback_args(name)
     with pytest.warns(RuntimeWarning, match=f"CUDA kernel {name} failed on shape"):
@@ -381,8 +381,8 @@ def test_cuda_top_mass_mean_matches_twin(shape, dtype):
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", ["attention_mass", "top_mass_mean"])
 def test_cuda_self_check_passes(monkeypatch, name):
-    monkeypatch.setattr(kernels, "_cuda_verdict", {})
-    assert kernels._cuda_kernel_ok(name, torch.device("cuda"))
+    monkeypatch.setattr(kernels.dispatch, "cuda_verdict", {})
+    assert kernels.dispatch.cuda_kernel_ok(name, torch.device("cuda"))
 
 
 @pytest.mark.cuda
@@ -393,7 +393,7 @@ def test_cuda_attention_mass_refuses_a_head_size_beyond_shared_memory(monkeypatc
     args = [t.to("cuda") for t in (q, k, valid, rows, cols)]
     with pytest.raises(RuntimeError, match="shared memory"):
         kernels.attention_mass(*args, 0.02, backend="native")
-    monkeypatch.setattr(kernels, "_fallback_warned", set())
+    monkeypatch.setattr(kernels.dispatch, "fallback_warned", set())
     with pytest.warns(RuntimeWarning, match="attention_mass failed on shape"):
         got = kernels.attention_mass(*args, 0.02)
     torch.testing.assert_close(got.cpu(), twins.attention_mass(q, k, valid, rows, cols, 0.02),

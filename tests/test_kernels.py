@@ -158,18 +158,21 @@ def test_cuda_kernels_match_twins(shape, dtype):
 @pytest.mark.parametrize("name", ["gram_prep", "projected_sqnorm", "attention_mass", "top_mass_mean"])
 def test_self_check_passes_a_good_kernel_and_rejects_a_wrong_one(monkeypatch, name):
     """The first-use check a GPU kernel runs, exercised here with the CPU kernels."""
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(kernels, "_cuda_verdict", {})
-    assert kernels._cuda_kernel_ok(name, cpu)
+    from scalselect.kernels import dispatch, extraction, leverage
 
-    real = getattr(kernels, f"_native_{name}")
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(dispatch, "cuda_verdict", {})
+    assert dispatch.cuda_kernel_ok(name, cpu)
+
+    family = extraction if hasattr(extraction, f"native_{name}") else leverage
+    real = getattr(family, f"native_{name}")
 
     def off_by_a_little(*args):
         out = real(*args)
         return (out[0] * 1.001, *out[1:]) if isinstance(out, tuple) else out * 1.001
 
-    monkeypatch.setattr(kernels, f"_native_{name}", off_by_a_little)
-    monkeypatch.setattr(kernels, "_cuda_verdict", {})
+    monkeypatch.setattr(family, f"native_{name}", off_by_a_little)
+    monkeypatch.setattr(dispatch, "cuda_verdict", {})
     with pytest.warns(RuntimeWarning, match="failed its self-check"):
-        assert not kernels._cuda_kernel_ok(name, cpu)
-    assert kernels._cuda_verdict[(name, "cpu")] is False
+        assert not dispatch.cuda_kernel_ok(name, cpu)
+    assert dispatch.cuda_verdict[(name, "cpu")] is False
