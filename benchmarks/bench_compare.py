@@ -53,7 +53,7 @@ def in_memory(pool, ids, scores, store, budget, methods, seed=0, energy=0.9):
     import torch
 
     from scalselect.compare import COVERAGE_SAMPLE
-    from scalselect.eigen import centred_spectrum, rank_for_energy
+    from scalselect.scoring.eigen import centred_spectrum, rank_for_energy
     from scalselect.select import top_positions
     from scalselect.store import load_representations
 

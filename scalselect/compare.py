@@ -21,7 +21,7 @@ import torch
 
 from . import options
 from .baselines import IMAGE_FOLDER, source_of
-from .eigen import rank_for_energy
+from .scoring.eigen import rank_for_energy
 from .errors import InputError
 from .select import top_positions
 from .vectors import moments, rows_of

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import options, sketch
+from . import options
 from .data import read_pool
 from .data.images import SampleSkip, check_image_root
 from .data.samples import LengthBatcher, SampleMaker, collate
@@ -31,6 +31,7 @@ from .extract import UnsupportedModel, first_layer_probe, probe_vectors
 from .models import check_layer, check_supported, first_softmax_layer, image_token_id
 from .models.load import DTYPES, fingerprint, load_checkpoint, pick_dtype, read_config
 from .options import resolve_device
+from .scoring import sketch
 from .store import (LOCK, MANIFEST, PROGRESS, SKIPPED, StoreWriter, check_same_settings, damaged_parts, lock_store,
                     read_manifest, reopen_store)
 
@@ -164,7 +165,7 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
     Under torchrun (`comm`), the samples still to do are dealt out to the W ranks in blocks
     (see _deal); each rank runs on its own GPU.
     With options.no_store the vectors are not stored: `out` becomes a sketch store (see
-    scalselect.sketch), which `leverage_scores` scores."""
+    scalselect.scoring.sketch), which `leverage_scores` scores."""
     opts = options or ExtractOptions()
     comm = comm or Comm()
     opts.check()

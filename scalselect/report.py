@@ -30,10 +30,10 @@ from .baselines import IMAGE_FOLDER, source_of
 from .data import read_pool
 from .data.conversations import IMAGE_TAG, image_refs, read_turns
 from .data.images import SampleSkip, open_image
-from .eigen import centred_spectrum, rank_for_energy
+from .scoring.eigen import centred_spectrum, rank_for_energy
 from .errors import InputError
 from .select import read_scores
-from .sketch import sample_rows
+from .scoring.sketch import sample_rows
 from .store import read_manifest, read_store
 
 SPECTRUM_ROWS = 20_000

@@ -18,7 +18,7 @@ import pytest
 from scalselect import InputError, leverage_scores
 from scalselect.demo import prepare_demo
 from scalselect.select import read_scores
-from scalselect.sketch import SKETCH_INFO, SKETCH_ROWS
+from scalselect.scoring.sketch import SKETCH_INFO, SKETCH_ROWS
 from scalselect.store import open_rows
 from tolerances import assert_scores_within, engine_tolerance, reference, sketch_tolerance
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from scalselect import InputError, leverage_scores, write_store
-from scalselect.eigen import RESIDUAL_TOL, top_eigenpairs
+from scalselect.scoring.eigen import RESIDUAL_TOL, top_eigenpairs
 from tolerances import U64, assert_scores_within, for_result, reference, summed
 
 

@@ -151,7 +151,7 @@ def test_compare_figures_equal_their_in_memory_definitions(tmp_path):
 
     from scalselect.compare import compare_methods
     from scalselect.data import read_pool
-    from scalselect.eigen import rank_for_energy
+    from scalselect.scoring.eigen import rank_for_energy
     from scalselect.select import top_positions
 
     store, ids, x = random_store(tmp_path, 150, 12, 11)

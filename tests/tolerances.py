@@ -27,7 +27,7 @@ U32 = 2.0 ** -24  # unit roundoff of float32
 U64 = 2.0 ** -53
 LAMBDA = 5.0      # multiple of the modelled deviation that a correct run stays within
 DRAWS = 4
-EIGEN_RESIDUAL = 1e-8  # the Krylov solver stops at residuals of 1e-8 ||C|| (scalselect.eigen)
+EIGEN_RESIDUAL = 1e-8  # the Krylov solver stops at residuals of 1e-8 ||C|| (scalselect.scoring.eigen)
 HEAD_ROWS = 1024       # the exact engine shifts rows by the mean of its first (at most) 1,024 rows
 SKETCH_RANGE = 1e-7    # the sketch keeps the directions of Y^T Y above this share of the largest
 

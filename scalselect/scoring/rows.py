@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def progress_bar(total: int, desc: str, enabled: bool):

@@ -43,13 +43,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import kernels, options
-from ._atomic import atomic_open, write_json
-from .distributed import Comm
+from .. import kernels, options
+from .._atomic import atomic_open, write_json
+from ..distributed import Comm
+from ..errors import InputError, first_line
+from ..store import RowSource, read_manifest, read_sidecar
 from .eigen import rank_for_energy
-from .errors import InputError, first_line
 from .rows import check_spread, head_magnitude, inverse_std, left_out_rows, prep_finite, progress_bar, value_scale
-from .store import RowSource, read_manifest, read_sidecar
 
 # Rows in the pilot sample (by default), and in the holdout that checks the result.
 PILOT_ROWS = options.PILOT_ROWS

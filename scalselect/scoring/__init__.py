@@ -32,13 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import kernels, options, sketch
-from .distributed import Comm
+from .. import kernels, options
+from ..distributed import Comm
+from ..errors import InputError
+from ..options import PILOT_ROWS, ScoreOptions, resolve_device
+from ..store import RowSource, check_ids, open_rows, part_shards, read_manifest, read_store
+from . import sketch
 from .eigen import TopEigen, top_eigenpairs
-from .errors import InputError
-from .options import PILOT_ROWS, ScoreOptions, resolve_device
 from .rows import check_spread, head_magnitude, inverse_std, left_out_rows, prep_finite, progress_bar, value_scale
-from .store import RowSource, check_ids, open_rows, part_shards, read_manifest, read_store
 
 # Target size of one streamed chunk (its float32 centred copy).
 _CHUNK_BYTES = 128 << 20

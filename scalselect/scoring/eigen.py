@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .options import EIG_METHODS
+from ..options import EIG_METHODS
 
 # Below this size a full eigh is cheaper than any iteration.
 FULL_EIGH_MAX = 1536
