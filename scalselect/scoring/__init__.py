@@ -39,7 +39,7 @@ from ..options import PILOT_ROWS, ScoreOptions, resolve_device
 from ..store import RowSource, check_ids, open_rows, part_shards, read_manifest, read_store
 from . import sketch
 from .eigen import TopEigen, top_eigenpairs
-from .rows import check_spread, head_magnitude, inverse_std, left_out_rows, prep_finite, progress_bar, value_scale
+from .rows import EngineResult, check_spread, head_magnitude, inverse_std, left_out_rows, prep_finite, progress_bar, value_scale
 
 # Target size of one streamed chunk (its float32 centred copy).
 _CHUNK_BYTES = 128 << 20
@@ -230,11 +230,10 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
         details["auto_choice"] = "exact: at this size a sketch's pilot alone costs over half the exact engine"
     if found is not None:
         side, chosen = "sketch", "sketch"
-        scores, total, top, eig, left_out, scale = found
     else:
-        run_side = _kernel_side if side == "kernel" else _gram_side
-        scores, total, top, eig, left_out, scale = run_side(src, dev, energy, chunk_rows, **opts)
+        found = (_kernel_side if side == "kernel" else _gram_side)(src, dev, energy, chunk_rows, **opts)
         chosen = "exact"
+    scores, total, top, eig, left_out, scale = found
     scores[left_out] = np.nan
     comm.together(lambda: _check_scores(scores, left_out))
     captured = float(top.sum()) / total
@@ -389,7 +388,7 @@ def _gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norma
     comm.together(pass2)
     timings["score_pass"] = time.perf_counter() - t0
     # energies are those of the rows multiplied by `scale` (standardised or unit rows have no units)
-    return scores, total, eig.values, eig.method, left_out, 1.0 if standardize or l2_normalize else scale
+    return EngineResult(scores, total, eig.values, eig.method, left_out, 1.0 if standardize or l2_normalize else scale)
 
 
 def _column_moments(src: RowSource, shift, inv, scale: float, standardize: bool, *, chunk_rows, dev, backend,
@@ -489,7 +488,7 @@ def _kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_nor
     parts, total, values, method, scale = answer
     scores = np.full(src.num_rows, np.nan)
     scores[np.setdiff1d(np.arange(src.num_rows), left_out)] = parts[comm.rank]
-    return scores, total, values.to(dev), method, left_out, scale
+    return EngineResult(scores, total, values.to(dev), method, left_out, scale)
 
 
 def _kernel_solve(rows: torch.Tensor, energy, standardize, l2_normalize, eig_method, timings, t0):

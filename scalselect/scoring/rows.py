@@ -1,13 +1,26 @@
-"""Helpers both scoring engines apply to chunks of rows: finite-row checks, the scale that keeps
-float32 products in range, the spread and standardisation checks, a progress bar."""
+"""What both scoring engines share: the result each returns, and the helpers they apply to
+chunks of rows (finite-row checks, the scale that keeps float32 products in range, the spread
+and standardisation checks, a progress bar)."""
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from ..errors import InputError
+
+
+class EngineResult(NamedTuple):
+    """One engine's scores of this process's rows, before leverage_scores wraps them."""
+    scores: np.ndarray      # float64 per row (the rows left out are set to NaN afterwards)
+    total: float            # the total energy, sum of sigma_i^2, of the rows as scaled
+    top: torch.Tensor       # the top-k eigenvalues (sigma_i^2) of the scaled rows
+    eig_method: str         # how they were found ("full", "krylov", "sketch")
+    left_out: list[int]     # rows that were not finite
+    scale: float            # the power of two the rows were multiplied by (1 when standardised)
 
 
 def progress_bar(total: int, desc: str, enabled: bool):

@@ -49,7 +49,7 @@ from ..distributed import Comm
 from ..errors import InputError, first_line
 from ..store import RowSource, read_manifest, read_sidecar
 from .eigen import rank_for_energy
-from .rows import check_spread, head_magnitude, inverse_std, left_out_rows, prep_finite, progress_bar, value_scale
+from .rows import EngineResult, check_spread, head_magnitude, inverse_std, left_out_rows, prep_finite, progress_bar, value_scale
 
 # Rows in the pilot sample (by default), and in the holdout that checks the result.
 PILOT_ROWS = options.PILOT_ROWS
@@ -350,7 +350,7 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, backend
     scores, found = finish(sketch, comm, energy=energy, standardize=standardize,
                            held=(rows, ys[torch.from_numpy(holdout)]), y_chunks=y_chunks,
                            num_local=src.num_rows, dev=dev, backend=backend, timings=timings, details=details)
-    return scores, found.total, found.values, "sketch", left_out, found.value_scale
+    return EngineResult(scores, found.total, found.values, "sketch", left_out, found.value_scale)
 
 
 def _y_rows(rows: int, width: int) -> torch.Tensor:
@@ -511,4 +511,4 @@ def score_store(path: Path, plan: tuple, src: RowSource, shard_entries: list, de
     scores, found = finish(sketch, comm, energy=energy, standardize=standardize,
                            held=held, y_chunks=src.chunks(chunk_rows), num_local=src.num_rows, dev=dev,
                            backend=backend, timings=timings, details=details)
-    return scores, found.total, found.values, "sketch", [], found.value_scale
+    return EngineResult(scores, found.total, found.values, "sketch", [], found.value_scale)
