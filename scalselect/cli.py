@@ -43,6 +43,13 @@ def _messages_for(out) -> contextlib.AbstractContextManager:
     return contextlib.redirect_stdout(sys.stderr) if out is not None and is_stream(out) else contextlib.nullcontext()
 
 
+def _on_rank0(comm, out, work):
+    """work() by rank 0 alone under torchrun (every rank gets its result), its messages kept
+    out of `out` where that is a stream."""
+    with _messages_for(out):
+        return comm.on_rank0(work)
+
+
 def _write_json(path: Path | None, obj) -> None:
     if path is not None:
         write_json(path, obj)
@@ -70,8 +77,7 @@ def score_command(source: Path, out: Path, opts: ScoreOptions, comm, quiet: bool
         warnings.filterwarnings("ignore", message="scalselect: the sketch")
         result = leverage_scores(source, **dataclasses.asdict(opts), progress=not quiet, comm=comm)
     result = gather_result(result, comm)
-    with _messages_for(out):
-        return comm.on_rank0(lambda: _write_scores(source, out, result, t0))
+    return _on_rank0(comm, out, lambda: _write_scores(source, out, result, t0))
 
 
 def _write_scores(source: Path, out: Path, result, t0: float) -> dict:
@@ -115,11 +121,10 @@ def _select(args) -> dict:
 
 def select_command(data: Path, scores: Path, budget, out: Path, comm, method: dict) -> dict:
     """Rank 0 writes the subset `method` (top_positions' keywords) picks."""
-    with _messages_for(out):
-        return comm.on_rank0(lambda: _select_here(data, scores, budget, out, method))
+    return _on_rank0(comm, out, lambda: _write_subset(data, scores, budget, out, method))
 
 
-def _select_here(data: Path, scores: Path, budget, out: Path, method: dict) -> dict:
+def _write_subset(data: Path, scores: Path, budget, out: Path, method: dict) -> dict:
     from .data import read_pool
     from .select import read_scores, select_subset
 
@@ -208,11 +213,10 @@ def _run(args) -> dict:
 
 
 def _compare(args) -> dict:
-    with _messages_for(args.out):
-        return args.comm.on_rank0(lambda: _compare_here(args))
+    return _on_rank0(args.comm, args.out, lambda: _write_comparison(args))
 
 
-def _compare_here(args) -> dict:
+def _write_comparison(args) -> dict:
     from .compare import COVERAGE_SAMPLE, compare_methods, table
     from .data import read_pool
     from .select import read_scores
@@ -235,10 +239,10 @@ def _compare_here(args) -> dict:
 
 
 def _report(args) -> dict:
-    return args.comm.on_rank0(lambda: _report_here(args))
+    return _on_rank0(args.comm, None, lambda: _write_report(args))
 
 
-def _report_here(args) -> dict:
+def _write_report(args) -> dict:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
