@@ -112,16 +112,17 @@ def _write_scores(source: Path, out: Path, result, t0: float) -> dict:
 
 
 def _select(args) -> dict:
-    method = {"method": args.method, "seed": args.seed, "stratify_by": args.stratify_by,  # checked by top_positions
-              "shares": _read_shares(args.shares), "store": args.store if args.method == "cluster" else None,
-              "clusters": args.clusters}
+    opts = options.SelectOptions(method=args.method, seed=args.seed, stratify_by=args.stratify_by,
+                                 shares=_read_shares(args.shares),
+                                 store=args.store if args.method == "cluster" else None,
+                                 clusters=args.clusters).check()
     out = options.output_file(args.out, folder=True)  # the subset of a save_to_disk pool is a folder
-    return select_command(args.data, args.scores, args.budget, out, args.comm, method)
+    return select_command(args.data, args.scores, args.budget, out, args.comm, opts)
 
 
-def select_command(data: Path, scores: Path, budget, out: Path, comm, method: dict) -> dict:
-    """Rank 0 writes the subset `method` (top_positions' keywords) picks."""
-    return _on_rank0(comm, out, lambda: _write_subset(data, scores, budget, out, method))
+def select_command(data: Path, scores: Path, budget, out: Path, comm, opts: options.SelectOptions) -> dict:
+    """Rank 0 writes the subset that `opts` picks."""
+    return _on_rank0(comm, out, lambda: _write_subset(data, scores, budget, out, dict(vars(opts))))
 
 
 def _write_subset(data: Path, scores: Path, budget, out: Path, method: dict) -> dict:
@@ -207,7 +208,7 @@ def _run(args) -> dict:
     parse_budget(args.budget, 1 << 62)  # its form, now: not after hours of extraction
     extracted = extract_command(args.model, args.data, args.image_root, store, extraction, args.comm)
     scored = score_command(store, scores, scoring, args.comm, quiet=args.quiet)
-    selected = select_command(args.data, scores, args.budget, subset, args.comm, {"method": "scalselect"})
+    selected = select_command(args.data, scores, args.budget, subset, args.comm, options.SelectOptions())
     return {"store": str(store), "scores": str(scores), "subset": str(subset),
             "extract": extracted, "score": scored, "select": selected}
 

@@ -215,6 +215,28 @@ class ScoreOptions:
 SELECT_METHODS = ("scalselect", "random", "length", "cluster")
 
 
+@dataclass
+class SelectOptions:
+    """Which of the scored samples `select` (and `run`) keeps; see select.top_positions."""
+    method: str = "scalselect"
+    seed: int = 0
+    stratify_by: str | None = None  # a record field, or "source": quotas per value
+    shares: dict | None = None      # the quotas' shares per value (else the pool's own)
+    store: object = None            # method "cluster": the store (or .npy, or matrix) of the vectors
+    clusters: int = 100             # method "cluster": k
+
+    def check(self) -> "SelectOptions":
+        choice(self.method, SELECT_METHODS, "--method")
+        seed(self.seed)
+        if self.method == "cluster":
+            if self.stratify_by is not None:
+                raise InputError("--stratify-by cannot be combined with --method cluster (its clusters are its strata)")
+            if self.store is None:
+                raise InputError("--method cluster needs the vectors: pass --store STORE")
+            count(self.clusters, "--clusters")
+        return self
+
+
 def method_list(text, flag: str = "--methods") -> list[str]:
     """A comma-separated list of selection methods."""
     methods = [m.strip() for m in str(text).split(",") if m.strip()]

@@ -97,10 +97,7 @@ def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str |
     store: the store (or .npy, or matrix) the scores came from, for method "cluster"."""
     from .baselines import apportion, choose, conversation_length, random_ranking, source_of
 
-    options.choice(method, options.SELECT_METHODS, "--method")
-    options.seed(seed)
-    if method == "cluster" and stratify_by is not None:
-        raise InputError("--stratify-by cannot be combined with --method cluster (its clusters are its strata)")
+    options.SelectOptions(method, seed, stratify_by, shares, store, clusters).check()
     index = pool.index_of()
     missing = [sid for sid in score_ids if sid not in index]
     if missing:
@@ -146,9 +143,6 @@ def _cluster_labels(score_ids: list, store, clusters: int, seed: int) -> np.ndar
     (scalselect.vectors.CLUSTER_DIMS of them: two passes over the store, N x 64 in memory)."""
     from .vectors import kmeans, principal_rows  # torch: only the cluster method needs it
 
-    if store is None:
-        raise InputError("--method cluster needs the vectors: pass --store STORE")
-    options.count(clusters, "--clusters")
     return kmeans(principal_rows(store, score_ids), clusters, seed)
 
 
