@@ -20,6 +20,7 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from .data.conversations import image_name, read_turns
+from .data.layouts import LAYOUTS
 from .errors import InputError
 
 IMAGE_FOLDER = "image-folder"  # --stratify-by value: the first folder of the first image path
@@ -31,7 +32,7 @@ def source_of(record: dict, layout: str, by: str) -> str:
     if by != IMAGE_FOLDER:
         value = record.get(by)
         return "(none)" if value is None else str(value)
-    images = record.get("image" if layout == "llava" else "images")
+    images = record.get(LAYOUTS[layout].images)
     first = (images[0] if images else None) if isinstance(images, list) else images
     if not first:
         return "(no image)"

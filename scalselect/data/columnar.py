@@ -32,6 +32,7 @@ import numpy as np
 
 from .._atomic import atomic_open, write_json
 from ..errors import InputError
+from .layouts import LAYOUTS
 from .pool import Pool, check_unique_ids
 
 PARQUET, SAVE_TO_DISK = "parquet", "save_to_disk"
@@ -40,8 +41,6 @@ _SCAN_ROWS = 4096            # rows per batch when scanning fields without the i
 _GROUP_BYTES = 32 << 20      # a written row group holds about this much at most
 _DIGEST_EDGE = 1 << 20       # bytes at each end of a data file that go into the pool's digest
 _BIG_GROUP = 1 << 30         # a Parquet row group this large (decoded) is worth a warning
-_IMAGE_COLUMNS = {"llava": "image", "sharegpt": "images"}
-_LAYOUT_COLUMNS = {"llava": "conversations", "sharegpt": "messages"}
 
 
 def _arrow():
@@ -118,17 +117,17 @@ class ColumnarPool(Pool):
     def _layout(self) -> str:
         pa = _arrow()
         names = self.schema.names
-        found = [layout for layout, column in _LAYOUT_COLUMNS.items() if column in names]
+        found = [name for name, layout in LAYOUTS.items() if layout.turns in names]
         if len(found) != 1:
             what = "both" if found else "neither"
             raise InputError(f"pool {self.path}: has {what} 'conversations' (LLaVA) {'and' if found else 'nor'} "
                              f"'messages' (ShareGPT) column (columns: {', '.join(names[:10])})")
         layout = found[0]
-        turns = self.schema.field(_LAYOUT_COLUMNS[layout]).type
+        turns = self.schema.field(LAYOUTS[layout].turns).type
         if not (pa.types.is_list(turns) or pa.types.is_large_list(turns)) or not pa.types.is_struct(turns.value_type):
-            raise InputError(f"pool {self.path}: column '{_LAYOUT_COLUMNS[layout]}' is {turns}; expected a list "
+            raise InputError(f"pool {self.path}: column '{LAYOUTS[layout].turns}' is {turns}; expected a list "
                              "of turns (structs with from/value or role/content)")
-        self.image_column = _IMAGE_COLUMNS[layout]
+        self.image_column = LAYOUTS[layout].images
         return layout
 
     def _plan_light(self) -> None:

@@ -10,6 +10,7 @@ the extractor records as that sample's skip.
 from __future__ import annotations
 
 from ..errors import InputError
+from .layouts import LAYOUTS
 
 IMAGE_TAG = "<image>"
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -17,14 +18,13 @@ _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "ass
 
 
 def read_turns(record: dict, layout: str) -> list[tuple[str, str]]:
-    key, role_key, text_key = (("conversations", "from", "value") if layout == "llava"
-                               else ("messages", "role", "content"))
+    keys = LAYOUTS[layout]
     turns = []
-    for i, turn in enumerate(record.get(key) or []):
-        role = _ROLES.get(turn.get(role_key)) if isinstance(turn, dict) else None
+    for i, turn in enumerate(record.get(keys.turns) or []):
+        role = _ROLES.get(turn.get(keys.role)) if isinstance(turn, dict) else None
         if role is None:
             raise InputError(f"turn {i} has no known role (expected human/gpt or user/assistant/system)")
-        text = turn.get(text_key)
+        text = turn.get(keys.text)
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"turn {i} has empty or non-text content")
         if not text.isascii():
@@ -40,7 +40,7 @@ def read_turns(record: dict, layout: str) -> list[tuple[str, str]]:
 def image_refs(record: dict, layout: str) -> list:
     """The record's images, in order: each a path (str), encoded bytes, or a dict with "bytes"
     and/or "path" (a Hugging Face Image value; its bytes win when both are set)."""
-    images = record.get("image") if layout == "llava" else record.get("images")
+    images = record.get(LAYOUTS[layout].images)
     if images is None:
         return []
     images = images if isinstance(images, list) else [images]

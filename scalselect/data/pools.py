@@ -1,11 +1,7 @@
 """Training pools: read LLaVA / ShareGPT samples and write subsets back in the pool's own format.
 
-A pool holds visual-instruction samples in one of two layouts:
-
-* LLaVA: ``{"id": ..., "image": ..., "conversations": [{"from": ..., "value": ...}, ...]}``
-* ShareGPT (LLaMA-Factory): ``{"messages": [{"role": ..., "content": ...}, ...], "images": [...]}``
-
-stored as one JSON array or as JSONL (one JSON object per line), read here, or as Parquet or a
+A pool holds visual-instruction samples in one of the layouts of scalselect.data.layouts (LLaVA,
+ShareGPT), stored as one JSON array or as JSONL (one JSON object per line), read here, or as Parquet or a
 Hugging Face ``save_to_disk`` dataset with the images inside, read by rows in
 scalselect.data.columnar. ``write_subset`` writes a chosen subset back verbatim, in pool order, in
 the pool's own format. Every problem with the input is raised as ``InputError`` with a one-line
@@ -27,11 +23,11 @@ from typing import Iterable
 from .._atomic import atomic_open, is_stream, json_text
 from ..errors import InputError
 from .columnar import PARQUET, SAVE_TO_DISK, columnar_kind, open_columnar
+from .layouts import LAYOUTS
 from .pool import Pool, check_unique_ids
 
 __all__ = ["Pool", "read_pool", "write_subset"]
 
-_LAYOUT_KEYS = {"llava": "conversations", "sharegpt": "messages"}
 _FIRST_NON_WS = re.compile(r"[^ \t\r\n]")
 
 
@@ -190,32 +186,24 @@ def _is_single_object(text: str) -> bool:
 
 
 def _record_layout(record) -> str | None:
+    """The one layout whose turns the record holds as a list, else None."""
     if not isinstance(record, dict):
         return None
-    conv = isinstance(record.get("conversations"), list)
-    msgs = isinstance(record.get("messages"), list)
-    if conv and not msgs:
-        return "llava"
-    if msgs and not conv:
-        return "sharegpt"
-    return None
+    found = [name for name, layout in LAYOUTS.items() if isinstance(record.get(layout.turns), list)]
+    return found[0] if len(found) == 1 else None
 
 
 def _describe_bad_record(record) -> str:
     if not isinstance(record, dict):
         return f"is a JSON {_json_type(record)}, not an object"
-    conv, msgs = record.get("conversations"), record.get("messages")
-    if isinstance(conv, list) and isinstance(msgs, list):
-        return "has both 'conversations' (LLaVA) and 'messages' (ShareGPT); cannot tell its layout"
-    if "conversations" in record:
-        return f"has 'conversations' that is a JSON {_json_type(conv)}, not a list"
-    if "messages" in record:
-        return f"has 'messages' that is a JSON {_json_type(msgs)}, not a list"
+    named = " and ".join(f"'{layout.turns}' ({layout.label})" for layout in LAYOUTS.values())
+    if all(isinstance(record.get(layout.turns), list) for layout in LAYOUTS.values()):
+        return f"has both {named}; cannot tell its layout"
+    for layout in LAYOUTS.values():
+        if layout.turns in record:
+            return f"has '{layout.turns}' that is a JSON {_json_type(record[layout.turns])}, not a list"
     keys = ", ".join(repr(k) for k in list(record)[:8]) or "none"
-    return (
-        "has neither 'conversations' (LLaVA) nor 'messages' (ShareGPT) list; "
-        f"unknown layout (keys: {keys})"
-    )
+    return f"has neither {named.replace(' and ', ' nor ')} list; unknown layout (keys: {keys})"
 
 
 def _json_type(value) -> str:
@@ -236,7 +224,7 @@ def _check_layout(path: Path, records: list, lines: list[int] | None) -> str:
     layout = _record_layout(records[0])
     if layout is None:
         raise InputError(f"pool {path}: {_where(0, lines)} {_describe_bad_record(records[0])}")
-    key, other = _LAYOUT_KEYS[layout], _LAYOUT_KEYS["sharegpt" if layout == "llava" else "llava"]
+    key, other = LAYOUTS[layout].turns, LAYOUTS[layout].other().turns
     for i, rec in enumerate(records):
         # fast path: the common, well-formed record
         if type(rec) is dict and type(rec.get(key)) is list and other not in rec:
