@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from processes import alive, children, rank_of
+from processes import alive, children, free_port, rank_of
 from scalselect.demo import prepare_demo
 from scalselect.pipeline import ExtractOptions, extract_store
 from scalselect.store import load_representations, read_manifest, read_skipped, read_store
 from tolerances import assert_scores_within, assert_vectors_close, forward_rtol, reference, reordered_sums_tolerance
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun_argv(nproc: int, *args) -> list[str]:

@@ -8,7 +8,6 @@ order, same k, every score within what a reordered float64 sum allows, the same 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from scalselect.options import PILOT_ROWS
 from scalselect.scoring.sketch import holdout_rows
 from scalselect.store import StoreWriter, load_representations, part_shards, read_store
 from store_files import reseal
+from processes import free_port
 from tolerances import assert_scores_within, reference, reordered_sums_tolerance
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
@@ -48,12 +48,6 @@ def spectrum(n, d, seed, decay=0.7, offset=2.0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, d)) * np.arange(1, d + 1) ** -decay @ np.linalg.qr(rng.standard_normal((d, d)))[0]
     return (x + offset * rng.uniform(0.5, 1.5, d)).astype(np.float32)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(tmp_path, world, jobs, name):
