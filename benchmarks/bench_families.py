@@ -62,26 +62,6 @@ def make_pool(root: Path, samples: int) -> Path:
     return root / "pool.json"
 
 
-def reference_loop(model_dir: Path, pool_path: Path, root: Path, tau: float = 0.9):
-    """Vectors by sample id and the loop's seconds, the reference way."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from scalselect.data import read_pool
-    from scalselect.data.samples import SampleMaker, collate
-    from scalselect.models import image_token_id
-
-    processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, local_files_only=True).eval()
-    maker = SampleMaker(processor, image_token_id(model.config), root, 4096)
-    pool = read_pool(pool_path)
-    vectors = {}
-    t0 = time.perf_counter()
-    for record, sample_id in zip(pool.records, pool.ids):
-        batch, instruction = collate([maker(record, pool.layout, sample_id)], 0)
-        vectors[sample_id] = reference_way.reference_vector(model, batch, instruction, tau)[1]
-    return vectors, time.perf_counter() - t0
-
-
 def scalselect_loop(model_dir: Path, pool_path: Path, root: Path, out: Path, backend: str):
     from scalselect.pipeline import ExtractOptions, extract_store
     from scalselect.store import load_representations
@@ -97,7 +77,7 @@ def extraction(family: str, work: Path, layers: int, samples: int) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     model_dir = deepened(family, root / "model", layers)
     pool = make_pool(root, samples)
-    want, ref_s = reference_loop(model_dir, pool, root)
+    want, ref_s = reference_way.reference_pool_vectors(model_dir, pool, root)
     got, ours_s = scalselect_loop(model_dir, pool, root, root / "native", "auto")
     _, twin_s = scalselect_loop(model_dir, pool, root, root / "twins", "torch")
     cosine = min(float(torch.nn.functional.cosine_similarity(torch.as_tensor(got[k]).double(),

@@ -13,7 +13,6 @@ preparation (image decoding, chat template, processor, token roles).
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -48,31 +47,9 @@ def setup(tmp_path_factory):
     return root, model
 
 
-def reference_loop(model_dir, pool_path, image_root, tau=0.9):
-    """Full forward, eager attention, every attention map kept, batch size 1.
-
-    Returns the vectors by sample id and the seconds of the loop (model loading excluded)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from scalselect.data import read_pool
-    from scalselect.data.samples import SampleMaker, collate
-
-    processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, local_files_only=True,
-                                                        attn_implementation="eager").eval()
-    maker = SampleMaker(processor, model.config.image_token_id, image_root, 4096)
-    pool = read_pool(pool_path)
-    vectors = {}
-    t0 = time.perf_counter()
-    for record, sample_id in zip(pool.records, pool.ids):
-        inputs, instruction = collate([maker(record, pool.layout, sample_id)], 0)
-        vectors[sample_id] = reference_way.reference_vector(model, inputs, instruction, tau)[1]
-    return vectors, time.perf_counter() - t0
-
-
 def test_extract_reference_way(benchmark, setup):
     root, model = setup
-    vectors, seconds = benchmark.pedantic(lambda: reference_loop(model, root / "pool.json", root),
+    vectors, seconds = benchmark.pedantic(lambda: reference_way.reference_pool_vectors(model, root / "pool.json", root),
                                           rounds=1, iterations=1)
     RESULTS["extract_reference"] = seconds
     print(f"\nreference way: {SAMPLES / seconds:.2f} samples/s")
@@ -102,7 +79,7 @@ def test_extract_scalselect(benchmark, setup, tmp_path):
     out, RESULTS["extract_scalselect"] = scalselect_runs(model, root, tmp_path, "auto", 3, benchmark)
     print(f"\nscalselect: {SAMPLES / RESULTS['extract_scalselect']:.2f} samples/s")
     ids, x = load_representations(out)
-    want, _ = reference_loop(model, root / "pool.json", root)
+    want, _ = reference_way.reference_pool_vectors(model, root / "pool.json", root)
     for sample_id, row in zip(ids, x):  # the same vectors as the reference way
         cos = torch.nn.functional.cosine_similarity(torch.as_tensor(row), want[sample_id].float(), dim=0)
         assert float(cos) > 0.99999

@@ -66,3 +66,26 @@ def reference_vector(model, batch, instruction, tau, layer=None):
     positions = vision[kept_by_definition(block.mean(dim=0), tau)]
     blind = rows[(block == 0).all(dim=1) & (rows > vision.min())]  # after an image, seeing none
     return sorted(positions.tolist()), out.hidden_states[layer + 1][0, positions].double().mean(dim=0), blind
+
+
+def reference_pool_vectors(model_dir, pool_path, image_root, tau=0.9):
+    """Every sample of a pool file the reference way, alone, from its own preparation (decode,
+    chat template, processor, token roles) on: the vectors by sample id and the loop's seconds
+    (model loading excluded)."""
+    import time
+
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from scalselect.data import read_pool
+    from scalselect.data.samples import SampleMaker, collate
+
+    processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, local_files_only=True).eval()
+    maker = SampleMaker(processor, image_token_id(model.config), image_root, 4096)
+    pool = read_pool(pool_path)
+    vectors = {}
+    t0 = time.perf_counter()
+    for record, sample_id in zip(pool.records, pool.ids):
+        batch, instruction = collate([maker(record, pool.layout, sample_id)], 0)
+        vectors[sample_id] = reference_vector(model, batch, instruction, tau)[1]
+    return vectors, time.perf_counter() - t0
