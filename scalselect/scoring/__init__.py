@@ -1,8 +1,9 @@
 """ScalSelect's importance scores: `leverage_scores` reads a store (or a matrix), picks the engine
 (the exact one, exact.py; the one-pass sketch, sketch.py) and returns a LeverageResult.
 
-The exact engine, in two streaming passes: pass 1 accumulates the D x D Gram matrix of the rows shifted by an early mean estimate (float32
-chunk products added into a float64 master, so memory is O(D^2 + chunk)) and the column sums.
+The exact engine, in two streaming passes: pass 1 accumulates the D x D Gram matrix of the rows
+shifted by an early mean estimate (float32 chunk products added into a float64 master, so memory
+is O(D^2 + chunk)) and the column sums.
 The centred Gram follows exactly: C = G_s - N (mu - s)(mu - s)^T. Its leading eigenpairs give
 V_k and sigma_k^2; k is the smallest rank whose energy reaches `energy` x trace(C). Pass 2 reads
 each row once more and returns ||(x_i - mu) V_k Sigma_k^-1||^2, the leverage of row i in the top-k
