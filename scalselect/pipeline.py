@@ -45,7 +45,7 @@ class ExtractOptions:
     device: str = "auto"
     dtype: str = "auto"            # compute dtype of the model
     store_dtype: str = "float16"
-    shard_rows: int | None = None  # samples per part; None: 4,096 (no_store: at least 4 D, see _part_rows)
+    shard_rows: int | None = None  # samples per part; None: 4,096 (no_store: at least 4 D, see _SketchStore.part_rows)
     resume: bool = False
     trust_remote_code: bool = False
     allow_outside_root: bool = False
@@ -191,36 +191,25 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
                 "chat_template_sha256": None if opts.chat_template is None else
                 hashlib.sha256(opts.chat_template.encode("utf-8")).hexdigest()}
     dim = int(config.get_text_config().hidden_size)
-    rows_dir = out / sketch.SKETCH_ROWS if opts.no_store else out
-    if opts.no_store:
-        settings |= _sketch_settings(opts)
-    if opts.resume and (rows_dir / MANIFEST).exists():
-        made = settings if opts.no_store else {"dim": dim, "dtype": opts.store_dtype, **settings}
-        complete = _complete_store(rows_dir, made)
+    output = (_SketchStore if opts.no_store else _VectorStore)(out, dim, opts, settings, comm)
+    if opts.resume and (output.rows_dir / MANIFEST).exists():
+        complete = _complete_store(output.rows_dir, output.made_with())
         # every byte by one process; under torchrun rank 0 checks the sizes (a full read could
         # outlast the group's timeout), and scoring checks every byte as it reads
-        damaged = comm.on_rank0(lambda: damaged_parts(rows_dir, full=not comm.active))
+        damaged = comm.on_rank0(lambda: damaged_parts(output.rows_dir, full=not comm.active))
         if not damaged:
             return {**complete, "store": str(out)}
-        if opts.no_store:
-            raise InputError(f"{rows_dir}: part {damaged[0]}; the sketch cannot be redone in place: "
-                             "extract into a new folder")
-        comm.on_rank0(lambda: reopen_store(rows_dir, dim, opts.store_dtype, settings))
-    guard = comm.together(lambda: _claim_sketch_dir(out, opts.resume), main_only=True) if opts.no_store else None
-    writer = None if opts.no_store else StoreWriter(out, dim, opts.store_dtype, settings=settings,
-                                                  resume=opts.resume, comm=comm)
+        output.reopen(damaged)
+    guard = output.claim()
+    writer = output.writer()
     job = None
     try:
         loaded = load_checkpoint(model_dir, config, device, dtype, opts.trust_remote_code,
                                  opts.progress and comm.is_main, layer,
                                  check_processor=lambda p: _sample_maker(p, config, root, opts).check_template())
-        extraction = _Extraction(loaded, pool, root, opts, device, dtype, comm, _part_rows(opts, dim), layer)
+        extraction = _Extraction(loaded, pool, root, opts, device, dtype, comm, output.part_rows(), layer)
         t0 = time.perf_counter()
-        if opts.no_store:
-            writer, sink, replay, replay_positions, digest = _open_sketch(extraction, out, settings, dim)
-            settings["sketch_plan"] = digest  # in the manifest: scoring checks the plan against it
-        else:
-            sink, replay, replay_positions = writer, [], []
+        writer, sink, replay, replay_positions = output.open(extraction)
         done = writer.done_ids | {pool.ids[p] for p in replay_positions}
         todo = np.fromiter((p for p, sid in enumerate(pool.ids) if sid not in done), np.int64)
         for part in replay:  # the pilot's vectors, extracted before the plan existed
@@ -248,12 +237,122 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
     finally:
         if guard is not None:
             guard.close()
-    manifest = read_manifest(rows_dir)  # every rank's parts, for every rank
+    manifest = read_manifest(output.rows_dir)  # every rank's parts, for every rank
     summary = {"store": str(out), "rows": manifest["num_rows"], "skipped": manifest["num_skipped"],
                "skipped_by_reason": manifest["skipped_by_reason"],
                "processed_this_run": processed, "seconds": seconds, "device": str(device),
-               "dtype": settings["compute_dtype"], "skipped_file": str(rows_dir / SKIPPED)}
+               "dtype": settings["compute_dtype"], "skipped_file": str(output.rows_dir / SKIPPED)}
     return summary
+
+
+class _VectorStore:
+    """Extraction's output by default: a store of the vectors themselves (scalselect.store)."""
+
+    def __init__(self, out: Path, dim: int, opts: ExtractOptions, settings: dict, comm: Comm):
+        self.out, self.rows_dir, self.dim, self.opts, self.settings, self.comm = out, out, dim, opts, settings, comm
+
+    def made_with(self) -> dict:
+        """What a complete store must have been made with, for --resume."""
+        return {"dim": self.dim, "dtype": self.opts.store_dtype, **self.settings}
+
+    def reopen(self, damaged: list) -> None:
+        """A complete store with damaged parts: made unfinished again, so they are redone."""
+        self.comm.on_rank0(lambda: reopen_store(self.rows_dir, self.dim, self.opts.store_dtype, self.settings))
+
+    def claim(self):
+        return None  # the writer locks the store
+
+    def writer(self) -> StoreWriter:
+        """Made (and the store locked and checked) before the model loads."""
+        self.made = StoreWriter(self.out, self.dim, self.opts.store_dtype, settings=self.settings,
+                                resume=self.opts.resume, comm=self.comm)
+        return self.made
+
+    def part_rows(self) -> int:
+        return self.opts.shard_rows or 4096
+
+    def open(self, extraction: "_Extraction"):
+        """(writer, sink, parts to replay, their pool positions): the writer is the sink."""
+        return self.made, self.made, [], []
+
+
+class _SketchStore:
+    """`--no-store`: a sketch store (scalselect.scoring.sketch): a plan made from a pilot sample,
+    then l numbers per sample and their sums, part by part."""
+
+    def __init__(self, out: Path, dim: int, opts: ExtractOptions, settings: dict, comm: Comm):
+        self.out, self.rows_dir, self.dim, self.opts, self.comm = out, out / sketch.SKETCH_ROWS, dim, opts, comm
+        self.asked = {"sketch_size_asked": opts.sketch_size, "sketch_seed": opts.sketch_seed,
+                      "sketch_pilot_rows": opts.sketch_pilot_rows, "sketch_energy": opts.sketch_energy}
+        settings |= self.asked  # what the plan is made from: a resume must ask for the same
+        self.settings = settings
+
+    def made_with(self) -> dict:
+        return self.settings
+
+    def reopen(self, damaged: list) -> None:
+        raise InputError(f"{self.rows_dir}: part {damaged[0]}; the sketch cannot be redone in place: "
+                         "extract into a new folder")
+
+    def claim(self):
+        """Rank 0: check the output and lock it (the lock file stays open while this job writes)."""
+        def claim_here():
+            out = self.out
+            if (out / MANIFEST).exists() or (out / PROGRESS).exists():
+                raise InputError(f"{out}: holds a store of vectors; --no-store writes a sketch store: "
+                                 "choose another output")
+            if out.exists() and any(out.iterdir()) and not self.opts.resume:
+                raise InputError(f"{out}: exists and is not empty; choose another output (or --resume)")
+            out.mkdir(parents=True, exist_ok=True)
+            return lock_store(out / LOCK)
+        return self.comm.together(claim_here, main_only=True)
+
+    def writer(self):
+        return None  # made with the plan, in open()
+
+    def part_rows(self) -> int:
+        """A sketch part's sidecar holds l x D float64 sums beside its l-wide rows, so its parts
+        hold at least 4 D samples: the sums then add at most half of the rows' bytes."""
+        return self.opts.shard_rows or max(4096, 4 * self.dim)
+
+    def open(self, extraction: "_Extraction"):
+        """(writer, sink, parts to replay, their pool positions): the plan read back (made with
+        the same settings), or made from a pilot sample extracted now. Rank 0 plans from every
+        rank's pilot rows; each rank replays its own pilot parts into the sink, so the pilot's
+        positions are all done. The plan's digest goes into the settings, hence the manifest:
+        scoring checks the plan against it."""
+        opts, comm, pool, out, dim = self.opts, self.comm, extraction.pool, self.out, self.dim
+        pilot = sketch.sample_rows(len(pool), opts.sketch_pilot_rows, opts.sketch_seed)
+        replay, replay_positions = [], []
+        if comm.broadcast_object(not (out / sketch.SKETCH_INFO).exists() if comm.is_main else None):
+            collect = _Collect(dim)
+            extraction.run(pilot, collect, "pilot")
+            replay, replay_positions = collect.parts, pilot
+            vectors = [part[0] for part in replay if len(part[0])]
+            every = comm.gather_objects(np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32))
+
+            def plan():
+                rows = torch.from_numpy(np.concatenate(every).astype(np.float32))
+                omega, shift, planned = sketch.plan_test_matrix(
+                    rows, energy=opts.sketch_energy, standardize=False,
+                    sketch_size=opts.sketch_size, max_size=min(dim, len(pool)), seed=opts.sketch_seed,
+                    every_row=len(pool) <= opts.sketch_pilot_rows)
+                sketch.write_plan(out, omega, shift, {"plan": planned, "settings": self.asked})
+            comm.together(plan, main_only=True)
+        omega, shift, info = comm.on_rank0(lambda: self._own_plan())
+        self.settings["sketch_plan"] = sketch.plan_digest(omega, shift)
+        writer = StoreWriter(self.rows_dir, int(omega.shape[1]), "float32", settings=self.settings,
+                             resume=opts.resume, comm=comm)
+        holdout = sketch.holdout_rows(len(pool), opts.sketch_pilot_rows, opts.sketch_seed)
+        sink = sketch.SketchSink(writer, omega, shift, sketch.plan_scale(info), extraction.device,
+                                 {pool.ids[p] for p in holdout}, opts.kernel_backend)
+        return writer, sink, replay, replay_positions
+
+    def _own_plan(self):
+        """The plan in `out`, if it was made with the settings asked for now."""
+        omega, shift, info = sketch.read_plan(self.out)
+        check_same_settings(self.out, info.get("settings", {}), self.asked)
+        return omega, shift, info
 
 
 def _sample_maker(processor, config, root, opts: ExtractOptions) -> SampleMaker:
@@ -314,73 +413,6 @@ class _Collect:
 
     def add(self, vectors, ids, skipped=()) -> None:
         self.parts.append((vectors, list(ids), list(skipped)))
-
-
-def _part_rows(opts: ExtractOptions, dim: int) -> int:
-    """Samples per part. A sketch part's sidecar holds l x D float64 sums beside its l-wide
-    rows, so a sketch store's parts hold at least 4 D samples: the sums then add at most half
-    of the rows' bytes."""
-    if opts.shard_rows is not None:
-        return opts.shard_rows
-    return max(4096, 4 * dim) if opts.no_store else 4096
-
-
-def _sketch_settings(opts: ExtractOptions) -> dict:
-    """What a sketch store's plan is made from: a resume must ask for the same."""
-    return {"sketch_size_asked": opts.sketch_size, "sketch_seed": opts.sketch_seed,
-            "sketch_pilot_rows": opts.sketch_pilot_rows, "sketch_energy": opts.sketch_energy}
-
-
-def _claim_sketch_dir(out: Path, resume: bool):
-    """Rank 0: check the output of a sketch store and lock it (the lock file stays open while
-    this job writes; closing it lets go)."""
-    if (out / MANIFEST).exists() or (out / PROGRESS).exists():
-        raise InputError(f"{out}: holds a store of vectors; --no-store writes a sketch store: choose another output")
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise InputError(f"{out}: exists and is not empty; choose another output (or --resume)")
-    out.mkdir(parents=True, exist_ok=True)
-    return lock_store(out / LOCK)
-
-
-def _open_sketch(extraction: _Extraction, out: Path, settings: dict, dim: int):
-    """(writer, sink, parts to replay, their pool positions, the plan's digest) of a sketch
-    store: its plan read back (made with the same settings), or made from a pilot sample
-    extracted now. Rank 0 plans from every rank's pilot rows; each rank replays its own pilot
-    parts into the sink, so the pilot's positions are all done."""
-    opts, comm, pool = extraction.opts, extraction.comm, extraction.pool
-    asked = _sketch_settings(opts)
-    pilot = sketch.sample_rows(len(pool), opts.sketch_pilot_rows, opts.sketch_seed)
-    replay, replay_positions = [], []
-    if comm.broadcast_object(not (out / sketch.SKETCH_INFO).exists() if comm.is_main else None):
-        collect = _Collect(dim)
-        extraction.run(pilot, collect, "pilot")
-        replay, replay_positions = collect.parts, pilot
-        vectors = [part[0] for part in replay if len(part[0])]
-        every = comm.gather_objects(np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32))
-
-        def plan():
-            rows = torch.from_numpy(np.concatenate(every).astype(np.float32))
-            omega, shift, planned = sketch.plan_test_matrix(
-                rows, energy=opts.sketch_energy, standardize=False,
-                sketch_size=opts.sketch_size, max_size=min(dim, len(pool)), seed=opts.sketch_seed,
-                every_row=len(pool) <= opts.sketch_pilot_rows)
-            sketch.write_plan(out, omega, shift, {"plan": planned, "settings": asked})
-        comm.together(plan, main_only=True)
-    omega, shift, info = comm.on_rank0(lambda: _read_own_plan(out, asked))
-    digest = sketch.plan_digest(omega, shift)
-    writer = StoreWriter(out / sketch.SKETCH_ROWS, int(omega.shape[1]), "float32",
-                         settings={**settings, "sketch_plan": digest}, resume=opts.resume, comm=comm)
-    holdout = sketch.holdout_rows(len(pool), opts.sketch_pilot_rows, opts.sketch_seed)
-    sink = sketch.SketchSink(writer, omega, shift, sketch.plan_scale(info), extraction.device,
-                             {pool.ids[p] for p in holdout}, opts.kernel_backend)
-    return writer, sink, replay, replay_positions, digest
-
-
-def _read_own_plan(out: Path, asked: dict):
-    """The plan in `out`, if it was made with the settings asked for now."""
-    omega, shift, info = sketch.read_plan(out)
-    check_same_settings(out, info.get("settings", {}), asked)
-    return omega, shift, info
 
 
 def _complete_store(out: Path, settings: dict) -> dict:
