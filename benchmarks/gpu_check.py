@@ -575,12 +575,12 @@ def ours_loop(model, samples, batch_size, dev, dtype, tau, backend):
     batches, collate, to the device, layer 0 only, the two kernels, vectors back to the host.
     Returns ({id: vector}, {id: kept}, seconds of the timed loop); the first batch warms up."""
     from scalselect.data.samples import LengthBatcher, collate
-    from scalselect.extract import first_layer_probe, probe_vectors
+    from scalselect.extract import layer_probe, probe_vectors
 
     batcher = LengthBatcher(batch_size)
     batches = [b for s in samples for b in batcher.push(s)] + batcher.flush()
     vectors, kept = {}, {}
-    with first_layer_probe(model) as run:
+    with layer_probe(model) as run:
         def forward(group):
             inputs, instruction = collate(group, 0)
             vec, count = probe_vectors(model, run, _to_device(inputs, dev, dtype), instruction.to(dev), tau,

@@ -1,5 +1,5 @@
-"""One vector per sample from the target VLM's first softmax-attention decoder layer L
-(docs/design.md, section 1a).
+"""One vector per sample from the target VLM's decoder layer L, by default its first
+softmax-attention layer (docs/design.md, section 1a).
 
 The forward stops right after layer L: a hook takes that layer's output (what a full model
 returns as hidden_states[L + 1]) and ends the forward. The model's attention runs through a
@@ -23,7 +23,7 @@ import torch
 
 from . import kernels
 from .errors import InputError
-from .models import adapter_for
+from .models import adapter_for, first_softmax_layer, image_token_id
 
 _ATTENTION_NAME = "scalselect_probe"
 
@@ -49,9 +49,9 @@ def key_ranges_from_mask(mask: torch.Tensor | None, batch: int, seq: int, causal
     (0: attend, very negative: not), or None (no padding: causal, or everything when the layer
     is not causal). Read in blocks of rows, at the mask's own batch size."""
     if mask is None:
-        lo = torch.zeros(batch, seq, dtype=torch.int32, device=device)
-        hi = torch.arange(1, seq + 1, dtype=torch.int32, device=device) if causal else lo[0] + seq
-        return lo, hi.expand(batch, seq).contiguous(), torch.ones(batch, seq, dtype=torch.bool, device=device)
+        every = torch.ones(batch, seq, dtype=torch.bool, device=device)
+        lo, hi = kernels.twins.causal_key_ranges(every)
+        return lo, hi if causal else torch.full_like(hi, seq), every
     if mask.dim() != 4 or mask.shape[-2:] != (seq, seq) or mask.shape[0] not in (1, batch):
         raise UnsupportedModel(f"its attention mask has shape {tuple(mask.shape)}, not [B, 1, {seq}, {seq}]")
     if mask.dtype != torch.bool and not mask.is_floating_point():
@@ -67,8 +67,9 @@ def key_ranges_from_mask(mask: torch.Tensor | None, batch: int, seq: int, causal
                 raise UnsupportedModel("its attention mask adds a bias to the logits (not a plain mask)")
             block = allowed
         count = block.sum(dim=-1, dtype=torch.int32)
-        lo = block.to(torch.uint8).argmax(dim=-1).to(torch.int32)  # the first allowed key
-        hi = seq - block.flip(-1).to(torch.uint8).argmax(dim=-1).to(torch.int32)  # after the last
+        keys = block.to(torch.uint8)
+        lo = keys.argmax(dim=-1).to(torch.int32)  # the first allowed key
+        hi = seq - keys.flip(-1).argmax(dim=-1).to(torch.int32)  # after the last
         parts.append((torch.where(count > 0, lo, 0), torch.where(count > 0, hi, 0), count))
     lo, hi, count = (torch.cat(t, dim=1) for t in zip(*parts))
     lo, hi, contiguous = (t.expand(batch, seq).contiguous() for t in (lo, hi, count == hi - lo))
@@ -81,8 +82,8 @@ def _probe_attention(module, query, key, value, attention_mask, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     store = getattr(module, "_scalselect_store", None)
-    causal = bool(kwargs["is_causal"] if kwargs.get("is_causal") is not None else getattr(module, "is_causal", True))
     if store is not None:
+        causal = bool(kwargs["is_causal"] if kwargs.get("is_causal") is not None else getattr(module, "is_causal", True))
         if "q" in store:
             raise UnsupportedModel("its probed layer runs attention twice (cross-attention?)")
         b_size, seq = query.shape[0], query.shape[2]
@@ -97,10 +98,21 @@ def _probe_attention(module, query, key, value, attention_mask, **kwargs):
         if eager is None:
             raise UnsupportedModel("it soft-caps attention logits without an eager attention function")
         if attention_mask is not None and attention_mask.dtype == torch.bool:  # eager adds its mask
-            attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device
-                                         ).masked_fill(~attention_mask, torch.finfo(query.dtype).min)
+            attention_mask = _additive(attention_mask, query.dtype)
         return eager(module, query, key, value, attention_mask, **kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+# The additive form of the last bool mask converted: every layer of one kind gets the same mask
+# object in a forward, so it is converted once, not once per layer. Emptied after each forward.
+_ADDITIVE: dict = {}
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if _ADDITIVE.get("bool") is not mask or _ADDITIVE["float"].dtype != dtype:
+        _ADDITIVE.update(bool=mask, float=torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+                         .masked_fill(~mask, torch.finfo(dtype).min))
+    return _ADDITIVE["float"]
 
 
 def _explicit_mask(*args, **kwargs):
@@ -122,9 +134,9 @@ def attention_implementations(model) -> dict:
 
 
 @contextlib.contextmanager
-def first_layer_probe(model, layer: int | None = None):
-    """Yields run(**batch) -> {"hidden", "q", "k", "scaling", "softcap", "ranges", "embeds"?}
-    that runs `model` up to decoder layer `layer` (default: the adapter's first softmax layer)."""
+def layer_probe(model, layer: int | None = None):
+    """Yields run(**batch) -> {"hidden", "q", "k", "scaling", "softcap", "ranges", "image_token_id",
+    "image_newline", "embeds"?} that runs `model` up to decoder layer `layer` (default: the adapter's first softmax layer)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
@@ -136,7 +148,7 @@ def first_layer_probe(model, layer: int | None = None):
     AttentionMaskInterface.register(_ATTENTION_NAME, _explicit_mask)
     adapter = adapter_for(model)
     layers = adapter.decoder_layers(model)
-    index = adapter.first_softmax_layer(model) if layer is None else layer
+    index = first_softmax_layer(model.config) if layer is None else layer
     if not 0 <= index < len(layers):
         raise InputError(f"decoder layer {index} is not loaded (the model has {len(layers)})")
     target = layers[index]
@@ -155,17 +167,22 @@ def first_layer_probe(model, layer: int | None = None):
     for m in marked:
         m._scalselect_store = store
     handles = [target.register_forward_hook(stop)]
-    if adapter.image_newline(model) is not None:
+    if adapter.image_newline(model) is not None:  # markers among the placeholders: see token_sets
         handles.append(layers[0].register_forward_pre_hook(embeds, with_kwargs=True))
+
+    image_id, newline = image_token_id(model.config), adapter.image_newline(model)
 
     def run(**batch) -> dict:
         store.clear()
-        with contextlib.suppress(_StopForward), torch.no_grad():
-            model(**batch)
+        try:
+            with contextlib.suppress(_StopForward), torch.no_grad():
+                model(**batch)
+        finally:
+            _ADDITIVE.clear()
         if "hidden" not in store or "q" not in store:
             raise UnsupportedModel(f"{type(model).__name__}: its decoder layer {index} did not run "
                                    "softmax attention through transformers' attention interface")
-        return dict(store)
+        return {**store, "image_token_id": image_id, "image_newline": newline}
 
     try:
         yield run
@@ -177,13 +194,12 @@ def first_layer_probe(model, layer: int | None = None):
         model.set_attn_implementation(previous)
 
 
-def token_sets(model, batch: dict, instruction: torch.Tensor, got: dict):
+def token_sets(batch: dict, instruction: torch.Tensor, got: dict):
     """(vision, instruction) [B, S] bool: the placeholder positions that received image features,
     and the instruction rows with the markers among the placeholders (LLaVA-NeXT's image_newline
-    rows, say) moved to them."""
-    adapter = adapter_for(model)
-    vision = batch["input_ids"] == adapter.image_token_id(model)
-    newline = adapter.image_newline(model)
+    rows, say) moved to them; `got` is what the probe's run returned."""
+    vision = batch["input_ids"] == got["image_token_id"]
+    newline = got["image_newline"]
     if newline is not None:
         marker = torch.zeros_like(vision)
         embeds = got["embeds"][vision]  # the placeholder rows only
@@ -195,27 +211,28 @@ def token_sets(model, batch: dict, instruction: torch.Tensor, got: dict):
 def probe_vectors(model, run, batch: dict, instruction: torch.Tensor, tau: float = 0.9,
                   backend: str = "auto"):
     """Representation vectors [B, D] (float32) and kept vision-token counts [B] for a batch,
-    with `run` from an open first_layer_probe(model).
+    with `run` from an open layer_probe(model).
 
     batch: the processor's output (input_ids, attention_mask, pixel_values, ...);
     instruction: [B, S] bool, the instruction tokens (see scalselect.models.roles);
     backend: the kernels' (auto: compiled when available, torch: the PyTorch twins)."""
     valid = batch["attention_mask"].bool()
     got = run(**batch)
-    vision, rows = token_sets(model, batch, instruction, got)
+    vision, rows = token_sets(batch, instruction, got)
     lo, hi, contiguous = got["ranges"]
-    computed = rows & valid
-    at = torch.arange(valid.shape[1], device=valid.device)
-    if not bool((contiguous & (lo <= at) & (at < hi))[computed].all()):
+    if not bool(contiguous[rows & valid].all()):  # (kernels.attention_mass checks each holds its row)
         raise UnsupportedModel(f"{type(model).__name__}: an instruction row's keys in the probed layer "
-                               "are not one contiguous range holding the row itself")
-    mass = kernels.attention_mass(got["q"], got["k"], valid, rows, vision, float(got["scaling"]),
-                                  (lo, hi), got["softcap"], backend=backend)
+                               "are not one contiguous range")
+    try:
+        mass = kernels.attention_mass(got["q"], got["k"], valid, rows, vision, float(got["scaling"]),
+                                      (lo, hi), got["softcap"], backend=backend)
+    except ValueError as exc:  # what the layer handed over does not fit the definition: the model's fault
+        raise UnsupportedModel(f"{type(model).__name__}: its probed layer {exc}") from None
     return kernels.top_mass_mean(got["hidden"], mass, vision, tau, backend=backend)
 
 
-def first_layer_vectors(model, batch: dict, instruction: torch.Tensor, tau: float = 0.9,
+def layer_vectors(model, batch: dict, instruction: torch.Tensor, tau: float = 0.9,
                         backend: str = "auto", layer: int | None = None):
     """probe_vectors for one batch, the probe opened and closed around it."""
-    with first_layer_probe(model, layer) as run:
+    with layer_probe(model, layer) as run:
         return probe_vectors(model, run, batch, instruction, tau, backend)

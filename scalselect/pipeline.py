@@ -27,7 +27,7 @@ from .data.images import SampleSkip, check_image_root
 from .data.samples import LengthBatcher, SampleMaker, collate
 from .distributed import Comm
 from .errors import InputError, first_line
-from .extract import UnsupportedModel, first_layer_probe, probe_vectors
+from .extract import UnsupportedModel, layer_probe, probe_vectors
 from .models import check_layer, check_supported, first_softmax_layer, image_token_id
 from .models.load import DTYPES, fingerprint, load_checkpoint, pick_dtype, read_config
 from .options import resolve_device
@@ -384,7 +384,7 @@ class _Extraction:
             worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if workers else None)
         batcher = LengthBatcher(self.opts.batch_size)
         desc = f"{what} (rank 0 of {self.comm.world})" if self.comm.active else what
-        with first_layer_probe(self.model, self.layer) as probe, tqdm(
+        with layer_probe(self.model, self.layer) as probe, tqdm(
                 total=len(mine), unit="sample", disable=not (self.opts.progress and self.comm.is_main),
                 desc=desc, dynamic_ncols=True, smoothing=0.1) as bar:
             job = _Job(self.model, probe, sink, self.opts, self.device, self.dtype, self.pad_id, bar,

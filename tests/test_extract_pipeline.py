@@ -50,7 +50,7 @@ def test_store_rows_equal_each_sample_run_alone(demo, tmp_path):
 
     from scalselect.data import read_pool
     from scalselect.data.samples import SampleMaker, collate
-    from scalselect.extract import first_layer_vectors
+    from scalselect.extract import layer_vectors
 
     summary = extract_store(demo["model"], demo["pool"], demo["images"], tmp_path / "s", opts(batch_size=8))
     assert summary["rows"] == 40 and summary["skipped"] == 2
@@ -65,7 +65,7 @@ def test_store_rows_equal_each_sample_run_alone(demo, tmp_path):
         sample = maker(record, pool.layout, sample_id)
         lengths.add(sample.length)
         inputs, instruction = collate([sample], processor.tokenizer.pad_token_id)
-        want, kept = first_layer_vectors(model, inputs, instruction, 0.9)
+        want, kept = layer_vectors(model, inputs, instruction, 0.9)
         assert int(kept[0]) >= 1
         assert_vectors_close(got[sample_id], want[0].numpy(), forward_rtol(model.config), str(sample_id))
     assert len(lengths) > 3  # the batches really mixed lengths

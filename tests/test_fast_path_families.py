@@ -115,7 +115,7 @@ def _windowed(model) -> bool:
 
 
 def _fast(model, batch, instruction, tau, monkeypatch, layer=None):
-    """first_layer_vectors, and the positions it keeps (from the mass it hands to the selection)."""
+    """layer_vectors, and the positions it keeps (from the mass it hands to the selection)."""
     from scalselect import extract
 
     seen = {}
@@ -127,9 +127,9 @@ def _fast(model, batch, instruction, tau, monkeypatch, layer=None):
 
     with monkeypatch.context() as m:
         m.setattr(extract.kernels, "top_mass_mean", spy)
-        vectors, kept = extract.first_layer_vectors(model, batch, instruction, tau, layer=layer)
+        vectors, kept = extract.layer_vectors(model, batch, instruction, tau, layer=layer)
     if "mass" not in seen:
-        pytest.fail("first_layer_vectors no longer hands its mass to kernels.top_mass_mean: update this spy")
+        pytest.fail("layer_vectors no longer hands its mass to kernels.top_mass_mean: update this spy")
     positions = []
     for b in range(vectors.shape[0]):
         cols = torch.nonzero(seen["vision"][b]).flatten()
@@ -237,7 +237,7 @@ def test_qwen3_vl_hidden_states_1_is_layer_0_output_before_deepstack(qwen):
 def test_paligemma_prefix_is_bidirectional_and_the_replies_causal(any_family):
     """As PaliGemma's fine-tuning renders a sample: images and prompt are the prefix, which the
     probed layer lets every prefix row see whole; from the first reply on, rows are causal."""
-    from scalselect.extract import first_layer_probe
+    from scalselect.extract import layer_probe
 
     _, processor, model = any_family
     _, _, batch, instruction = _prepared(processor, model)[0]
@@ -245,7 +245,7 @@ def test_paligemma_prefix_is_bidirectional_and_the_replies_causal(any_family):
     start = int(types.argmax())  # the first reply token
     reply = ~instruction[0] & (batch["input_ids"][0] != image_token_id(model.config))
     assert 0 < start == int(reply.int().argmax()) and bool(types[start:].all()) and not bool(types[:start].any())
-    with first_layer_probe(model) as run:
+    with layer_probe(model) as run:
         lo, hi, contiguous = run(**batch)["ranges"]
     at = torch.arange(types.numel())
     assert bool(contiguous.all()) and bool((lo == 0).all())

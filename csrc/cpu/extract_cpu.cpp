@@ -120,17 +120,17 @@ void logit_tile(const float* q, const float* panel, int64_t hd, float* out, int6
 
 // One query row's softmax over its keys lo <= j < hi, read from row[j0, j1) (j0 <= lo, hi <= j1,
 // both multiples of 8; logits outside [lo, hi) and keys with bias -inf count as masked), added
-// into colsum: colsum[j] += P[j]. Logits are already scaled (and soft-capped). row is overwritten.
+// into colsum: colsum[j] += P[j]. The logits are multiplied by `scale` here (1 when the caller
+// has scaled and soft-capped them). row is overwritten.
 SCALSELECT_CLONES
 void softmax_into(float* row, const float* bias, int64_t j0, int64_t j1, int64_t lo, int64_t hi,
-                  float* colsum) {
-  v8i lane;
-  for (int l = 0; l < kLanes; ++l) lane[l] = l;
+                  float scale, float* colsum) {
+  const v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
   v8f m = splat(kNegInf);
   for (int64_t j = j0; j < j1; j += kLanes) {
     const v8i at = lane + int32_t(j);
     const v8i inside = (at >= int32_t(lo)) & (at < int32_t(hi));
-    const v8f x = inside ? load8(row + j) + load8(bias + j) : splat(kNegInf);
+    const v8f x = inside ? load8(row + j) * splat(scale) + load8(bias + j) : splat(kNegInf);
     store8(row + j, x);
     m = x > m ? x : m;
   }
@@ -262,10 +262,13 @@ void attention_mass_cpu(const void* q, const void* k, DType dtype, int64_t batch
             const int64_t row_lo = lo[tile[r]] - k0, row_hi = hi[tile[r]] - k0;
             const int64_t j0 = round_down(row_lo, kLanes), j1 = round_up(row_hi, kLanes);
             float* row = logits.data() + r * ld;
-            for (int64_t j = j0; j < j1; ++j) row[j] *= float(scale);
-            if (softcap > 0.0)
-              for (int64_t j = j0; j < j1; ++j) row[j] = float(softcap * std::tanh(double(row[j]) / softcap));
-            softmax_into(row, bias.data(), j0, j1, row_lo, row_hi, colsum.data());
+            float row_scale = float(scale);
+            if (softcap > 0.0) {  // rare (Gemma 2): scaled and capped here, before the mask
+              for (int64_t j = j0; j < j1; ++j)
+                row[j] = float(softcap * std::tanh(double(row[j]) * scale / softcap));
+              row_scale = 1.0f;
+            }
+            softmax_into(row, bias.data(), j0, j1, row_lo, row_hi, row_scale, colsum.data());
           }
           for (int64_t j = p0 * kNr; j < std::min(ld, seq - k0); ++j) mine[k0 + j] += colsum[j];
         }

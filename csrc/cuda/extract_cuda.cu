@@ -43,8 +43,7 @@ __global__ void compact_kernel(const uint8_t* flag_a, const uint8_t* flag_b, int
 
 // attention_mass: a block takes (up to) kRowTile instruction rows of one sample and one head.
 // Its 8 warps hold 2 rows each; lane l handles key 32 t + l of key tile t (the tiles some row's
-// key range [lo, hi) reaches), staged in shared
-// memory with the queries. Pass 1 keeps a per-lane online softmax (running max and sum), merged
+// key range [lo, hi) reaches), staged in shared memory with the queries. Pass 1 keeps a per-lane online softmax (running max and sum), merged
 // over the warp: the normaliser of each row. Pass 2 recomputes the logits of the vision keys
 // and adds P over the block's rows into a float64 column accumulator (one atomic per column
 // and block). Nothing larger than a key tile of logits ever exists.

@@ -89,8 +89,6 @@ def check_supported(config) -> None:
 class Adapter:
     family: str
     decoder_layers: Callable = _decoder_layers  # model -> the language model's decoder layers
-    image_token_id: Callable = lambda model: image_token_id(model.config)
-    first_softmax_layer: Callable = lambda model: first_softmax_layer(model.config)
     # model -> the learned vector some placeholder positions hold instead of image features
     image_newline: Callable = lambda model: None
 
