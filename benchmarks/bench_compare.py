@@ -26,7 +26,7 @@ METHODS = ["scalselect", "random", "length"]
 
 def make_inputs(folder: Path, rows: int, dim: int) -> dict:
     from scalselect.select import write_scores
-    from scalselect.store import write_store
+    from scalselect.stores import write_store
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"store": folder / "store", "pool": folder / "pool.json", "scores": folder / "scores.jsonl"}
@@ -55,7 +55,7 @@ def in_memory(pool, ids, scores, store, budget, methods, seed=0, energy=0.9):
     from scalselect.compare import COVERAGE_SAMPLE
     from scalselect.scoring.eigen import centred_spectrum, rank_for_energy
     from scalselect.select import top_positions
-    from scalselect.store import load_representations
+    from scalselect.stores import load_representations
 
     store_ids, x = load_representations(store)
     row = {sid: i for i, sid in enumerate(store_ids)}

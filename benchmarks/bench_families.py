@@ -64,7 +64,7 @@ def make_pool(root: Path, samples: int) -> Path:
 
 def scalselect_loop(model_dir: Path, pool_path: Path, root: Path, out: Path, backend: str):
     from scalselect.pipeline import ExtractOptions, extract_store
-    from scalselect.store import load_representations
+    from scalselect.stores import load_representations
 
     summary = extract_store(model_dir, pool_path, root, out, ExtractOptions(
         batch_size=8, progress=False, store_dtype="float32", kernel_backend=backend, workers=0))

@@ -78,7 +78,7 @@ def tiny_checkpoint_vectors(work: Path, n: int = 3000) -> np.ndarray:
     from scalselect.demo import prepare_demo
     from scalselect.models.tiny import save_tiny_llava
     from scalselect.pipeline import ExtractOptions, extract_store
-    from scalselect.store import load_representations
+    from scalselect.stores import load_representations
 
     store = work / f"tiny-store-{n}"
     if not (store / "manifest.json").exists():

@@ -73,7 +73,7 @@ def scalselect_runs(model, root, out_dir, backend: str, rounds: int, benchmark=N
 
 
 def test_extract_scalselect(benchmark, setup, tmp_path):
-    from scalselect.store import load_representations
+    from scalselect.stores import load_representations
 
     root, model = setup
     out, RESULTS["extract_scalselect"] = scalselect_runs(model, root, tmp_path, "auto", 3, benchmark)

@@ -24,8 +24,8 @@ _HOMES = {
     "ExtractOptions": "pipeline", "extract_store": "pipeline",
     "LeverageResult": "scoring", "leverage_scores": "scoring",
     "parse_budget": "select", "read_scores": "select", "select_subset": "select", "write_scores": "select",
-    "StoreWriter": "store", "load_representations": "store", "open_rows": "store", "read_skipped": "store",
-    "read_store": "store", "write_store": "store",
+    "StoreWriter": "stores", "load_representations": "stores", "open_rows": "stores", "read_skipped": "stores",
+    "read_store": "stores", "write_store": "stores",
 }
 
 

@@ -32,8 +32,8 @@ from .models import check_layer, check_supported, first_softmax_layer, image_tok
 from .models.load import DTYPES, fingerprint, load_checkpoint, pick_dtype, read_config
 from .options import resolve_device
 from .scoring import sketch
-from .store import (LOCK, MANIFEST, PROGRESS, SKIPPED, StoreWriter, check_same_settings, damaged_parts, lock_store,
-                    read_manifest, reopen_store)
+from .stores import (MANIFEST, SKIPPED, Sink, StoreWriter, check_same_settings, damaged_parts, read_manifest, reopen_store,
+                     sketch_store)
 
 
 @dataclass
@@ -281,7 +281,7 @@ class _SketchStore:
     then l numbers per sample and their sums, part by part."""
 
     def __init__(self, out: Path, dim: int, opts: ExtractOptions, settings: dict, comm: Comm):
-        self.out, self.rows_dir, self.dim, self.opts, self.comm = out, out / sketch.SKETCH_ROWS, dim, opts, comm
+        self.out, self.rows_dir, self.dim, self.opts, self.comm = out, out / sketch_store.SKETCH_ROWS, dim, opts, comm
         self.asked = {"sketch_size_asked": opts.sketch_size, "sketch_seed": opts.sketch_seed,
                       "sketch_pilot_rows": opts.sketch_pilot_rows, "sketch_energy": opts.sketch_energy}
         settings |= self.asked  # what the plan is made from: a resume must ask for the same
@@ -296,16 +296,7 @@ class _SketchStore:
 
     def claim(self):
         """Rank 0: check the output and lock it (the lock file stays open while this job writes)."""
-        def claim_here():
-            out = self.out
-            if (out / MANIFEST).exists() or (out / PROGRESS).exists():
-                raise InputError(f"{out}: holds a store of vectors; --no-store writes a sketch store: "
-                                 "choose another output")
-            if out.exists() and any(out.iterdir()) and not self.opts.resume:
-                raise InputError(f"{out}: exists and is not empty; choose another output (or --resume)")
-            out.mkdir(parents=True, exist_ok=True)
-            return lock_store(out / LOCK)
-        return self.comm.together(claim_here, main_only=True)
+        return self.comm.together(lambda: sketch_store.claim(self.out, self.opts.resume), main_only=True)
 
     def writer(self):
         return None  # made with the plan, in open()
@@ -324,7 +315,7 @@ class _SketchStore:
         opts, comm, pool, out, dim = self.opts, self.comm, extraction.pool, self.out, self.dim
         pilot = sketch.sample_rows(len(pool), opts.sketch_pilot_rows, opts.sketch_seed)
         replay, replay_positions = [], []
-        if comm.broadcast_object(not (out / sketch.SKETCH_INFO).exists() if comm.is_main else None):
+        if comm.broadcast_object(not (out / sketch_store.SKETCH_INFO).exists() if comm.is_main else None):
             collect = _Collect(dim)
             extraction.run(pilot, collect, "pilot")
             replay, replay_positions = collect.parts, pilot
@@ -337,20 +328,20 @@ class _SketchStore:
                     rows, energy=opts.sketch_energy, standardize=False,
                     sketch_size=opts.sketch_size, max_size=min(dim, len(pool)), seed=opts.sketch_seed,
                     every_row=len(pool) <= opts.sketch_pilot_rows)
-                sketch.write_plan(out, omega, shift, {"plan": planned, "settings": self.asked})
+                sketch_store.write_plan(out, omega, shift, {"plan": planned, "settings": self.asked})
             comm.together(plan, main_only=True)
         omega, shift, info = comm.on_rank0(lambda: self._own_plan())
-        self.settings["sketch_plan"] = sketch.plan_digest(omega, shift)
+        self.settings["sketch_plan"] = sketch_store.plan_digest(omega, shift)
         writer = StoreWriter(self.rows_dir, int(omega.shape[1]), "float32", settings=self.settings,
                              resume=opts.resume, comm=comm)
         holdout = sketch.holdout_rows(len(pool), opts.sketch_pilot_rows, opts.sketch_seed)
-        sink = sketch.SketchSink(writer, omega, shift, sketch.plan_scale(info), extraction.device,
+        sink = sketch.SketchSink(writer, omega, shift, sketch_store.plan_scale(info), extraction.device,
                                  {pool.ids[p] for p in holdout}, opts.kernel_backend)
         return writer, sink, replay, replay_positions
 
     def _own_plan(self):
         """The plan in `out`, if it was made with the settings asked for now."""
-        omega, shift, info = sketch.read_plan(self.out)
+        omega, shift, info = sketch_store.read_plan(self.out)
         check_same_settings(self.out, info.get("settings", {}), self.asked)
         return omega, shift, info
 
@@ -373,7 +364,7 @@ class _Extraction:
         pad_id = processor.tokenizer.pad_token_id
         self.pad_id = pad_id if pad_id is not None else (processor.tokenizer.eos_token_id or 0)
 
-    def run(self, positions: np.ndarray, sink, what: str) -> "_Job":
+    def run(self, positions: np.ndarray, sink: Sink, what: str) -> "_Job":
         """This rank's share of `positions` through the model into `sink`. On Ctrl-C the
         finished rows are committed first (kept for --resume)."""
         mine = _deal(positions, self.comm.world, self.pool.block_rows)[self.comm.rank]  # same list on every rank
@@ -435,9 +426,9 @@ _FAIL_FAST_AFTER = 100
 class _Job:
     """The main process's side of an extraction: forwards batches, commits rows and skips."""
 
-    def __init__(self, model, run, writer: StoreWriter, opts: ExtractOptions, device, dtype,
+    def __init__(self, model, run, sink: Sink, opts: ExtractOptions, device, dtype,
                  pad_id: int, bar, part_rows: int):
-        self.model, self.run_probe, self.writer, self.opts = model, run, writer, opts
+        self.model, self.run_probe, self.sink, self.opts = model, run, sink, opts
         self.device, self.dtype, self.pad_id, self.bar = device, dtype, pad_id, bar
         self.part_rows = part_rows
         self.ids: list = []
@@ -500,6 +491,6 @@ class _Job:
         """Write the rows and skips gathered so far as one part of the store."""
         if not self.ids and not self.skips:
             return
-        vectors = np.stack(self.rows) if self.rows else np.zeros((0, self.writer.dim), self.opts.store_dtype)
-        self.writer.add(vectors, self.ids, self.skips)
+        vectors = np.stack(self.rows) if self.rows else np.zeros((0, self.sink.dim), self.opts.store_dtype)
+        self.sink.add(vectors, self.ids, self.skips)
         self.ids, self.rows, self.skips = [], [], []

@@ -34,7 +34,7 @@ from .scoring.eigen import centred_spectrum, rank_for_energy
 from .errors import InputError
 from .select import read_scores
 from .scoring.sketch import sample_rows
-from .store import read_manifest, read_store
+from .stores import read_manifest, read_store
 
 SPECTRUM_ROWS = 20_000
 SHOWN = 12

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .store import open_rows
+from .stores import open_rows
 
 CLUSTER_DIMS = 64  # k-means runs on this many leading principal components
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from scalselect.cli import main
 from scalselect.demo import prepare_demo
-from scalselect.store import read_manifest
+from scalselect.stores import read_manifest
 
 
 @pytest.fixture(scope="module")

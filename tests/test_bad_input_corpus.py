@@ -164,7 +164,7 @@ def _case_folder(tmp_path_factory, name: str):
 
 def _outcome(store, i: int) -> tuple[str, dict | None]:
     """case-i's skip reason in the store ("kept" if it has a vector), and its skip record."""
-    from scalselect.store import read_skipped
+    from scalselect.stores import read_skipped
 
     skip = {s["sample_id"]: s for s in read_skipped(store)}.get(f"case-{i}")
     return (skip["reason"] if skip else "kept"), skip
@@ -209,7 +209,7 @@ def embedded_store(demo, tmp_path_factory):
 
 @pytest.mark.parametrize("i", range(len(EMBEDDED_CASES)), ids=[c.name for c in EMBEDDED_CASES])
 def test_one_bad_sample_of_a_parquet_pool_is_a_recorded_skip(embedded_store, i):
-    from scalselect.store import load_representations
+    from scalselect.stores import load_representations
 
     got, skip = _outcome(embedded_store, i)
     assert got == EMBEDDED_CASES[i].outcome, skip
@@ -225,7 +225,7 @@ def test_one_bad_sample_is_a_recorded_skip(corpus_store, i):
 
 
 def test_every_good_sample_is_still_extracted(corpus_store):
-    from scalselect.store import load_representations, read_manifest
+    from scalselect.stores import load_representations, read_manifest
 
     ids, x = load_representations(corpus_store)
     kept = {f"case-{i}" for i, c in enumerate(SAMPLE_CASES) if c.outcome == "kept"}
@@ -251,7 +251,7 @@ def _pool(tmp: Path, text: str, name="pool.json") -> Path:
 
 
 def _store(tmp: Path, rows=40, dim=8, name="store"):
-    from scalselect.store import write_store
+    from scalselect.stores import write_store
 
     x = np.random.default_rng(1).standard_normal((rows, dim)).astype(np.float32)
     return write_store(tmp / name, x, [f"s{i}" for i in range(rows)], dtype="float32", shard_rows=16)
@@ -425,7 +425,7 @@ def _compare(tmp: Path, *extra, other_store: bool = False) -> list:
 
 
 def _store_of(tmp: Path, ids: list) -> Path:
-    from scalselect.store import write_store
+    from scalselect.stores import write_store
 
     x = np.random.default_rng(4).standard_normal((len(ids), 8)).astype(np.float32)
     return write_store(tmp / "other-store", x, ids, dtype="float32")

@@ -16,7 +16,7 @@ from scalselect.vectors import kmeans
 from scalselect.cli import main
 from scalselect.data import read_pool
 from scalselect.select import read_scores, top_positions, write_scores
-from scalselect.store import write_store
+from scalselect.stores import write_store
 
 SOURCES = {"coco": 0.45, "gqa": 0.25, "ocr_vqa": 0.2, "textvqa": 0.07, "vg": 0.03}
 

@@ -16,7 +16,7 @@ import pytest
 
 from scalselect.cli import main
 from scalselect.data import read_pool
-from scalselect.store import write_store
+from scalselect.stores import write_store
 from pool_files import write_pool
 from tolerances import assert_scores_within, engine_tolerance, reference
 

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from scalselect.cli import main
-from scalselect.store import write_store
+from scalselect.stores import write_store
 
 FUZZ = settings(max_examples=int(os.environ.get("SCALSELECT_FUZZ_EXAMPLES", "60")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],

@@ -21,7 +21,7 @@ from scalselect import InputError, read_pool, write_subset
 from scalselect.cli import main
 from scalselect.demo import prepare_demo
 from scalselect.pipeline import ExtractOptions, _deal, _PoolSamples, extract_store
-from scalselect.store import load_representations, read_skipped
+from scalselect.stores import load_representations, read_skipped
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 

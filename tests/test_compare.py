@@ -8,7 +8,7 @@ import numpy as np
 
 from scalselect import leverage_scores
 from scalselect.cli import main
-from scalselect.store import open_rows
+from scalselect.stores import open_rows
 from tolerances import DRAWS, LAMBDA, U64, chunked_gram_error, summed
 
 METHODS = ["scalselect", "random", "length", "cluster"]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from scalselect.demo import prepare_demo
-from scalselect.store import load_representations, read_manifest, read_skipped
+from scalselect.stores import load_representations, read_manifest, read_skipped
 from store_files import assert_whole_files
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -17,7 +17,7 @@ import pytest
 from processes import alive, children, free_port, rank_of
 from scalselect.demo import prepare_demo
 from scalselect.pipeline import ExtractOptions, extract_store
-from scalselect.store import load_representations, read_manifest, read_skipped, read_store
+from scalselect.stores import load_representations, read_manifest, read_skipped, read_store
 from tolerances import assert_scores_within, assert_vectors_close, forward_rtol, reference, reordered_sums_tolerance
 
 
@@ -200,7 +200,7 @@ def test_run_under_torchrun_gives_the_single_process_subset(demo, tmp_path):
 def test_an_error_on_rank_0_alone_reaches_the_other_ranks_at_once(tmp_path):
     """Rank 0 cannot write the scores (--out under a regular file): rank 1 must not wait for the
     timeout (5 minutes here) but stop with rank 0's reason."""
-    from scalselect.store import write_store
+    from scalselect.stores import write_store
 
     x = np.random.default_rng(0).standard_normal((50, 6)).astype(np.float32)
     store = write_store(tmp_path / "store", x, dtype="float32", shard_rows=10)

@@ -21,7 +21,7 @@ import torch
 from scalselect import InputError, leverage_scores
 from scalselect.options import PILOT_ROWS
 from scalselect.scoring.sketch import holdout_rows
-from scalselect.store import StoreWriter, load_representations, part_shards, read_store
+from scalselect.stores import StoreWriter, load_representations, part_shards, read_store
 from store_files import reseal
 from processes import free_port
 from tolerances import assert_scores_within, reference, reordered_sums_tolerance

@@ -15,7 +15,7 @@ from scalselect.cli import main
 from scalselect.demo import prepare_demo
 from scalselect.models import tiny
 from scalselect.pipeline import ExtractOptions, extract_store
-from scalselect.store import StoreWriter, load_representations, read_manifest, read_skipped
+from scalselect.stores import StoreWriter, load_representations, read_manifest, read_skipped
 from tolerances import assert_vectors_close, forward_rtol
 
 
@@ -383,7 +383,7 @@ def test_resume_of_a_complete_store_redoes_a_damaged_part(demo, tmp_path, capsys
     redoes its samples and completes the store again, with the same vectors and skips."""
     import shutil
 
-    from scalselect.store import damaged_parts
+    from scalselect.stores import damaged_parts
 
     assert run_cli(capsys, *extract_args(demo, tmp_path / "s", "--shard-rows", 8))[0] == 0
     shutil.copytree(tmp_path / "s", tmp_path / "whole")
@@ -456,7 +456,7 @@ def test_one_store_has_one_writer(tmp_path):
 
 
 def test_a_store_is_reopened_for_repair_only_when_no_one_writes_it(tmp_path):
-    from scalselect.store import damaged_parts, reopen_store
+    from scalselect.stores import damaged_parts, reopen_store
 
     writer = StoreWriter(tmp_path / "s", 4, "float32")
     writer.add(np.ones((2, 4)), ["a", "b"])

@@ -26,7 +26,8 @@ from transformers import AutoConfig
 import scalselect._atomic as atomic
 from scalselect.cli import main
 from scalselect.demo import prepare_demo
-from scalselect.store import MANIFEST, PART, _read_part, _verify_part, load_representations, read_skipped
+from scalselect.stores import MANIFEST, PART, load_representations, read_skipped
+from scalselect.stores.vector_store import read_part, verify_part
 from store_files import assert_whole_files
 from tolerances import assert_vectors_close, forward_rtol
 
@@ -76,7 +77,7 @@ def assert_nothing_corrupt(store: Path) -> None:
     if not store.exists():
         return
     for record in store.glob(f"*{PART}"):
-        assert _verify_part(store, _read_part(store, record)) is None, record
+        assert verify_part(store, read_part(store, record)) is None, record
     assert_whole_files(store)
 
 
@@ -187,7 +188,7 @@ def test_numpy_arrays_and_archives_go_through_the_checked_path(tmp_path):
 
 
 def _two_parts(store: Path):
-    from scalselect.store import StoreWriter
+    from scalselect.stores import StoreWriter
 
     writer = StoreWriter(store, 4, "float32")
     rng = np.random.default_rng(0)
@@ -200,7 +201,7 @@ def test_a_part_that_fails_its_check_at_the_end_is_done_again_and_nothing_else_i
     """The manifest's scan finds part 0 changed: the job fails, both parts stay on disk, and a
     resume keeps part 1 and does part 0 again."""
     from scalselect import InputError
-    from scalselect.store import PROGRESS, StoreWriter
+    from scalselect.stores import PROGRESS, StoreWriter
 
     store = tmp_path / "store"
     writer = _two_parts(store)
@@ -218,7 +219,8 @@ def test_a_part_that_fails_its_check_at_the_end_is_done_again_and_nothing_else_i
 
 def test_a_part_that_cannot_be_read_is_not_removed(tmp_path, monkeypatch):
     """EIO (or EACCES) says nothing about the part: --resume stops with one line and removes nothing."""
-    import scalselect.store as stores
+    from scalselect import stores
+    from scalselect.stores import vector_store
 
     store = tmp_path / "store"
     _two_parts(store)._unlock()
@@ -227,7 +229,7 @@ def test_a_part_that_cannot_be_read_is_not_removed(tmp_path, monkeypatch):
     def failing(path):
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(stores, "file_check", failing)
+    monkeypatch.setattr(vector_store, "file_check", failing)
     with pytest.raises(stores.ReadFailure, match="Input/output error"):
         stores.StoreWriter(store, 4, "float32", resume=True)
     assert sorted(p.name for p in store.iterdir()) == before

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from scalselect import InputError, read_pool, read_scores
 from scalselect.data.conversations import to_messages
-from scalselect.store import open_rows, read_store, write_store
+from scalselect.stores import open_rows, read_store, write_store
 
 # 150 examples each in CI; SCALSELECT_FUZZ_EXAMPLES=5000 for a longer hunt
 FUZZ = settings(max_examples=int(os.environ.get("SCALSELECT_FUZZ_EXAMPLES", "150")), deadline=None,

@@ -18,7 +18,7 @@ from processes import alive, children
 from scalselect.cli import main
 from scalselect.demo import prepare_demo
 from scalselect.select import read_scores
-from scalselect.store import MANIFEST, PROGRESS, load_representations
+from scalselect.stores import MANIFEST, PROGRESS, load_representations
 
 
 @pytest.fixture(scope="module")

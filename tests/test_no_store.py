@@ -18,8 +18,8 @@ import pytest
 from scalselect import InputError, leverage_scores
 from scalselect.demo import prepare_demo
 from scalselect.select import read_scores
-from scalselect.scoring.sketch import SKETCH_INFO, SKETCH_ROWS
-from scalselect.store import open_rows
+from scalselect.stores.sketch_store import SKETCH_INFO, SKETCH_ROWS
+from scalselect.stores import open_rows
 from tolerances import assert_scores_within, engine_tolerance, reference, sketch_tolerance
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

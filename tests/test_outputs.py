@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from scalselect.cli import main
-from scalselect.store import write_store
+from scalselect.stores import write_store
 
 
 @pytest.fixture

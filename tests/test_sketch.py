@@ -12,7 +12,7 @@ import torch
 from scalselect import InputError, leverage_scores
 from scalselect.scoring import sketch as sketch_mod
 from scalselect.scoring.sketch import Sketch, plan_test_matrix, sample_rows
-from scalselect.store import open_rows, write_store
+from scalselect.stores import open_rows, write_store
 from tolerances import U32, assert_scores_within, energy_tolerance, reference, reordered_sum, sketch_tolerance, summed
 
 

@@ -76,7 +76,7 @@ def test_select_on_a_json_pool_imports_neither(files, method):
 
 
 def test_submodules_are_attributes_of_the_package_as_before(files):
-    got = imported("import scalselect\nassert callable(scalselect.store.read_manifest)\n"
+    got = imported("import scalselect\nassert callable(scalselect.stores.read_manifest)\n"
                    "assert callable(scalselect.options.share)", files)
     assert got["transformers"] is False
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scalselect import InputError
-from scalselect.store import write_store
+from scalselect.stores import write_store
 from scalselect.vectors import moments, principal_rows, rows_of, scored_chunks
 from store_files import reseal
 from tolerances import DRAWS, LAMBDA, U32, U64, chunked_gram_error, chunked_gram_tolerance, reordered_sum, summed

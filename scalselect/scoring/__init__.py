@@ -36,7 +36,7 @@ from .. import options
 from ..distributed import Comm
 from ..errors import InputError
 from ..options import PILOT_ROWS, ScoreOptions, resolve_device
-from ..store import RowSource, check_ids, open_rows, part_shards, read_manifest, read_store
+from ..stores import RowSource, check_ids, open_rows, part_shards, read_manifest, read_store, sketch_store
 from . import exact, sketch
 
 # Target size of one streamed chunk (its float32 centred copy).
@@ -173,8 +173,8 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
                  eig_method=eig_method).check()
 
     comm = comm if comm is not None else Comm()
-    sketched = sketch.is_sketch_store(data)  # `run --no-store`: y rows and sums, no vectors
-    rows = Path(data) / sketch.SKETCH_ROWS if sketched else data
+    sketched = sketch_store.is_sketch_store(data)  # `run --no-store`: y rows and sums, no vectors
+    rows = Path(data) / sketch_store.SKETCH_ROWS if sketched else data
     if sketched and method == "exact":
         raise InputError(f"{data} holds a sketch (run --no-store), not the vectors the exact engine "
                          "needs; score it with --method sketch or auto")
@@ -190,7 +190,7 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     if sketched:
         entries = read_manifest(rows)["shards"]
         entries = [entries[i] for i, _ in shards] if comm.active else entries
-        plan = sketch.read_plan(Path(data))
+        plan = sketch_store.read_plan(Path(data))
         d = int(plan[0].shape[0])
     dev = resolve_device(device)
     if chunk_rows is None:

@@ -13,7 +13,7 @@ import torch
 from .. import kernels
 from ..distributed import Comm
 from ..errors import InputError
-from ..store import RowSource
+from ..stores import RowSource
 from .eigen import TopEigen, top_eigenpairs
 from .rows import EngineResult, check_spread, head_magnitude, inverse_std, left_out_rows, prep_finite, progress_bar, value_scale
 

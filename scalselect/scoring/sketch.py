@@ -30,9 +30,6 @@ exactly too.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import math
 import os
 import tempfile
@@ -44,10 +41,9 @@ import numpy as np
 import torch
 
 from .. import kernels, options
-from .._atomic import atomic_open, write_json
 from ..distributed import Comm
-from ..errors import InputError, first_line
-from ..store import RowSource, read_manifest, read_sidecar
+from ..errors import InputError
+from ..stores import RowSource, sketch_store
 from .eigen import rank_for_energy
 from .rows import EngineResult, check_spread, head_magnitude, inverse_std, left_out_rows, prep_finite, progress_bar, value_scale
 
@@ -79,7 +75,7 @@ class Sketch:
     ysum: torch.Tensor       # l: sum of y
     scale: float = 1.0       # rows are multiplied by it after the shift (rows.value_scale)
 
-    SUMS = ("rows", "colsum", "colsumsq", "ytx", "ygram", "ysum")
+    SUMS = sketch_store.SUMS  # the sums a sketch store's parts hold, by these names
 
     @classmethod
     def start(cls, omega: torch.Tensor, shift: torch.Tensor, scale: float = 1.0) -> "Sketch":
@@ -405,58 +401,6 @@ def finish(sketch: Sketch, comm: Comm, *, energy, standardize, held, y_chunks, n
     return scores, found
 
 
-# --- A sketch store (`scalselect run --no-store`): extraction feeds the sketch directly. ---
-# The directory holds
-#   sketch.json       kind, the plan's summary and what it was made from
-#   sketch-plan.npz   the test matrix and the shift (written once, before any part)
-#   rows/             a store of the y rows (float32, l wide), committed part by part; each part's
-#                     sidecar holds that part's sums and its holdout rows whole, so the sketch's
-#                     state is checkpointed with every part and a resume needs nothing else
-SKETCH_FORMAT = "scalselect-sketch"
-SKETCH_INFO, SKETCH_PLAN, SKETCH_ROWS = "sketch.json", "sketch-plan.npz", "rows"
-
-
-def is_sketch_store(path) -> bool:
-    return isinstance(path, (str, os.PathLike)) and (Path(path) / SKETCH_INFO).is_file()
-
-
-def write_plan(out: Path, omega: torch.Tensor, shift: torch.Tensor, info: dict) -> None:
-    """The plan files, atomically: the arrays first, then sketch.json, which marks them written."""
-    packed = io.BytesIO()
-    np.savez(packed, omega=omega.cpu().numpy(), shift=shift.cpu().numpy())
-    with atomic_open(out / SKETCH_PLAN, "wb") as f:
-        f.write(packed.getbuffer())
-    write_json(out / SKETCH_INFO, {"format": SKETCH_FORMAT, **info})
-
-
-def plan_digest(omega: torch.Tensor, shift: torch.Tensor) -> str:
-    """Names a plan: the rows' store records it, and scoring checks it."""
-    return hashlib.sha256(omega.cpu().numpy().tobytes() + shift.cpu().numpy().tobytes()).hexdigest()[:16]
-
-
-def read_plan(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    try:
-        info = json.loads((path / SKETCH_INFO).read_text(encoding="utf-8"))
-        with np.load(path / SKETCH_PLAN, allow_pickle=False) as z:
-            omega, shift = torch.from_numpy(z["omega"]), torch.from_numpy(z["shift"])
-    except Exception as exc:  # corrupt JSON and archives raise many kinds (BadZipFile, EOFError, ...)
-        raise InputError(f"{path}: unreadable sketch plan ({first_line(exc)})") from None
-    if not isinstance(info, dict) or info.get("format") != SKETCH_FORMAT or omega.dim() != 2 \
-            or shift.shape != (omega.shape[0],) or omega.dtype != torch.float32 or shift.dtype != torch.float64:
-        raise InputError(f"{path}: not a {SKETCH_FORMAT} plan")
-    plan = info.get("plan", {})
-    scale = plan.get("value_scale", 1.0) if isinstance(plan, dict) else None
-    if not isinstance(info.get("settings", {}), dict) or isinstance(scale, bool) or not isinstance(scale, (int, float)) \
-            or not (0 < scale < math.inf) or not bool(torch.isfinite(omega).all() and torch.isfinite(shift).all()):
-        raise InputError(f"{path}/{SKETCH_INFO}: a corrupt plan (its summary or arrays are not what a sketch writes)")
-    return omega, shift, info
-
-
-def plan_scale(info: dict) -> float:
-    """The factor a plan's rows are multiplied by (read_plan checked it; older plans: 1)."""
-    return float(info.get("plan", {}).get("value_scale", 1.0))
-
-
 class SketchSink:
     """Takes an extraction's parts in place of a store writer: each part is sketched and its y
     rows, its own sums and its holdout rows are committed together (`StoreWriter.add`)."""
@@ -475,9 +419,8 @@ class SketchSink:
         if good is not None:
             raise InputError("a vector to sketch is not finite")  # the extraction refuses these first
         held = np.array([i for i, sample_id in enumerate(ids) if sample_id in self.holdout_ids], np.int64)
-        sidecar = {name: value.cpu().numpy() for name, value in zip(Sketch.SUMS, part.sums())}
-        sidecar |= {"holdout": np.asarray(vectors, np.float32)[held], "holdout_index": held}
-        self.writer.add(y.cpu().numpy(), ids, skipped, sidecar)
+        sums = {name: value.cpu().numpy() for name, value in zip(Sketch.SUMS, part.sums())}
+        self.writer.add(y.cpu().numpy(), ids, skipped, sketch_store.part_sidecar(sums, vectors, held))
 
 
 def score_store(path: Path, plan: tuple, src: RowSource, shard_entries: list, dev, *, comm: Comm, energy,
@@ -485,23 +428,19 @@ def score_store(path: Path, plan: tuple, src: RowSource, shard_entries: list, de
     """Scores of a sketch store's rows (this rank's shards: `src` and their manifest entries);
     plan: its `read_plan`."""
     t0 = time.perf_counter()
-    rows = path / SKETCH_ROWS
 
     def gather():  # the plan, checked, and this rank's parts' sums and holdout
         omega, shift, info = plan
-        if sketch_size is not None and sketch_size != omega.shape[1]:
-            raise InputError(f"{path}: this sketch has size {omega.shape[1]}; it cannot be scored with another")
-        if read_manifest(rows).get("meta", {}).get("sketch_plan") != plan_digest(omega, shift):
-            raise InputError(f"{path}: {SKETCH_PLAN} is not the plan its rows were made with")
-        sketch = Sketch.start(omega.to(dev), shift, plan_scale(info))
+        sketch_store.check_rows_plan(path, omega, shift, sketch_size)
+        sketch = Sketch.start(omega.to(dev), shift, sketch_store.plan_scale(info))
         held, held_y = [], []
         for entry in shard_entries:
-            side = read_sidecar(rows, entry)
+            sums, holdout, holdout_y = sketch_store.read_part(path / sketch_store.SKETCH_ROWS, entry)
             for name, total in zip(Sketch.SUMS, sketch.sums()):
-                total += torch.from_numpy(side[name]).to(total)
-            if len(side["holdout_index"]):
-                held.append(torch.from_numpy(side["holdout"]))
-                held_y.append(torch.from_numpy(np.load(rows / entry["vectors"], mmap_mode="r")[side["holdout_index"]]))
+                total += torch.from_numpy(sums[name]).to(total)
+            if len(holdout):
+                held.append(torch.from_numpy(holdout))
+                held_y.append(torch.from_numpy(holdout_y))
         cat = lambda parts, width: torch.cat(parts) if parts else torch.zeros(0, width)  # noqa: E731
         return sketch, info, (cat(held, omega.shape[0]), cat(held_y, omega.shape[1]))
 
