@@ -49,7 +49,7 @@ done
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 PY=${PYTHON:-python3}
-CHECK="$ROOT/benchmarks/gpu_check.py"
+CHECK="$ROOT/benchmarks/gpu_check"  # a package, run as a folder (see its __main__.py)
 
 if [ "$DRY" = 1 ]; then
   MODE=dry

@@ -4,6 +4,7 @@ report has the structure the GPU run will fill in."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,22 @@ def test_the_engine_and_extraction_entries(dry_run):
     assert runs["reference"]["min_cosine_vs_ours"] > 0.999
     assert ex["info"]["ratio_ours_over_reference"] > 0
     assert all(t["met"] is None for t in dry_run[2]["targets"])  # a dry run judges no target
+
+
+def test_record_and_report_start_without_torch(dry_run, tmp_path):
+    """The shell runs them after every step and when it is stopped: they import neither torch
+    nor numpy (the machine facts come from the steps' files)."""
+    shutil.copytree(dry_run[1], tmp_path / "run")
+    check = ROOT / "benchmarks" / "gpu_check"
+    for args in (["record", "--out", str(tmp_path / "rec"), "--name", "build", "--status", "skipped", "--detail", "x"],
+                 ["report", "--out", str(tmp_path / "run"), "--mode", "dry"]):
+        proc = subprocess.run([sys.executable, "-X", "importtime", str(check), *args], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "PYTHONSAFEPATH": "1"}, cwd=ROOT)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+        assert imported and not imported & {"torch", "numpy"}, args[0]
+    assert json.loads((tmp_path / "rec" / "steps" / "build.run.json").read_text())["status"] == "skipped"
+    assert "scalselect GPU check (dry):" in proc.stdout
 
 
 def test_bad_arguments_are_refused():
