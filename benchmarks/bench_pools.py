@@ -86,7 +86,7 @@ def measure(kind: str, path: Path, workers: int) -> dict:
     """In a child process: the timings of one format."""
     from scalselect.baselines import conversation_length
     from scalselect.data import read_pool, write_subset
-    from scalselect.pipeline import _deal
+    from scalselect.pipeline import deal
 
     _watch_anonymous()
     root = path.parent / "images"
@@ -101,7 +101,7 @@ def measure(kind: str, path: Path, workers: int) -> dict:
     n = len(pool)
     t0 = time.perf_counter()
     got = 0
-    for share in _deal(np.arange(n), workers, pool.block_rows):  # as extraction deals them to its workers
+    for share in deal(np.arange(n), workers, pool.block_rows):  # as extraction deals them to its workers
         for p in share:
             got += len(image_bytes(pool.record(int(p))))
     per_record = (time.perf_counter() - t0) / n

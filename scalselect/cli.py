@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from . import options
-from ._atomic import is_stream, write_json
+from .atomic import is_stream, write_json
 from .errors import InputError
 from .options import ScoreOptions
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import write_json
+from .atomic import write_json
 from .errors import InputError
 
 SOURCES = ("coco", "gqa", "ocr_vqa", "textvqa", "vg")

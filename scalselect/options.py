@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._atomic import is_stream
+from .atomic import is_stream
 from .errors import InputError
 
 MAX_SEED = 2 ** 63 - 1  # numpy and torch both take seeds in 0 .. 2^63 - 1

@@ -89,9 +89,9 @@ def _skip(sample_id, reason: str, detail: str) -> dict:
     return {"sample_id": sample_id, "reason": reason, "detail": detail}
 
 
-class _PoolSamples(torch.utils.data.IterableDataset):
+class PoolSamples(torch.utils.data.IterableDataset):
     """The Prepared samples at pool positions `positions` (or their skip records). Each
-    DataLoader worker takes its share of _deal(positions, workers, pool.block_rows), in order."""
+    DataLoader worker takes its share of deal(positions, workers, pool.block_rows), in order."""
 
     def __init__(self, pool, positions: np.ndarray, maker: SampleMaker):
         self.pool, self.positions, self.maker = pool, positions, maker
@@ -99,7 +99,7 @@ class _PoolSamples(torch.utils.data.IterableDataset):
     def __iter__(self):
         worker = torch.utils.data.get_worker_info()
         mine = self.positions if worker is None else \
-            _deal(self.positions, worker.num_workers, self.pool.block_rows)[worker.id]
+            deal(self.positions, worker.num_workers, self.pool.block_rows)[worker.id]
         return map(self.prepare, mine)
 
     def prepare(self, pos):
@@ -113,7 +113,7 @@ class _PoolSamples(torch.utils.data.IterableDataset):
             return _skip(sample_id, "sample error", first_line(exc))
 
 
-def _deal(positions: np.ndarray, parts: int, block: int) -> list[np.ndarray]:
+def deal(positions: np.ndarray, parts: int, block: int) -> list[np.ndarray]:
     """`positions` dealt out to `parts` readers (ranks, workers) `block` at a time: reader p
     gets blocks p, p + parts, ... in order. Whole blocks keep a Parquet row group with one reader
     (every reader taking every W-th sample decoded every row group); dealing them in turn
@@ -163,7 +163,7 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
     Everything cheap is checked before the model is loaded: options, pool, image root, the
     checkpoint's config, and the output (or, with resume, that it was made the same way).
     Under torchrun (`comm`), the samples still to do are dealt out to the W ranks in blocks
-    (see _deal); each rank runs on its own GPU.
+    (see deal); each rank runs on its own GPU.
     With options.no_store the vectors are not stored: `out` becomes a sketch store (see
     scalselect.scoring.sketch), which `leverage_scores` scores."""
     opts = options or ExtractOptions()
@@ -364,13 +364,13 @@ class _Extraction:
         pad_id = processor.tokenizer.pad_token_id
         self.pad_id = pad_id if pad_id is not None else (processor.tokenizer.eos_token_id or 0)
 
-    def run(self, positions: np.ndarray, sink: Sink, what: str) -> "_Job":
+    def run(self, positions: np.ndarray, sink: Sink, what: str) -> "BatchJob":
         """This rank's share of `positions` through the model into `sink`. On Ctrl-C the
         finished rows are committed first (kept for --resume)."""
-        mine = _deal(positions, self.comm.world, self.pool.block_rows)[self.comm.rank]  # same list on every rank
+        mine = deal(positions, self.comm.world, self.pool.block_rows)[self.comm.rank]  # same list on every rank
         workers = _worker_count(self.opts.workers)
         loader = torch.utils.data.DataLoader(
-            _PoolSamples(self.pool, mine, self.maker), batch_size=None, num_workers=workers,
+            PoolSamples(self.pool, mine, self.maker), batch_size=None, num_workers=workers,
             collate_fn=_unbatched, prefetch_factor=4 if workers else None,
             worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if workers else None)
         batcher = LengthBatcher(self.opts.batch_size)
@@ -378,7 +378,7 @@ class _Extraction:
         with layer_probe(self.model, self.layer) as probe, tqdm(
                 total=len(mine), unit="sample", disable=not (self.opts.progress and self.comm.is_main),
                 desc=desc, dynamic_ncols=True, smoothing=0.1) as bar:
-            job = _Job(self.model, probe, sink, self.opts, self.device, self.dtype, self.pad_id, bar,
+            job = BatchJob(self.model, probe, sink, self.opts, self.device, self.dtype, self.pad_id, bar,
                        self.part_rows)
             try:
                 for item in loader:
@@ -423,7 +423,7 @@ _SETUP_REASONS = ("unreadable image", "sample error", "processor error", "forwar
 _FAIL_FAST_AFTER = 100
 
 
-class _Job:
+class BatchJob:
     """The main process's side of an extraction: forwards batches, commits rows and skips."""
 
     def __init__(self, model, run, sink: Sink, opts: ExtractOptions, device, dtype,
@@ -448,7 +448,7 @@ class _Job:
                                  f"(last: {record['reason']}: {record['detail']}); "
                                  "check --image-root, the model and the pool")
 
-    def _forward(self, samples: list):
+    def forward(self, samples: list):
         inputs, instruction = collate(samples, self.pad_id)
         inputs = {k: v.to(device=self.device, dtype=self.dtype if v.is_floating_point() else v.dtype)
                   for k, v in inputs.items()}
@@ -458,7 +458,7 @@ class _Job:
 
     def run(self, samples: list) -> None:
         try:
-            stored, kept = self._forward(samples)
+            stored, kept = self.forward(samples)
         except UnsupportedModel:  # the model, not a sample: no sample would do better
             raise
         except Exception as exc:  # out of memory, or one sample the model rejects

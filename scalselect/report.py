@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import options
-from ._atomic import atomic_open
+from .atomic import atomic_open
 from .baselines import IMAGE_FOLDER, source_of
 from .data import read_pool
 from .data.conversations import IMAGE_TAG, image_refs, read_turns
@@ -41,7 +41,7 @@ SHOWN = 12
 THUMB = 160
 
 
-def _figures(spectrum: np.ndarray, k: int, scores: np.ndarray, cut: float | None, sources: dict):
+def plot_figures(spectrum: np.ndarray, k: int, scores: np.ndarray, cut: float | None, sources: dict):
     """The three matplotlib figures (Agg), labelled."""
     import matplotlib
 
@@ -183,7 +183,7 @@ def build_report(store, scores_path, out, *, subset=None, data=None, image_root=
     picked = Counter(s for s, c in zip(pool_sources, in_subset) if c)
     shares = {s: (counts[s] / len(ids), picked[s] / max(1, sum(picked.values()))) for s in counts}
 
-    figures = _figures(spectrum, k, scores, cut, shares)
+    figures = plot_figures(spectrum, k, scores, cut, shares)
     out.mkdir(parents=True, exist_ok=True)
     pngs = {}
     for name, fig in figures.items():

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import options
-from ._atomic import atomic_open, json_text
+from .atomic import atomic_open, json_text
 from .data import Pool, write_subset
 from .errors import InputError
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scalselect._atomic import file_check
+from scalselect.atomic import file_check
 
 
 def reseal(store) -> Path:

@@ -20,7 +20,7 @@ import torch
 from scalselect import InputError, read_pool, write_subset
 from scalselect.cli import main
 from scalselect.demo import prepare_demo
-from scalselect.pipeline import ExtractOptions, _deal, _PoolSamples, extract_store
+from scalselect.pipeline import ExtractOptions, PoolSamples, deal, extract_store
 from scalselect.stores import load_representations, read_skipped
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -202,7 +202,7 @@ def test_each_dataloader_worker_reads_whole_blocks_dealt_in_turn(n, workers, blo
     """So a Parquet row group is decoded by one worker, not by all of them, and a pool sorted
     by source still spreads over the workers."""
     positions = np.sort(np.random.default_rng(n).choice(10 * n + 1, size=n, replace=False))
-    shares = [share.tolist() for share in _deal(positions, workers, block)]
+    shares = [share.tolist() for share in deal(positions, workers, block)]
     assert sorted(sum(shares, [])) == positions.tolist()
     lengths = [len(share) for share in shares]
     assert lengths == sorted(lengths, reverse=True) and (n < workers or min(lengths) > 0)  # no one idle
@@ -210,7 +210,7 @@ def test_each_dataloader_worker_reads_whole_blocks_dealt_in_turn(n, workers, blo
     blocks = [positions[i:i + size].tolist() for i in range(0, n, size)]
     expected = [sum(blocks[w::workers], []) for w in range(workers)]
     assert shares == expected
-    samples = _PoolSamples(_Positions(n, block), positions, _who_reads)
+    samples = PoolSamples(_Positions(n, block), positions, _who_reads)
     loader = torch.utils.data.DataLoader(samples, batch_size=None, num_workers=workers, collate_fn=lambda x: x)
     read = list(loader)
     assert sorted(p for _, p in read) == positions.tolist()
@@ -327,7 +327,7 @@ def test_a_parquet_subset_must_not_be_named_json(parquet_pool, tmp_path):
 def test_large_row_groups_are_warned_of_on_one_line(parquet_pool, tmp_path, monkeypatch, capsys):
     from scalselect.data import columnar
 
-    monkeypatch.setattr(columnar, "_BIG_GROUP", 1000)  # bytes: every row group of the pool is larger
+    monkeypatch.setattr(columnar, "BIG_ROW_GROUP", 1000)  # bytes: every row group of the pool is larger
     with pytest.warns(RuntimeWarning, match="part-0.parquet has row groups of .* GiB; every reader"):
         read_pool(parquet_pool[1])
     capsys.readouterr()

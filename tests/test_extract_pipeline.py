@@ -492,7 +492,7 @@ def test_odd_samples_and_failing_forwards_become_skips(demo, tmp_path, monkeypat
     pool = tmp_path / "pool.json"
     pool.write_text(json.dumps(records))
     victim = records[7]["id"]
-    real_forward, real_open = pipeline._Job._forward, samples.open_image
+    real_forward, real_open = pipeline.BatchJob.forward, samples.open_image
 
     def open_image(ref, *args):  # an exception nobody foresaw, in one sample
         if ref == "coco/odd.png":
@@ -506,7 +506,7 @@ def test_odd_samples_and_failing_forwards_become_skips(demo, tmp_path, monkeypat
             raise RuntimeError("simulated CUDA error")
         return real_forward(job, samples)
 
-    monkeypatch.setattr(pipeline._Job, "_forward", forward)
+    monkeypatch.setattr(pipeline.BatchJob, "forward", forward)
     summary = extract_store(demo["model"], pool, demo["images"], tmp_path / "s", opts(batch_size=4))
     skipped = {s["sample_id"]: (s["reason"], s["detail"]) for s in read_skipped(tmp_path / "s")}
     assert skipped[victim] == ("forward error", "RuntimeError: simulated CUDA error")

@@ -1,7 +1,7 @@
 """A full disk at any write: the job ends with one line and exit code 2, nothing corrupt is
 committed, and `--resume` (or the same command again) then completes with a clean run's result.
 
-Every output byte goes through `scalselect._atomic._write`; the tests make its k-th call fail,
+Every output byte goes through `scalselect.atomic.write_bytes`; the tests make its k-th call fail,
 for every k a clean run makes, in two ways: as a full disk does (ENOSPC), and silently (the
 call reports the bytes written but stores half: what a lost buffered write looks like). A last
 test fills a real file-size limit (RLIMIT_FSIZE) in a child process.
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from transformers import AutoConfig
 
-import scalselect._atomic as atomic
+import scalselect.atomic as atomic
 from scalselect.cli import main
 from scalselect.demo import prepare_demo
 from scalselect.stores import MANIFEST, PART, load_representations, read_skipped
@@ -47,7 +47,7 @@ def extract_argv(demo, out, *extra) -> list[str]:
 def writes(fail_at: int | None = None, silent: bool = False):
     """Count the output writes; the fail_at-th (1-based) fails: ENOSPC, or silently half done."""
     calls = []
-    real = atomic._write
+    real = atomic.write_bytes
 
     def write(fd, data):
         calls.append(len(data))
@@ -58,11 +58,11 @@ def writes(fail_at: int | None = None, silent: bool = False):
         real(fd, data[:len(data) // 2])
         return len(data)
 
-    atomic._write = write
+    atomic.write_bytes = write
     try:
         yield calls
     finally:
-        atomic._write = real
+        atomic.write_bytes = real
 
 
 def run(argv, capsys, **fault) -> tuple[int, str]:

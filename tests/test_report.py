@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from scalselect.cli import main
-from scalselect.report import _figures
+from scalselect.report import plot_figures
 
 BLUE = np.array([31, 119, 180])  # matplotlib's tab:blue, the plots' main colour
 
@@ -37,7 +37,7 @@ def test_pngs_are_images_with_labelled_axes(report):
             pixels = np.asarray(img.convert("RGB"))
         assert (np.abs(pixels.astype(int) - BLUE).sum(axis=2) < 30).mean() > 0.002, name  # data drawn
     rng = np.random.default_rng(0)
-    figures = _figures(np.sort(rng.random(50))[::-1], 7, rng.random(200), 0.5, {"a": (0.6, 0.3), "b": (0.4, 0.7)})
+    figures = plot_figures(np.sort(rng.random(50))[::-1], 7, rng.random(200), 0.5, {"a": (0.6, 0.3), "b": (0.4, 0.7)})
     for name, fig in figures.items():
         for ax in fig.axes:
             assert ax.get_xlabel() or ax.get_ylabel(), name

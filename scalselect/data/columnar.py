@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_open, write_json
+from ..atomic import atomic_open, write_json
 from ..errors import InputError
 from .layouts import LAYOUTS
 from .pool import Pool, check_unique_ids
@@ -40,7 +40,7 @@ _RECORD_ROWS = 64            # rows decoded at a time for whole records (images 
 _SCAN_ROWS = 4096            # rows per batch when scanning fields without the images
 _GROUP_BYTES = 32 << 20      # a written row group holds about this much at most
 _DIGEST_EDGE = 1 << 20       # bytes at each end of a data file that go into the pool's digest
-_BIG_GROUP = 1 << 30         # a Parquet row group this large (decoded) is worth a warning
+BIG_ROW_GROUP = 1 << 30         # a Parquet row group this large (decoded) is worth a warning
 
 
 def _arrow():
@@ -313,7 +313,7 @@ class ParquetPool(ColumnarPool):
                                  "the files of one pool must share their schema")
             pieces += [(i, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
             biggest = max((meta.row_group(g).total_byte_size for g in range(meta.num_row_groups)), default=0)
-            if biggest > _BIG_GROUP:  # Arrow decodes a row group's column whole, whatever the batch size
+            if biggest > BIG_ROW_GROUP:  # Arrow decodes a row group's column whole, whatever the batch size
                 warnings.warn(f"scalselect: {f.name} has row groups of {biggest / 2**30:.1f} GiB; every reader "
                               "(one per DataLoader worker) holds a whole row group in memory; rewrite it with "
                               "smaller ones, e.g. pyarrow.parquet.write_table(table, path, row_group_size=1000)",

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from .._atomic import atomic_open, is_stream, json_text
+from ..atomic import atomic_open, is_stream, json_text
 from ..errors import InputError
 from .columnar import PARQUET, SAVE_TO_DISK, columnar_kind, open_columnar
 from .layouts import LAYOUTS

@@ -9,7 +9,7 @@ import zlib
 from pathlib import Path
 from typing import Sequence
 
-from .._atomic import atomic_open, json_text
+from ..atomic import atomic_open, json_text
 from ..errors import InputError
 
 

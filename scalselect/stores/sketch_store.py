@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._atomic import atomic_open, write_json
+from ..atomic import atomic_open, write_json
 from ..errors import InputError, first_line
 from .vector_store import LOCK, MANIFEST, PROGRESS, lock_store, read_manifest, read_sidecar
 

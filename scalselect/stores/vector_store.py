@@ -12,7 +12,7 @@
     shard-00000.skipped.jsonl   the samples skipped while making the part, with their reasons
     shard-00000.part.json       the part's commit record: its manifest entry
 
-Rows are in shard order. Every file is written atomically (scalselect._atomic), a part's
+Rows are in shard order. Every file is written atomically (scalselect.atomic), a part's
 record last: it commits the part and holds the size and CRC-32 of each of its files, which the
 readers check (sizes when a store is opened, the bytes as they are read, everything on
 --resume, where a part that fails is done again). The manifest comes last of all, so a store
@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .._atomic import atomic_open, file_check, write_json, written
+from ..atomic import atomic_open, file_check, write_json, written
 from ..distributed import Comm
 from ..errors import InputError
 from .files import ReadFailure, read_checked, read_json_list, read_jsonl, read_text, unreadable, write_jsonl

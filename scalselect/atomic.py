@@ -34,7 +34,7 @@ _BUFFER = 1 << 20
 STDOUT = "-"
 
 # The one call that writes output bytes; the fault-injection tests replace it.
-_write = os.write
+write_bytes = os.write
 
 
 _FD_NAMES = {"/dev/stdout": 1, "/dev/stderr": 2}
@@ -97,7 +97,7 @@ class CheckedFile:
     def _out(self, view: memoryview) -> None:
         while len(view):
             try:
-                done = _write(self.fd, view)
+                done = write_bytes(self.fd, view)
             except OSError as exc:
                 raise OSError(exc.errno, f"cannot write {self.name}: {exc.strerror or exc}") from None
             if done <= 0:
