@@ -55,7 +55,7 @@ def compare_methods(pool, score_ids: list, scores: np.ndarray, store, budget, me
         for method, mask in subsets.items():
             picked = rows[torch.from_numpy(mask[index])]
             if len(picked):
-                nearest[method] = torch.minimum(nearest[method], _nearest(probed, picked))
+                nearest[method] = torch.minimum(nearest[method], nearest_distances(probed, picked))
 
     m = moments(store, score_ids, subsets, on_chunk=cover)
     values = torch.linalg.eigvalsh(m.gram).flip(0).clamp_min(0)
@@ -79,7 +79,7 @@ def compare_methods(pool, score_ids: list, scores: np.ndarray, store, budget, me
     return report
 
 
-def _nearest(probe: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def nearest_distances(probe: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """The distance from each probe row (float64) to its nearest row of `rows`. The CANDIDATES
     nearest by |a|^2 - 2ab + |b|^2 (one float64 GEMM, both centred on the probe's mean) are
     measured directly: the product alone leaves a vector ~1e-8 away from itself, direct

@@ -22,11 +22,11 @@ def parts(tmp_path_factory):
     image processor, and LLaVA's stage-1 projector file joining them."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-    from scalselect.models.tiny import _tokenizer
+    from scalselect.models.tiny import byte_tokenizer
 
     base = tmp_path_factory.mktemp("parts")
     torch.manual_seed(0)
-    tokenizer = _tokenizer(specials=("<unk>", "<s>", "</s>"), unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tokenizer = byte_tokenizer(specials=("<unk>", "<s>", "</s>"), unk_token="<unk>", bos_token="<s>", eos_token="</s>")
     llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))

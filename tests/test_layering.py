@@ -91,3 +91,52 @@ def test_the_checks_find_a_cycle_and_a_private_import(tmp_path):
     found = package_imports(pkg)
     assert import_cycles(found) == [["pkg.a", "pkg.sub.b", "pkg.a"]]
     assert private_imports(found) == ["pkg.sub.b:2 imports pkg.a._helper"]
+
+
+def private_uses(path: Path) -> list[str]:
+    """Where a test or benchmark file reaches a private (underscored) name of the package: an
+    import of one, an attribute of a module of the package, or a `setattr` on one by name."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    modules, found = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {a.asname or a.name.split(".")[0] for a in node.names if a.name.split(".")[0] == "scalselect"}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "scalselect":
+            for a in node.names:
+                if a.name.startswith("_") and not a.name.startswith("__") and a.name not in NATIVE:
+                    found.append((node.lineno, f"{path.name}:{node.lineno} imports {node.module}.{a.name}"))
+                modules.add(a.asname or a.name)  # a module or a class: its private names count the same
+
+    def root(node):
+        while isinstance(node, ast.Attribute):
+            node = node.value
+        return node.id if isinstance(node, ast.Name) else None
+
+    for node in ast.walk(tree):
+        private = lambda name: name.startswith("_") and not name.startswith("__") and name not in NATIVE  # noqa: E731
+        if isinstance(node, ast.Attribute) and private(node.attr) and root(node.value) in modules:
+            found.append((node.lineno, f"{path.name}:{node.lineno} uses .{node.attr}"))
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "setattr" and len(node.args) >= 2 \
+                and root(node.args[0]) in modules and isinstance(node.args[1], ast.Constant) \
+                and isinstance(node.args[1].value, str) and private(node.args[1].value.rsplit(".", 1)[-1]):
+            found.append((node.lineno, f"{path.name}:{node.lineno} sets {node.args[1].value}"))
+    return [text for _, text in sorted(found)]
+
+
+def test_tests_and_benchmarks_reach_the_package_through_public_names():
+    """Tests pin behaviour, not private helpers: what they use is named without an underscore
+    (public, or internal and said so by its module)."""
+    repo = Path(__file__).resolve().parent.parent
+    files = [p for folder in ("tests", "benchmarks") for p in sorted((repo / folder).rglob("*.py"))]
+    assert files
+    assert [use for path in files for use in private_uses(path)] == []
+
+
+def test_the_private_use_check_finds_each_kind(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import scalselect.atomic as atomic\nfrom scalselect.pipeline import _deal, BatchJob\n"
+                     "from scalselect import report\n\n"
+                     "def test(monkeypatch):\n    atomic._write(1)\n    BatchJob._forward\n"
+                     "    monkeypatch.setattr(report, '_figures', None)\n    report.plot_figures\n")
+    assert private_uses(probe) == ["probe.py:2 imports scalselect.pipeline._deal", "probe.py:6 uses ._write",
+                                   "probe.py:7 uses ._forward", "probe.py:8 sets _figures"]

@@ -202,7 +202,7 @@ def test_nearest_distances_equal_direct_cdist(probes, rows, dim, seed):
     """compare's coverage: the candidates of a float32 product, measured exactly, give the
     distances cdist measures directly, including exact zeros for probes that are rows and near
     ties between rows."""
-    from scalselect.compare import _nearest
+    from scalselect.compare import nearest_distances
 
     gen = torch.Generator().manual_seed(seed)
     b = (torch.randn(rows, dim, generator=gen) * 3 + 50).float()
@@ -211,7 +211,7 @@ def test_nearest_distances_equal_direct_cdist(probes, rows, dim, seed):
         b[-1] = b[0] + 1e-4  # a near tie
     a[: probes // 3] = b[torch.randint(rows, (probes // 3,), generator=gen)].double()  # probes that are rows
     expected = torch.cdist(a, b.double(), compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
-    got = _nearest(a, b)
+    got = nearest_distances(a, b)
     assert torch.equal(got[: probes // 3], torch.zeros(probes // 3, dtype=torch.float64))
     # direct float64 sums of the same squared differences, in another order
     torch.testing.assert_close(got, expected, rtol=2 * summed(dim, U64), atol=0.0)
@@ -219,14 +219,14 @@ def test_nearest_distances_equal_direct_cdist(probes, rows, dim, seed):
 
 def test_a_probe_among_many_near_duplicates_finds_itself():
     """More near-duplicates than CANDIDATES around a probe that is one of them."""
-    from scalselect.compare import CANDIDATES, _nearest
+    from scalselect.compare import CANDIDATES, nearest_distances
 
     gen = torch.Generator().manual_seed(30)
     base = torch.randn(1024, generator=gen, dtype=torch.float64) * 50 + 100
     rows = (base + 0.01 * torch.randn(4 * CANDIDATES, 1024, generator=gen, dtype=torch.float64)).float()
     far = base + 500  # another probe, far away: the products are taken about the probes' mean
     probe = torch.cat([rows[[5, 17]].double(), far[None]])
-    got = _nearest(probe, rows)
+    got = nearest_distances(probe, rows)
     assert torch.equal(got[:2], torch.zeros(2, dtype=torch.float64))
     want = torch.cdist(far[None], rows.double(), compute_mode="donot_use_mm_for_euclid_dist").min()
     torch.testing.assert_close(got[2], want, rtol=2 * summed(1024, U64), atol=0.0)

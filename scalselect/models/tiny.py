@@ -20,7 +20,7 @@ _CORPUS = [
 ]
 
 
-def _tokenizer(vocab_size: int = 400, *, specials: tuple[str, ...] = ("<unk>", "<s>", "</s>", "<pad>", "<image>"),
+def byte_tokenizer(vocab_size: int = 400, *, specials: tuple[str, ...] = ("<unk>", "<s>", "</s>", "<pad>", "<image>"),
                corpus: tuple[str, ...] = (), **special_tokens):
     """A byte-level BPE tokenizer trained on _CORPUS (+ `corpus`) with `specials` kept whole.
 
@@ -54,7 +54,7 @@ def save_tiny_llava(out: str | Path, *, image_size: int = 28, seed: int = 0, tex
                               LlavaForConditionalGeneration, LlavaProcessor)
 
     out = Path(out)
-    tokenizer = _tokenizer()
+    tokenizer = byte_tokenizer()
     patch = 14
     vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
                               num_hidden_layers=vision_layers, num_attention_heads=2,
@@ -131,7 +131,7 @@ QWEN3_VL_CHAT_TEMPLATE = _QWEN3_TURNS + "{% if add_generation_prompt %}<|im_star
 
 
 def _qwen_tokenizer():
-    return _tokenizer(specials=_QWEN_SPECIALS, corpus=_QWEN_CORPUS, eos_token="<|im_end|>",
+    return byte_tokenizer(specials=_QWEN_SPECIALS, corpus=_QWEN_CORPUS, eos_token="<|im_end|>",
                       pad_token="<|endoftext|>")
 
 
@@ -247,7 +247,7 @@ def save_tiny_qwen3_5(out: str | Path, *, seed: int = 0) -> Path:
     full_attention, linear_attention]: Gated-DeltaNet (causal conv 4, 2 key / 4 value heads of 16)
     with one gated softmax-attention layer (L = 2); partial rotary (half of head_dim 16), interleaved
     mrope. Qwen3-VL's processor; 4 to 16 vision tokens per image between <|vision_start|>/<|vision_end|>."""
-    tokenizer = _tokenizer(specials=_QWEN_SPECIALS + ("<think>", "</think>"), corpus=_QWEN_CORPUS,
+    tokenizer = byte_tokenizer(specials=_QWEN_SPECIALS + ("<think>", "</think>"), corpus=_QWEN_CORPUS,
                            eos_token="<|im_end|>", pad_token="<|endoftext|>")
     return _save_tiny_qwen(
         out, seed, "Qwen3_5",
@@ -351,7 +351,7 @@ def save_tiny_llava_next(out: str | Path, *, seed: int = 0) -> Path:
     from transformers import (LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor,
                               LlavaNextProcessor)
 
-    tokenizer = _tokenizer(corpus=("[INST] [/INST] <<SYS>> <</SYS>>",))
+    tokenizer = byte_tokenizer(corpus=("[INST] [/INST] <<SYS>> <</SYS>>",))
     pinpoints = [[28, 56], [56, 28], [56, 56]]
     config = LlavaNextConfig(
         vision_config=dict(_vit(28, 14, projection_dim=32), model_type="clip_vision_model"),
@@ -375,7 +375,7 @@ def save_tiny_llava_onevision(out: str | Path, *, seed: int = 0) -> Path:
                               LlavaOnevisionImageProcessor, LlavaOnevisionProcessor,
                               LlavaOnevisionVideoProcessor)
 
-    tokenizer = _tokenizer(specials=_QWEN_SPECIALS + ("<image>", "<video>"), corpus=_QWEN_CORPUS,
+    tokenizer = byte_tokenizer(specials=_QWEN_SPECIALS + ("<image>", "<video>"), corpus=_QWEN_CORPUS,
                            eos_token="<|im_end|>", pad_token="<|endoftext|>",
                            extra_special_tokens={"image_token": "<image>", "video_token": "<video>"})
     pinpoints = [[28, 28], [28, 56], [56, 28], [56, 56]]
@@ -404,7 +404,7 @@ def save_tiny_internvl(out: str | Path, *, seed: int = 0) -> Path:
 
     markers = {"start_image_token": "<img>", "end_image_token": "</img>",
                "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
-    tokenizer = _tokenizer(specials=_QWEN_SPECIALS + tuple(markers.values()), corpus=_QWEN_CORPUS,
+    tokenizer = byte_tokenizer(specials=_QWEN_SPECIALS + tuple(markers.values()), corpus=_QWEN_CORPUS,
                            eos_token="<|im_end|>", pad_token="<|endoftext|>", extra_special_tokens=markers)
     config = InternVLConfig(
         vision_config=_vit([56, 56], [14, 14]),
@@ -497,7 +497,7 @@ def save_tiny_gemma3(out: str | Path, *, seed: int = 0) -> Path:
 
     markers = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
                "image_token": "<image_soft_token>"}
-    tokenizer = _tokenizer(specials=_GEMMA_SPECIALS + ("<start_of_turn>", "<end_of_turn>") + tuple(markers.values()),
+    tokenizer = byte_tokenizer(specials=_GEMMA_SPECIALS + ("<start_of_turn>", "<end_of_turn>") + tuple(markers.values()),
                            corpus=_GEMMA_CORPUS, **_GEMMA_ROLES, extra_special_tokens=markers)
     boi, eoi, image = _ids(tokenizer, *markers.values())
     config = Gemma3Config(
@@ -524,7 +524,7 @@ def save_tiny_gemma4(out: str | Path, *, seed: int = 0) -> Path:
                "audio_token": "<|audio|>", "boa_token": "<|audio>", "eoa_token": "<audio|>",
                "sot_token": "<|turn>", "eot_token": "<turn|>", "think_token": "<|think|>",
                "soc_token": "<|channel>", "eoc_token": "<channel|>"}
-    tokenizer = _tokenizer(specials=_GEMMA_SPECIALS + tuple(markers.values()) + ("<|video|>",),
+    tokenizer = byte_tokenizer(specials=_GEMMA_SPECIALS + tuple(markers.values()) + ("<|video|>",),
                            corpus=_GEMMA_CORPUS, **_GEMMA_ROLES, extra_special_tokens=markers)
     image, boi, eoi, audio, boa, eoa = _ids(tokenizer, *list(markers.values())[:6])
     text = _text_config(tokenizer, layers=3, eos="<turn|>", sliding_window=16, global_head_dim=32,
@@ -548,7 +548,7 @@ def _save_tiny_paligemma(out, seed: int, text: dict) -> Path:
     from transformers import (PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor,
                               SiglipImageProcessor)
 
-    tokenizer = _tokenizer(specials=_GEMMA_SPECIALS + ("<image>",), **_GEMMA_ROLES,
+    tokenizer = byte_tokenizer(specials=_GEMMA_SPECIALS + ("<image>",), **_GEMMA_ROLES,
                            extra_special_tokens={"image_token": "<image>"})
     processor = PaliGemmaProcessor(  # adds the 1024 <locNNNN> and 128 <segNNN> tokens to the tokenizer
         image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}, image_seq_length=16),
@@ -599,7 +599,7 @@ def _idefics_tokenizer(bos: str, eos: str, pad: str):
     grid = tuple(f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6))
     markers = ("<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>")
     specials = tuple(dict.fromkeys((pad, bos, eos) + markers + grid))
-    return _tokenizer(specials=specials, corpus=("User: Assistant:",), bos_token=bos, eos_token=eos,
+    return byte_tokenizer(specials=specials, corpus=("User: Assistant:",), bos_token=bos, eos_token=eos,
                       pad_token=pad, extra_special_tokens={"image_token": "<image>",
                                                            "fake_image_token": "<fake_token_around_image>",
                                                            "global_image_token": "<global-img>",
@@ -694,7 +694,7 @@ def save_tiny_mistral3(out: str | Path, *, seed: int = 0) -> Path:
     from transformers import (Mistral3Config, Mistral3ForConditionalGeneration, PixtralImageProcessor,
                               PixtralProcessor)
 
-    tokenizer = _tokenizer(specials=("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]",
+    tokenizer = byte_tokenizer(specials=("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]",
                                      "[/SYSTEM_PROMPT]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"),
                            unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<unk>")
     config = Mistral3Config(
@@ -724,7 +724,7 @@ def save_tiny_llama4(out: str | Path, *, seed: int = 0) -> Path:
 
     markers = ("<|image_start|>", "<|image_end|>", "<|image|>", "<|patch|>", "<|tile_x_separator|>",
                "<|tile_y_separator|>")
-    tokenizer = _tokenizer(specials=("<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad|>",
+    tokenizer = byte_tokenizer(specials=("<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad|>",
                                      "<|header_start|>", "<|header_end|>", "<|eot|>") + markers,
                            corpus=("system\n\nuser\n\nassistant\n\n",), bos_token="<|begin_of_text|>",
                            eos_token="<|eot|>", pad_token="<|finetune_right_pad|>")
@@ -781,7 +781,7 @@ def save_tiny_glm4v(out: str | Path, *, seed: int = 0) -> Path:
 
     markers = ("<|begin_of_image|>", "<|end_of_image|>", "<|image|>", "<|begin_of_video|>", "<|end_of_video|>",
                "<|video|>")
-    tokenizer = _tokenizer(specials=("<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>",
+    tokenizer = byte_tokenizer(specials=("<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>",
                                      "<|assistant|>") + markers,
                            eos_token="<|user|>", pad_token="<|endoftext|>",
                            extra_special_tokens={"image_token": "<|image|>", "video_token": "<|video|>"})
@@ -812,7 +812,7 @@ def save_tiny_lfm2_vl(out: str | Path, *, seed: int = 0) -> Path:
     from transformers import Lfm2VlConfig, Lfm2VlForConditionalGeneration, Lfm2VlImageProcessor, Lfm2VlProcessor
 
     grid = tuple(f"<|img_row_{i + 1}_col_{j + 1}|>" for i in range(4) for j in range(4))
-    tokenizer = _tokenizer(specials=("<|pad|>", "<|startoftext|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>",
+    tokenizer = byte_tokenizer(specials=("<|pad|>", "<|startoftext|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>",
                                      "<image>", "<|image_start|>", "<|image_end|>", "<|img_thumbnail|>") + grid,
                            corpus=_QWEN_CORPUS, bos_token="<|startoftext|>", eos_token="<|im_end|>",
                            pad_token="<|pad|>", extra_special_tokens={"image_token": "<image>"})
