@@ -44,8 +44,8 @@ void def_kernel(py::module_& m, const std::string& name, const char* doc, Call c
 // The bound function of a kernel: the pointers cast, the GIL released, the stream passed on
 // when there is one (`Stream...` is empty for the CPU entry).
 template <typename... Stream>
-auto gram_prep_call(void (*kernel)(const void*, DType, int64_t, int64_t, int64_t, bool, const double*,
-                                   const double*, float*, double*, double*, Stream...),
+auto gram_prep_call(void (*kernel)(const void*, DType, int64_t, int64_t, int64_t, bool, const double*, const double*,
+                                   float*, double*, double*, Stream...),
                     Stream...) {
   return [kernel](std::uintptr_t x, int dtype, int64_t n, int64_t d, int64_t row_stride, bool l2_normalize,
                   std::uintptr_t shift, std::uintptr_t inv_scale, std::uintptr_t out, std::uintptr_t colsum,
@@ -61,8 +61,8 @@ auto projected_sqnorm_call(void (*kernel)(const void*, DType, int64_t, int64_t, 
                                           const double*, const float*, int64_t, double*, Stream...),
                            Stream...) {
   return [kernel](std::uintptr_t x, int dtype, int64_t n, int64_t d, int64_t row_stride, bool l2_normalize,
-                  std::uintptr_t shift, std::uintptr_t inv_scale, std::uintptr_t w, int64_t k,
-                  std::uintptr_t out, Stream... stream) {
+                  std::uintptr_t shift, std::uintptr_t inv_scale, std::uintptr_t w, int64_t k, std::uintptr_t out,
+                  Stream... stream) {
     py::gil_scoped_release nogil;
     kernel(ptr<const void>(x), DType(dtype), n, d, row_stride, l2_normalize, ptr<const double>(shift),
            ptr<const double>(inv_scale), ptr<const float>(w), k, ptr<double>(out), stream...);
@@ -70,9 +70,9 @@ auto projected_sqnorm_call(void (*kernel)(const void*, DType, int64_t, int64_t, 
 }
 
 template <typename... Stream>
-auto attention_mass_call(void (*kernel)(const void*, const void*, DType, int64_t, int64_t, int64_t, int64_t,
-                                        int64_t, const uint8_t*, const uint8_t*, const uint8_t*,
-                                        const int32_t*, const int32_t*, double, double, float*, Stream...),
+auto attention_mass_call(void (*kernel)(const void*, const void*, DType, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                        const uint8_t*, const uint8_t*, const uint8_t*, const int32_t*, const int32_t*,
+                                        double, double, float*, Stream...),
                          Stream...) {
   return [kernel](std::uintptr_t q, std::uintptr_t k, int dtype, int64_t batch, int64_t heads, int64_t kv_heads,
                   int64_t seq, int64_t hd, std::uintptr_t key_valid, std::uintptr_t row_is_instruction,
@@ -86,12 +86,11 @@ auto attention_mass_call(void (*kernel)(const void*, const void*, DType, int64_t
 }
 
 template <typename... Stream>
-auto top_mass_mean_call(void (*kernel)(const void*, DType, int64_t, int64_t, int64_t, const double*,
-                                       const uint8_t*, double, float*, int64_t*, Stream...),
+auto top_mass_mean_call(void (*kernel)(const void*, DType, int64_t, int64_t, int64_t, const double*, const uint8_t*,
+                                       double, float*, int64_t*, Stream...),
                         Stream...) {
   return [kernel](std::uintptr_t hidden, int dtype, int64_t batch, int64_t seq, int64_t dim, std::uintptr_t mass,
-                  std::uintptr_t col_is_vision, double tau, std::uintptr_t out, std::uintptr_t kept,
-                  Stream... stream) {
+                  std::uintptr_t col_is_vision, double tau, std::uintptr_t out, std::uintptr_t kept, Stream... stream) {
     py::gil_scoped_release nogil;
     kernel(ptr<const void>(hidden), DType(dtype), batch, seq, dim, ptr<const double>(mass),
            ptr<const uint8_t>(col_is_vision), tau, ptr<float>(out), ptr<int64_t>(kept), stream...);
@@ -127,11 +126,11 @@ PYBIND11_MODULE(_C, m) {
   using namespace scalselect;
 
   def_kernel(m, "gram_prep", "Centred (scaled, unit) rows as float32 and their float64 column sums (and squares).",
-             SCALSELECT_CALL(gram_prep_call), &gram_prep_cpu, SCALSELECT_CUDA_ENTRY(&gram_prep_cuda), "x", "dtype",
-             "n", "d", "row_stride", "l2_normalize", "shift", "inv_scale", "out", "colsum", "colsumsq");
+             SCALSELECT_CALL(gram_prep_call), &gram_prep_cpu, SCALSELECT_CUDA_ENTRY(&gram_prep_cuda), "x", "dtype", "n",
+             "d", "row_stride", "l2_normalize", "shift", "inv_scale", "out", "colsum", "colsumsq");
   def_kernel(m, "projected_sqnorm", "float64 ||c_i W||^2 per prepared row.", SCALSELECT_CALL(projected_sqnorm_call),
-             &projected_sqnorm_cpu, SCALSELECT_CUDA_ENTRY(&projected_sqnorm_cuda), "x", "dtype", "n", "d",
-             "row_stride", "l2_normalize", "shift", "inv_scale", "w", "k", "out");
+             &projected_sqnorm_cpu, SCALSELECT_CUDA_ENTRY(&projected_sqnorm_cuda), "x", "dtype", "n", "d", "row_stride",
+             "l2_normalize", "shift", "inv_scale", "w", "k", "out");
   def_kernel(m, "attention_mass", "Mean attention of the instruction rows on each vision token, per-row key ranges.",
              SCALSELECT_CALL(attention_mass_call), &attention_mass_cpu, SCALSELECT_CUDA_ENTRY(&attention_mass_cuda),
              "q", "k", "dtype", "batch", "heads", "kv_heads", "seq", "hd", "key_valid", "row_is_instruction",

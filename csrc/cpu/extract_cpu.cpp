@@ -49,8 +49,8 @@ typedef float v8f __attribute__((vector_size(32)));
 #endif
 typedef int32_t v8i __attribute__((vector_size(32)));
 
-constexpr int kMr = 6;    // query rows of the register tile
-constexpr int kNr = 16;   // keys of the register tile (two 8-float vectors): one key panel
+constexpr int kMr = 6;   // query rows of the register tile
+constexpr int kNr = 16;  // keys of the register tile (two 8-float vectors): one key panel
 constexpr int kLanes = 8;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -123,8 +123,8 @@ void logit_tile(const float* q, const float* panel, int64_t hd, float* out, int6
 // into colsum: colsum[j] += P[j]. The logits are multiplied by `scale` here (1 when the caller
 // has scaled and soft-capped them). row is overwritten.
 SCALSELECT_CLONES
-void softmax_into(float* row, const float* bias, int64_t j0, int64_t j1, int64_t lo, int64_t hi,
-                  float scale, float* colsum) {
+void softmax_into(float* row, const float* bias, int64_t j0, int64_t j1, int64_t lo, int64_t hi, float scale,
+                  float* colsum) {
   const v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
   v8f m = splat(kNegInf);
   for (int64_t j = j0; j < j1; j += kLanes) {
@@ -150,8 +150,8 @@ void softmax_into(float* row, const float* bias, int64_t j0, int64_t j1, int64_t
 
 // Keys [first, first + nkeys) of one (sample, kv head) packed as panels:
 // panels[t][d][c] = k[first + 16 t + c][d], zero past the last key.
-void pack_keys(const void* k, DType dtype, int64_t base, int64_t first, int64_t nkeys, int64_t hd,
-               float* panels, float* row) {
+void pack_keys(const void* k, DType dtype, int64_t base, int64_t first, int64_t nkeys, int64_t hd, float* panels,
+               float* row) {
   const int64_t tiles = (nkeys + kNr - 1) / kNr;
   std::fill(panels, panels + tiles * hd * kNr, 0.0f);
   for (int64_t j = 0; j < nkeys; ++j) {
@@ -166,10 +166,9 @@ int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 }  // namespace
 
-void attention_mass_cpu(const void* q, const void* k, DType dtype, int64_t batch, int64_t heads,
-                        int64_t kv_heads, int64_t seq, int64_t hd, const uint8_t* key_valid,
-                        const uint8_t* row_is_instruction, const uint8_t* col_is_vision,
-                        const int32_t* key_lo, const int32_t* key_hi, double scale,
+void attention_mass_cpu(const void* q, const void* k, DType dtype, int64_t batch, int64_t heads, int64_t kv_heads,
+                        int64_t seq, int64_t hd, const uint8_t* key_valid, const uint8_t* row_is_instruction,
+                        const uint8_t* col_is_vision, const int32_t* key_lo, const int32_t* key_hi, double scale,
                         double softcap, float* out) {
   if (batch <= 0 || seq <= 0) return;
   std::fill(out, out + batch * seq, 0.0f);
@@ -255,8 +254,7 @@ void attention_mass_cpu(const void* q, const void* k, DType dtype, int64_t batch
             to_float(q, dtype, ((b * heads + h) * seq + tile[r]) * hd, hd, qt.data() + r * hd);
           for (int64_t m0 = 0; m0 < nr; m0 += kMr)
             for (int64_t t = p0; t < p1; ++t)
-              logit_tile(qt.data() + m0 * hd, panels.data() + t * hd * kNr, hd,
-                         logits.data() + m0 * ld + t * kNr, ld);
+              logit_tile(qt.data() + m0 * hd, panels.data() + t * hd * kNr, hd, logits.data() + m0 * ld + t * kNr, ld);
           std::fill(colsum.begin() + p0 * kNr, colsum.begin() + ld, 0.0f);
           for (int64_t r = 0; r < nr; ++r) {
             const int64_t row_lo = lo[tile[r]] - k0, row_hi = hi[tile[r]] - k0;
@@ -264,8 +262,7 @@ void attention_mass_cpu(const void* q, const void* k, DType dtype, int64_t batch
             float* row = logits.data() + r * ld;
             float row_scale = float(scale);
             if (softcap > 0.0) {  // rare (Gemma 2): scaled and capped here, before the mask
-              for (int64_t j = j0; j < j1; ++j)
-                row[j] = float(softcap * std::tanh(double(row[j]) * scale / softcap));
+              for (int64_t j = j0; j < j1; ++j) row[j] = float(softcap * std::tanh(double(row[j]) * scale / softcap));
               row_scale = 1.0f;
             }
             softmax_into(row, bias.data(), j0, j1, row_lo, row_hi, row_scale, colsum.data());
@@ -288,9 +285,8 @@ void attention_mass_cpu(const void* q, const void* k, DType dtype, int64_t batch
   }
 }
 
-void top_mass_mean_cpu(const void* hidden, DType dtype, int64_t batch, int64_t seq, int64_t dim,
-                       const double* mass, const uint8_t* col_is_vision, double tau, float* out,
-                       int64_t* kept) {
+void top_mass_mean_cpu(const void* hidden, DType dtype, int64_t batch, int64_t seq, int64_t dim, const double* mass,
+                       const uint8_t* col_is_vision, double tau, float* out, int64_t* kept) {
   if (batch <= 0) return;
   // Selection per sample (cheap), then the means over (sample, column block) tasks.
   std::vector<std::vector<int64_t>> chosen(static_cast<size_t>(batch));

@@ -23,8 +23,7 @@ void read_row(const void* x, DType dtype, int64_t i, int64_t d, int64_t row_stri
 }
 
 // c = (x - shift) * inv_scale, then scaled to unit length if l2_normalize, in place (kernels.h).
-void centre_row(double* row, int64_t d, bool l2_normalize, const double* shift,
-                const double* inv_scale) {
+void centre_row(double* row, int64_t d, bool l2_normalize, const double* shift, const double* inv_scale) {
   if (inv_scale) {
     for (int64_t j = 0; j < d; ++j) row[j] = (row[j] - shift[j]) * inv_scale[j];
   } else {
@@ -51,10 +50,10 @@ int thread_count(int64_t rows) {
 // is blocked like one: W is packed into panels of kNr columns, a block of kRowBlock centred rows
 // stays in cache, and a kMr x kNr tile of the product lives in registers while the depth loop
 // runs over kKc columns of the rows at a time.
-constexpr int kMr = 6;               // rows of the register tile
-constexpr int kNr = 16;              // columns of the register tile: two 8-float vectors
+constexpr int kMr = 6;   // rows of the register tile
+constexpr int kNr = 16;  // columns of the register tile: two 8-float vectors
 constexpr int64_t kRowBlock = 4 * kMr;
-constexpr int64_t kKc = 256;         // depth slice: kMr x kKc rows and kKc x kNr panel fit L1
+constexpr int64_t kKc = 256;  // depth slice: kMr x kKc rows and kKc x kNr panel fit L1
 
 typedef float v8f __attribute__((vector_size(32)));
 
@@ -103,9 +102,8 @@ void register_tile(const float* c, int64_t ldc, const float* panel, int64_t dept
 
 }  // namespace
 
-void gram_prep_cpu(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
-                   bool l2_normalize, const double* shift, const double* inv_scale,
-                   float* out, double* colsum, double* colsumsq) {
+void gram_prep_cpu(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride, bool l2_normalize,
+                   const double* shift, const double* inv_scale, float* out, double* colsum, double* colsumsq) {
   if (n <= 0 || d <= 0) return;
   const int threads = thread_count(n);
   const bool squares = colsumsq != nullptr;
@@ -143,9 +141,8 @@ void gram_prep_cpu(const void* x, DType dtype, int64_t n, int64_t d, int64_t row
   }
 }
 
-void projected_sqnorm_cpu(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
-                          bool l2_normalize, const double* shift, const double* inv_scale,
-                          const float* w, int64_t k, double* out) {
+void projected_sqnorm_cpu(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride, bool l2_normalize,
+                          const double* shift, const double* inv_scale, const float* w, int64_t k, double* out) {
   if (n <= 0) return;
   const int64_t tiles = (k + kNr - 1) / kNr;
   const std::vector<float> panels = pack_panels(w, d, k);
@@ -172,8 +169,7 @@ void projected_sqnorm_cpu(const void* x, DType dtype, int64_t n, int64_t d, int6
         for (int64_t t = 0; t < tiles; ++t) {
           const float* panel = panels.data() + (t * d + j0) * kNr;
           for (int64_t r0 = 0; r0 < rows; r0 += kMr)
-            register_tile(c.data() + r0 * d + j0, d, panel, depth,
-                          acc.data() + (t * kRowBlock + r0) * kNr);
+            register_tile(c.data() + r0 * d + j0, d, panel, depth, acc.data() + (t * kRowBlock + r0) * kNr);
         }
       }
       for (int64_t r = 0; r < rows; ++r) {

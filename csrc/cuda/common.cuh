@@ -18,10 +18,14 @@ inline void check(cudaError_t err, const char* what) {
 template <typename T>
 __device__ __forceinline__ T load_as(const void* x, DType dtype, int64_t idx) {
   switch (dtype) {
-    case DType::F32: return T(static_cast<const float*>(x)[idx]);
-    case DType::F64: return T(static_cast<const double*>(x)[idx]);
-    case DType::F16: return T(f16_to_float(static_cast<const uint16_t*>(x)[idx]));
-    default: return T(bf16_to_float(static_cast<const uint16_t*>(x)[idx]));
+    case DType::F32:
+      return T(static_cast<const float*>(x)[idx]);
+    case DType::F64:
+      return T(static_cast<const double*>(x)[idx]);
+    case DType::F16:
+      return T(f16_to_float(static_cast<const uint16_t*>(x)[idx]));
+    default:
+      return T(bf16_to_float(static_cast<const uint16_t*>(x)[idx]));
   }
 }
 

@@ -15,9 +15,7 @@ namespace {
 struct Scratch {
   cudaStream_t stream;
   void* ptr = nullptr;
-  Scratch(size_t bytes, cudaStream_t s) : stream(s) {
-    check(cudaMallocAsync(&ptr, bytes, s), "cudaMallocAsync");
-  }
+  Scratch(size_t bytes, cudaStream_t s) : stream(s) { check(cudaMallocAsync(&ptr, bytes, s), "cudaMallocAsync"); }
   ~Scratch() { cudaFreeAsync(ptr, stream); }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
@@ -26,8 +24,7 @@ struct Scratch {
 // One warp per sample: positions j with flag_a[j] && (flag_b == null || flag_b[j]), in order,
 // into idx[b * seq + ...] (idx null: count only); their count into count[b]. Ballot + popcount
 // per 32 positions.
-__global__ void compact_kernel(const uint8_t* flag_a, const uint8_t* flag_b, int64_t seq,
-                               int* idx, int* count) {
+__global__ void compact_kernel(const uint8_t* flag_a, const uint8_t* flag_b, int64_t seq, int* idx, int* count) {
   const int64_t b = blockIdx.x;
   const int lane = threadIdx.x;
   int total = 0;
@@ -43,10 +40,10 @@ __global__ void compact_kernel(const uint8_t* flag_a, const uint8_t* flag_b, int
 
 // attention_mass: a block takes (up to) kRowTile instruction rows of one sample and one head.
 // Its 8 warps hold 2 rows each; lane l handles key 32 t + l of key tile t (the tiles some row's
-// key range [lo, hi) reaches), staged in shared memory with the queries. Pass 1 keeps a per-lane online softmax (running max and sum), merged
-// over the warp: the normaliser of each row. Pass 2 recomputes the logits of the vision keys
-// and adds P over the block's rows into a float64 column accumulator (one atomic per column
-// and block). Nothing larger than a key tile of logits ever exists.
+// key range [lo, hi) reaches), staged in shared memory with the queries. Pass 1 keeps a per-lane online softmax
+// (running max and sum), merged over the warp: the normaliser of each row. Pass 2 recomputes the logits of the vision
+// keys and adds P over the block's rows into a float64 column accumulator (one atomic per column and block). Nothing
+// larger than a key tile of logits ever exists.
 constexpr int kWarps = 8;
 constexpr int kMassThreads = 32 * kWarps;
 constexpr int kRowTile = 2 * kWarps;
@@ -59,15 +56,13 @@ __device__ __forceinline__ void merge_softmax(float& m, float& s, float m2, floa
   m = hi;
 }
 
-__global__ void attention_mass_kernel(const void* q, const void* k, DType dtype, int heads,
-                                      int group, int64_t seq, int hd, int stride,
-                                      const uint8_t* key_valid, const uint8_t* col_is_vision,
-                                      const int32_t* key_lo, const int32_t* key_hi,
-                                      const int* rows, const int* n_rows, const int* n_vision,
-                                      float scale, float softcap, double* acc) {
+__global__ void attention_mass_kernel(const void* q, const void* k, DType dtype, int heads, int group, int64_t seq,
+                                      int hd, int stride, const uint8_t* key_valid, const uint8_t* col_is_vision,
+                                      const int32_t* key_lo, const int32_t* key_hi, const int* rows, const int* n_rows,
+                                      const int* n_vision, float scale, float softcap, double* acc) {
   extern __shared__ float smem[];
-  float* qs = smem;                       // [kRowTile][stride]
-  float* ks = smem + kRowTile * stride;   // [kKeyTile][stride]
+  float* qs = smem;                      // [kRowTile][stride]
+  float* ks = smem + kRowTile * stride;  // [kKeyTile][stride]
   __shared__ float part[kWarps][kKeyTile];
   const int64_t b = blockIdx.z;
   const int h = blockIdx.y;
@@ -162,9 +157,8 @@ __global__ void attention_mass_kernel(const void* q, const void* k, DType dtype,
   }
 }
 
-__global__ void attention_mass_finish(const double* acc, const uint8_t* col_is_vision,
-                                      const int* n_rows, int64_t batch, int64_t seq, int heads,
-                                      float* out) {
+__global__ void attention_mass_finish(const double* acc, const uint8_t* col_is_vision, const int* n_rows, int64_t batch,
+                                      int64_t seq, int heads, float* out) {
   const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (e >= batch * seq) return;
   const int nr = n_rows[e / seq];
@@ -177,9 +171,8 @@ __global__ void attention_mass_finish(const double* acc, const uint8_t* col_is_v
 constexpr int kSelectThreads = 256;
 constexpr int kChunk = 1024;
 
-__global__ void top_mass_select(const double* mass, const uint8_t* col_is_vision, int64_t seq,
-                                double tau, int* pos, double* p, double* sorted_p,
-                                int* sorted_pos, int64_t* kept) {
+__global__ void top_mass_select(const double* mass, const uint8_t* col_is_vision, int64_t seq, double tau, int* pos,
+                                double* p, double* sorted_p, int* sorted_pos, int64_t* kept) {
   __shared__ double chunk[kChunk];
   __shared__ double scratch[kSelectThreads / 32];
   __shared__ int n_shared;
@@ -219,8 +212,7 @@ __global__ void top_mass_select(const double* mass, const uint8_t* col_is_vision
   }
   __syncthreads();
   const double sum = sum_shared;
-  for (int t = threadIdx.x; t < n; t += blockDim.x)
-    p[base + t] = sum > 0.0 ? p[base + t] / sum : 1.0 / double(n);
+  for (int t = threadIdx.x; t < n; t += blockDim.x) p[base + t] = sum > 0.0 ? p[base + t] / sum : 1.0 / double(n);
   __syncthreads();
   for (int t0 = 0; t0 < n; t0 += blockDim.x) {
     const int t = t0 + threadIdx.x;
@@ -252,24 +244,22 @@ __global__ void top_mass_select(const double* mass, const uint8_t* col_is_vision
 }
 
 // top_mass_mean, the mean: grid (column blocks, samples), each thread one column, float64 sum.
-__global__ void top_mass_mean_kernel(const void* hidden, DType dtype, int64_t seq, int64_t dim,
-                                     const int* sorted_pos, const int64_t* kept, float* out) {
+__global__ void top_mass_mean_kernel(const void* hidden, DType dtype, int64_t seq, int64_t dim, const int* sorted_pos,
+                                     const int64_t* kept, float* out) {
   const int64_t b = blockIdx.y;
   const int64_t d = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (d >= dim) return;
   const int64_t n = kept[b];
   double acc = 0.0;
-  for (int64_t r = 0; r < n; ++r)
-    acc += load_as<float>(hidden, dtype, (b * seq + sorted_pos[b * seq + r]) * dim + d);
+  for (int64_t r = 0; r < n; ++r) acc += load_as<float>(hidden, dtype, (b * seq + sorted_pos[b * seq + r]) * dim + d);
   out[b * dim + d] = n > 0 ? float(acc / double(n)) : 0.0f;
 }
 
 }  // namespace
 
-void attention_mass_cuda(const void* q, const void* k, DType dtype, int64_t batch, int64_t heads,
-                         int64_t kv_heads, int64_t seq, int64_t hd, const uint8_t* key_valid,
-                         const uint8_t* row_is_instruction, const uint8_t* col_is_vision,
-                         const int32_t* key_lo, const int32_t* key_hi, double scale,
+void attention_mass_cuda(const void* q, const void* k, DType dtype, int64_t batch, int64_t heads, int64_t kv_heads,
+                         int64_t seq, int64_t hd, const uint8_t* key_valid, const uint8_t* row_is_instruction,
+                         const uint8_t* col_is_vision, const int32_t* key_lo, const int32_t* key_hi, double scale,
                          double softcap, float* out, std::uintptr_t stream) {
   if (batch <= 0 || seq <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
@@ -288,18 +278,17 @@ void attention_mass_cuda(const void* q, const void* k, DType dtype, int64_t batc
   const size_t total = smem + attr.sharedSizeBytes;
   int device = 0, limit = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlock, device),
-        "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlock, device), "cudaDeviceGetAttribute");
   if (total > size_t(limit)) {  // beyond the default: opt in, up to what the device allows
     int optin = 0;
-    check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-          "cudaDeviceGetAttribute");
+    check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
     if (total > size_t(optin))
       throw std::runtime_error("attention_mass_cuda: head size " + std::to_string(hd) + " needs " +
-                               std::to_string(total) + " bytes of shared memory per block; the "
-                               "device allows " + std::to_string(optin));
-    check(cudaFuncSetAttribute(attention_mass_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               int(smem)),
+                               std::to_string(total) +
+                               " bytes of shared memory per block; the "
+                               "device allows " +
+                               std::to_string(optin));
+    check(cudaFuncSetAttribute(attention_mass_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
           "cudaFuncSetAttribute");
   }
   Scratch acc(sizeof(double) * cells, s);
@@ -308,26 +297,24 @@ void attention_mass_cuda(const void* q, const void* k, DType dtype, int64_t batc
   int* n_rows = static_cast<int*>(counts.ptr);
   int* n_vision = n_rows + batch;
   check(cudaMemsetAsync(acc.ptr, 0, sizeof(double) * cells, s), "cudaMemsetAsync");
-  compact_kernel<<<unsigned(batch), 32, 0, s>>>(row_is_instruction, key_valid, seq,
-                                                static_cast<int*>(rows.ptr), n_rows);
+  compact_kernel<<<unsigned(batch), 32, 0, s>>>(row_is_instruction, key_valid, seq, static_cast<int*>(rows.ptr),
+                                                n_rows);
   compact_kernel<<<unsigned(batch), 32, 0, s>>>(col_is_vision, nullptr, seq, nullptr, n_vision);
   check(cudaGetLastError(), "compact_kernel");
   // Row tiles for up to seq instruction rows; blocks past a sample's rows return at once.
   const dim3 grid(unsigned((seq + kRowTile - 1) / kRowTile), unsigned(heads), unsigned(batch));
   attention_mass_kernel<<<grid, kMassThreads, smem, s>>>(
-      q, k, dtype, int(heads), int(heads / kv_heads), seq, int(hd), stride, key_valid,
-      col_is_vision, key_lo, key_hi, static_cast<const int*>(rows.ptr), n_rows, n_vision,
-      float(scale), float(softcap), static_cast<double*>(acc.ptr));
+      q, k, dtype, int(heads), int(heads / kv_heads), seq, int(hd), stride, key_valid, col_is_vision, key_lo, key_hi,
+      static_cast<const int*>(rows.ptr), n_rows, n_vision, float(scale), float(softcap), static_cast<double*>(acc.ptr));
   check(cudaGetLastError(), "attention_mass_kernel");
   const unsigned blocks = unsigned((cells + 255) / 256);
-  attention_mass_finish<<<blocks, 256, 0, s>>>(static_cast<const double*>(acc.ptr), col_is_vision,
-                                               n_rows, batch, seq, int(heads), out);
+  attention_mass_finish<<<blocks, 256, 0, s>>>(static_cast<const double*>(acc.ptr), col_is_vision, n_rows, batch, seq,
+                                               int(heads), out);
   check(cudaGetLastError(), "attention_mass_finish");
 }
 
-void top_mass_mean_cuda(const void* hidden, DType dtype, int64_t batch, int64_t seq, int64_t dim,
-                        const double* mass, const uint8_t* col_is_vision, double tau, float* out,
-                        int64_t* kept, std::uintptr_t stream) {
+void top_mass_mean_cuda(const void* hidden, DType dtype, int64_t batch, int64_t seq, int64_t dim, const double* mass,
+                        const uint8_t* col_is_vision, double tau, float* out, int64_t* kept, std::uintptr_t stream) {
   if (batch <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   if (batch > 65535 || seq >= (int64_t(1) << 31))
@@ -341,8 +328,8 @@ void top_mass_mean_cuda(const void* hidden, DType dtype, int64_t batch, int64_t 
   check(cudaGetLastError(), "top_mass_select");
   if (dim <= 0) return;
   const dim3 grid(unsigned((dim + 255) / 256), unsigned(batch));
-  top_mass_mean_kernel<<<grid, 256, 0, s>>>(hidden, dtype, seq, dim,
-                                            static_cast<const int*>(sorted_pos.ptr), kept, out);
+  top_mass_mean_kernel<<<grid, 256, 0, s>>>(hidden, dtype, seq, dim, static_cast<const int*>(sorted_pos.ptr), kept,
+                                            out);
   check(cudaGetLastError(), "top_mass_mean_kernel");
 }
 

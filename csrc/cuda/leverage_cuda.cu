@@ -25,17 +25,15 @@ __device__ double block_sum(double v, double* scratch) {
   return v;
 }
 
-__device__ __forceinline__ double shifted(const void* x, DType dtype, int64_t i, int64_t j,
-                                          int64_t row_stride, const double* shift,
-                                          const double* inv_scale) {
+__device__ __forceinline__ double shifted(const void* x, DType dtype, int64_t i, int64_t j, int64_t row_stride,
+                                          const double* shift, const double* inv_scale) {
   const double v = load_as<double>(x, dtype, i * row_stride + j) - shift[j];
   return inv_scale ? v * inv_scale[j] : v;
 }
 
 // One block per row: 1 / ||(x_i - shift) * inv_scale||, or 0 for a zero row.
-__global__ void row_inv_norm_kernel(const void* x, DType dtype, int64_t n, int64_t d,
-                                    int64_t row_stride, const double* shift,
-                                    const double* inv_scale, double* inv_norm) {
+__global__ void row_inv_norm_kernel(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
+                                    const double* shift, const double* inv_scale, double* inv_norm) {
   __shared__ double scratch[32];
   const int64_t i = blockIdx.x;
   if (i >= n) return;
@@ -48,18 +46,16 @@ __global__ void row_inv_norm_kernel(const void* x, DType dtype, int64_t n, int64
   if (threadIdx.x == 0) inv_norm[i] = ss > 0.0 ? rsqrt(ss) : 0.0;
 }
 
-__device__ __forceinline__ double centred(const void* x, DType dtype, int64_t i, int64_t j,
-                                          int64_t row_stride, const double* inv_norm,
-                                          const double* shift, const double* inv_scale) {
+__device__ __forceinline__ double centred(const void* x, DType dtype, int64_t i, int64_t j, int64_t row_stride,
+                                          const double* inv_norm, const double* shift, const double* inv_scale) {
   const double v = shifted(x, dtype, i, j, row_stride, shift, inv_scale);
   return inv_norm ? v * inv_norm[i] : v;
 }
 
 // Grid: (column tiles of kThreads, row slabs). Each thread walks its column down its slab.
-__global__ void gram_prep_kernel(const void* x, DType dtype, int64_t n, int64_t d,
-                                 int64_t row_stride, const double* inv_norm, const double* shift,
-                                 const double* inv_scale, int64_t rows_per_slab, float* out,
-                                 double* colsum, double* colsumsq) {
+__global__ void gram_prep_kernel(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
+                                 const double* inv_norm, const double* shift, const double* inv_scale,
+                                 int64_t rows_per_slab, float* out, double* colsum, double* colsumsq) {
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= d) return;
   const int64_t i0 = int64_t(blockIdx.y) * rows_per_slab;
@@ -80,9 +76,8 @@ constexpr int kDTile = 64;  // slice of d staged in shared memory
 
 // Grid: one block per kRows rows. Threads own output columns t, t+blockDim, ...; the centred
 // rows are staged in shared memory tile by tile so W is read once per block, coalesced.
-__global__ void projected_sqnorm_kernel(const void* x, DType dtype, int64_t n, int64_t d,
-                                        int64_t row_stride, const double* inv_norm,
-                                        const double* shift, const double* inv_scale,
+__global__ void projected_sqnorm_kernel(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
+                                        const double* inv_norm, const double* shift, const double* inv_scale,
                                         const float* w, int64_t k, double* out) {
   __shared__ float tile[kRows][kDTile];
   __shared__ double scratch[32];
@@ -99,8 +94,7 @@ __global__ void projected_sqnorm_kernel(const void* x, DType dtype, int64_t n, i
       for (int e = threadIdx.x; e < kRows * kDTile; e += blockDim.x) {
         const int r = e / kDTile, jj = e % kDTile;
         tile[r][jj] = (r < rows && jj < width)
-                          ? float(centred(x, dtype, i0 + r, j0 + jj, row_stride, inv_norm, shift,
-                                          inv_scale))
+                          ? float(centred(x, dtype, i0 + r, j0 + jj, row_stride, inv_norm, shift, inv_scale))
                           : 0.0f;
       }
       __syncthreads();
@@ -124,13 +118,12 @@ __global__ void projected_sqnorm_kernel(const void* x, DType dtype, int64_t n, i
 struct InvNorms {
   cudaStream_t stream;
   double* ptr = nullptr;
-  InvNorms(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
-           bool l2_normalize, const double* shift, const double* inv_scale, cudaStream_t s)
+  InvNorms(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride, bool l2_normalize, const double* shift,
+           const double* inv_scale, cudaStream_t s)
       : stream(s) {
     if (!l2_normalize) return;
     check(cudaMallocAsync(&ptr, sizeof(double) * size_t(n), s), "cudaMallocAsync");
-    row_inv_norm_kernel<<<unsigned(n), kThreads, 0, s>>>(x, dtype, n, d, row_stride, shift,
-                                                         inv_scale, ptr);
+    row_inv_norm_kernel<<<unsigned(n), kThreads, 0, s>>>(x, dtype, n, d, row_stride, shift, inv_scale, ptr);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) {
       cudaFreeAsync(ptr, s);  // the destructor does not run when the constructor throws
@@ -144,9 +137,9 @@ struct InvNorms {
 
 }  // namespace
 
-void gram_prep_cuda(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
-                    bool l2_normalize, const double* shift, const double* inv_scale,
-                    float* out, double* colsum, double* colsumsq, std::uintptr_t stream) {
+void gram_prep_cuda(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride, bool l2_normalize,
+                    const double* shift, const double* inv_scale, float* out, double* colsum, double* colsumsq,
+                    std::uintptr_t stream) {
   if (n <= 0 || d <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   InvNorms norms(x, dtype, n, d, row_stride, l2_normalize, shift, inv_scale, s);
@@ -162,20 +155,20 @@ void gram_prep_cuda(const void* x, DType dtype, int64_t n, int64_t d, int64_t ro
   int64_t slab = std::min<int64_t>(64, std::max<int64_t>(16, (n + want_slabs - 1) / want_slabs));
   slab = std::max<int64_t>(slab, (n + max_grid_y - 1) / max_grid_y);
   dim3 grid(unsigned(col_tiles), unsigned((n + slab - 1) / slab));
-  gram_prep_kernel<<<grid, kThreads, 0, s>>>(x, dtype, n, d, row_stride, norms.ptr, shift,
-                                             inv_scale, slab, out, colsum, colsumsq);
+  gram_prep_kernel<<<grid, kThreads, 0, s>>>(x, dtype, n, d, row_stride, norms.ptr, shift, inv_scale, slab, out, colsum,
+                                             colsumsq);
   check(cudaGetLastError(), "gram_prep_kernel");
 }
 
-void projected_sqnorm_cuda(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
-                           bool l2_normalize, const double* shift, const double* inv_scale,
-                           const float* w, int64_t k, double* out, std::uintptr_t stream) {
+void projected_sqnorm_cuda(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride, bool l2_normalize,
+                           const double* shift, const double* inv_scale, const float* w, int64_t k, double* out,
+                           std::uintptr_t stream) {
   if (n <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   InvNorms norms(x, dtype, n, d, row_stride, l2_normalize, shift, inv_scale, s);
   const unsigned blocks = unsigned((n + kRows - 1) / kRows);
-  projected_sqnorm_kernel<<<blocks, kThreads, 0, s>>>(x, dtype, n, d, row_stride, norms.ptr,
-                                                      shift, inv_scale, w, k, out);
+  projected_sqnorm_kernel<<<blocks, kThreads, 0, s>>>(x, dtype, n, d, row_stride, norms.ptr, shift, inv_scale, w, k,
+                                                      out);
   check(cudaGetLastError(), "projected_sqnorm_kernel");
 }
 

@@ -17,15 +17,13 @@ enum class DType : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
 // contiguous), adds sum_i c_i (float64) into colsum and, when colsumsq is not null,
 // sum_i c_i^2 per column (float64, from the unrounded values) into colsumsq. The caller then
 // forms the products (out^T out, or out times a test matrix) with a BLAS GEMM.
-void gram_prep_cpu(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
-                   bool l2_normalize, const double* shift, const double* inv_scale,
-                   float* out, double* colsum, double* colsumsq);
+void gram_prep_cpu(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride, bool l2_normalize,
+                   const double* shift, const double* inv_scale, float* out, double* colsum, double* colsumsq);
 
 // Pass 2 (scores): score_i = || c_i W ||^2 with W (d x k, float32, row-major), in float64,
 // without storing the n x k product.
-void projected_sqnorm_cpu(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
-                          bool l2_normalize, const double* shift, const double* inv_scale,
-                          const float* w, int64_t k, double* out);
+void projected_sqnorm_cpu(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride, bool l2_normalize,
+                          const double* shift, const double* inv_scale, const float* w, int64_t k, double* out);
 
 // Representation extraction (semantics: attention_mass / top_mass_mean in
 // scalselect/kernels/twins.py). All tensors contiguous; masks are [batch, seq] bytes (0 / 1).
@@ -38,10 +36,9 @@ void projected_sqnorm_cpu(const void* x, DType dtype, int64_t n, int64_t d, int6
 // for those rows); out[b, j] (float32, every entry written) = mean over heads and those rows of
 // P[i, j] where col_is_vision[j], else 0. Works on one tile of logits at a time, never a
 // [seq, seq] map.
-void attention_mass_cpu(const void* q, const void* k, DType dtype, int64_t batch, int64_t heads,
-                        int64_t kv_heads, int64_t seq, int64_t hd, const uint8_t* key_valid,
-                        const uint8_t* row_is_instruction, const uint8_t* col_is_vision,
-                        const int32_t* key_lo, const int32_t* key_hi, double scale,
+void attention_mass_cpu(const void* q, const void* k, DType dtype, int64_t batch, int64_t heads, int64_t kv_heads,
+                        int64_t seq, int64_t hd, const uint8_t* key_valid, const uint8_t* row_is_instruction,
+                        const uint8_t* col_is_vision, const int32_t* key_lo, const int32_t* key_hi, double scale,
                         double softcap, float* out);
 
 // top_mass_mean: hidden [batch, seq, dim] of `dtype`, mass [batch, seq] float64. Per sample,
@@ -49,27 +46,24 @@ void attention_mass_cpu(const void* q, const void* k, DType dtype, int64_t batch
 // (ties: earlier position first), kept up to and including the first token whose running sum
 // exceeds tau (at least one). out [batch, dim] float32 = mean hidden state of the kept tokens;
 // kept [batch] = their count (0 and a zero vector for a sample without vision tokens).
-void top_mass_mean_cpu(const void* hidden, DType dtype, int64_t batch, int64_t seq, int64_t dim,
-                       const double* mass, const uint8_t* col_is_vision, double tau, float* out,
-                       int64_t* kept);
+void top_mass_mean_cpu(const void* hidden, DType dtype, int64_t batch, int64_t seq, int64_t dim, const double* mass,
+                       const uint8_t* col_is_vision, double tau, float* out, int64_t* kept);
 
 #ifdef SCALSELECT_WITH_CUDA
 // Same contracts on device pointers, enqueued on `stream` (a cudaStream_t as an integer).
 // colsum and out live on the device; colsum is accumulated with atomics.
-void gram_prep_cuda(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
-                    bool l2_normalize, const double* shift, const double* inv_scale,
-                    float* out, double* colsum, double* colsumsq, std::uintptr_t stream);
-void projected_sqnorm_cuda(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride,
-                           bool l2_normalize, const double* shift, const double* inv_scale,
-                           const float* w, int64_t k, double* out, std::uintptr_t stream);
-void attention_mass_cuda(const void* q, const void* k, DType dtype, int64_t batch, int64_t heads,
-                         int64_t kv_heads, int64_t seq, int64_t hd, const uint8_t* key_valid,
-                         const uint8_t* row_is_instruction, const uint8_t* col_is_vision,
-                         const int32_t* key_lo, const int32_t* key_hi, double scale,
+void gram_prep_cuda(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride, bool l2_normalize,
+                    const double* shift, const double* inv_scale, float* out, double* colsum, double* colsumsq,
+                    std::uintptr_t stream);
+void projected_sqnorm_cuda(const void* x, DType dtype, int64_t n, int64_t d, int64_t row_stride, bool l2_normalize,
+                           const double* shift, const double* inv_scale, const float* w, int64_t k, double* out,
+                           std::uintptr_t stream);
+void attention_mass_cuda(const void* q, const void* k, DType dtype, int64_t batch, int64_t heads, int64_t kv_heads,
+                         int64_t seq, int64_t hd, const uint8_t* key_valid, const uint8_t* row_is_instruction,
+                         const uint8_t* col_is_vision, const int32_t* key_lo, const int32_t* key_hi, double scale,
                          double softcap, float* out, std::uintptr_t stream);
-void top_mass_mean_cuda(const void* hidden, DType dtype, int64_t batch, int64_t seq, int64_t dim,
-                        const double* mass, const uint8_t* col_is_vision, double tau, float* out,
-                        int64_t* kept, std::uintptr_t stream);
+void top_mass_mean_cuda(const void* hidden, DType dtype, int64_t batch, int64_t seq, int64_t dim, const double* mass,
+                        const uint8_t* col_is_vision, double tau, float* out, int64_t* kept, std::uintptr_t stream);
 // Architectures this module was compiled for, e.g. "80,90".
 const char* cuda_archs();
 #endif
