@@ -14,6 +14,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def demo(request, tmp_path_factory):
+    """The demo's generated pool (multi-turn, some two-image samples, one text-only, one missing
+    image file), its images and its tiny LLaVA, made once per test module, of the module's
+    DEMO_SAMPLES samples (40 unless it says): {"pool", "images", "model", "run", "records"}."""
+    import json
+
+    from scalselect.demo import prepare_demo
+
+    made = prepare_demo(tmp_path_factory.mktemp("demo"), n=getattr(request.module, "DEMO_SAMPLES", 40))
+    made["records"] = json.loads(made["pool"].read_text(encoding="utf-8"))
+    return made
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """The demo's pool (150 samples) and tiny LLaVA, through `scalselect run`: (demo, run folder)."""

@@ -147,11 +147,7 @@ EMBEDDED_CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from scalselect.demo import prepare_demo
-
-    return prepare_demo(tmp_path_factory.mktemp("demo"), n=50)
+DEMO_SAMPLES = 50  # the size of this module's demo pool (the `demo` fixture of conftest.py)
 
 
 def _case_folder(tmp_path_factory, name: str):

@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
@@ -290,11 +289,7 @@ def test_any_command_line_is_exit_0_or_2_in_one_line(argv):
         assert not list(case.tmp.rglob(".*.tmp"))
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from scalselect.demo import prepare_demo
-
-    return prepare_demo(tmp_path_factory.mktemp("demo"), n=8)
+DEMO_SAMPLES = 8  # the size of this module's demo pool (the `demo` fixture of conftest.py)
 
 
 _SLOW = settings(FUZZ, max_examples=max(4, FUZZ.max_examples // 6))  # each example loads the model

@@ -19,20 +19,13 @@ import torch
 
 from scalselect import InputError, read_pool, write_subset
 from scalselect.cli import main
-from scalselect.demo import prepare_demo
 from scalselect.pipeline import ExtractOptions, PoolSamples, deal, extract_store
 from scalselect.stores import load_representations, read_skipped
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The demo's generated pool (one- and two-image samples, one text-only, one missing image
-    file) and its tiny LLaVA."""
-    demo = prepare_demo(tmp_path_factory.mktemp("demo"), n=40)
-    demo["records"] = json.loads(Path(demo["pool"]).read_text())
-    return demo
+DEMO_SAMPLES = 40  # the size of this module's demo pool (the `demo` fixture of conftest.py)
 
 
 def embed(name: str, root: Path, missing: bytes | None = None) -> dict:

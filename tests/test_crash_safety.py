@@ -16,16 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalselect.demo import prepare_demo
 from scalselect.stores import load_representations, read_manifest, read_skipped
 from store_files import assert_whole_files
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return prepare_demo(tmp_path_factory.mktemp("demo"), n=80)
+DEMO_SAMPLES = 80  # the size of this module's demo pool (the `demo` fixture of conftest.py)
 
 
 def extract_argv(demo, out, *extra) -> list[str]:

@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from processes import alive, children, free_port, rank_of
-from scalselect.demo import prepare_demo
 from scalselect.pipeline import ExtractOptions, extract_store
 from scalselect.stores import load_representations, read_manifest, read_skipped, read_store
-from tolerances import assert_scores_within, assert_vectors_close, forward_rtol, reference, reordered_sums_tolerance
+from matrices import reference
+from tolerances import assert_scores_within, assert_vectors_close, forward_rtol, reordered_sums_tolerance
 
 
 def torchrun_argv(nproc: int, *args) -> list[str]:
@@ -35,9 +34,7 @@ def torchrun(nproc: int, *args, timeout=240) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return prepare_demo(tmp_path_factory.mktemp("demo"), n=60)
+DEMO_SAMPLES = 60  # the size of this module's demo pool (the `demo` fixture of conftest.py)
 
 
 def extract_args(demo, out, pool=None, *extra):

@@ -12,17 +12,13 @@ from transformers import AutoConfig
 
 from scalselect import InputError
 from scalselect.cli import main
-from scalselect.demo import prepare_demo
 from scalselect.models import tiny
 from scalselect.pipeline import ExtractOptions, extract_store
 from scalselect.stores import StoreWriter, load_representations, read_manifest, read_skipped
 from tolerances import assert_vectors_close, forward_rtol
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """A generated pool (multi-turn, some two-image samples, two unusable) and a tiny LLaVA."""
-    return prepare_demo(tmp_path_factory.mktemp("demo"), n=40)
+DEMO_SAMPLES = 40  # the size of this module's demo pool (the `demo` fixture of conftest.py)
 
 
 def opts(**kw):

@@ -25,16 +25,13 @@ from transformers import AutoConfig
 
 import scalselect.atomic as atomic
 from scalselect.cli import main
-from scalselect.demo import prepare_demo
 from scalselect.stores import MANIFEST, PART, load_representations, read_skipped
 from scalselect.stores.vector_store import read_part, verify_part
 from store_files import assert_whole_files
 from tolerances import assert_vectors_close, forward_rtol
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return prepare_demo(tmp_path_factory.mktemp("demo"), n=10)
+DEMO_SAMPLES = 10  # the size of this module's demo pool (the `demo` fixture of conftest.py)
 
 
 def extract_argv(demo, out, *extra) -> list[str]:

@@ -16,14 +16,11 @@ import pytest
 
 from processes import alive, children
 from scalselect.cli import main
-from scalselect.demo import prepare_demo
 from scalselect.select import read_scores
 from scalselect.stores import MANIFEST, PROGRESS, load_representations
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return prepare_demo(tmp_path_factory.mktemp("demo"), n=12)
+DEMO_SAMPLES = 12  # the size of this module's demo pool (the `demo` fixture of conftest.py)
 
 
 def run_argv(demo, pool, out, *extra) -> list[str]:

@@ -16,19 +16,17 @@ import numpy as np
 import pytest
 
 from scalselect import InputError, leverage_scores
-from scalselect.demo import prepare_demo
 from scalselect.select import read_scores
 from scalselect.stores.sketch_store import SKETCH_INFO, SKETCH_ROWS
 from scalselect.stores import open_rows
-from tolerances import assert_scores_within, engine_tolerance, reference, sketch_tolerance
+from matrices import reference
+from tolerances import assert_scores_within, engine_tolerance, sketch_tolerance
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 DIM = 64  # the demo model's width
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return prepare_demo(tmp_path_factory.mktemp("demo"), n=80)
+DEMO_SAMPLES = 80  # the size of this module's demo pool (the `demo` fixture of conftest.py)
 
 
 def run_argv(demo, out, *extra) -> list[str]:
