@@ -21,10 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # matrices.py, the test matrices
+
 METHODS = ["scalselect", "random", "length"]
 
 
 def make_inputs(folder: Path, rows: int, dim: int) -> dict:
+    from matrices import spectrum_matrix
+
     from scalselect.select import write_scores
     from scalselect.stores import write_store
 
@@ -32,19 +36,15 @@ def make_inputs(folder: Path, rows: int, dim: int) -> dict:
     paths = {"store": folder / "store", "pool": folder / "pool.json", "scores": folder / "scores.jsonl"}
     if all(p.exists() for p in paths.values()):
         return paths
-    rng = np.random.default_rng(0)
     ids = [f"s{i:07d}" for i in range(rows)]
-    spectrum = np.arange(1, dim + 1) ** -0.8
-    with_store = []
-    for lo in range(0, rows, 20000):  # generated in pieces: the parent stays small
-        n = min(20000, rows - lo)
-        with_store.append((rng.standard_normal((n, dim)) * spectrum + 3.0).astype(np.float16))
+    with_store = [spectrum_matrix(min(20000, rows - lo), dim, decay=0.8, offset=3.0, part=part, dtype=np.float16)
+                  for part, lo in enumerate(range(0, rows, 20000))]  # generated in pieces: the parent stays small
     write_store(paths["store"], np.concatenate(with_store), ids, dtype="float16")
     sources = ["coco", "gqa", "ocr_vqa", "textvqa", "vg"]
     paths["pool"].write_text(json.dumps([{"id": sid, "image": f"{sources[i % 5]}/{i}.jpg", "conversations": [
         {"from": "human", "value": "<image>\n" + "q" * (1 + i % 50)}, {"from": "gpt", "value": "a"}]}
         for i, sid in enumerate(ids)]))
-    write_scores(paths["scores"], ids, rng.random(rows))
+    write_scores(paths["scores"], ids, np.random.default_rng(0).random(rows))
     return paths
 
 

@@ -16,23 +16,21 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # matrices.py, the test matrices
 from measure import timed  # noqa: E402  (benchmarks/measure.py)
 
 
 def make_store(path: Path, rows: int, dim: int, rank: int = 256, shard_rows: int = 65536) -> None:
-    import torch
+    import numpy as np
+    from matrices import spectrum_matrix
 
     from scalselect import StoreWriter
 
-    gen = torch.Generator().manual_seed(0)
-    right = torch.linalg.qr(torch.randn(dim, rank, generator=gen))[0].T.contiguous()
-    sv = torch.arange(1, rank + 1, dtype=torch.float32) ** -0.7
     writer = StoreWriter(path, dim, "float16", meta={"benchmark": "bench_large_store"})
-    for lo in range(0, rows, shard_rows):
+    for part, lo in enumerate(range(0, rows, shard_rows)):
         n = min(shard_rows, rows - lo)
-        x = (torch.randn(n, rank, generator=gen) * sv) @ right
-        x += 0.01 * torch.randn(n, dim, generator=gen) + 0.2
-        writer.add(x.half().numpy(), list(range(lo, lo + n)))
+        x = spectrum_matrix(n, dim, decay=0.7, rank=min(rank, dim), noise=0.01, offset=0.2, part=part, dtype=np.float16)
+        writer.add(x, list(range(lo, lo + n)))
         print(f"\rwriting store: {lo + n}/{rows}", end="", file=sys.stderr)
     writer.close()
     print(file=sys.stderr)

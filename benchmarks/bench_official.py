@@ -23,6 +23,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+from matrices import spectrum_matrix  # noqa: E402  (the test matrices)
 from official import official as official_float64  # noqa: E402  (the restated script, in float64)
 from measure import timed  # noqa: E402  (benchmarks/measure.py)
 
@@ -31,16 +32,12 @@ OPTIONS = {"centre": [], "standardize": ["--standardize"], "l2": ["--l2-normaliz
 
 
 def matrix(n: int, d: int, seed: int = 0, chunk: int = 10_000) -> np.ndarray:
-    """n x d float32 rows: sigma_i ~ i^-0.6 in a random basis, columns scaled 0.2..3, offset ~5."""
-    rng = np.random.default_rng(seed)
-    basis = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
-    scale = (np.arange(1, d + 1) ** -0.6).astype(np.float32)
-    columns = rng.uniform(0.2, 3.0, d).astype(np.float32)
-    offset = (5 * rng.uniform(0.5, 1.5, d)).astype(np.float32)
+    """n x d float32 rows: sigma_i ~ i^-0.6 in a random basis, columns scaled 0.2..3, offset ~5
+    (the matrices of tests/test_official_script.py), made chunk rows at a time."""
     out = np.empty((n, d), dtype=np.float32)
-    for lo in range(0, n, chunk):
-        rows = rng.standard_normal((min(chunk, n - lo), d), dtype=np.float32) * scale
-        out[lo:lo + len(rows)] = rows @ basis * columns + offset
+    for part, lo in enumerate(range(0, n, chunk)):
+        out[lo:lo + chunk] = spectrum_matrix(min(chunk, n - lo), d, decay=0.6, columns=(0.2, 3.0), offset=5.0,
+                                             seed=seed, part=part, dtype=np.float32)
     return out
 
 

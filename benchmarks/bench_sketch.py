@@ -25,26 +25,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from matrices import spectrum_matrix  # noqa: E402  (the test matrices)
+
 SPECTRA = {  # singular values of the signal, i = 1..D
-    "fast: exp(-i/40)": lambda i: torch.exp(-i / 40),
+    "fast: exp(-i/40)": lambda i: np.exp(-i / 40),
     "i^-1": lambda i: i ** -1.0,
     "slow: i^-0.7": lambda i: i ** -0.7,
     "flat: i^-0.3": lambda i: i ** -0.3,
 }
 
 
-def rows_with_spectrum(n, d, spectrum, gen, right, rank):
-    """n rows: Gaussian coordinates scaled by the spectrum (rank `rank`), heavy-tailed row
-    weights, 1e-3 isotropic noise and a mean far from the origin."""
-    i = torch.arange(1, rank + 1, dtype=torch.float32)
-    left = torch.randn(n, rank, generator=gen) * SPECTRA[spectrum](i)
-    left *= torch.exp(0.5 * torch.randn(n, 1, generator=gen))
-    return left @ right + 1e-3 * torch.randn(n, d, generator=gen) + 0.3
-
-
-def basis(d, rank, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.linalg.qr(torch.randn(d, rank, generator=gen))[0].T.contiguous(), gen
+def rows_with_spectrum(n, d, spectrum, rank, part=0, dtype=torch.float32):
+    """n rows (block `part` of one matrix): Gaussian coordinates scaled by the spectrum (rank
+    `rank`) in a random basis, heavy-tailed row weights, 1e-3 isotropic noise and a mean far
+    from the origin."""
+    return spectrum_matrix(n, d, sv=SPECTRA[spectrum](np.arange(1, rank + 1)), weights=0.5, noise=1e-3, offset=0.3,
+                           part=part, dtype=dtype)
 
 
 def spearman(a, b) -> float:
@@ -95,9 +92,8 @@ def accuracy(work: Path) -> list[dict]:
 
     rows = []
     n, d = 20_000, 1024
-    right, gen = basis(d, d)
     for name in SPECTRA:
-        x = rows_with_spectrum(n, d, name, gen, right, d)
+        x = rows_with_spectrum(n, d, name, d)
         exact = leverage_scores(x, method="exact")
         rows.append({"input": f"{name}, {n:,} x {d:,}", **compare(exact, sketch_quietly(x))})
         print(rows[-1], file=sys.stderr, flush=True)
@@ -110,11 +106,9 @@ def accuracy(work: Path) -> list[dict]:
 
 
 def make_matrix(path: Path, n: int, d: int, spectrum: str, rank: int = 1024, block: int = 16384) -> None:
-    right, gen = basis(d, min(rank, d))
     out = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), mode="w+", dtype=np.float16, shape=(n, d))
-    for lo in range(0, n, block):
-        count = min(block, n - lo)
-        out[lo:lo + count] = rows_with_spectrum(count, d, spectrum, gen, right, min(rank, d)).half().numpy()
+    for part, lo in enumerate(range(0, n, block)):
+        out[lo:lo + block] = rows_with_spectrum(min(block, n - lo), d, spectrum, min(rank, d), part, np.float16)
     out.flush()
     del out
     path.with_suffix(".tmp.npy").rename(path)

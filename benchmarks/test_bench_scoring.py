@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+import matrices  # tests/ (benchmarks/conftest.py puts it on sys.path)
+import official
 from scalselect import kernels, leverage_scores
 from scalselect.kernels import twins
 
@@ -18,11 +20,7 @@ N, D = 20_000, 4_096
 
 
 def spectrum_matrix(decay: float, noise: float) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    sv = torch.arange(1, D + 1, dtype=torch.float32) ** -decay
-    left = torch.randn(N, D, generator=gen) * sv
-    right = torch.linalg.qr(torch.randn(D, D, generator=gen))[0]
-    return left @ right.T + noise * torch.randn(N, D, generator=gen) + 0.3
+    return matrices.spectrum_matrix(N, D, decay=decay, noise=noise, offset=0.3, seed=0, dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +29,9 @@ def matrix():
 
 
 def reference_method(x: np.ndarray, energy=0.9):
-    """What the reference implementation does: centre, full thin SVD, twice (numpy)."""
-    for _ in range(2):
-        xc = x - x.mean(axis=0)
-        u, s, _ = np.linalg.svd(xc, full_matrices=False)
-    k = int(np.argmax(np.cumsum(s ** 2) / np.sum(s ** 2) >= energy)) + 1
-    return (u[:, :k] ** 2).sum(axis=1)
+    """What the reference implementation does (tests/official.py): centre, full thin SVD,
+    twice, in the input's dtype (numpy)."""
+    return official.scores(official.preprocess(x, False, False), energy)[0]
 
 
 def torch_gram_pipeline(x: torch.Tensor, energy=0.9):

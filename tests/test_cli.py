@@ -17,8 +17,9 @@ import pytest
 from scalselect.cli import main
 from scalselect.data import read_pool
 from scalselect.stores import write_store
+from matrices import reference, spectrum_matrix
 from pool_files import write_pool
-from tolerances import assert_scores_within, engine_tolerance, reference
+from tolerances import assert_scores_within, engine_tolerance
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -50,9 +51,7 @@ def assert_error(capsys, args, *substrings):
 
 def make_matrix(seed, n, d, decay=0.93, offset=2.0):
     """Random n x d rows with a decaying spectrum (so k depends on energy) and a mean offset."""
-    rng = np.random.default_rng(seed)
-    scales = decay ** np.arange(d)
-    return (rng.standard_normal((n, d)) * scales + offset + rng.standard_normal(d)).astype(np.float32)
+    return spectrum_matrix(n, d, sv=decay ** np.arange(d), offset=offset, seed=seed, dtype=np.float32)
 
 
 def read_jsonl(path):

@@ -24,7 +24,8 @@ from scalselect.scoring.sketch import holdout_rows
 from scalselect.stores import StoreWriter, load_representations, part_shards, read_store
 from store_files import reseal
 from processes import free_port
-from tolerances import assert_scores_within, reference, reordered_sums_tolerance
+from matrices import reference, spectrum_matrix
+from tolerances import assert_scores_within, reordered_sums_tolerance
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -44,10 +45,8 @@ def make_store(path, x, sizes, ids=None, dtype="float16"):
     return path
 
 
-def spectrum(n, d, seed, decay=0.7, offset=2.0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, d)) * np.arange(1, d + 1) ** -decay @ np.linalg.qr(rng.standard_normal((d, d)))[0]
-    return (x + offset * rng.uniform(0.5, 1.5, d)).astype(np.float32)
+def spectrum(n, d, seed, decay=0.7):
+    return spectrum_matrix(n, d, decay=decay, offset=2.0, seed=seed, dtype=np.float32)
 
 
 def launch(tmp_path, world, jobs, name):

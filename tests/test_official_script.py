@@ -11,18 +11,16 @@ import pytest
 
 from scalselect import leverage_scores
 from scalselect.cli import main
+from matrices import reference, spectrum_matrix
 from official import official
-from tolerances import assert_scores_within, engine_tolerance, for_result, reference
+from tolerances import assert_scores_within, engine_tolerance, for_result
 
 OPTIONS = [{}, {"standardize": True}, {"l2_normalize": True}, {"standardize": True, "l2_normalize": True}]
 
 
 def decaying(n: int, d: int, seed: int) -> np.ndarray:
     """Rows with a decaying spectrum, columns of unequal scale, a mean far from the origin."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, d)) * np.arange(1, d + 1) ** -0.6
-    x = x @ np.linalg.qr(rng.standard_normal((d, d)))[0] * rng.uniform(0.2, 3.0, d)
-    return (x + 5 * rng.uniform(0.5, 1.5, d)).astype(np.float32)
+    return spectrum_matrix(n, d, decay=0.6, columns=(0.2, 3.0), offset=5.0, seed=seed, dtype=np.float32)
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=["centre", "standardize", "l2", "standardize+l2"])

@@ -6,15 +6,8 @@ import torch
 
 from scalselect import InputError, leverage_scores, write_store
 from scalselect.scoring.eigen import RESIDUAL_TOL, top_eigenpairs
-from tolerances import U64, assert_scores_within, for_result, reference, summed
-
-
-def spectrum_matrix(n, d, rank, decay, seed, offset=0.0, spread=1.0):
-    rng = np.random.default_rng(seed)
-    sv = np.arange(1, rank + 1) ** -decay
-    left = rng.standard_normal((n, rank)) * sv
-    right = np.linalg.qr(rng.standard_normal((d, rank)))[0]
-    return (left @ right.T) * spread + offset * rng.uniform(0.5, 1.5, d)
+from matrices import reference, spectrum_matrix
+from tolerances import U64, assert_scores_within, for_result, summed
 
 
 def assert_matches(res, x, **opts):
@@ -40,14 +33,14 @@ CASES = {  # name: (n, d, rank, decay, offset)
 @pytest.mark.parametrize("name", list(CASES))
 def test_scores_match_thin_svd_float32(name):
     n, d, rank, decay, offset = CASES[name]
-    x = spectrum_matrix(n, d, rank, decay, seed=len(name), offset=offset).astype(np.float32)
+    x = spectrum_matrix(n, d, rank=rank, decay=decay, offset=offset, seed=len(name), dtype=np.float32)
     res = leverage_scores(x, chunk_rows=257)
     assert res.side == ("kernel" if n < d else "gram")
     assert_matches(res, x)
 
 
 def test_constant_columns_get_no_weight():
-    x = spectrum_matrix(1000, 60, 60, 0.6, seed=11).astype(np.float32)
+    x = spectrum_matrix(1000, 60, decay=0.6, seed=11, dtype=np.float32)
     x[:, [3, 17, 40]] = np.float32(7.25)
     assert_matches(leverage_scores(x, chunk_rows=300), x)
     assert_matches(leverage_scores(x, standardize=True), x, standardize=True)
@@ -55,7 +48,7 @@ def test_constant_columns_get_no_weight():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_half_and_full_precision_inputs(dtype):
-    x = torch.from_numpy(spectrum_matrix(1500, 80, 80, 0.7, seed=5, offset=2.0)).to(dtype)
+    x = spectrum_matrix(1500, 80, decay=0.7, offset=2.0, seed=5, dtype=dtype)
     res = leverage_scores(x, chunk_rows=400)
     assert_matches(res, x.double().numpy())  # the same rounded values, in float64
 
@@ -65,13 +58,13 @@ def test_half_and_full_precision_inputs(dtype):
                                   {"energy": 0.99}])
 def test_options_match_reference(opts):
     for n, d in [(1200, 70), (60, 150)]:
-        x = spectrum_matrix(n, d, min(n, d), 0.6, seed=n + d, offset=1.0).astype(np.float32)
+        x = spectrum_matrix(n, d, rank=min(n, d), decay=0.6, offset=1.0, seed=n + d, dtype=np.float32)
         x *= np.random.default_rng(0).uniform(0.1, 10, d).astype(np.float32)  # uneven columns
         assert_matches(leverage_scores(x, **opts), x, **opts)
 
 
 def test_scores_sum_to_k_and_stay_in_unit_interval():
-    x = spectrum_matrix(2000, 50, 50, 0.5, seed=9).astype(np.float32)
+    x = spectrum_matrix(2000, 50, decay=0.5, seed=9, dtype=np.float32)
     res = leverage_scores(x)
     tol = for_result(res, reference(x)).scores  # each score's rounding; the sum is exactly k in exact arithmetic
     assert abs(res.scores.sum() - res.k) <= tol.sum()
@@ -80,7 +73,7 @@ def test_scores_sum_to_k_and_stay_in_unit_interval():
 
 
 def test_chunk_size_and_disk_give_the_same_result(tmp_path):
-    x = spectrum_matrix(2500, 90, 90, 0.6, seed=2, offset=5.0).astype(np.float32)
+    x = spectrum_matrix(2500, 90, decay=0.6, offset=5.0, seed=2, dtype=np.float32)
     base = leverage_scores(x)
     for chunk in (1, 7, 1000, 10_000):  # each within rounding of the method: so of each other
         assert_matches(leverage_scores(x, chunk_rows=chunk), x)
@@ -97,7 +90,7 @@ def test_chunk_size_and_disk_give_the_same_result(tmp_path):
 
 def test_krylov_path_matches_full_eigh():
     """D above the full-eigh size, decaying spectrum: the block Krylov solver is used."""
-    x = spectrum_matrix(2400, 1600, 1600, 1.0, seed=4, offset=0.5).astype(np.float32)
+    x = spectrum_matrix(2400, 1600, decay=1.0, offset=0.5, seed=4, dtype=np.float32)
     res = leverage_scores(x)
     assert res.eig_method == "krylov"
     assert_matches(res, x)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from matrices import Reference, energy_rank
+
 U32 = 2.0 ** -24  # unit roundoff of float32
 U64 = 2.0 ** -53
 LAMBDA = 5.0      # multiple of the modelled deviation that a correct run stays within
@@ -35,48 +37,6 @@ SKETCH_RANGE = 1e-7    # the sketch keeps the directions of Y^T Y above this sha
 def summed(m: int, u: float = U32) -> float:
     """Relative error of an m-term sum of rounded terms of one sign (probabilistic, LAMBDA)."""
     return (2 + LAMBDA * np.sqrt(max(m, 1))) * u
-
-
-@dataclass
-class Reference:
-    """The method in float64: centre, optionally standardise, optionally scale rows to unit
-    length (not centred again), thin SVD; the reference implementation's order."""
-    scores: np.ndarray
-    k: int
-    singular_values: np.ndarray   # the top k
-    rows: np.ndarray              # the matrix whose SVD it is
-    pre: np.ndarray               # the rows as the engine's float32 products take them, before its shift
-    col_scale: np.ndarray         # the column scale applied to pre after the shift (ones without)
-    energy: float
-    left: np.ndarray              # U_k
-    right: np.ndarray             # V_k
-    shifted: bool = True          # the engine shifts pre by an early mean (else pre is final: unit rows)
-
-
-def reference(x, energy: float = 0.9, standardize: bool = False, l2_normalize: bool = False,
-              k: int | None = None) -> Reference:
-    """ScalSelect's scores as the method defines them, in float64; k given: that many directions
-    (energy 1 on a rank-deficient matrix, where the float64 sums decide k by their last bit)."""
-    x = np.asarray(x, dtype=np.float64)
-    xc = x - x.mean(axis=0)
-    col_scale = np.ones(x.shape[1])
-    if standardize:
-        std = xc.std(axis=0)
-        col_scale = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
-        xc = xc * col_scale
-    pre, shifted = x, True
-    if l2_normalize:
-        norms = np.linalg.norm(xc, axis=1, keepdims=True)
-        xc = np.divide(xc, norms, out=np.zeros_like(xc), where=norms > 0)
-        pre, col_scale, shifted = xc, np.ones(x.shape[1]), False
-    u, s, vt = np.linalg.svd(xc, full_matrices=False)
-    k = _rank(s ** 2, energy) if k is None else k
-    return Reference((u[:, :k] ** 2).sum(axis=1), k, s[:k], xc, pre, col_scale, energy, u[:, :k], vt[:k].T,
-                     shifted)
-
-
-def _rank(values: np.ndarray, energy: float) -> int:
-    return int(np.argmax(np.cumsum(values) / np.sum(values) >= energy)) + 1
 
 
 @dataclass
@@ -117,7 +77,7 @@ def engine_tolerance(ref: Reference, *, side: str, chunk_rows: int, eig_method: 
         error += _symmetric(rng, size) * residual * top / (2 * np.sqrt(size))
         values, vectors = np.linalg.eigh(matrix + error)
         values, vectors = values[::-1], vectors[:, ::-1]
-        stable &= _rank(np.clip(values, 0, None), ref.energy) == ref.k
+        stable &= energy_rank(np.clip(values, 0, None), ref.energy) == ref.k
         if side == "kernel":
             scores = (vectors[:, :ref.k] ** 2).sum(axis=1)
         else:
