@@ -13,19 +13,15 @@ from scalselect import InputError, leverage_scores
 from scalselect.scoring import sketch as sketch_mod
 from scalselect.scoring.sketch import Sketch, plan_test_matrix, sample_rows
 from scalselect.stores import open_rows, write_store
-from tolerances import U32, assert_scores_within, energy_tolerance, reference, reordered_sum, sketch_tolerance, summed
+from matrices import reference, spectrum_matrix
+from tolerances import U32, assert_scores_within, energy_tolerance, reordered_sum, sketch_tolerance, summed
 
 
-def decaying(n, d, seed, kind="exp", noise=1e-3, offset=3.0):
+def decaying(n, d, seed, kind="exp"):
     """Rows with a known spectrum, heavy-tailed row weights and a mean far from the origin."""
-    gen = torch.Generator().manual_seed(seed)
-    i = torch.arange(1, d + 1, dtype=torch.float64)
-    sv = {"exp": torch.exp(-i / 12), "pow1": i ** -1.0, "mid": i ** -0.7, "slow": i ** -0.3}[kind]
-    left = torch.randn(n, d, generator=gen, dtype=torch.float64) * sv
-    left = left * torch.exp(0.5 * torch.randn(n, 1, generator=gen, dtype=torch.float64))
-    right = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))[0]
-    x = left @ right.T + noise * torch.randn(n, d, generator=gen, dtype=torch.float64)
-    return (x + offset * torch.rand(d, generator=gen, dtype=torch.float64)).float()
+    i = np.arange(1, d + 1)
+    sv = {"exp": np.exp(-i / 12), "pow1": i ** -1.0, "mid": i ** -0.7, "slow": i ** -0.3}[kind]
+    return spectrum_matrix(n, d, sv=sv, weights=0.5, noise=1e-3, offset=3.0, seed=seed, dtype=torch.float32)
 
 
 def top_overlap(a, b, share=0.16):
@@ -111,9 +107,7 @@ def test_the_energy_a_small_sketch_cannot_reach_is_said():
 def test_k_stays_within_the_resolved_directions_at_energy_one():
     """Energy 1 on a rank-20 matrix in 64 dimensions: the exact engine stops at the rank; so
     must the sketch, not reach into directions of rounding noise."""
-    gen = torch.Generator().manual_seed(14)
-    x = (torch.randn(3000, 20, generator=gen, dtype=torch.float64) * torch.arange(20, 0, -1)
-         @ torch.randn(20, 64, generator=gen, dtype=torch.float64) + 5).float()
+    x = spectrum_matrix(3000, 64, sv=np.arange(20, 0, -1), offset=5.0, seed=14, dtype=torch.float32)
     exact = leverage_scores(x, method="exact", energy=1.0)
     got = quiet_sketch(x, energy=1.0, sketch_size=64)
     assert exact.k == 20 and got.k == exact.k
@@ -167,7 +161,7 @@ def test_y_rows_past_the_spill_size_go_to_a_file_and_give_the_same_scores(monkey
     monkeypatch.setattr(sketch_mod, "SPILL_BYTES", 0)
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     mapped = []
-    made = sketch_mod._y_rows
+    made = sketch_mod.y_rows_buffer
 
     def y_rows(rows, width):  # notes whether the rows are mapped from a file in tmp_path
         ys = made(rows, width)
@@ -175,7 +169,7 @@ def test_y_rows_past_the_spill_size_go_to_a_file_and_give_the_same_scores(monkey
             mapped.append(any(str(tmp_path) in line for line in maps))
         return ys
 
-    monkeypatch.setattr(sketch_mod, "_y_rows", y_rows)
+    monkeypatch.setattr(sketch_mod, "y_rows_buffer", y_rows)
     got = quiet_sketch(x, chunk_rows=700)
     assert mapped == [True]
     np.testing.assert_array_equal(got.scores, in_memory.scores)

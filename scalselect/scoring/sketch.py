@@ -318,7 +318,7 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, backend
 
     t0 = time.perf_counter()
     sketch = Sketch.start(omega.to(dev), shift, planned["value_scale"])
-    ys = _y_rows(src.num_rows, size)  # the range sketch, kept per row
+    ys = y_rows_buffer(src.num_rows, size)  # the range sketch, kept per row
     # this rank's share of the holdout (the same rows whatever the world size), kept whole as
     # the pass meets them
     holdout = np.nonzero(np.isin(positions, holdout_rows(num_rows, pilot_rows, seed)))[0]
@@ -349,7 +349,7 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, backend
     return EngineResult(scores, found.total, found.values, "sketch", left_out, found.value_scale)
 
 
-def _y_rows(rows: int, width: int) -> torch.Tensor:
+def y_rows_buffer(rows: int, width: int) -> torch.Tensor:
     """Zeroed float32 rows x width: in memory, or past SPILL_BYTES memory-mapped from a temporary
     file (its pages go back to the disk, not to swap). The file has no name: the space returns
     when the tensor is dropped."""
