@@ -33,7 +33,7 @@ OPTIONS = {"centre": [], "standardize": ["--standardize"], "l2": ["--l2-normaliz
 
 def matrix(n: int, d: int, seed: int = 0, chunk: int = 10_000) -> np.ndarray:
     """n x d float32 rows: sigma_i ~ i^-0.6 in a random basis, columns scaled 0.2..3, offset ~5
-    (the matrices of tests/test_official_script.py), made chunk rows at a time."""
+    (the matrices of tests/scoring/test_official_script.py), made chunk rows at a time."""
     out = np.empty((n, d), dtype=np.float32)
     for part, lo in enumerate(range(0, n, chunk)):
         out[lo:lo + chunk] = spectrum_matrix(min(chunk, n - lo), d, decay=0.6, columns=(0.2, 3.0), offset=5.0,

@@ -212,11 +212,11 @@ fi
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
 if [ "$MODE" = dry ]; then
   run_step tests "dry run: only the CUDA kernel tests, which skip without a GPU" --junit tests.xml -- \
-    "${PYTEST[@]}" -m cuda tests/test_kernels.py tests/test_extraction_kernels.py --junitxml="$OUT/tests.xml"
+    "${PYTEST[@]}" -m cuda tests/kernels/test_kernels.py tests/kernels/test_extraction_kernels.py --junitxml="$OUT/tests.xml"
 elif [ "$MODE" = quick ]; then
   run_step tests "quick: only the kernel test files (every CUDA test of the suite is in them)" \
     --junit tests.xml -- \
-    "${PYTEST[@]}" tests/test_kernels.py tests/test_extraction_kernels.py --junitxml="$OUT/tests.xml"
+    "${PYTEST[@]}" tests/kernels/test_kernels.py tests/kernels/test_extraction_kernels.py --junitxml="$OUT/tests.xml"
 else
   # The whole suite in two concurrent pytest processes (same tests as one `pytest -q`): the
   # distributed tests, which spend their time starting processes, and everything else.
@@ -225,7 +225,7 @@ else
   echo "[tests] running (timeout $t s) ..."
   heavy=()
   ignore=()
-  for f in tests/test_distributed*.py; do
+  for f in tests/*/test_distributed*.py; do
     if [ -e "$f" ]; then heavy+=("$f"); ignore+=("--ignore=$f"); fi
   done
   threads=$(( CORES / 2 > 0 ? CORES / 2 : 1 ))
@@ -272,10 +272,10 @@ elif [ -z "$SANITIZER" ]; then
   record sanitizer skipped 0 "" "" "skipped: not found (compute-sanitizer is not on the PATH nor in CUDA_HOME/bin, /usr/local/cuda/bin)" "" ""
 else
   # No caching allocator: every tensor is its own allocation, so an access past its end is seen.
-  run_step sanitizer "memcheck (memory access errors; API errors not reported) on pytest -m cuda tests/test_kernels.py tests/test_extraction_kernels.py" \
+  run_step sanitizer "memcheck (memory access errors; API errors not reported) on pytest -m cuda tests/kernels/test_kernels.py tests/kernels/test_extraction_kernels.py" \
     -- env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck --target-processes all \
     --report-api-errors no --error-exitcode 3 --print-limit 50 \
-    "${PYTEST[@]}" -m cuda tests/test_kernels.py tests/test_extraction_kernels.py
+    "${PYTEST[@]}" -m cuda tests/kernels/test_kernels.py tests/kernels/test_extraction_kernels.py
 fi
 
 # --- (d) kernels and the scoring engine, (e) extraction -------------------------------------------

@@ -1,4 +1,4 @@
-"""Driver for tests/test_distributed_scoring.py, run by torchrun on every rank:
+"""Driver for tests/scoring/test_distributed_scoring.py, run by torchrun on every rank:
 
     python -m torch.distributed.run --nproc-per-node 2 ... tests/dist_score_main.py SPEC.json
 

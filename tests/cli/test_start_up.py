@@ -14,7 +14,7 @@ import pytest
 
 from pool_files import write_pool
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers")
 
 PROBE = """

@@ -3,7 +3,7 @@
 A problem with one sample of a pool is a recorded skip with its reason, while every good sample
 is still extracted; a problem with a whole input is one line on stderr and exit code 2. The table
 in docs/bad-input.md is rendered from SAMPLE_CASES and INPUT_CASES; a test keeps it current
-(`python tests/test_bad_input_corpus.py > docs/bad-input.md` rewrites it).
+(`PYTHONPATH=tests python tests/cli/test_bad_input_corpus.py > docs/bad-input.md` rewrites it).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from store_files import reseal
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "bad-input.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "bad-input.md"
 
 
 def turn(user, reply="A cat."):
@@ -554,7 +554,7 @@ def _outcome_rows(cases) -> list[str]:
 
 def render_table() -> str:
     rows = ["# Bad input: every case and what scalselect does with it", "",
-            "Rendered from `tests/test_bad_input_corpus.py`, which runs every case in CI.",
+            "Rendered from `tests/cli/test_bad_input_corpus.py`, which runs every case in CI.",
             "A problem with one sample is a skip: one line `{\"sample_id\", \"reason\", \"detail\"}` in the",
             "store's `skipped.jsonl`, counted in the manifest, while the other samples go on. A problem",
             "with a whole input is one line on stderr and exit code 2.", "",
@@ -570,11 +570,11 @@ def render_table() -> str:
              "`subset.selection.json` (`unscored_in_pool`), a note on stdout |",
              "| pool records without an `id` | addressed by their 0-based position in the pool |",
              "| ids with lone surrogates (legal JSON escapes, not UTF-8) | kept: written back as the same "
-             "escapes, in the store, the scores and the subset (`tests/test_hostile_pools.py`) |",
+             "escapes, in the store, the scores and the subset (`tests/data/test_hostile_pools.py`) |",
              "| vectors of any magnitude (1e-40 to 1e100) | scored as usual: rows are multiplied by a power of two "
              "before their float32 products |",
              "| a full disk or a file-size limit at any write | one line, exit 2; no corrupt part is committed; "
-             "`--resume` completes with a clean run's vectors (`tests/test_full_disk.py`) |",
+             "`--resume` completes with a clean run's vectors (`tests/stores/test_full_disk.py`) |",
              "| a store part whose files changed after it was written | reading: one line naming the file; "
              "`extract --resume`: the part is done again |",
              "| `--out` a symlink | the file it names is written, atomically; the link stays |",
@@ -587,7 +587,7 @@ def render_table() -> str:
 
 def test_the_docs_table_lists_every_case():
     assert DOCS.read_text() == render_table(), \
-        "docs/bad-input.md is out of date: python tests/test_bad_input_corpus.py > docs/bad-input.md"
+        "docs/bad-input.md is out of date: PYTHONPATH=tests python tests/cli/test_bad_input_corpus.py > docs/bad-input.md"
 
 
 if __name__ == "__main__":

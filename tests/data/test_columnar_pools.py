@@ -362,8 +362,8 @@ def test_reading_holds_bounded_memory_whatever_the_pools_size(tmp_path, kind):
         pool, out = tmp_path / "big", tmp_path / "subset"
         datasets.Dataset(table).save_to_disk(str(pool))
     del table
-    child = subprocess.run([sys.executable, str(Path(__file__).with_name("pool_memory_main.py")), str(pool), str(out)],
-                           capture_output=True, text=True, timeout=600)
+    script = Path(__file__).resolve().parents[1] / "pool_memory_main.py"
+    child = subprocess.run([sys.executable, str(script), str(pool), str(out)], capture_output=True, text=True, timeout=600)
     assert child.returncode == 0, child.stderr
     report = json.loads(child.stdout)
     assert report["rows"] == rows

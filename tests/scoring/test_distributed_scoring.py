@@ -29,7 +29,7 @@ from tolerances import assert_scores_within, reordered_sums_tolerance
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "dist_score_main.py"
 
 
