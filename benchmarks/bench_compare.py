@@ -37,13 +37,27 @@ def make_inputs(folder: Path, rows: int, dim: int) -> dict:
     if all(p.exists() for p in paths.values()):
         return paths
     ids = [f"s{i:07d}" for i in range(rows)]
-    with_store = [spectrum_matrix(min(20000, rows - lo), dim, decay=0.8, offset=3.0, part=part, dtype=np.float16)
-                  for part, lo in enumerate(range(0, rows, 20000))]  # generated in pieces: the parent stays small
+    with_store = [
+        spectrum_matrix(min(20000, rows - lo), dim, decay=0.8, offset=3.0, part=part, dtype=np.float16)
+        for part, lo in enumerate(range(0, rows, 20000))
+    ]  # generated in pieces: the parent stays small
     write_store(paths["store"], np.concatenate(with_store), ids, dtype="float16")
     sources = ["coco", "gqa", "ocr_vqa", "textvqa", "vg"]
-    paths["pool"].write_text(json.dumps([{"id": sid, "image": f"{sources[i % 5]}/{i}.jpg", "conversations": [
-        {"from": "human", "value": "<image>\n" + "q" * (1 + i % 50)}, {"from": "gpt", "value": "a"}]}
-        for i, sid in enumerate(ids)]))
+    paths["pool"].write_text(
+        json.dumps(
+            [
+                {
+                    "id": sid,
+                    "image": f"{sources[i % 5]}/{i}.jpg",
+                    "conversations": [
+                        {"from": "human", "value": "<image>\n" + "q" * (1 + i % 50)},
+                        {"from": "gpt", "value": "a"},
+                    ],
+                }
+                for i, sid in enumerate(ids)
+            ]
+        )
+    )
     write_scores(paths["scores"], ids, np.random.default_rng(0).random(rows))
     return paths
 
@@ -71,10 +85,14 @@ def in_memory(pool, ids, scores, store, budget, methods, seed=0, energy=0.9):
         chosen, _ = top_positions(pool, ids, scores, budget, method=method, seed=seed)
         subset = data[[at[p] for p in chosen]]
         right = torch.linalg.svd(subset, full_matrices=False).Vh[:k].T
-        nearest = torch.cdist(data[probe].double(), subset.double(),
-                              compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
-        out[method] = {"projection_error": 1 - float((data @ right).double().pow(2).sum()) / total,
-                       "coverage_mean": float(nearest.mean()), "coverage_max": float(nearest.max())}
+        nearest = (
+            torch.cdist(data[probe].double(), subset.double(), compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
+        )
+        out[method] = {
+            "projection_error": 1 - float((data @ right).double().pow(2).sum()) / total,
+            "coverage_mean": float(nearest.mean()),
+            "coverage_max": float(nearest.max()),
+        }
     return {"k": k, "methods": out}
 
 
@@ -94,9 +112,15 @@ def child(way: str, paths: dict) -> dict:
         report = run(pool, ids, scores, paths["store"], "16%", METHODS)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    return {"seconds": seconds, "peak_gib": peak, "k": report.get("k"),
-            "figures": {m: {key: f[key] for key in ("projection_error", "coverage_mean", "coverage_max")}
-                        for m, f in report.get("methods", {}).items()}}
+    return {
+        "seconds": seconds,
+        "peak_gib": peak,
+        "k": report.get("k"),
+        "figures": {
+            m: {key: f[key] for key in ("projection_error", "coverage_mean", "coverage_max")}
+            for m, f in report.get("methods", {}).items()
+        },
+    }
 
 
 def main() -> None:
@@ -112,20 +136,31 @@ def main() -> None:
         return
     results = {}
     for way in ("in-memory", "stream", "cluster"):
-        done = subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--dim", str(args.dim),
-                               "--dir", str(args.dir), "--child", way], capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--rows", str(args.rows), "--dim", str(args.dim), "--dir", str(args.dir), "--child", way],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         results[way] = json.loads(done.stdout.strip().splitlines()[-1])
     a, b = results["in-memory"], results["stream"]
     assert a["k"] == b["k"], (a["k"], b["k"])
-    worst = max(abs(a["figures"][m][key] - b["figures"][m][key]) / max(1e-12, abs(a["figures"][m][key]))
-                for m in METHODS for key in a["figures"][m])
-    print(f"{args.rows:,} x {args.dim} float16 store, methods {', '.join(METHODS)}, budget 16 %, k = {a['k']}; "
-          f"largest relative difference of the figures: {worst:.1e}\n")
+    worst = max(
+        abs(a["figures"][m][key] - b["figures"][m][key]) / max(1e-12, abs(a["figures"][m][key]))
+        for m in METHODS
+        for key in a["figures"][m]
+    )
+    print(
+        f"{args.rows:,} x {args.dim} float16 store, methods {', '.join(METHODS)}, budget 16 %, k = {a['k']}; "
+        f"largest relative difference of the figures: {worst:.1e}\n"
+    )
     print("| way | time | peak RSS |")
     print("| --- | --- | --- |")
     print(f"| every vector in memory | {a['seconds']:.1f} s | {a['peak_gib']:.2f} GiB |")
-    print(f"| one pass (compare) | {b['seconds']:.1f} s ({b['seconds'] / a['seconds']:.2f}×) | "
-          f"{b['peak_gib']:.2f} GiB ({b['peak_gib'] / a['peak_gib']:.2f}×) |")
+    print(
+        f"| one pass (compare) | {b['seconds']:.1f} s ({b['seconds'] / a['seconds']:.2f}×) | "
+        f"{b['peak_gib']:.2f} GiB ({b['peak_gib'] / a['peak_gib']:.2f}×) |"
+    )
     c = results["cluster"]
     print(f"| select --method cluster, streamed (alone) | {c['seconds']:.1f} s | {c['peak_gib']:.2f} GiB |")
 

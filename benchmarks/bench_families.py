@@ -53,10 +53,12 @@ def make_pool(root: Path, samples: int) -> Path:
     records = []
     for i in range(samples):
         Image.fromarray((rng.random((56 + 4 * i, 64, 3)) * 255).astype("uint8")).save(root / f"{i}.png")
-        conv = [{"from": "human", "value": "<image>\nWhat is shown in the image? Describe it in detail."},
-                {"from": "gpt", "value": "A cat sits on a red sofa next to a window. " * (1 + i % 3)},
-                {"from": "human", "value": "How many dogs are there? What colour is the car?"},
-                {"from": "gpt", "value": "There are 2 dogs. The car is red. " * (1 + i % 2)}]
+        conv = [
+            {"from": "human", "value": "<image>\nWhat is shown in the image? Describe it in detail."},
+            {"from": "gpt", "value": "A cat sits on a red sofa next to a window. " * (1 + i % 3)},
+            {"from": "human", "value": "How many dogs are there? What colour is the car?"},
+            {"from": "gpt", "value": "There are 2 dogs. The car is red. " * (1 + i % 2)},
+        ]
         records.append({"id": i, "image": f"{i}.png", "conversations": conv})
     (root / "pool.json").write_text(json.dumps(records))
     return root / "pool.json"
@@ -66,8 +68,13 @@ def scalselect_loop(model_dir: Path, pool_path: Path, root: Path, out: Path, bac
     from scalselect.pipeline import ExtractOptions, extract_store
     from scalselect.stores import load_representations
 
-    summary = extract_store(model_dir, pool_path, root, out, ExtractOptions(
-        batch_size=8, progress=False, store_dtype="float32", kernel_backend=backend, workers=0))
+    summary = extract_store(
+        model_dir,
+        pool_path,
+        root,
+        out,
+        ExtractOptions(batch_size=8, progress=False, store_dtype="float32", kernel_backend=backend, workers=0),
+    )
     ids, x = load_representations(out)
     return dict(zip(ids, x)), summary["seconds"]
 
@@ -80,10 +87,18 @@ def extraction(family: str, work: Path, layers: int, samples: int) -> dict:
     want, ref_s = reference_way.reference_pool_vectors(model_dir, pool, root)
     got, ours_s = scalselect_loop(model_dir, pool, root, root / "native", "auto")
     _, twin_s = scalselect_loop(model_dir, pool, root, root / "twins", "torch")
-    cosine = min(float(torch.nn.functional.cosine_similarity(torch.as_tensor(got[k]).double(),
-                                                             want[k].double(), dim=0)) for k in want)
-    return {"family": family, "layers": layers, "samples": samples, "reference_s": ref_s,
-            "scalselect_s": ours_s, "twins_s": twin_s, "min_cosine": cosine}
+    cosine = min(
+        float(torch.nn.functional.cosine_similarity(torch.as_tensor(got[k]).double(), want[k].double(), dim=0)) for k in want
+    )
+    return {
+        "family": family,
+        "layers": layers,
+        "samples": samples,
+        "reference_s": ref_s,
+        "scalselect_s": ours_s,
+        "twins_s": twin_s,
+        "min_cosine": cosine,
+    }
 
 
 def best(fn, rounds: int = 5) -> float:
@@ -105,17 +120,17 @@ def kernel(window: int = 512) -> dict:
     k = torch.randn(b, heads, seq, hd, generator=gen).bfloat16()
     valid = torch.ones(b, seq, dtype=torch.bool)
     vision = torch.zeros(b, seq, dtype=torch.bool)
-    vision[:, 40:40 + 2880] = True  # five 576-token images after a short prompt
+    vision[:, 40 : 40 + 2880] = True  # five 576-token images after a short prompt
     rows = ~vision
     causal = twins.causal_key_ranges(valid)
     at = torch.arange(seq, dtype=torch.int32)
     sliding = ((at - window + 1).clamp(min=0).expand(b, seq).contiguous(), causal[1])
     out = {}
     for name, ranges in (("causal", causal), ("sliding", sliding)):
-        out[f"{name}_native_s"] = best(lambda: kernels.attention_mass(q, k, valid, rows, vision, 0.125, ranges,
-                                                                      backend="native"))
-        out[f"{name}_twin_s"] = best(lambda: kernels.attention_mass(q, k, valid, rows, vision, 0.125, ranges,
-                                                                    backend="torch"), rounds=2)
+        out[f"{name}_native_s"] = best(lambda: kernels.attention_mass(q, k, valid, rows, vision, 0.125, ranges, backend="native"))
+        out[f"{name}_twin_s"] = best(
+            lambda: kernels.attention_mass(q, k, valid, rows, vision, 0.125, ranges, backend="torch"), rounds=2
+        )
     return out
 
 
@@ -125,13 +140,17 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--samples", type=int, default=16)
     args = parser.parse_args()
-    results = {"extraction": [extraction(f, args.dir, args.layers, args.samples) for f in ("gemma3", "qwen3_5")],
-               "kernel": kernel()}
+    results = {
+        "extraction": [extraction(f, args.dir, args.layers, args.samples) for f in ("gemma3", "qwen3_5")],
+        "kernel": kernel(),
+    }
     print("| family | reference way | scalselect | with twins | reference / scalselect | min cosine |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in results["extraction"]:
-        print(f"| {r['family']} ({r['layers']} layers) | {r['reference_s']:.2f} s | {r['scalselect_s']:.2f} s | "
-              f"{r['twins_s']:.2f} s | {r['reference_s'] / r['scalselect_s']:.1f}x | {r['min_cosine']:.7f} |")
+        print(
+            f"| {r['family']} ({r['layers']} layers) | {r['reference_s']:.2f} s | {r['scalselect_s']:.2f} s | "
+            f"{r['twins_s']:.2f} s | {r['reference_s'] / r['scalselect_s']:.1f}x | {r['min_cosine']:.7f} |"
+        )
     kr = results["kernel"]
     print("\n| attention_mass, 2 x 4,096 tokens | native | twin | twin / native |")
     print("| --- | --- | --- | --- |")

@@ -48,17 +48,36 @@ def main() -> None:
         make_store(store, args.rows, args.dim)
         return
     if not (store / "manifest.json").exists():
-        subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--dim", str(args.dim),
-                        "--dir", str(args.dir), "--write-store-only"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--rows",
+                str(args.rows),
+                "--dim",
+                str(args.dim),
+                "--dir",
+                str(args.dir),
+                "--write-store-only",
+            ],
+            check=True,
+        )
     out = args.dir / "scores.jsonl"
-    run = timed([sys.executable, "-m", "scalselect", "score", str(store), "--out", str(out),
-                 "--quiet", "--method", "exact"])  # the exact engine, as recorded
+    run = timed(
+        [sys.executable, "-m", "scalselect", "score", str(store), "--out", str(out), "--quiet", "--method", "exact"]
+    )  # the exact engine, as recorded
     wall, peak_gb = run["wall_s"], run["peak_mib"] / 1024
     summary = json.loads((args.dir / "scores.summary.json").read_text())
-    result = {"rows": args.rows, "dim": args.dim, "dtype": "float16", "wall_s": round(wall, 1),
-              "peak_rss_gib": round(peak_gb, 2), "k": summary["k"],
-              "timings_s": {k: round(v, 1) for k, v in summary["timings_s"].items()},
-              "store_gib": round(args.rows * args.dim * 2 / 2**30, 2)}
+    result = {
+        "rows": args.rows,
+        "dim": args.dim,
+        "dtype": "float16",
+        "wall_s": round(wall, 1),
+        "peak_rss_gib": round(peak_gb, 2),
+        "k": summary["k"],
+        "timings_s": {k: round(v, 1) for k, v in summary["timings_s"].items()},
+        "store_gib": round(args.rows * args.dim * 2 / 2**30, 2),
+    }
     print(json.dumps(result, indent=1))
 
 

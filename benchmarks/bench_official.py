@@ -27,8 +27,12 @@ from matrices import spectrum_matrix  # noqa: E402  (the test matrices)
 from official import official as official_float64  # noqa: E402  (the restated script, in float64)
 from measure import timed  # noqa: E402  (benchmarks/measure.py)
 
-OPTIONS = {"centre": [], "standardize": ["--standardize"], "l2": ["--l2-normalize"],
-           "standardize + l2": ["--standardize", "--l2-normalize"]}
+OPTIONS = {
+    "centre": [],
+    "standardize": ["--standardize"],
+    "l2": ["--l2-normalize"],
+    "standardize + l2": ["--standardize", "--l2-normalize"],
+}
 
 
 def matrix(n: int, d: int, seed: int = 0, chunk: int = 10_000) -> np.ndarray:
@@ -36,8 +40,9 @@ def matrix(n: int, d: int, seed: int = 0, chunk: int = 10_000) -> np.ndarray:
     (the matrices of tests/scoring/test_official_script.py), made chunk rows at a time."""
     out = np.empty((n, d), dtype=np.float32)
     for part, lo in enumerate(range(0, n, chunk)):
-        out[lo:lo + chunk] = spectrum_matrix(min(chunk, n - lo), d, decay=0.6, columns=(0.2, 3.0), offset=5.0,
-                                             seed=seed, part=part, dtype=np.float32)
+        out[lo : lo + chunk] = spectrum_matrix(
+            min(chunk, n - lo), d, decay=0.6, columns=(0.2, 3.0), offset=5.0, seed=seed, part=part, dtype=np.float32
+        )
     return out
 
 
@@ -87,9 +92,17 @@ def fidelity(directory: Path, n: int, d: int) -> list[dict]:
         got_a, got_b = read_scores(theirs), read_scores(mine)
         exact, k = official_float64(x, "--standardize" in flags, "--l2-normalize" in flags)
         exact = {f"sample_{i}": float(v) for i, v in enumerate(exact)}
-        rows.append({"options": name, "k_official": a["k"], "k_scalselect": b["k"], "k_float64": k,
-                     "scalselect_vs_official": compared(got_b, got_a), "official_vs_float64": compared(got_a, exact),
-                     "scalselect_vs_float64": compared(got_b, exact)})
+        rows.append(
+            {
+                "options": name,
+                "k_official": a["k"],
+                "k_scalselect": b["k"],
+                "k_float64": k,
+                "scalselect_vs_official": compared(got_b, got_a),
+                "official_vs_float64": compared(got_a, exact),
+                "scalselect_vs_float64": compared(got_b, exact),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -100,9 +113,18 @@ def race(directory: Path, sizes: list[tuple[int, int]]) -> list[dict]:
         npz = npz_of(directory, n, d)
         theirs, mine = npz.with_name("official.jsonl"), npz.with_name("ours.jsonl")
         a, b = official(npz, theirs, []), ours(npz, mine, [])
-        rows.append({"rows": n, "dim": d, "official": a, "scalselect": b, "time_ratio": b["wall_s"] / a["wall_s"],
-                     "memory_ratio": b["peak_mib"] / a["peak_mib"], "same_k": a["k"] == b["k"],
-                     **compared(read_scores(mine), read_scores(theirs))})
+        rows.append(
+            {
+                "rows": n,
+                "dim": d,
+                "official": a,
+                "scalselect": b,
+                "time_ratio": b["wall_s"] / a["wall_s"],
+                "memory_ratio": b["peak_mib"] / a["peak_mib"],
+                "same_k": a["k"] == b["k"],
+                **compared(read_scores(mine), read_scores(theirs)),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

@@ -44,8 +44,13 @@ def make_pools(folder: Path, rows: int, image_kb: int) -> dict:
     rng = np.random.default_rng(0)
     sources = ["coco", "gqa", "ocr_vqa", "textvqa", "vg"]
     names = [f"{sources[i % 5]}/{i:07d}.jpg" for i in range(rows)]
-    turns = [[{"from": "human", "value": "<image>\n" + "What is in the picture? " * int(1 + i % 7)},
-              {"from": "gpt", "value": "A thing. " * int(1 + i % 11)}] for i in range(rows)]
+    turns = [
+        [
+            {"from": "human", "value": "<image>\n" + "What is in the picture? " * int(1 + i % 7)},
+            {"from": "gpt", "value": "A thing. " * int(1 + i % 11)},
+        ]
+        for i in range(rows)
+    ]
     images = [rng.bytes(image_kb << 10) for _ in range(rows)]
     for source in sources:
         (folder / "images" / source).mkdir(parents=True, exist_ok=True)
@@ -54,9 +59,13 @@ def make_pools(folder: Path, rows: int, image_kb: int) -> dict:
     records = [{"id": f"s{i:07d}", "image": names[i], "conversations": turns[i]} for i in range(rows)]
     paths["json"].write_text(json.dumps(records))
     image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    table = pa.table({"id": [r["id"] for r in records],
-                      "image": pa.array([{"bytes": d, "path": n} for d, n in zip(images, names)], image),
-                      "conversations": turns})
+    table = pa.table(
+        {
+            "id": [r["id"] for r in records],
+            "image": pa.array([{"bytes": d, "path": n} for d, n in zip(images, names)], image),
+            "conversations": turns,
+        }
+    )
     pq.write_table(table, paths["parquet"], row_group_size=100)
     datasets.Dataset(table).save_to_disk(str(paths["save_to_disk"]))
     return paths
@@ -116,8 +125,15 @@ def measure(kind: str, path: Path, workers: int) -> dict:
     t0 = time.perf_counter()
     write_subset(pool, chosen.tolist(), out)
     write = time.perf_counter() - t0
-    return {"open_s": opened, "record_us": per_record * 1e6, "scan_s": scan, "write_s": write,
-            "anon_peak_mib": PEAK[0] / 2**20, "bytes_read": got, "lengths": int(sum(lengths))}
+    return {
+        "open_s": opened,
+        "record_us": per_record * 1e6,
+        "scan_s": scan,
+        "write_s": write,
+        "anon_peak_mib": PEAK[0] / 2**20,
+        "bytes_read": got,
+        "lengths": int(sum(lengths)),
+    }
 
 
 def main() -> None:
@@ -134,24 +150,28 @@ def main() -> None:
     folder = args.dir / f"{args.rows}x{args.image_kb}k"
     t0 = time.perf_counter()
     paths = make_pools(folder, args.rows, args.image_kb)
-    print(f"pools of {args.rows:,} samples with {args.image_kb} KB images in {folder} "
-          f"({time.perf_counter() - t0:.0f} s to make)")
+    print(f"pools of {args.rows:,} samples with {args.image_kb} KB images in {folder} ({time.perf_counter() - t0:.0f} s to make)")
     results = {}
     for kind in FORMATS:
-        child = subprocess.run([sys.executable, __file__, "--workers", str(args.workers), "--child", kind,
-                                str(paths[kind])], capture_output=True, text=True, check=True)
+        child = subprocess.run(
+            [sys.executable, __file__, "--workers", str(args.workers), "--child", kind, str(paths[kind])],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         results[kind] = json.loads(child.stdout.strip().splitlines()[-1])
     assert len({r["bytes_read"] for r in results.values()}) == 1, "the formats read different bytes"
     assert len({r["lengths"] for r in results.values()}) == 1, "the formats read different conversations"
     base = results["json"]
-    print(f"\n| format | open | per record ({args.workers} readers) | scan of lengths | write 16 % | "
-          "anonymous memory peak |")
+    print(f"\n| format | open | per record ({args.workers} readers) | scan of lengths | write 16 % | anonymous memory peak |")
     print("| --- | --- | --- | --- | --- | --- |")
     for kind, r in results.items():
         ratio = lambda key: "" if kind == "json" else f" ({r[key] / base[key]:.2f}×)"  # noqa: E731
-        print(f"| {kind} | {r['open_s']:.2f} s{ratio('open_s')} | {r['record_us']:.1f} µs{ratio('record_us')} | "
-              f"{r['scan_s']:.2f} s{ratio('scan_s')} | {r['write_s']:.2f} s{ratio('write_s')} | "
-              f"{r['anon_peak_mib']:.0f} MiB |")
+        print(
+            f"| {kind} | {r['open_s']:.2f} s{ratio('open_s')} | {r['record_us']:.1f} µs{ratio('record_us')} | "
+            f"{r['scan_s']:.2f} s{ratio('scan_s')} | {r['write_s']:.2f} s{ratio('write_s')} | "
+            f"{r['anon_peak_mib']:.0f} MiB |"
+        )
 
 
 if __name__ == "__main__":

@@ -30,9 +30,9 @@ from matrices import spectrum_matrix  # noqa: E402  (the test matrices)
 
 SPECTRA = {  # singular values of the signal, i = 1..D
     "fast: exp(-i/40)": lambda i: np.exp(-i / 40),
-    "i^-1": lambda i: i ** -1.0,
-    "slow: i^-0.7": lambda i: i ** -0.7,
-    "flat: i^-0.3": lambda i: i ** -0.3,
+    "i^-1": lambda i: i**-1.0,
+    "slow: i^-0.7": lambda i: i**-0.7,
+    "flat: i^-0.3": lambda i: i**-0.3,
 }
 
 
@@ -40,8 +40,9 @@ def rows_with_spectrum(n, d, spectrum, rank, part=0, dtype=torch.float32):
     """n rows (block `part` of one matrix): Gaussian coordinates scaled by the spectrum (rank
     `rank`) in a random basis, heavy-tailed row weights, 1e-3 isotropic noise and a mean far
     from the origin."""
-    return spectrum_matrix(n, d, sv=SPECTRA[spectrum](np.arange(1, rank + 1)), weights=0.5, noise=1e-3, offset=0.3,
-                           part=part, dtype=dtype)
+    return spectrum_matrix(
+        n, d, sv=SPECTRA[spectrum](np.arange(1, rank + 1)), weights=0.5, noise=1e-3, offset=0.3, part=part, dtype=dtype
+    )
 
 
 def spearman(a, b) -> float:
@@ -53,13 +54,19 @@ def compare(exact, sketch) -> dict:
     a, b = exact.scores, sketch.scores
     m = int(round(0.16 * len(a)))
     k = min(exact.k, sketch.k)
-    return {"k": exact.k, "k_sketch": sketch.k, "sketch_size": sketch.sketch.get("sketch_size"),
-            "spearman": spearman(a, b),
-            "top16_overlap": len(set(np.argsort(-a)[:m]) & set(np.argsort(-b)[:m])) / m,
-            "sigma_rel_err": float(np.max(np.abs(sketch.singular_values[:k] - exact.singular_values[:k])
-                                          / exact.singular_values[:k])),
-            "score_rms_err": float(np.sqrt(np.mean((a - b) ** 2)) / np.mean(a)),
-            "estimate": sketch.sketch.get("score_error_estimate"), "certified": sketch.sketch.get("certified")}
+    return {
+        "k": exact.k,
+        "k_sketch": sketch.k,
+        "sketch_size": sketch.sketch.get("sketch_size"),
+        "spearman": spearman(a, b),
+        "top16_overlap": len(set(np.argsort(-a)[:m]) & set(np.argsort(-b)[:m])) / m,
+        "sigma_rel_err": float(
+            np.max(np.abs(sketch.singular_values[:k] - exact.singular_values[:k]) / exact.singular_values[:k])
+        ),
+        "score_rms_err": float(np.sqrt(np.mean((a - b) ** 2)) / np.mean(a)),
+        "estimate": sketch.sketch.get("score_error_estimate"),
+        "certified": sketch.sketch.get("certified"),
+    }
 
 
 def sketch_quietly(x, **options):
@@ -80,10 +87,12 @@ def tiny_checkpoint_vectors(work: Path, n: int = 3000) -> np.ndarray:
     store = work / f"tiny-store-{n}"
     if not (store / "manifest.json").exists():
         demo = prepare_demo(work / f"tiny-demo-{n}", n=n)
-        model = save_tiny_llava(work / "tiny-model-256", image_size=56, text_hidden=256, text_heads=4,
-                                text_kv_heads=2, vision_hidden=64)
-        extract_store(model, demo["pool"], demo["images"], store,
-                      ExtractOptions(device="cpu", store_dtype="float32", progress=False))
+        model = save_tiny_llava(
+            work / "tiny-model-256", image_size=56, text_hidden=256, text_heads=4, text_kv_heads=2, vision_hidden=64
+        )
+        extract_store(
+            model, demo["pool"], demo["images"], store, ExtractOptions(device="cpu", store_dtype="float32", progress=False)
+        )
     return load_representations(store)[1]
 
 
@@ -99,8 +108,9 @@ def accuracy(work: Path) -> list[dict]:
         print(rows[-1], file=sys.stderr, flush=True)
     vectors = tiny_checkpoint_vectors(work)
     exact = leverage_scores(vectors, method="exact")
-    rows.append({"input": f"tiny LLaVA vectors, {vectors.shape[0]:,} x {vectors.shape[1]}",
-                 **compare(exact, sketch_quietly(vectors))})
+    rows.append(
+        {"input": f"tiny LLaVA vectors, {vectors.shape[0]:,} x {vectors.shape[1]}", **compare(exact, sketch_quietly(vectors))}
+    )
     print(rows[-1], file=sys.stderr, flush=True)
     return rows
 
@@ -108,7 +118,7 @@ def accuracy(work: Path) -> list[dict]:
 def make_matrix(path: Path, n: int, d: int, spectrum: str, rank: int = 1024, block: int = 16384) -> None:
     out = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), mode="w+", dtype=np.float16, shape=(n, d))
     for part, lo in enumerate(range(0, n, block)):
-        out[lo:lo + block] = rows_with_spectrum(min(block, n - lo), d, spectrum, min(rank, d), part, np.float16)
+        out[lo : lo + block] = rows_with_spectrum(min(block, n - lo), d, spectrum, min(rank, d), part, np.float16)
     out.flush()
     del out
     path.with_suffix(".tmp.npy").rename(path)
@@ -133,8 +143,14 @@ def child(path: str, method: str, out: str) -> None:
         wall = time.perf_counter() - t0
     np.save(out + ".npy", result.scores)
     np.save(out + ".sv.npy", result.singular_values)
-    info = {"wall_s": wall, "peak_rss_gib": peak_rss_gib(),
-            "k": result.k, "method": result.method, "sketch": result.sketch, "timings_s": result.timings}
+    info = {
+        "wall_s": wall,
+        "peak_rss_gib": peak_rss_gib(),
+        "k": result.k,
+        "method": result.method,
+        "sketch": result.sketch,
+        "timings_s": result.timings,
+    }
     Path(out + ".json").write_text(json.dumps(info))
 
 
@@ -155,14 +171,20 @@ def large(work: Path, n: int, d: int) -> list[dict]:
         if not path.exists():  # in a child: this process stays small
             subprocess.run([sys.executable, __file__, "--make", str(path), str(n), str(d), spectrum], check=True)
         runs = {method: run_child(path, method, work) for method in ("exact", "sketch", "auto")}
-        ref = SimpleNamespace(scores=runs["exact"]["scores"], singular_values=runs["exact"]["sv"],
-                              k=runs["exact"]["k"], sketch={})
+        ref = SimpleNamespace(
+            scores=runs["exact"]["scores"], singular_values=runs["exact"]["sv"], k=runs["exact"]["k"], sketch={}
+        )
         for method, info in runs.items():
             got = SimpleNamespace(scores=info["scores"], singular_values=info["sv"], k=info["k"], sketch=info["sketch"])
-            row = {"input": f"{spectrum}, {n:,} x {d:,} float16", "method": method, "ran": info["method"],
-                   "wall_s": round(info["wall_s"], 1), "peak_rss_gib": round(info["peak_rss_gib"], 2),
-                   "vs_exact": round(info["wall_s"] / runs["exact"]["wall_s"], 3),
-                   "timings_s": {k: round(v, 1) for k, v in info["timings_s"].items()}}
+            row = {
+                "input": f"{spectrum}, {n:,} x {d:,} float16",
+                "method": method,
+                "ran": info["method"],
+                "wall_s": round(info["wall_s"], 1),
+                "peak_rss_gib": round(info["peak_rss_gib"], 2),
+                "vs_exact": round(info["wall_s"] / runs["exact"]["wall_s"], 3),
+                "timings_s": {k: round(v, 1) for k, v in info["timings_s"].items()},
+            }
             if method != "exact":
                 row.update(compare(ref, got))
             rows.append(row)

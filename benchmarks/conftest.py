@@ -14,11 +14,13 @@ RESULTS: dict[str, float] = {}
 @pytest.fixture
 def record(benchmark):
     """Run `fn` under pytest-benchmark and remember its best (minimum) time under `name`."""
+
     def run(name, fn, rounds=3):
         result = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
         if benchmark.stats is not None:  # None under --benchmark-disable: fn ran once, untimed
             RESULTS[name] = benchmark.stats.stats.min
         return result
+
     return run
 
 

@@ -22,8 +22,7 @@ import reference_way
 from conftest import RESULTS
 
 SAMPLES = 24
-SHAPE = dict(image_size=224, text_layers=16, text_hidden=512, text_heads=8, text_kv_heads=8,
-             vision_hidden=64, vision_layers=2)
+SHAPE = dict(image_size=224, text_layers=16, text_hidden=512, text_heads=8, text_kv_heads=8, vision_hidden=64, vision_layers=2)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +37,10 @@ def setup(tmp_path_factory):
     records = []
     for i in range(SAMPLES):
         Image.fromarray((rng.random((200 + i, 260, 3)) * 255).astype("uint8")).save(root / f"{i}.png")
-        conv = [{"from": "human", "value": "<image>\nWhat is shown in the image? Describe it in detail."},
-                {"from": "gpt", "value": "A cat sits on a red sofa next to a window. " * (1 + i % 4)}]
+        conv = [
+            {"from": "human", "value": "<image>\nWhat is shown in the image? Describe it in detail."},
+            {"from": "gpt", "value": "A cat sits on a red sofa next to a window. " * (1 + i % 4)},
+        ]
         if i % 2:
             conv += [{"from": "human", "value": "How many dogs are there?"}, {"from": "gpt", "value": "Two."}]
         records.append({"id": i, "image": f"{i}.png", "conversations": conv})
@@ -49,8 +50,9 @@ def setup(tmp_path_factory):
 
 def test_extract_reference_way(benchmark, setup):
     root, model = setup
-    vectors, seconds = benchmark.pedantic(lambda: reference_way.reference_pool_vectors(model, root / "pool.json", root),
-                                          rounds=1, iterations=1)
+    vectors, seconds = benchmark.pedantic(
+        lambda: reference_way.reference_pool_vectors(model, root / "pool.json", root), rounds=1, iterations=1
+    )
     RESULTS["extract_reference"] = seconds
     print(f"\nreference way: {SAMPLES / seconds:.2f} samples/s")
     assert len(vectors) == SAMPLES
@@ -64,8 +66,15 @@ def scalselect_runs(model, root, out_dir, backend: str, rounds: int, benchmark=N
 
     def run():
         out = out_dir / f"{backend}{len(runs)}"
-        runs.append(extract_store(model, root / "pool.json", root, out, ExtractOptions(
-            batch_size=8, progress=False, store_dtype="float32", kernel_backend=backend)))
+        runs.append(
+            extract_store(
+                model,
+                root / "pool.json",
+                root,
+                out,
+                ExtractOptions(batch_size=8, progress=False, store_dtype="float32", kernel_backend=backend),
+            )
+        )
         return out
 
     out = benchmark.pedantic(run, rounds=rounds, iterations=1) if benchmark else [run() for _ in range(rounds)][-1]

@@ -18,6 +18,7 @@ B, H, HKV, S, HD, D = 4, 8, 8, 700, 64, 4096
 LENGTHS = [700, 680, 650, 620]  # right padding
 IMAGE = (35, 35 + 576)
 
+
 @pytest.fixture(scope="module")
 def batch():
     gen = torch.Generator().manual_seed(0)
@@ -51,24 +52,30 @@ def materialised_attention_mass(q, k, valid, instruction, vision, scale):
 @pytest.mark.parametrize("impl", ["native", "twin", "materialised"])
 def test_attention_mass(record, batch, impl):
     q, k, _, valid, instruction, vision = batch
-    scale = HD ** -0.5
-    fn = {"native": lambda: kernels.attention_mass(q, k, valid, instruction, vision, scale, backend="native"),
-          "twin": lambda: twins.attention_mass(q, k, valid, instruction, vision, scale),
-          "materialised": lambda: materialised_attention_mass(q, k, valid, instruction, vision, scale)}[impl]
+    scale = HD**-0.5
+    fn = {
+        "native": lambda: kernels.attention_mass(q, k, valid, instruction, vision, scale, backend="native"),
+        "twin": lambda: twins.attention_mass(q, k, valid, instruction, vision, scale),
+        "materialised": lambda: materialised_attention_mass(q, k, valid, instruction, vision, scale),
+    }[impl]
     got = record(f"mass_{impl}", fn, rounds=5)
     want = twins.attention_mass(q, k, valid, instruction, vision, scale)
     torch.testing.assert_close(got.float(), want, rtol=1e-4, atol=1e-8)
     if impl == "materialised":
-        print(f"\nmaterialised map: {B * H * S * S * 4 / 2**20:.0f} MiB of float32 probabilities; "
-              f"{int((instruction & valid).sum())} instruction rows x {int(vision.sum())} vision columns kept")
+        print(
+            f"\nmaterialised map: {B * H * S * S * 4 / 2**20:.0f} MiB of float32 probabilities; "
+            f"{int((instruction & valid).sum())} instruction rows x {int(vision.sum())} vision columns kept"
+        )
 
 
 @pytest.mark.parametrize("impl", ["native", "twin"])
 def test_top_mass_mean(record, batch, impl):
     q, k, hidden, valid, instruction, vision = batch
-    mass = twins.attention_mass(q, k, valid, instruction, vision, HD ** -0.5)
-    fn = {"native": lambda: kernels.top_mass_mean(hidden, mass, vision, 0.9, backend="native"),
-          "twin": lambda: twins.top_mass_mean(hidden, mass, vision, 0.9)}[impl]
+    mass = twins.attention_mass(q, k, valid, instruction, vision, HD**-0.5)
+    fn = {
+        "native": lambda: kernels.top_mass_mean(hidden, mass, vision, 0.9, backend="native"),
+        "twin": lambda: twins.top_mass_mean(hidden, mass, vision, 0.9),
+    }[impl]
     got, kept = record(f"top_mean_{impl}", fn, rounds=5)
     want, want_kept = twins.top_mass_mean(hidden, mass, vision, 0.9)
     assert torch.equal(kept, want_kept)

@@ -78,8 +78,10 @@ def test_reference_svd(record, matrix):
 def test_kernel_gram_prep(record, matrix, impl):
     chunk = matrix[:4096]
     shift = chunk.double().mean(0)
-    fn = {"native": lambda: kernels.gram_prep(chunk, shift, None, False, backend="native"),
-          "twin": lambda: twins.gram_prep(chunk, shift, None, False)}[impl]
+    fn = {
+        "native": lambda: kernels.gram_prep(chunk, shift, None, False, backend="native"),
+        "twin": lambda: twins.gram_prep(chunk, shift, None, False),
+    }[impl]
     record(f"gram_prep_{impl}", fn, rounds=5)
 
 
@@ -89,7 +91,9 @@ def test_kernel_projection(record, matrix, k, impl):
     """The fused kernel vs its twin (centre, float32 GEMM, square-sum) on a 4,096-row chunk."""
     chunk = matrix[:4096]
     shift = chunk.double().mean(0)
-    w = torch.randn(D, k) / D ** 0.5
-    fn = {"native": lambda: kernels.projected_sqnorm(chunk, shift, None, False, w, backend="native"),
-          "twin": lambda: twins.projected_sqnorm(chunk, shift, None, False, w)}[impl]
+    w = torch.randn(D, k) / D**0.5
+    fn = {
+        "native": lambda: kernels.projected_sqnorm(chunk, shift, None, False, w, backend="native"),
+        "twin": lambda: twins.projected_sqnorm(chunk, shift, None, False, w),
+    }[impl]
     record(f"proj_{impl}_k{k}", fn, rounds=5)

@@ -20,12 +20,23 @@ except PackageNotFoundError:  # running from a source tree
 # The public names, imported when first used: `import scalselect` (and every command that needs
 # neither) then costs no torch or transformers import.
 _HOMES = {
-    "Pool": "data", "read_pool": "data", "write_subset": "data",
-    "ExtractOptions": "pipeline", "extract_store": "pipeline",
-    "LeverageResult": "scoring", "leverage_scores": "scoring",
-    "parse_budget": "select", "read_scores": "select", "select_subset": "select", "write_scores": "select",
-    "StoreWriter": "stores", "load_representations": "stores", "open_rows": "stores", "read_skipped": "stores",
-    "read_store": "stores", "write_store": "stores",
+    "Pool": "data",
+    "read_pool": "data",
+    "write_subset": "data",
+    "ExtractOptions": "pipeline",
+    "extract_store": "pipeline",
+    "LeverageResult": "scoring",
+    "leverage_scores": "scoring",
+    "parse_budget": "select",
+    "read_scores": "select",
+    "select_subset": "select",
+    "write_scores": "select",
+    "StoreWriter": "stores",
+    "load_representations": "stores",
+    "open_rows": "stores",
+    "read_skipped": "stores",
+    "read_store": "stores",
+    "write_store": "stores",
 }
 
 
@@ -56,11 +67,35 @@ def info() -> dict:
         arrow = importlib.metadata.version("pyarrow")
     except importlib.metadata.PackageNotFoundError:
         arrow = None
-    return {"version": __version__, "torch": torch.__version__, **build_info(),
-            "gpu_usable": gpu, "gpu": torch.cuda.get_device_name(0) if gpu else None, "pyarrow": arrow}
+    return {
+        "version": __version__,
+        "torch": torch.__version__,
+        **build_info(),
+        "gpu_usable": gpu,
+        "gpu": torch.cuda.get_device_name(0) if gpu else None,
+        "pyarrow": arrow,
+    }
 
 
-__all__ = ["ExtractOptions", "InputError", "LeverageResult", "Pool", "StoreWriter", "extract_store", "info", "leverage_scores",
-           "load_representations", "open_rows", "read_skipped", "parse_budget", "read_pool", "read_scores", "read_store",
-           "select_subset",
-           "write_scores", "write_store", "write_subset", "__version__"]
+__all__ = [
+    "ExtractOptions",
+    "InputError",
+    "LeverageResult",
+    "Pool",
+    "StoreWriter",
+    "extract_store",
+    "info",
+    "leverage_scores",
+    "load_representations",
+    "open_rows",
+    "read_skipped",
+    "parse_budget",
+    "read_pool",
+    "read_scores",
+    "read_store",
+    "select_subset",
+    "write_scores",
+    "write_store",
+    "write_subset",
+    "__version__",
+]

@@ -48,8 +48,8 @@ def _open_fd(path) -> int | None:
     if text == STDOUT:
         return 1
     for prefix in ("/dev/fd/", "/proc/self/fd/"):
-        if text.startswith(prefix) and text[len(prefix):].isdigit():
-            return int(text[len(prefix):])
+        if text.startswith(prefix) and text[len(prefix) :].isdigit():
+            return int(text[len(prefix) :])
     return _FD_NAMES.get(text)
 
 
@@ -138,8 +138,9 @@ def _target(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8",
-                errors: str = "strict") -> Iterator[CheckedFile]:
+def atomic_open(
+    path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8", errors: str = "strict"
+) -> Iterator[CheckedFile]:
     """Open an output (see the module docstring); on clean exit a regular file replaces `path`'s
     target in one rename. Any failure (an exception in the block, a short write, a full disk)
     leaves the target as it was and raises OSError naming the file. Text is encoded with

@@ -53,8 +53,7 @@ def apportion(sizes: dict, budget: int, shares: dict | None = None) -> dict:
         open_ = sorted(s for s in sizes if left[s] > 0 and weights[s] > 0)
         if not open_:
             held = sum(sizes[s] for s in sizes if weights[s] > 0)
-            raise InputError(f"the sources with a share hold {held} eligible samples, fewer than the "
-                             f"budget of {budget}")
+            raise InputError(f"the sources with a share hold {held} eligible samples, fewer than the budget of {budget}")
         total = sum(weights[s] for s in open_)
         exact = {s: remaining * weights[s] / total for s in open_}
         take = {s: min(left[s], math.floor(exact[s])) for s in open_}

@@ -56,10 +56,17 @@ def _write_json(path: Path | None, obj) -> None:
 
 
 def _score_options(args) -> ScoreOptions:
-    return ScoreOptions(energy=args.energy, device=args.device, standardize=getattr(args, "standardize", False),
-                        l2_normalize=getattr(args, "l2_normalize", False), chunk_rows=getattr(args, "chunk_rows", None),
-                        method=args.method, sketch_size=args.sketch_size, seed=args.seed,
-                        pilot_rows=args.pilot_rows).check()
+    return ScoreOptions(
+        energy=args.energy,
+        device=args.device,
+        standardize=getattr(args, "standardize", False),
+        l2_normalize=getattr(args, "l2_normalize", False),
+        chunk_rows=getattr(args, "chunk_rows", None),
+        method=args.method,
+        sketch_size=args.sketch_size,
+        seed=args.seed,
+        pilot_rows=args.pilot_rows,
+    ).check()
 
 
 def _score(args) -> dict:
@@ -90,14 +97,21 @@ def _write_scores(source: Path, out: Path, result, t0: float) -> dict:
     _write_json(summary_path, summary)
     sv = result.singular_values
     lead = ", ".join(f"{v:.4g}" for v in sv[:5]) + (", ..." if len(sv) > 5 else "")
-    print(f"scored {len(result.scores)} samples of dim {result.dim}: k={result.k} "
-          f"(captured energy {result.captured_energy:.4f}), sigma = [{lead}]")
+    print(
+        f"scored {len(result.scores)} samples of dim {result.dim}: k={result.k} "
+        f"(captured energy {result.captured_energy:.4f}), sigma = [{lead}]"
+    )
     if result.method == "sketch":
         sk = result.sketch
-        said = (f"estimated score error {sk['score_error_estimate']:.2%}" if sk.get("score_error_estimate")
-                is not None else f"no holdout; energy outside the sketch {sk['residual_energy']:.1e}")
-        print(f"method: sketch of size {sk['sketch_size']}, {said} "
-              f"({'certified' if sk['certified'] else 'not certified'}; the bound is {sk['certify_error']:.0%})")
+        said = (
+            f"estimated score error {sk['score_error_estimate']:.2%}"
+            if sk.get("score_error_estimate") is not None
+            else f"no holdout; energy outside the sketch {sk['residual_energy']:.1e}"
+        )
+        print(
+            f"method: sketch of size {sk['sketch_size']}, {said} "
+            f"({'certified' if sk['certified'] else 'not certified'}; the bound is {sk['certify_error']:.0%})"
+        )
     elif "auto_choice" in result.sketch:
         print(f"method: {result.sketch['auto_choice']}")
     for text in result.warnings():
@@ -112,10 +126,14 @@ def _write_scores(source: Path, out: Path, result, t0: float) -> dict:
 
 
 def _select(args) -> dict:
-    opts = options.SelectOptions(method=args.method, seed=args.seed, stratify_by=args.stratify_by,
-                                 shares=_read_shares(args.shares),
-                                 store=args.store if args.method == "cluster" else None,
-                                 clusters=args.clusters).check()
+    opts = options.SelectOptions(
+        method=args.method,
+        seed=args.seed,
+        stratify_by=args.stratify_by,
+        shares=_read_shares(args.shares),
+        store=args.store if args.method == "cluster" else None,
+        clusters=args.clusters,
+    ).check()
     out = options.output_file(args.out, folder=True)  # the subset of a save_to_disk pool is a folder
     return select_command(args.data, args.scores, args.budget, out, args.comm, opts)
 
@@ -134,8 +152,10 @@ def _write_subset(data: Path, scores: Path, budget, out: Path, method: dict) -> 
     ids, values = read_scores(scores)
     summary = select_subset(pool, ids, values, budget, out, **method)
     _write_json(_summary_path(out, "selection"), summary)
-    print(f"selected {summary['selected']} of {summary['scored']} scored samples by {summary['method']} "
-          f"({summary['format']}) -> {out}")
+    print(
+        f"selected {summary['selected']} of {summary['scored']} scored samples by {summary['method']} "
+        f"({summary['format']}) -> {out}"
+    )
     if "strata" in summary:
         print(f"{summary['strata']['by']:<16}eligible  target  subset")
         for name, row in summary["strata"]["groups"].items():
@@ -159,19 +179,30 @@ def _read_shares(path) -> dict | None:
 def _extract_options(args, **sketch):
     from .pipeline import ExtractOptions
 
-    return ExtractOptions(tau=args.tau, max_length=args.max_length, batch_size=args.batch_size,
-                          workers=args.workers, device=args.device, dtype=args.dtype,
-                          store_dtype=args.store_dtype, shard_rows=args.shard_rows,
-                          resume=args.resume, trust_remote_code=args.trust_remote_code,
-                          allow_outside_root=args.allow_outside_root, progress=not args.quiet,
-                          system_prompt=args.system_prompt, layer=args.layer,
-                          chat_template=None if args.chat_template is None else options.chat_template(args.chat_template),
-                          **sketch).check()
+    return ExtractOptions(
+        tau=args.tau,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        dtype=args.dtype,
+        store_dtype=args.store_dtype,
+        shard_rows=args.shard_rows,
+        resume=args.resume,
+        trust_remote_code=args.trust_remote_code,
+        allow_outside_root=args.allow_outside_root,
+        progress=not args.quiet,
+        system_prompt=args.system_prompt,
+        layer=args.layer,
+        chat_template=None if args.chat_template is None else options.chat_template(args.chat_template),
+        **sketch,
+    ).check()
 
 
 def _extract(args) -> dict:
-    return extract_command(args.model, args.data, args.image_root, options.output_dir(args.out),
-                           _extract_options(args), args.comm)
+    return extract_command(
+        args.model, args.data, args.image_root, options.output_dir(args.out), _extract_options(args), args.comm
+    )
 
 
 def extract_command(model: Path, data: Path, image_root, out: Path, opts, comm) -> dict:
@@ -184,8 +215,10 @@ def extract_command(model: Path, data: Path, image_root, out: Path, opts, comm) 
     if summary.get("already_complete"):
         print(f"{out} is already complete ({counts}); nothing to extract")
         return summary
-    print(f"extracted {counts} -> {out}  [{summary['processed_this_run']} samples in "
-          f"{summary['seconds']:.1f} s on {summary['device']}, {summary['dtype']}]")
+    print(
+        f"extracted {counts} -> {out}  [{summary['processed_this_run']} samples in "
+        f"{summary['seconds']:.1f} s on {summary['device']}, {summary['dtype']}]"
+    )
     if summary["skipped"]:
         print(f"skipped samples and their reasons: {summary['skipped_file']}")
     return summary
@@ -201,16 +234,28 @@ def _run(args) -> dict:
     if args.no_store and args.method == "exact":
         raise InputError("--no-store keeps no vectors for the exact engine; use --method sketch or auto")
     scoring = _score_options(args)
-    extraction = _extract_options(args, no_store=args.no_store, sketch_size=args.sketch_size, sketch_seed=args.seed,
-                                  sketch_energy=args.energy, sketch_pilot_rows=args.pilot_rows)
+    extraction = _extract_options(
+        args,
+        no_store=args.no_store,
+        sketch_size=args.sketch_size,
+        sketch_seed=args.seed,
+        sketch_energy=args.energy,
+        sketch_pilot_rows=args.pilot_rows,
+    )
     subset = out_dir / subset_name(args.data)
     _refuse_overwrite([out_dir], [args.data, args.model])
     parse_budget(args.budget, 1 << 62)  # its form, now: not after hours of extraction
     extracted = extract_command(args.model, args.data, args.image_root, store, extraction, args.comm)
     scored = score_command(store, scores, scoring, args.comm, quiet=args.quiet)
     selected = select_command(args.data, scores, args.budget, subset, args.comm, options.SelectOptions())
-    return {"store": str(store), "scores": str(scores), "subset": str(subset),
-            "extract": extracted, "score": scored, "select": selected}
+    return {
+        "store": str(store),
+        "scores": str(scores),
+        "subset": str(subset),
+        "extract": extracted,
+        "score": scored,
+        "select": selected,
+    }
 
 
 def _compare(args) -> dict:
@@ -227,11 +272,23 @@ def _write_comparison(args) -> dict:
     _refuse_overwrite([out], [args.data, args.scores, args.store])
     pool = read_pool(args.data)
     ids, scores = read_scores(args.scores)
-    report = compare_methods(pool, ids, scores, args.store, args.budget, methods,
-                             seed=args.seed, energy=args.energy, source_by=args.source_by, clusters=args.clusters)
+    report = compare_methods(
+        pool,
+        ids,
+        scores,
+        args.store,
+        args.budget,
+        methods,
+        seed=args.seed,
+        energy=args.energy,
+        source_by=args.source_by,
+        clusters=args.clusters,
+    )
     report |= {"store": str(args.store), "scores": str(args.scores), "pool": str(args.data), "budget": args.budget}
-    print(f"budget {args.budget} of {report['eligible']} scored samples; k = {report['k']} at energy "
-          f"{args.energy}; coverage over {min(report['eligible'], COVERAGE_SAMPLE)} pool vectors; sources by {args.source_by}")
+    print(
+        f"budget {args.budget} of {report['eligible']} scored samples; k = {report['k']} at energy "
+        f"{args.energy}; coverage over {min(report['eligible'], COVERAGE_SAMPLE)} pool vectors; sources by {args.source_by}"
+    )
     print(table(report))
     if out is not None:
         write_json(out, report)
@@ -252,9 +309,17 @@ def _write_report(args) -> dict:
 
     out = options.output_dir(args.out)
     _refuse_overwrite([out], [args.store, args.scores])
-    done = build_report(args.store, args.scores, out, subset=args.subset, data=args.data,
-                        image_root=args.image_root, source_field=args.source_field, seed=options.seed(args.seed),
-                        compare=args.compare)
+    done = build_report(
+        args.store,
+        args.scores,
+        out,
+        subset=args.subset,
+        data=args.data,
+        image_root=args.image_root,
+        source_field=args.source_field,
+        seed=options.seed(args.seed),
+        compare=args.compare,
+    )
     print(f"wrote {', '.join(done['files'])} in {done['out']} (open report.html in a browser; it works offline)")
     return done
 
@@ -290,12 +355,25 @@ def _demo(args) -> dict:
 
     options.count(args.n, "--n", 50)
     demo = prepare_demo(options.output_dir(args.out), n=args.n)
-    print(f"demo pool: {demo['pool']} ({args.n} samples + 2 unusable ones); "
-          f"tiny random LLaVA checkpoint: {demo['model']}")
-    run_args = build_parser().parse_args([
-        "run", "--model", str(demo["model"]), "--data", str(demo["pool"]),
-        "--image-root", str(demo["images"]), "--budget", args.budget, "--out-dir", str(demo["run"]),
-        "--device", args.device, *(["--quiet"] if args.quiet else [])])
+    print(f"demo pool: {demo['pool']} ({args.n} samples + 2 unusable ones); tiny random LLaVA checkpoint: {demo['model']}")
+    run_args = build_parser().parse_args(
+        [
+            "run",
+            "--model",
+            str(demo["model"]),
+            "--data",
+            str(demo["pool"]),
+            "--image-root",
+            str(demo["images"]),
+            "--budget",
+            args.budget,
+            "--out-dir",
+            str(demo["run"]),
+            "--device",
+            args.device,
+            *(["--quiet"] if args.quiet else []),
+        ]
+    )
     run_args.comm = args.comm
     result = _run(run_args)
     source = lambda sample_id: str(sample_id).split("-")[0]  # noqa: E731  ids are "<source>-<n>"
@@ -313,53 +391,87 @@ def _demo(args) -> dict:
 def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=_path, required=True, help="checkpoint directory (Hugging Face format)")
     p.add_argument("--data", type=_path, required=True, help="the pool: LLaVA or ShareGPT, JSON or JSONL")
-    p.add_argument("--image-root", type=_path, default=None,
-                   help="folder the pool's image paths are relative to (default: the current folder)")
-    p.add_argument("--tau", type=float, default=0.9,
-                   help="share of attention mass whose vision tokens are kept (default 0.9)")
+    p.add_argument(
+        "--image-root",
+        type=_path,
+        default=None,
+        help="folder the pool's image paths are relative to (default: the current folder)",
+    )
+    p.add_argument("--tau", type=float, default=0.9, help="share of attention mass whose vision tokens are kept (default 0.9)")
     p.add_argument("--max-length", type=int, default=2048, help="tokens per sample, as in training (default 2048)")
     p.add_argument("--batch-size", type=int, default=8, help="samples per forward (default 8)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader workers decoding images (default: one per core but one, at most 8)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="DataLoader workers decoding images (default: one per core but one, at most 8)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (default: "
-                   "bfloat16 on a GPU that has it, else float32)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto, bfloat16, float16 or float32 (default: bfloat16 on a GPU that has it, else float32)",
+    )
     p.add_argument("--store-dtype", default="float16", help="float16 or float32 (default float16)")
-    p.add_argument("--shard-rows", type=int, default=None,
-                   help="samples per store part (default 4096; with --no-store at least 4 x the model's width)")
+    p.add_argument(
+        "--shard-rows",
+        type=int,
+        default=None,
+        help="samples per store part (default 4096; with --no-store at least 4 x the model's width)",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted extraction")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="run Python code shipped with the checkpoint (off by default)")
-    p.add_argument("--allow-outside-root", action="store_true",
-                   help="allow absolute image paths and paths leaving --image-root")
-    p.add_argument("--system-prompt", default=None,
-                   help="system turn for samples without one, as your trainer adds it (e.g. its template's default)")
-    p.add_argument("--chat-template", type=_path, default=None,
-                   help="Jinja chat template file (or a JSON file with a chat_template string) in place of "
-                        "the checkpoint's: the one your trainer renders with")
-    p.add_argument("--layer", type=int, default=None,
-                   help="decoder layer whose attention and output make the vectors (default: the first "
-                        "with softmax attention, 0 for most models)")
+    p.add_argument(
+        "--trust-remote-code", action="store_true", help="run Python code shipped with the checkpoint (off by default)"
+    )
+    p.add_argument("--allow-outside-root", action="store_true", help="allow absolute image paths and paths leaving --image-root")
+    p.add_argument(
+        "--system-prompt",
+        default=None,
+        help="system turn for samples without one, as your trainer adds it (e.g. its template's default)",
+    )
+    p.add_argument(
+        "--chat-template",
+        type=_path,
+        default=None,
+        help="Jinja chat template file (or a JSON file with a chat_template string) in place of "
+        "the checkpoint's: the one your trainer renders with",
+    )
+    p.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="decoder layer whose attention and output make the vectors (default: the first "
+        "with softmax attention, 0 for most models)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dist_timeout(p)
 
 
 def _add_method_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=options.SCORE_METHODS, default="auto",
-                   help="exact: two passes over the vectors, O(N D^2); sketch: one pass, O(N D l), with an "
-                        "error estimate; auto (default): the sketch where it is 2x cheaper and certifies its "
-                        "accuracy, else exact")
-    p.add_argument("--sketch-size", type=int, default=None,
-                   help="columns l of the sketch (default: chosen from a pilot sample's spectrum)")
+    p.add_argument(
+        "--method",
+        choices=options.SCORE_METHODS,
+        default="auto",
+        help="exact: two passes over the vectors, O(N D^2); sketch: one pass, O(N D l), with an "
+        "error estimate; auto (default): the sketch where it is 2x cheaper and certifies its "
+        "accuracy, else exact",
+    )
+    p.add_argument(
+        "--sketch-size", type=int, default=None, help="columns l of the sketch (default: chosen from a pilot sample's spectrum)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the sketch's pilot sample and test matrix (default 0)")
-    p.add_argument("--pilot-rows", type=int, default=options.PILOT_ROWS,
-                   help=f"rows sampled to plan the sketch: its directions and size (default {options.PILOT_ROWS})")
+    p.add_argument(
+        "--pilot-rows",
+        type=int,
+        default=options.PILOT_ROWS,
+        help=f"rows sampled to plan the sketch: its directions and size (default {options.PILOT_ROWS})",
+    )
 
 
 def _add_dist_timeout(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dist-timeout", type=float, default=options.DEFAULT_TIMEOUT_MINUTES,
-                   help="under torchrun: minutes a rank waits for the others before failing "
-                        f"(default {options.DEFAULT_TIMEOUT_MINUTES:g})")
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=options.DEFAULT_TIMEOUT_MINUTES,
+        help=f"under torchrun: minutes a rank waits for the others before failing (default {options.DEFAULT_TIMEOUT_MINUTES:g})",
+    )
 
 
 def _path(text: str) -> Path:
@@ -389,8 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--energy", type=float, default=0.9, help="share of energy the kept subspace holds (default 0.9)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--standardize", action="store_true", help="divide centred columns by their std (ddof 0)")
-    p.add_argument("--l2-normalize", action="store_true",
-                   help="then scale each row to unit length, decomposed as it is (exact engine)")
+    p.add_argument(
+        "--l2-normalize", action="store_true", help="then scale each row to unit length, decomposed as it is (exact engine)"
+    )
     p.add_argument("--chunk-rows", type=int, default=None, help="rows per streamed chunk")
     _add_method_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -402,16 +515,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=_path, required=True, help="the pool: LLaVA or ShareGPT, JSON or JSONL")
     p.add_argument("--budget", required=True, help="how many to keep: a count (100000) or a share (16%%)")
     p.add_argument("--out", type=_path, required=True, help="subset file to write")
-    p.add_argument("--method", choices=options.SELECT_METHODS, default="scalselect",
-                   help="scalselect (default): the highest scores; baselines to compare with: random "
-                        "(seeded), length (longest conversations), cluster (k-means on the vectors of "
-                        "--store, an equal share per cluster)")
+    p.add_argument(
+        "--method",
+        choices=options.SELECT_METHODS,
+        default="scalselect",
+        help="scalselect (default): the highest scores; baselines to compare with: random "
+        "(seeded), length (longest conversations), cluster (k-means on the vectors of "
+        "--store, an equal share per cluster)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of random and cluster (default 0)")
-    p.add_argument("--stratify-by", default=None,
-                   help="keep each source's share: a record field, or image-folder (the first folder "
-                        "of the image path, as coco/ in LLaVA-665K)")
-    p.add_argument("--shares", type=_path, default=None,
-                   help='with --stratify-by: a JSON share table {"coco": 0.4, ...} instead of the pool\'s shares')
+    p.add_argument(
+        "--stratify-by",
+        default=None,
+        help="keep each source's share: a record field, or image-folder (the first folder "
+        "of the image path, as coco/ in LLaVA-665K)",
+    )
+    p.add_argument(
+        "--shares",
+        type=_path,
+        default=None,
+        help='with --stratify-by: a JSON share table {"coco": 0.4, ...} instead of the pool\'s shares',
+    )
     p.add_argument("--store", type=_path, default=None, help="the store the scores came from (--method cluster)")
     p.add_argument("--clusters", type=int, default=100, help="k of --method cluster (default 100)")
     p.set_defaults(run=_select)
@@ -421,12 +545,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", type=_path, required=True, help="scores JSONL from `scalselect score`")
     p.add_argument("--data", type=_path, required=True, help="the pool")
     p.add_argument("--budget", required=True, help="a count (100000) or a share (16%%)")
-    p.add_argument("--methods", default="scalselect,random,length,cluster",
-                   help="comma-separated (default scalselect,random,length,cluster)")
+    p.add_argument(
+        "--methods", default="scalselect,random,length,cluster", help="comma-separated (default scalselect,random,length,cluster)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of random, cluster and the coverage sample")
     p.add_argument("--energy", type=float, default=0.9, help="the energy that sets k (default 0.9)")
-    p.add_argument("--source-by", default="image-folder",
-                   help="a record field, or image-folder (default): the sources of the balance figures")
+    p.add_argument(
+        "--source-by",
+        default="image-folder",
+        help="a record field, or image-folder (default): the sources of the balance figures",
+    )
     p.add_argument("--clusters", type=int, default=100, help="k of the cluster method (default 100)")
     p.add_argument("--out", type=_path, default=None, help="also write the figures as JSON")
     p.set_defaults(run=_compare)
@@ -436,10 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", type=_path, required=True, help="scores JSONL from `scalselect score`")
     p.add_argument("--subset", type=_path, default=None, help="the subset `select` wrote (marks the cut)")
     p.add_argument("--data", type=_path, default=None, help="the pool (default: the one in the store's manifest)")
-    p.add_argument("--image-root", type=_path, default=None,
-                   help="for the thumbnails (default: the one in the store's manifest)")
-    p.add_argument("--source-field", default=None,
-                   help="record field naming each sample's source (default: the image's first folder)")
+    p.add_argument("--image-root", type=_path, default=None, help="for the thumbnails (default: the one in the store's manifest)")
+    p.add_argument(
+        "--source-field", default=None, help="record field naming each sample's source (default: the image's first folder)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the spectrum's row sample on large stores")
     p.add_argument("--compare", type=_path, default=None, help="JSON of `scalselect compare --out`, shown as a table")
     p.add_argument("--out", type=_path, required=True, help="folder for the PNGs and report.html")
@@ -453,24 +581,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="extract + score + select: the subset of a pool for a model")
     _add_extract_args(p)
     p.add_argument("--budget", required=True, help="how many to keep: a count (100000) or a share (16%%)")
-    p.add_argument("--out-dir", type=_path, required=True,
-                   help="folder for store/, scores.jsonl and the subset")
+    p.add_argument("--out-dir", type=_path, required=True, help="folder for store/, scores.jsonl and the subset")
     p.add_argument("--energy", type=float, default=0.9, help="share of energy the kept subspace holds (default 0.9)")
     _add_method_args(p)
-    p.add_argument("--no-store", action="store_true",
-                   help="do not store the N x D vectors: extraction feeds a sketch (l numbers per sample "
-                        "and its sums, checkpointed with every part; --resume works) that is then scored")
+    p.add_argument(
+        "--no-store",
+        action="store_true",
+        help="do not store the N x D vectors: extraction feeds a sketch (l numbers per sample "
+        "and its sums, checkpointed with every part; --resume works) that is then scored",
+    )
     p.set_defaults(run=_run)
 
-    p = sub.add_parser("assemble-llava", help="one LLaVA-1.5 checkpoint from a base LLM, a CLIP tower and a "
-                                              "stage-1 projector: the model before instruction tuning")
+    p = sub.add_parser(
+        "assemble-llava",
+        help="one LLaVA-1.5 checkpoint from a base LLM, a CLIP tower and a "
+        "stage-1 projector: the model before instruction tuning",
+    )
     p.add_argument("--llm", type=_path, required=True, help="the base LLM (a Hugging Face causal LM, e.g. Vicuna)")
     p.add_argument("--vision", type=_path, required=True, help="the CLIP vision tower (Hugging Face CLIP checkpoint)")
-    p.add_argument("--projector", type=_path, required=True,
-                   help="stage-1 projector: mm_projector.bin (tensors only) or .safetensors")
+    p.add_argument(
+        "--projector", type=_path, required=True, help="stage-1 projector: mm_projector.bin (tensors only) or .safetensors"
+    )
     p.add_argument("--out", type=_path, required=True, help="new folder for the checkpoint")
-    p.add_argument("--vision-feature-layer", type=int, default=-2,
-                   help="CLIP layer whose features the projector takes (LLaVA-1.5: -2)")
+    p.add_argument(
+        "--vision-feature-layer", type=int, default=-2, help="CLIP layer whose features the projector takes (LLaVA-1.5: -2)"
+    )
     p.set_defaults(run=_assemble_llava)
 
     p = sub.add_parser("info", help="version, compiled backends, CUDA architectures, GPU")
@@ -478,8 +613,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_info)
 
     p = sub.add_parser("demo", help="offline demo: a generated pool and a tiny random LLaVA, through `run`")
-    p.add_argument("--out-dir", "--out", dest="out", type=_path, default=Path("scalselect-demo"),
-                   help="folder for its files, as run's --out-dir (--out: the same)")
+    p.add_argument(
+        "--out-dir",
+        "--out",
+        dest="out",
+        type=_path,
+        default=Path("scalselect-demo"),
+        help="folder for its files, as run's --out-dir (--out: the same)",
+    )
     p.add_argument("--n", type=int, default=600, help="samples in the generated pool (default 600)")
     p.add_argument("--budget", default="16%", help="how many to keep (default 16%%)")
     p.add_argument("--device", default="auto")
@@ -516,8 +657,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _say_warning
             if comm.active:
                 name += f" [rank {comm.rank} of {comm.world}]"
-            with open(os.devnull, "w") as devnull, \
-                    contextlib.redirect_stdout(devnull if not comm.is_main else sys.stdout):
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull if not comm.is_main else sys.stdout):
                 args.run(args)  # under torchrun, rank 0 speaks for all
     except InputError as exc:
         print(f"{name}: error: {_one_line(exc)}", file=sys.stderr)

@@ -30,8 +30,19 @@ COVERAGE_SAMPLE = 2000
 CANDIDATES = 8  # nearest rows by a product, then measured directly
 
 
-def compare_methods(pool, score_ids: list, scores: np.ndarray, store, budget, methods: list[str], *,
-                    seed: int = 0, energy: float = 0.9, source_by: str = IMAGE_FOLDER, clusters: int = 100) -> dict:
+def compare_methods(
+    pool,
+    score_ids: list,
+    scores: np.ndarray,
+    store,
+    budget,
+    methods: list[str],
+    *,
+    seed: int = 0,
+    energy: float = 0.9,
+    source_by: str = IMAGE_FOLDER,
+    clusters: int = 100,
+) -> dict:
     """{"k", "budget", "methods": {method: figures}} for the subsets each method picks, from one
     pass over the store's scored vectors (plus, for "cluster", its own two)."""
     energy, seed = options.share(energy, "--energy"), options.seed(seed)
@@ -42,12 +53,12 @@ def compare_methods(pool, score_ids: list, scores: np.ndarray, store, budget, me
     at = {p: i for i, p in enumerate(where)}  # pool position -> eligible row
     chosen, subsets = {}, {}
     for method in methods:
-        chosen[method], _ = top_positions(pool, score_ids, scores, budget, method=method, seed=seed,
-                                          store=store, clusters=clusters)
+        chosen[method], _ = top_positions(
+            pool, score_ids, scores, budget, method=method, seed=seed, store=store, clusters=clusters
+        )
         subsets[method] = np.zeros(len(score_ids), dtype=bool)
         subsets[method][[at[p] for p in chosen[method]]] = True
-    probe = np.random.default_rng(seed).choice(len(score_ids), size=min(COVERAGE_SAMPLE, len(score_ids)),
-                                               replace=False)
+    probe = np.random.default_rng(seed).choice(len(score_ids), size=min(COVERAGE_SAMPLE, len(score_ids)), replace=False)
     probed = rows_of(store, score_ids, probe).double()
     nearest = {method: torch.full((len(probe),), float("inf"), dtype=torch.float64) for method in methods}
 
@@ -66,16 +77,18 @@ def compare_methods(pool, score_ids: list, scores: np.ndarray, store, budget, me
     report = {"k": k, "energy": energy, "eligible": len(score_ids), "source_by": source_by, "methods": {}}
     for method in methods:
         # the top-k right singular vectors of the subset's (pool-centred) rows
-        right = torch.linalg.eigh(m.subsets[method])[1][:, -min(k, len(chosen[method])):]
+        right = torch.linalg.eigh(m.subsets[method])[1][:, -min(k, len(chosen[method])) :]
         inside = float((right * (m.gram @ right)).sum())
         got = Counter(sources[at[p]] for p in chosen[method])
         shares = {s: {"pool": pool_share[s], "subset": got[s] / len(chosen[method])} for s in sorted(pool_share)}
         report["methods"][method] = {
             "selected": len(chosen[method]),
             "projection_error": max(0.0, 1 - inside / total),
-            "coverage_mean": float(nearest[method].mean()), "coverage_max": float(nearest[method].max()),
+            "coverage_mean": float(nearest[method].mean()),
+            "coverage_max": float(nearest[method].max()),
             "largest_share_gap": max(abs(v["pool"] - v["subset"]) for v in shares.values()),
-            "shares": shares}
+            "shares": shares,
+        }
     return report
 
 
@@ -90,15 +103,22 @@ def nearest_distances(probe: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     approx = a.pow(2).sum(dim=1, keepdim=True) - 2 * a @ b.T + b.pow(2).sum(dim=1)
     nearest = approx.topk(min(CANDIDATES, b.shape[0]), dim=1, largest=False).indices
     rows = rows.double()
-    return torch.cat([(probe[lo:lo + 256, None, :] - rows[nearest[lo:lo + 256]]).pow(2).sum(dim=-1).sqrt()
-                      .min(dim=1).values for lo in range(0, probe.shape[0], 256)])  # 256 x 8 x D at a time
+    return torch.cat(
+        [
+            (probe[lo : lo + 256, None, :] - rows[nearest[lo : lo + 256]]).pow(2).sum(dim=-1).sqrt().min(dim=1).values
+            for lo in range(0, probe.shape[0], 256)
+        ]
+    )  # 256 x 8 x D at a time
 
 
 def table(report: dict) -> str:
     """The figures as a fixed-width table, one method per line."""
-    lines = [f"{'method':<12}{'selected':>9}{'proj. error':>13}{'coverage mean':>15}{'coverage max':>14}"
-             f"{'largest share gap':>19}"]
+    lines = [
+        f"{'method':<12}{'selected':>9}{'proj. error':>13}{'coverage mean':>15}{'coverage max':>14}{'largest share gap':>19}"
+    ]
     for method, m in report["methods"].items():
-        lines.append(f"{method:<12}{m['selected']:>9}{m['projection_error']:>13.4f}{m['coverage_mean']:>15.4g}"
-                     f"{m['coverage_max']:>14.4g}{m['largest_share_gap']:>18.1%}")
+        lines.append(
+            f"{method:<12}{m['selected']:>9}{m['projection_error']:>13.4f}{m['coverage_mean']:>15.4g}"
+            f"{m['coverage_max']:>14.4g}{m['largest_share_gap']:>18.1%}"
+        )
     return "\n".join(lines)

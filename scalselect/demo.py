@@ -26,8 +26,14 @@ _QUESTIONS = {
     "textvqa": ["Read the text on the sign.", "What number is on the bus?", "What does the sign say?"],
     "vg": ["What is the man holding?", "Where is the red car?", "What is on the table?"],
 }
-_ANSWERS = ["Yes.", "No, it is not.", "There are 3 apples and 12 oranges.", "A cat sits on a red sofa.",
-            "The answer is 7.", "Two dogs next to a window."]
+_ANSWERS = [
+    "Yes.",
+    "No, it is not.",
+    "There are 3 apples and 12 oranges.",
+    "A cat sits on a red sofa.",
+    "The answer is 7.",
+    "Two dogs next to a window.",
+]
 
 
 def _image(source: str, rng: np.random.Generator):
@@ -46,7 +52,7 @@ def _image(source: str, rng: np.random.Generator):
         img[(np.arange(h) // 4) % 3 == 0] *= 0.2
     elif source == "textvqa":  # a sign: a bright rectangle on a darker scene
         img = np.ones((h, w, 3)) * rng.random(3) * 0.4
-        img[h // 4: h // 2, w // 4: 3 * w // 4] = 1.0
+        img[h // 4 : h // 2, w // 4 : 3 * w // 4] = 1.0
     else:  # vg: stripes
         img = np.stack([np.sin(x * rng.integers(3, 9) * np.pi) ** 2] * 3, axis=-1) * rng.random(3)
     return Image.fromarray((np.clip(img, 0, 1) * 255).astype("uint8"))
@@ -83,15 +89,23 @@ def prepare_demo(out: Path, n: int = 600, seed: int = 0) -> dict:
         for name in names:
             (out / "images" / source).mkdir(parents=True, exist_ok=True)
             _image(source, rng).save(out / "images" / name)
-        record = {"id": sample_id, "image": names[0] if n_images == 1 else names,
-                  "conversations": _conversation(source, rng, n_images)}
+        record = {
+            "id": sample_id,
+            "image": names[0] if n_images == 1 else names,
+            "conversations": _conversation(source, rng, n_images),
+        }
         records.append(record)
     # what real pools hold too: a text-only sample and a missing image; both are skipped
-    records.append({"id": "text-only", "conversations": [{"from": "human", "value": "Hello?"},
-                                                          {"from": "gpt", "value": "Hello."}]})
-    records.append({"id": "missing-image", "image": "coco/absent.png",
-                    "conversations": [{"from": "human", "value": "<image>\nWhat is it?"},
-                                      {"from": "gpt", "value": "A cat."}]})
+    records.append(
+        {"id": "text-only", "conversations": [{"from": "human", "value": "Hello?"}, {"from": "gpt", "value": "Hello."}]}
+    )
+    records.append(
+        {
+            "id": "missing-image",
+            "image": "coco/absent.png",
+            "conversations": [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat."}],
+        }
+    )
     pool = out / "pool.json"
     write_json(pool, records)
     model = save_tiny_llava(out / "model", image_size=56, seed=seed)

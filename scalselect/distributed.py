@@ -47,9 +47,11 @@ def _collective(what: str, timeout_minutes: float):
     try:
         yield
     except RuntimeError as exc:  # gloo reports a dead or silent peer as RuntimeError
-        raise RankFailure(f"{what}: another rank failed or did not answer within "
-                          f"{timeout_minutes:g} min (--dist-timeout) [{first_line(exc)}]; "
-                          "the parts already written are kept: rerun with --resume") from None
+        raise RankFailure(
+            f"{what}: another rank failed or did not answer within "
+            f"{timeout_minutes:g} min (--dist-timeout) [{first_line(exc)}]; "
+            "the parts already written are kept: rerun with --resume"
+        ) from None
 
 
 @dataclass
@@ -153,8 +155,7 @@ def context(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> Iterator[Comm]:
     if not launched_by_torchrun():
         yield Comm()
         return
-    comm = Comm(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
-                int(os.environ.get("LOCAL_RANK", "0")), timeout_minutes)
+    comm = Comm(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")), timeout_minutes)
     torch = _torch()
     if torch.cuda.is_available():
         torch.cuda.set_device(comm.gpu())
@@ -165,8 +166,7 @@ def context(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> Iterator[Comm]:
     # imports it while loading a checkpoint, so import it first.
     _torch("torch.distributed.nn.functional")
     with _collective("joining the process group", timeout_minutes):
-        torch.distributed.init_process_group(
-            backend="gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
+        torch.distributed.init_process_group(backend="gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
     try:
         yield comm
     finally:

@@ -40,8 +40,7 @@ class UnsupportedModel(InputError):
 _MASK_ROWS = 1024
 
 
-def key_ranges_from_mask(mask: torch.Tensor | None, batch: int, seq: int, causal: bool,
-                         device: torch.device | str = "cpu"):
+def key_ranges_from_mask(mask: torch.Tensor | None, batch: int, seq: int, causal: bool, device: torch.device | str = "cpu"):
     """(lo, hi, contiguous), [B, S] each, from the mask an attention function receives: row i
     attends to keys lo <= j < hi, and `contiguous` says whether those are exactly its keys.
 
@@ -60,7 +59,7 @@ def key_ranges_from_mask(mask: torch.Tensor | None, batch: int, seq: int, causal
         raise UnsupportedModel("its attention mask differs between heads")
     parts = []
     for start in range(0, seq, _MASK_ROWS):
-        block = mask[:, 0, start:start + _MASK_ROWS]  # [B or 1, rows, S]
+        block = mask[:, 0, start : start + _MASK_ROWS]  # [B or 1, rows, S]
         if block.dtype != torch.bool:
             allowed = block > torch.finfo(block.dtype).min / 2
             if bool((allowed & (block != 0)).any()):
@@ -110,8 +109,9 @@ _ADDITIVE: dict = {}
 
 def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if _ADDITIVE.get("bool") is not mask or _ADDITIVE["float"].dtype != dtype:
-        _ADDITIVE.update(bool=mask, float=torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-                         .masked_fill(~mask, torch.finfo(dtype).min))
+        _ADDITIVE.update(
+            bool=mask, float=torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        )
     return _ADDITIVE["float"]
 
 
@@ -180,8 +180,10 @@ def layer_probe(model, layer: int | None = None):
         finally:
             _ADDITIVE.clear()
         if "hidden" not in store or "q" not in store:
-            raise UnsupportedModel(f"{type(model).__name__}: its decoder layer {index} did not run "
-                                   "softmax attention through transformers' attention interface")
+            raise UnsupportedModel(
+                f"{type(model).__name__}: its decoder layer {index} did not run "
+                "softmax attention through transformers' attention interface"
+            )
         return {**store, "image_token_id": image_id, "image_newline": newline}
 
     try:
@@ -208,8 +210,7 @@ def token_sets(batch: dict, instruction: torch.Tensor, got: dict):
     return vision, instruction & ~vision
 
 
-def probe_vectors(model, run, batch: dict, instruction: torch.Tensor, tau: float = 0.9,
-                  backend: str = "auto"):
+def probe_vectors(model, run, batch: dict, instruction: torch.Tensor, tau: float = 0.9, backend: str = "auto"):
     """Representation vectors [B, D] (float32) and kept vision-token counts [B] for a batch,
     with `run` from an open layer_probe(model).
 
@@ -221,18 +222,21 @@ def probe_vectors(model, run, batch: dict, instruction: torch.Tensor, tau: float
     vision, rows = token_sets(batch, instruction, got)
     lo, hi, contiguous = got["ranges"]
     if not bool(contiguous[rows & valid].all()):  # (kernels.attention_mass checks each holds its row)
-        raise UnsupportedModel(f"{type(model).__name__}: an instruction row's keys in the probed layer "
-                               "are not one contiguous range")
+        raise UnsupportedModel(
+            f"{type(model).__name__}: an instruction row's keys in the probed layer are not one contiguous range"
+        )
     try:
-        mass = kernels.attention_mass(got["q"], got["k"], valid, rows, vision, float(got["scaling"]),
-                                      (lo, hi), got["softcap"], backend=backend)
+        mass = kernels.attention_mass(
+            got["q"], got["k"], valid, rows, vision, float(got["scaling"]), (lo, hi), got["softcap"], backend=backend
+        )
     except ValueError as exc:  # what the layer handed over does not fit the definition: the model's fault
         raise UnsupportedModel(f"{type(model).__name__}: its probed layer {exc}") from None
     return kernels.top_mass_mean(got["hidden"], mass, vision, tau, backend=backend)
 
 
-def layer_vectors(model, batch: dict, instruction: torch.Tensor, tau: float = 0.9,
-                        backend: str = "auto", layer: int | None = None):
+def layer_vectors(
+    model, batch: dict, instruction: torch.Tensor, tau: float = 0.9, backend: str = "auto", layer: int | None = None
+):
     """probe_vectors for one batch, the probe opened and closed around it."""
     with layer_probe(model, layer) as run:
         return probe_vectors(model, run, batch, instruction, tau, backend)

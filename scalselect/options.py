@@ -18,9 +18,9 @@ from pathlib import Path
 from .atomic import is_stream
 from .errors import InputError
 
-MAX_SEED = 2 ** 63 - 1  # numpy and torch both take seeds in 0 .. 2^63 - 1
+MAX_SEED = 2**63 - 1  # numpy and torch both take seeds in 0 .. 2^63 - 1
 MAX_WORKERS = 256
-MAX_TIMEOUT_MINUTES = 10 ** 6
+MAX_TIMEOUT_MINUTES = 10**6
 
 
 def _number(value, flag: str) -> float:
@@ -111,8 +111,12 @@ def output_file(path, flag: str = "--out", folder: bool = False) -> Path:
     if is_stream(text):
         return Path(text)
     target = Path(text)
-    if text in ("", ".", "..") or text.endswith(("/", os.sep)) or target.name in ("", ".", "..") \
-            or (target.is_dir() and not folder):
+    if (
+        text in ("", ".", "..")
+        or text.endswith(("/", os.sep))
+        or target.name in ("", ".", "..")
+        or (target.is_dir() and not folder)
+    ):
         raise InputError(f"{flag} {text!r}: names a directory; name a file to write")
     return target
 
@@ -176,13 +180,16 @@ BACKENDS = ("auto", "native", "torch")
 
 def sketch_without_l2(what: str = "the sketch") -> str:
     """Why the one-pass sketch cannot take l2_normalize (the message of its refusal)."""
-    return (f"{what} cannot use --l2-normalize (l2_normalize): it scales the centred rows, whose "
-            "column means one pass does not know beforehand; use the exact engine (--method exact)")
+    return (
+        f"{what} cannot use --l2-normalize (l2_normalize): it scales the centred rows, whose "
+        "column means one pass does not know beforehand; use the exact engine (--method exact)"
+    )
 
 
 @dataclass
 class ScoreOptions:
     """How `score` (and `run`'s scoring) computes the importance scores; see leverage_scores."""
+
     energy: float = 0.9
     device: str = "auto"
     standardize: bool = False
@@ -218,12 +225,13 @@ SELECT_METHODS = ("scalselect", "random", "length", "cluster")
 @dataclass
 class SelectOptions:
     """Which of the scored samples `select` (and `run`) keeps; see select.top_positions."""
+
     method: str = "scalselect"
     seed: int = 0
     stratify_by: str | None = None  # a record field, or "source": quotas per value
-    shares: dict | None = None      # the quotas' shares per value (else the pool's own)
-    store: object = None            # method "cluster": the store (or .npy, or matrix) of the vectors
-    clusters: int = 100             # method "cluster": k
+    shares: dict | None = None  # the quotas' shares per value (else the pool's own)
+    store: object = None  # method "cluster": the store (or .npy, or matrix) of the vectors
+    clusters: int = 100  # method "cluster": k
 
     def check(self) -> "SelectOptions":
         choice(self.method, SELECT_METHODS, "--method")
@@ -242,8 +250,9 @@ def method_list(text, flag: str = "--methods") -> list[str]:
     methods = [m.strip() for m in str(text).split(",") if m.strip()]
     unknown = [m for m in methods if m not in SELECT_METHODS]
     if not methods or unknown:
-        raise InputError(f"{flag}: expected a comma-separated list of {', '.join(SELECT_METHODS)}"
-                         f"{f', not {unknown[0]!r}' if unknown else ''}")
+        raise InputError(
+            f"{flag}: expected a comma-separated list of {', '.join(SELECT_METHODS)}{f', not {unknown[0]!r}' if unknown else ''}"
+        )
     return methods
 
 

@@ -32,8 +32,17 @@ from .models import check_layer, check_supported, first_softmax_layer, image_tok
 from .models.load import DTYPES, fingerprint, load_checkpoint, pick_dtype, read_config
 from .options import resolve_device
 from .scoring import sketch
-from .stores import (MANIFEST, SKIPPED, Sink, StoreWriter, check_same_settings, damaged_parts, read_manifest, reopen_store,
-                     sketch_store)
+from .stores import (
+    MANIFEST,
+    SKIPPED,
+    Sink,
+    StoreWriter,
+    check_same_settings,
+    damaged_parts,
+    read_manifest,
+    reopen_store,
+    sketch_store,
+)
 
 
 @dataclass
@@ -41,24 +50,24 @@ class ExtractOptions:
     tau: float = 0.9
     max_length: int = 2048
     batch_size: int = 8
-    workers: int | None = None     # DataLoader workers; None: one per core of this rank but one, at most 8
+    workers: int | None = None  # DataLoader workers; None: one per core of this rank but one, at most 8
     device: str = "auto"
-    dtype: str = "auto"            # compute dtype of the model
+    dtype: str = "auto"  # compute dtype of the model
     store_dtype: str = "float16"
     shard_rows: int | None = None  # samples per part; None: 4,096 (no_store: at least 4 D, see _SketchStore.part_rows)
     resume: bool = False
     trust_remote_code: bool = False
     allow_outside_root: bool = False
     progress: bool = True
-    kernel_backend: str = "auto"   # "torch": the PyTorch twins (benchmarks compare the two)
-    no_store: bool = False         # feed a sketch store instead (`run --no-store`)
+    kernel_backend: str = "auto"  # "torch": the PyTorch twins (benchmarks compare the two)
+    no_store: bool = False  # feed a sketch store instead (`run --no-store`)
     sketch_size: int | None = None  # its size (None: from the pilot)
     sketch_seed: int = 0
-    sketch_energy: float = 0.9     # the energy the pilot sizes the sketch for
+    sketch_energy: float = 0.9  # the energy the pilot sizes the sketch for
     sketch_pilot_rows: int = sketch.PILOT_ROWS
     system_prompt: str | None = None  # the system turn of samples that have none (as the trainer adds it)
     chat_template: str | None = None  # a template in place of the checkpoint's (its text)
-    layer: int | None = None       # decoder layer probed; None: the first with softmax attention
+    layer: int | None = None  # decoder layer probed; None: the first with softmax attention
 
     def check(self) -> "ExtractOptions":
         options.share(self.tau, "--tau")
@@ -80,8 +89,13 @@ class ExtractOptions:
         options.choice(self.store_dtype, ("float16", "float32"), "--store-dtype")
         options.choice(self.kernel_backend, options.BACKENDS, "kernel_backend")
         if self.no_store:  # what it plans the sketch with: the same rules as score's
-            options.ScoreOptions(energy=self.sketch_energy, sketch_size=self.sketch_size, seed=self.sketch_seed,
-                                 pilot_rows=self.sketch_pilot_rows, method="sketch").check()
+            options.ScoreOptions(
+                energy=self.sketch_energy,
+                sketch_size=self.sketch_size,
+                seed=self.sketch_seed,
+                pilot_rows=self.sketch_pilot_rows,
+                method="sketch",
+            ).check()
         return self
 
 
@@ -98,8 +112,7 @@ class PoolSamples(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         worker = torch.utils.data.get_worker_info()
-        mine = self.positions if worker is None else \
-            deal(self.positions, worker.num_workers, self.pool.block_rows)[worker.id]
+        mine = self.positions if worker is None else deal(self.positions, worker.num_workers, self.pool.block_rows)[worker.id]
         return map(self.prepare, mine)
 
     def prepare(self, pos):
@@ -152,12 +165,18 @@ def _versions() -> dict:
     import transformers
 
     from . import __version__
+
     return {"scalselect": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
-                  image_root: str | os.PathLike | None, out: str | os.PathLike,
-                  options: ExtractOptions | None = None, comm: Comm | None = None) -> dict:
+def extract_store(
+    model_dir: str | os.PathLike,
+    pool_path: str | os.PathLike,
+    image_root: str | os.PathLike | None,
+    out: str | os.PathLike,
+    options: ExtractOptions | None = None,
+    comm: Comm | None = None,
+) -> dict:
     """Extract every sample of the pool into the store `out`; returns the store's summary.
 
     Everything cheap is checked before the model is loaded: options, pool, image root, the
@@ -180,16 +199,25 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
     layer = first_softmax_layer(config) if opts.layer is None else opts.layer
     check_layer(config, layer)
     out = Path(out)
-    settings = {"model": str(Path(model_dir).resolve()), "model_fingerprint": fingerprint(model_dir),
-                "architecture": (config.architectures or [config.model_type])[0],
-                "pool": str(Path(pool_path).resolve()), "pool_sha256": pool.digest(),
-                "pool_samples": len(pool), "image_root": str(root.resolve()), "tau": opts.tau,
-                "max_length": opts.max_length, "compute_dtype": str(dtype).removeprefix("torch."),
-                "allow_outside_root": opts.allow_outside_root, "system_prompt": opts.system_prompt,
-                "layer": layer,
-                # the template's digest: a --resume with another one says so in one short line
-                "chat_template_sha256": None if opts.chat_template is None else
-                hashlib.sha256(opts.chat_template.encode("utf-8")).hexdigest()}
+    settings = {
+        "model": str(Path(model_dir).resolve()),
+        "model_fingerprint": fingerprint(model_dir),
+        "architecture": (config.architectures or [config.model_type])[0],
+        "pool": str(Path(pool_path).resolve()),
+        "pool_sha256": pool.digest(),
+        "pool_samples": len(pool),
+        "image_root": str(root.resolve()),
+        "tau": opts.tau,
+        "max_length": opts.max_length,
+        "compute_dtype": str(dtype).removeprefix("torch."),
+        "allow_outside_root": opts.allow_outside_root,
+        "system_prompt": opts.system_prompt,
+        "layer": layer,
+        # the template's digest: a --resume with another one says so in one short line
+        "chat_template_sha256": None
+        if opts.chat_template is None
+        else hashlib.sha256(opts.chat_template.encode("utf-8")).hexdigest(),
+    }
     dim = int(config.get_text_config().hidden_size)
     output = (_SketchStore if opts.no_store else _VectorStore)(out, dim, opts, settings, comm)
     if opts.resume and (output.rows_dir / MANIFEST).exists():
@@ -204,9 +232,16 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
     writer = output.writer()
     job = None
     try:
-        loaded = load_checkpoint(model_dir, config, device, dtype, opts.trust_remote_code,
-                                 opts.progress and comm.is_main, layer,
-                                 check_processor=lambda p: _sample_maker(p, config, root, opts).check_template())
+        loaded = load_checkpoint(
+            model_dir,
+            config,
+            device,
+            dtype,
+            opts.trust_remote_code,
+            opts.progress and comm.is_main,
+            layer,
+            check_processor=lambda p: _sample_maker(p, config, root, opts).check_template(),
+        )
         extraction = _Extraction(loaded, pool, root, opts, device, dtype, comm, output.part_rows(), layer)
         t0 = time.perf_counter()
         writer, sink, replay, replay_positions = output.open(extraction)
@@ -218,30 +253,44 @@ def extract_store(model_dir: str | os.PathLike, pool_path: str | os.PathLike,
         seconds = time.perf_counter() - t0
         processed = len(todo) + len(replay_positions)
         processor, model, adapter = loaded
-        meta = {**settings, "chat_template": opts.chat_template, "family": adapter.family,
-                "model_class": type(model).__name__,
-                "versions": _versions(),
-                "batch_size": opts.batch_size, "extract_seconds_last_run": seconds,
-                "world_size_last_run": comm.world,
-                "samples_per_second_last_run": processed / seconds if seconds > 0 else None,
-                "mean_kept_vision_tokens_last_run": job.kept_tokens / max(1, job.rows_made)}
+        meta = {
+            **settings,
+            "chat_template": opts.chat_template,
+            "family": adapter.family,
+            "model_class": type(model).__name__,
+            "versions": _versions(),
+            "batch_size": opts.batch_size,
+            "extract_seconds_last_run": seconds,
+            "world_size_last_run": comm.world,
+            "samples_per_second_last_run": processed / seconds if seconds > 0 else None,
+            "mean_kept_vision_tokens_last_run": job.kept_tokens / max(1, job.rows_made),
+        }
         writer.close(meta, expected=len(pool))
     except BaseException as exc:
         if writer is not None:
             writer.abandon()
         if isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc):
-            raise InputError(f"an image-loading worker died ({first_line(exc)}); in a container, give "
-                             "it more shared memory (docker --shm-size) or pass --workers 0; "
-                             "then --resume") from None
+            raise InputError(
+                f"an image-loading worker died ({first_line(exc)}); in a container, give "
+                "it more shared memory (docker --shm-size) or pass --workers 0; "
+                "then --resume"
+            ) from None
         raise
     finally:
         if guard is not None:
             guard.close()
     manifest = read_manifest(output.rows_dir)  # every rank's parts, for every rank
-    summary = {"store": str(out), "rows": manifest["num_rows"], "skipped": manifest["num_skipped"],
-               "skipped_by_reason": manifest["skipped_by_reason"],
-               "processed_this_run": processed, "seconds": seconds, "device": str(device),
-               "dtype": settings["compute_dtype"], "skipped_file": str(output.rows_dir / SKIPPED)}
+    summary = {
+        "store": str(out),
+        "rows": manifest["num_rows"],
+        "skipped": manifest["num_skipped"],
+        "skipped_by_reason": manifest["skipped_by_reason"],
+        "processed_this_run": processed,
+        "seconds": seconds,
+        "device": str(device),
+        "dtype": settings["compute_dtype"],
+        "skipped_file": str(output.rows_dir / SKIPPED),
+    }
     return summary
 
 
@@ -264,8 +313,9 @@ class _VectorStore:
 
     def writer(self) -> StoreWriter:
         """Made (and the store locked and checked) before the model loads."""
-        self.made = StoreWriter(self.out, self.dim, self.opts.store_dtype, settings=self.settings,
-                                resume=self.opts.resume, comm=self.comm)
+        self.made = StoreWriter(
+            self.out, self.dim, self.opts.store_dtype, settings=self.settings, resume=self.opts.resume, comm=self.comm
+        )
         return self.made
 
     def part_rows(self) -> int:
@@ -282,8 +332,12 @@ class _SketchStore:
 
     def __init__(self, out: Path, dim: int, opts: ExtractOptions, settings: dict, comm: Comm):
         self.out, self.rows_dir, self.dim, self.opts, self.comm = out, out / sketch_store.SKETCH_ROWS, dim, opts, comm
-        self.asked = {"sketch_size_asked": opts.sketch_size, "sketch_seed": opts.sketch_seed,
-                      "sketch_pilot_rows": opts.sketch_pilot_rows, "sketch_energy": opts.sketch_energy}
+        self.asked = {
+            "sketch_size_asked": opts.sketch_size,
+            "sketch_seed": opts.sketch_seed,
+            "sketch_pilot_rows": opts.sketch_pilot_rows,
+            "sketch_energy": opts.sketch_energy,
+        }
         settings |= self.asked  # what the plan is made from: a resume must ask for the same
         self.settings = settings
 
@@ -291,8 +345,7 @@ class _SketchStore:
         return self.settings
 
     def reopen(self, damaged: list) -> None:
-        raise InputError(f"{self.rows_dir}: part {damaged[0]}; the sketch cannot be redone in place: "
-                         "extract into a new folder")
+        raise InputError(f"{self.rows_dir}: part {damaged[0]}; the sketch cannot be redone in place: extract into a new folder")
 
     def claim(self):
         """Rank 0: check the output and lock it (the lock file stays open while this job writes)."""
@@ -325,18 +378,30 @@ class _SketchStore:
             def plan():
                 rows = torch.from_numpy(np.concatenate(every).astype(np.float32))
                 omega, shift, planned = sketch.plan_test_matrix(
-                    rows, energy=opts.sketch_energy, standardize=False,
-                    sketch_size=opts.sketch_size, max_size=min(dim, len(pool)), seed=opts.sketch_seed,
-                    every_row=len(pool) <= opts.sketch_pilot_rows)
+                    rows,
+                    energy=opts.sketch_energy,
+                    standardize=False,
+                    sketch_size=opts.sketch_size,
+                    max_size=min(dim, len(pool)),
+                    seed=opts.sketch_seed,
+                    every_row=len(pool) <= opts.sketch_pilot_rows,
+                )
                 sketch_store.write_plan(out, omega, shift, {"plan": planned, "settings": self.asked})
+
             comm.together(plan, main_only=True)
         omega, shift, info = comm.on_rank0(lambda: self._own_plan())
         self.settings["sketch_plan"] = sketch_store.plan_digest(omega, shift)
-        writer = StoreWriter(self.rows_dir, int(omega.shape[1]), "float32", settings=self.settings,
-                             resume=opts.resume, comm=comm)
+        writer = StoreWriter(self.rows_dir, int(omega.shape[1]), "float32", settings=self.settings, resume=opts.resume, comm=comm)
         holdout = sketch.holdout_rows(len(pool), opts.sketch_pilot_rows, opts.sketch_seed)
-        sink = sketch.SketchSink(writer, omega, shift, sketch_store.plan_scale(info), extraction.device,
-                                 {pool.ids[p] for p in holdout}, opts.kernel_backend)
+        sink = sketch.SketchSink(
+            writer,
+            omega,
+            shift,
+            sketch_store.plan_scale(info),
+            extraction.device,
+            {pool.ids[p] for p in holdout},
+            opts.kernel_backend,
+        )
         return writer, sink, replay, replay_positions
 
     def _own_plan(self):
@@ -347,15 +412,15 @@ class _SketchStore:
 
 
 def _sample_maker(processor, config, root, opts: ExtractOptions) -> SampleMaker:
-    return SampleMaker(processor, image_token_id(config), root, opts.max_length, opts.allow_outside_root,
-                       opts.system_prompt, opts.chat_template)
+    return SampleMaker(
+        processor, image_token_id(config), root, opts.max_length, opts.allow_outside_root, opts.system_prompt, opts.chat_template
+    )
 
 
 class _Extraction:
     """The loaded model and what it needs to turn pool positions into vectors for a sink."""
 
-    def __init__(self, loaded, pool, root, opts: ExtractOptions, device, dtype, comm: Comm, part_rows: int,
-                 layer: int):
+    def __init__(self, loaded, pool, root, opts: ExtractOptions, device, dtype, comm: Comm, part_rows: int, layer: int):
         processor, self.model, _ = loaded
         self.layer = layer
         self.part_rows = part_rows
@@ -370,16 +435,27 @@ class _Extraction:
         mine = deal(positions, self.comm.world, self.pool.block_rows)[self.comm.rank]  # same list on every rank
         workers = _worker_count(self.opts.workers)
         loader = torch.utils.data.DataLoader(
-            PoolSamples(self.pool, mine, self.maker), batch_size=None, num_workers=workers,
-            collate_fn=_unbatched, prefetch_factor=4 if workers else None,
-            worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if workers else None)
+            PoolSamples(self.pool, mine, self.maker),
+            batch_size=None,
+            num_workers=workers,
+            collate_fn=_unbatched,
+            prefetch_factor=4 if workers else None,
+            worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if workers else None,
+        )
         batcher = LengthBatcher(self.opts.batch_size)
         desc = f"{what} (rank 0 of {self.comm.world})" if self.comm.active else what
-        with layer_probe(self.model, self.layer) as probe, tqdm(
-                total=len(mine), unit="sample", disable=not (self.opts.progress and self.comm.is_main),
-                desc=desc, dynamic_ncols=True, smoothing=0.1) as bar:
-            job = BatchJob(self.model, probe, sink, self.opts, self.device, self.dtype, self.pad_id, bar,
-                       self.part_rows)
+        with (
+            layer_probe(self.model, self.layer) as probe,
+            tqdm(
+                total=len(mine),
+                unit="sample",
+                disable=not (self.opts.progress and self.comm.is_main),
+                desc=desc,
+                dynamic_ncols=True,
+                smoothing=0.1,
+            ) as bar,
+        ):
+            job = BatchJob(self.model, probe, sink, self.opts, self.device, self.dtype, self.pad_id, bar, self.part_rows)
             try:
                 for item in loader:
                     if isinstance(item, dict):
@@ -412,9 +488,16 @@ def _complete_store(out: Path, settings: dict) -> dict:
     top, meta = {"dim": manifest.get("dim"), "dtype": manifest.get("dtype")}, manifest.get("meta", {})
     made = {k: top[k] if k in top else meta[k] for k in settings if k in top or k in meta}
     check_same_settings(out, made, settings)
-    return {"store": str(out), "rows": manifest["num_rows"], "skipped": manifest.get("num_skipped", 0),
-            "skipped_by_reason": manifest.get("skipped_by_reason", {}), "processed_this_run": 0,
-            "seconds": 0.0, "already_complete": True, "skipped_file": str(out / SKIPPED)}
+    return {
+        "store": str(out),
+        "rows": manifest["num_rows"],
+        "skipped": manifest.get("num_skipped", 0),
+        "skipped_by_reason": manifest.get("skipped_by_reason", {}),
+        "processed_this_run": 0,
+        "seconds": 0.0,
+        "already_complete": True,
+        "skipped_file": str(out / SKIPPED),
+    }
 
 
 # Reasons that, when they hit every one of the first samples, mean the setup is wrong
@@ -426,8 +509,7 @@ _FAIL_FAST_AFTER = 100
 class BatchJob:
     """The main process's side of an extraction: forwards batches, commits rows and skips."""
 
-    def __init__(self, model, run, sink: Sink, opts: ExtractOptions, device, dtype,
-                 pad_id: int, bar, part_rows: int):
+    def __init__(self, model, run, sink: Sink, opts: ExtractOptions, device, dtype, pad_id: int, bar, part_rows: int):
         self.model, self.run_probe, self.sink, self.opts = model, run, sink, opts
         self.device, self.dtype, self.pad_id, self.bar = device, dtype, pad_id, bar
         self.part_rows = part_rows
@@ -444,16 +526,18 @@ class BatchJob:
         if self.rows_made == 0 and record["reason"] in _SETUP_REASONS:
             self.setup_failures += 1
             if self.setup_failures >= _FAIL_FAST_AFTER:
-                raise InputError(f"the first {self.setup_failures} samples all failed "
-                                 f"(last: {record['reason']}: {record['detail']}); "
-                                 "check --image-root, the model and the pool")
+                raise InputError(
+                    f"the first {self.setup_failures} samples all failed "
+                    f"(last: {record['reason']}: {record['detail']}); "
+                    "check --image-root, the model and the pool"
+                )
 
     def forward(self, samples: list):
         inputs, instruction = collate(samples, self.pad_id)
-        inputs = {k: v.to(device=self.device, dtype=self.dtype if v.is_floating_point() else v.dtype)
-                  for k, v in inputs.items()}
-        vectors, kept = probe_vectors(self.model, self.run_probe, inputs, instruction.to(self.device),
-                                      self.opts.tau, self.opts.kernel_backend)
+        inputs = {k: v.to(device=self.device, dtype=self.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
+        vectors, kept = probe_vectors(
+            self.model, self.run_probe, inputs, instruction.to(self.device), self.opts.tau, self.opts.kernel_backend
+        )
         return vectors.cpu().numpy().astype(self.opts.store_dtype), kept.cpu().tolist()
 
     def run(self, samples: list) -> None:
@@ -476,8 +560,7 @@ class BatchJob:
             if kept[row] == 0:
                 self.skip(_skip(sample.sample_id, "no vision tokens", "the processor made none"))
             elif not finite[row]:
-                self.skip(_skip(sample.sample_id, "non-finite vector",
-                                f"NaN or inf as {self.opts.store_dtype}"))
+                self.skip(_skip(sample.sample_id, "non-finite vector", f"NaN or inf as {self.opts.store_dtype}"))
             else:
                 self.ids.append(sample.sample_id)
                 self.rows.append(stored[row])

@@ -59,8 +59,7 @@ def plot_figures(spectrum: np.ndarray, k: int, scores: np.ndarray, cut: float | 
     twin.set_ylabel("cumulative energy", color="tab:orange")
     twin.set_ylim(0, 1.02)
     ax.axvline(k, color="black", ls="--", lw=1)
-    ax.annotate(f"k = {k}", (k, 0.5), xycoords=("data", "axes fraction"), xytext=(4, 0),
-                textcoords="offset points")
+    ax.annotate(f"k = {k}", (k, 0.5), xycoords=("data", "axes fraction"), xytext=(4, 0), textcoords="offset points")
     ax.set_title("Spectrum of the centred vectors")
     fig1.tight_layout()
 
@@ -144,8 +143,18 @@ def _scoring_summary(path: Path) -> dict:
     return {"energy": energy, "k": k if isinstance(k, int) and not isinstance(k, bool) and k > 0 else None}
 
 
-def build_report(store, scores_path, out, *, subset=None, data=None, image_root=None,
-                 source_field: str | None = None, seed: int = 0, compare=None) -> dict:
+def build_report(
+    store,
+    scores_path,
+    out,
+    *,
+    subset=None,
+    data=None,
+    image_root=None,
+    source_field: str | None = None,
+    seed: int = 0,
+    compare=None,
+) -> dict:
     """Write the plots and report.html into `out`; returns what it wrote and the counts. The
     pool and image root default to those the store was extracted from (its manifest).
     compare: the JSON `scalselect compare --out` wrote, shown as a table."""
@@ -192,19 +201,42 @@ def build_report(store, scores_path, out, *, subset=None, data=None, image_root=
             f.write(pngs[name])
     order = np.argsort(-scores, kind="stable")
     shown = {"highest": order[:SHOWN], "lowest": order[::-1][:SHOWN]}
-    page = _page(pool, ids, scores, shown, root, pngs, {
-        "store": str(store), "scores": str(scores_path), "pool": str(data), "samples": len(ids),
-        "subset": len(chosen & set(ids)) if subset else None, "k": k, "energy": energy,
-        "spectrum_rows": rows_used, "sources_by": by, "counts": counts, "picked": picked}, compared)
+    page = _page(
+        pool,
+        ids,
+        scores,
+        shown,
+        root,
+        pngs,
+        {
+            "store": str(store),
+            "scores": str(scores_path),
+            "pool": str(data),
+            "samples": len(ids),
+            "subset": len(chosen & set(ids)) if subset else None,
+            "k": k,
+            "energy": energy,
+            "spectrum_rows": rows_used,
+            "sources_by": by,
+            "counts": counts,
+            "picked": picked,
+        },
+        compared,
+    )
     with atomic_open(out / "report.html", errors="xmlcharrefreplace") as f:
         f.write(page)
     import matplotlib.pyplot as plt
 
     for fig in figures.values():
         plt.close(fig)
-    return {"out": str(out), "files": [f"{n}.png" for n in pngs] + ["report.html"], "k": k,
-            "samples": len(ids), "subset": len(chosen & set(ids)) if subset else None,
-            "sources": {s: {"pool": counts[s], "subset": picked[s]} for s in sorted(counts)}}
+    return {
+        "out": str(out),
+        "files": [f"{n}.png" for n in pngs] + ["report.html"],
+        "k": k,
+        "samples": len(ids),
+        "subset": len(chosen & set(ids)) if subset else None,
+        "sources": {s: {"pool": counts[s], "subset": picked[s]} for s in sorted(counts)},
+    }
 
 
 def _compare_section(compared: dict | None) -> str:
@@ -215,18 +247,24 @@ def _compare_section(compared: dict | None) -> str:
     rows = "".join(
         f"<tr><td>{esc(str(name))}</td><td>{m.get('selected', '')}</td><td>{m.get('projection_error', 0):.4f}</td>"
         f"<td>{m.get('coverage_mean', 0):.4g}</td><td>{m.get('coverage_max', 0):.4g}</td>"
-        f"<td>{m.get('largest_share_gap', 0):.1%}</td></tr>" for name, m in compared["methods"].items())
-    return (f"<h2>Methods compared at budget {esc(str(compared.get('budget', '?')))} (k = "
-            f"{esc(str(compared.get('k', '?')))})</h2><table><tr><th>method</th><th>selected</th>"
-            f"<th>projection error</th><th>coverage mean</th><th>coverage max</th><th>largest share gap</th></tr>"
-            f"{rows}</table>")
+        f"<td>{m.get('largest_share_gap', 0):.1%}</td></tr>"
+        for name, m in compared["methods"].items()
+    )
+    return (
+        f"<h2>Methods compared at budget {esc(str(compared.get('budget', '?')))} (k = "
+        f"{esc(str(compared.get('k', '?')))})</h2><table><tr><th>method</th><th>selected</th>"
+        f"<th>projection error</th><th>coverage mean</th><th>coverage max</th><th>largest share gap</th></tr>"
+        f"{rows}</table>"
+    )
 
 
 def _page(pool, ids, scores, shown, root, pngs, facts, compared=None) -> str:
     esc = html.escape
     img = lambda data: f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}" alt="">'  # noqa: E731
-    rows = "".join(f"<tr><td>{esc(str(s))}</td><td>{facts['counts'][s]}</td><td>{facts['picked'][s]}</td></tr>"
-                   for s in sorted(facts["counts"], key=lambda s: -facts["counts"][s]))
+    rows = "".join(
+        f"<tr><td>{esc(str(s))}</td><td>{facts['counts'][s]}</td><td>{facts['picked'][s]}</td></tr>"
+        for s in sorted(facts["counts"], key=lambda s: -facts["counts"][s])
+    )
 
     def samples(which):
         cells = []
@@ -234,9 +272,11 @@ def _page(pool, ids, scores, shown, root, pngs, facts, compared=None) -> str:
             record = pool.record(pool.index_of()[ids[i]])
             thumb = _thumbnail(record, pool.layout, root)
             picture = f'<img src="{thumb}" alt="">' if thumb else '<div class="none">no image</div>'
-            cells.append(f'<div class="sample">{picture}<div class="id">{esc(str(ids[i]))} · '
-                         f'{scores[i]:.4g}</div><div class="text">{esc(_first_instruction(record, pool.layout))}'
-                         f'</div></div>')
+            cells.append(
+                f'<div class="sample">{picture}<div class="id">{esc(str(ids[i]))} · '
+                f'{scores[i]:.4g}</div><div class="text">{esc(_first_instruction(record, pool.layout))}'
+                f"</div></div>"
+            )
         return "".join(cells)
 
     subset = f"{facts['subset']:,} in the subset" if facts["subset"] is not None else "no subset given"
@@ -254,14 +294,14 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 .id {{ font-weight: bold; margin: 4px 0; }} .meta {{ color: #555; }}
 </style></head><body>
 <h1>scalselect report</h1>
-<p class="meta">{facts['samples']:,} scored samples, {subset}; k = {facts['k']} at energy {facts['energy']};
-spectrum from {facts['spectrum_rows']:,} rows. Store {esc(facts['store'])}; scores {esc(facts['scores'])};
-pool {esc(facts['pool'])}.</p>
-<div class="plots">{img(pngs['spectrum'])}{img(pngs['scores'])}{img(pngs['sources'])}</div>
-<h2>Sources ({esc(facts['sources_by'])})</h2>
+<p class="meta">{facts["samples"]:,} scored samples, {subset}; k = {facts["k"]} at energy {facts["energy"]};
+spectrum from {facts["spectrum_rows"]:,} rows. Store {esc(facts["store"])}; scores {esc(facts["scores"])};
+pool {esc(facts["pool"])}.</p>
+<div class="plots">{img(pngs["spectrum"])}{img(pngs["scores"])}{img(pngs["sources"])}</div>
+<h2>Sources ({esc(facts["sources_by"])})</h2>
 <table><tr><th>source</th><th>pool</th><th>subset</th></tr>{rows}</table>
 {_compare_section(compared)}
-<h2>Highest scores</h2><div class="grid">{samples('highest')}</div>
-<h2>Lowest scores</h2><div class="grid">{samples('lowest')}</div>
+<h2>Highest scores</h2><div class="grid">{samples("highest")}</div>
+<h2>Lowest scores</h2><div class="grid">{samples("lowest")}</div>
 </body></html>
 """

@@ -42,8 +42,9 @@ def read_scores(path: str | os.PathLike) -> tuple[list, np.ndarray]:
             rec = json.loads(line)
             sid, value = rec["sample_id"], rec["importance"]
         except (ValueError, KeyError, TypeError, RecursionError) as exc:  # ValueError: 5000-digit numbers too
-            raise InputError(f"scores {path}, line {line_no}: expected "
-                             f'{{"sample_id": ..., "importance": <number>}} ({exc})') from None
+            raise InputError(
+                f'scores {path}, line {line_no}: expected {{"sample_id": ..., "importance": <number>}} ({exc})'
+            ) from None
         if not isinstance(sid, (str, int)) or isinstance(sid, bool):
             raise InputError(f"scores {path}, line {line_no}: sample_id must be a string or an integer")
         if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -88,10 +89,19 @@ def parse_budget(budget: str | int | float, n: int) -> int:
     return count
 
 
-def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str | int, *,
-                  method: str = "scalselect", seed: int = 0, stratify_by: str | None = None,
-                  shares: dict | None = None, store=None,
-                  clusters: int = 100) -> tuple[list[int], dict]:
+def top_positions(
+    pool: Pool,
+    score_ids: list,
+    scores: np.ndarray,
+    budget: str | int,
+    *,
+    method: str = "scalselect",
+    seed: int = 0,
+    stratify_by: str | None = None,
+    shares: dict | None = None,
+    store=None,
+    clusters: int = 100,
+) -> tuple[list[int], dict]:
     """Pool positions of the `budget` samples `method` picks among the scored ones, and a
     summary of the choice (see scalselect.baselines for the methods and stratification).
     store: the store (or .npy, or matrix) the scores came from, for method "cluster"."""
@@ -102,14 +112,17 @@ def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str |
     missing = [sid for sid in score_ids if sid not in index]
     if missing:
         shown = ", ".join(repr(m) for m in missing[:5])
-        raise InputError(f"{len(missing)} scored sample ids are not in pool {pool.path} "
-                         f"(e.g. {shown}): is the scores file for another pool?")
+        raise InputError(
+            f"{len(missing)} scored sample ids are not in pool {pool.path} (e.g. {shown}): is the scores file for another pool?"
+        )
     count = parse_budget(budget, len(score_ids))
     where = np.asarray([index[sid] for sid in score_ids], dtype=np.int64)
-    ranking = {"scalselect": lambda: scores, "random": lambda: random_ranking(len(where), seed),
-               "cluster": lambda: random_ranking(len(where), seed),
-               "length": lambda: np.asarray(pool.map(lambda r: conversation_length(r, pool.layout), where),
-                                            dtype=np.float64)}[method]()
+    ranking = {
+        "scalselect": lambda: scores,
+        "random": lambda: random_ranking(len(where), seed),
+        "cluster": lambda: random_ranking(len(where), seed),
+        "length": lambda: np.asarray(pool.map(lambda r: conversation_length(r, pool.layout), where), dtype=np.float64),
+    }[method]()
     groups = quotas = None
     if method == "cluster":
         groups = _cluster_labels(score_ids, store, clusters, seed).tolist()
@@ -122,8 +135,14 @@ def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str |
         quotas = apportion(sizes, count, weights)
     chosen = choose(ranking, count, groups, quotas)
     positions = sorted(where[chosen].tolist())
-    summary = {"pool": str(pool.path), "pool_size": len(pool), "scored": len(score_ids),
-               "unscored_in_pool": len(pool) - len(score_ids), "selected": len(chosen), "method": method}
+    summary = {
+        "pool": str(pool.path),
+        "pool_size": len(pool),
+        "scored": len(score_ids),
+        "unscored_in_pool": len(pool) - len(score_ids),
+        "selected": len(chosen),
+        "method": method,
+    }
     if method != "scalselect":
         summary["seed"] = seed
     if len(chosen):
@@ -131,10 +150,17 @@ def top_positions(pool: Pool, score_ids: list, scores: np.ndarray, budget: str |
         summary["max_importance"] = float(scores.max())
     if groups is not None:
         total = sum(float(weights.get(g, 0)) for g in sizes)
-        summary["strata"] = {"by": "k-means cluster" if method == "cluster" else stratify_by,
-                             "groups": {str(g): {"eligible": int(sizes[g]), "subset": int(quotas[g]),
-                                                 "target": round(count * float(weights.get(g, 0)) / total, 2)}
-                                        for g in sorted(sizes, key=str)}}
+        summary["strata"] = {
+            "by": "k-means cluster" if method == "cluster" else stratify_by,
+            "groups": {
+                str(g): {
+                    "eligible": int(sizes[g]),
+                    "subset": int(quotas[g]),
+                    "target": round(count * float(weights.get(g, 0)) / total, 2),
+                }
+                for g in sorted(sizes, key=str)
+            },
+        }
     return positions, summary
 
 
@@ -146,8 +172,7 @@ def _cluster_labels(score_ids: list, store, clusters: int, seed: int) -> np.ndar
     return kmeans(principal_rows(store, score_ids), clusters, seed)
 
 
-def select_subset(pool: Pool, score_ids: list, scores: np.ndarray, budget: str | int,
-                  out: str | os.PathLike, **method) -> dict:
+def select_subset(pool: Pool, score_ids: list, scores: np.ndarray, budget: str | int, out: str | os.PathLike, **method) -> dict:
     """Write the samples `top_positions` picks (by default the top-`budget` scores) to `out` in
     the pool's own format; `method` keywords go to top_positions."""
     positions, summary = top_positions(pool, score_ids, scores, budget, **method)

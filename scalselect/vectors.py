@@ -27,15 +27,16 @@ def scored_chunks(store, score_ids: list, chunk_rows: int = 8192):
     at = {sid: i for i, sid in enumerate(score_ids)}
     _all_stored(src, score_ids)
     for start, chunk in src.chunks(chunk_rows):
-        where = [(row, at[sid]) for row, sid in enumerate(src.ids[start:start + chunk.shape[0]]) if sid in at]
+        where = [(row, at[sid]) for row, sid in enumerate(src.ids[start : start + chunk.shape[0]]) if sid in at]
         if where:
             rows, index = (list(t) for t in zip(*where))
             vectors = chunk[rows].to(torch.float32)
             finite = torch.isfinite(vectors).all(dim=1)
             if not finite.all():  # scoring leaves such rows out: this is another store
                 bad = score_ids[index[int(torch.nonzero(~finite)[0])]]
-                raise InputError(f"scored sample {bad!r} has a vector holding NaN or inf in the store: "
-                                 "is it the store it was scored from?")
+                raise InputError(
+                    f"scored sample {bad!r} has a vector holding NaN or inf in the store: is it the store it was scored from?"
+                )
             yield np.asarray(index, dtype=np.int64), vectors
 
 
@@ -44,8 +45,10 @@ def _all_stored(src, score_ids: list) -> None:
     stored = set(src.ids)
     missing = [sid for sid in score_ids if sid not in stored]
     if missing:
-        raise InputError(f"{len(missing)} scored samples have no vector in the store (e.g. {missing[0]!r}): "
-                         "is it the store they were scored from?")
+        raise InputError(
+            f"{len(missing)} scored samples have no vector in the store (e.g. {missing[0]!r}): "
+            "is it the store they were scored from?"
+        )
 
 
 def rows_of(store, score_ids: list, which: np.ndarray) -> torch.Tensor:
@@ -65,6 +68,7 @@ def rows_of(store, score_ids: list, which: np.ndarray) -> torch.Tensor:
 class Moments:
     """The scored vectors' count, mean and centred Gram (float64), and for each named subset its
     Gram centred by the same (whole pool's) mean."""
+
     count: int
     mean: torch.Tensor
     gram: torch.Tensor
@@ -115,8 +119,7 @@ def moments(store, score_ids: list, subsets: dict | None = None, on_chunk=None) 
             on_chunk(index, rows)
     if whole is None:
         raise InputError("no scored sample has a vector in the store")
-    return Moments(whole.rows, whole.mean, whole.gram,
-                   {name: part.centred_at(whole.mean) for name, part in parts.items()})
+    return Moments(whole.rows, whole.mean, whole.gram, {name: part.centred_at(whole.mean) for name, part in parts.items()})
 
 
 def principal_rows(store, score_ids: list, dims: int = CLUSTER_DIMS) -> torch.Tensor:
@@ -124,7 +127,7 @@ def principal_rows(store, score_ids: list, dims: int = CLUSTER_DIMS) -> torch.Te
     float32, in score_ids' order): two passes, the Gram's and the projection's."""
     m = moments(store, score_ids)
     _, vectors = torch.linalg.eigh(m.gram)
-    top = vectors[:, -min(dims, vectors.shape[1]):].flip(1).float()
+    top = vectors[:, -min(dims, vectors.shape[1]) :].flip(1).float()
     out = torch.empty(len(score_ids), top.shape[1])
     mean = m.mean.float()
     for index, rows in scored_chunks(store, score_ids):
@@ -146,16 +149,19 @@ def kmeans(x: torch.Tensor, k: int, seed: int, iterations: int = 25, chunk: int 
         label = torch.empty(n, dtype=torch.int64, device=x.device)
         csq = centres.pow(2).sum(dim=1)
         for lo in range(0, n, chunk):
-            d = sq[lo:lo + chunk, None] - 2 * x[lo:lo + chunk] @ centres.T + csq
-            best[lo:lo + chunk], label[lo:lo + chunk] = d.min(dim=1)
+            d = sq[lo : lo + chunk, None] - 2 * x[lo : lo + chunk] @ centres.T + csq
+            best[lo : lo + chunk], label[lo : lo + chunk] = d.min(dim=1)
         return best.clamp_min(0), label
 
     centres = x[int(torch.randint(n, (1,), generator=gen))][None]
     for _ in range(1, k):
         best, _ = distances(centres)
         weights = best.cpu().double()
-        pick = int(torch.multinomial(weights / weights.sum(), 1, generator=gen)) if weights.sum() > 0 else \
-            int(torch.randint(n, (1,), generator=gen))
+        pick = (
+            int(torch.multinomial(weights / weights.sum(), 1, generator=gen))
+            if weights.sum() > 0
+            else int(torch.randint(n, (1,), generator=gen))
+        )
         centres = torch.cat([centres, x[pick][None]])
     labels = None
     for _ in range(iterations):

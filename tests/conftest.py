@@ -36,7 +36,27 @@ def demo_run(tmp_path_factory):
 
     demo = prepare_demo(tmp_path_factory.mktemp("demo-run"), n=150)
     run = demo["run"]
-    assert main(["run", "--model", str(demo["model"]), "--data", str(demo["pool"]), "--image-root",
-                 str(demo["images"]), "--budget", "16%", "--out-dir", str(run), "--workers", "0", "--quiet",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(demo["model"]),
+                "--data",
+                str(demo["pool"]),
+                "--image-root",
+                str(demo["images"]),
+                "--budget",
+                "16%",
+                "--out-dir",
+                str(run),
+                "--workers",
+                "0",
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     return demo, run

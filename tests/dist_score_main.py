@@ -34,12 +34,17 @@ def main() -> int:
                 comm.barrier()
                 print(f"rank {comm.rank} error: {exc}", file=sys.stderr, flush=True)
                 return 2
-            mine = {"rank": result.rank, "world": result.world, "rows": len(result.sample_ids),
-                    "ids": result.sample_ids, "scores": result.scores.tolist(), "k": result.k}
+            mine = {
+                "rank": result.rank,
+                "world": result.world,
+                "rows": len(result.sample_ids),
+                "ids": result.sample_ids,
+                "scores": result.scores.tolist(),
+                "k": result.k,
+            }
             out.with_name(f"{out.name}.rank{comm.rank}.json").write_text(json.dumps(mine), encoding="utf-8")
             if comm.is_main:
-                everything = {"ids": full.sample_ids, "scores": full.scores.tolist(), "k": full.k,
-                              "summary": full.summary()}
+                everything = {"ids": full.sample_ids, "scores": full.scores.tolist(), "k": full.k, "summary": full.summary()}
                 out.write_text(json.dumps(everything), encoding="utf-8")
     return 0
 

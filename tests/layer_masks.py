@@ -21,8 +21,9 @@ def _first_real(valid: torch.Tensor) -> torch.Tensor:
     return valid.int().argmax(dim=1)
 
 
-def dense_mask(kind: str, valid: torch.Tensor, *, window: int = 7, chunk: int = 6,
-               prefix: int = 9, blocks: torch.Tensor | None = None) -> torch.Tensor:
+def dense_mask(
+    kind: str, valid: torch.Tensor, *, window: int = 7, chunk: int = 6, prefix: int = 9, blocks: torch.Tensor | None = None
+) -> torch.Tensor:
     """[B, S, S] bool: row i attends to key j. blocks: [B, S] int, a block id > 0 at the tokens of
     each bidirectional block (image_blocks only)."""
     b_size, seq = valid.shape
@@ -44,8 +45,9 @@ def dense_mask(kind: str, valid: torch.Tensor, *, window: int = 7, chunk: int = 
     return mask & valid[:, None, :]
 
 
-def key_ranges(kind: str, valid: torch.Tensor, *, window: int = 7, chunk: int = 6,
-               prefix: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
+def key_ranges(
+    kind: str, valid: torch.Tensor, *, window: int = 7, chunk: int = 6, prefix: int = 9
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(lo, hi) int32 [B, S] for the rows that are not in a bidirectional image block (the only
     rows the kernels compute); the same keys as dense_mask on the real ones."""
     b_size, seq = valid.shape

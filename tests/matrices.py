@@ -15,9 +15,21 @@ import numpy as np
 import torch
 
 
-def spectrum_matrix(n: int, d: int, *, decay: float = 0.0, sv=None, rank: int | None = None, weights: float = 0.0,
-                    noise: float = 0.0, columns: tuple[float, float] | None = None, offset: float = 0.0,
-                    seed: int = 0, part: int = 0, dtype=np.float64):
+def spectrum_matrix(
+    n: int,
+    d: int,
+    *,
+    decay: float = 0.0,
+    sv=None,
+    rank: int | None = None,
+    weights: float = 0.0,
+    noise: float = 0.0,
+    columns: tuple[float, float] | None = None,
+    offset: float = 0.0,
+    seed: int = 0,
+    part: int = 0,
+    dtype=np.float64,
+):
     """n x d rows: Gaussian coordinates scaled by sv (default i^-decay, i = 1..rank, rank
     default d) in a random orthonormal basis of rank directions, so the centred rows have
     singular values ~ sqrt(n) sv and exact rank len(sv) without noise. Then, each optional:
@@ -50,20 +62,20 @@ def spectrum_matrix(n: int, d: int, *, decay: float = 0.0, sv=None, rank: int | 
 class Reference:
     """The method in float64: centre, optionally standardise, optionally scale rows to unit
     length (not centred again), thin SVD; the reference implementation's order."""
+
     scores: np.ndarray
     k: int
-    singular_values: np.ndarray   # the top k
-    rows: np.ndarray              # the matrix whose SVD it is
-    pre: np.ndarray               # the rows as the engine's float32 products take them, before its shift
-    col_scale: np.ndarray         # the column scale applied to pre after the shift (ones without)
+    singular_values: np.ndarray  # the top k
+    rows: np.ndarray  # the matrix whose SVD it is
+    pre: np.ndarray  # the rows as the engine's float32 products take them, before its shift
+    col_scale: np.ndarray  # the column scale applied to pre after the shift (ones without)
     energy: float
-    left: np.ndarray              # U_k
-    right: np.ndarray             # V_k
-    shifted: bool = True          # the engine shifts pre by an early mean (else pre is final: unit rows)
+    left: np.ndarray  # U_k
+    right: np.ndarray  # V_k
+    shifted: bool = True  # the engine shifts pre by an early mean (else pre is final: unit rows)
 
 
-def reference(x, energy: float = 0.9, standardize: bool = False, l2_normalize: bool = False,
-              k: int | None = None) -> Reference:
+def reference(x, energy: float = 0.9, standardize: bool = False, l2_normalize: bool = False, k: int | None = None) -> Reference:
     """ScalSelect's scores as docs/design.md 1b defines them, in float64: centre; standardize:
     divide each column by its std (ddof 0), 0 for a column whose variance is <= 1e-20 of its
     mean square; l2_normalize: rows to unit length (a zero row stays 0); k the smallest rank
@@ -74,7 +86,7 @@ def reference(x, energy: float = 0.9, standardize: bool = False, l2_normalize: b
     col_scale = np.ones(x.shape[1])
     if standardize:
         std = xc.std(axis=0)
-        varies = std ** 2 > 1e-20 * (x ** 2).mean(axis=0)
+        varies = std**2 > 1e-20 * (x**2).mean(axis=0)
         col_scale = np.divide(1.0, std, out=np.zeros_like(std), where=varies)
         xc = xc * col_scale
     pre, shifted = x, True
@@ -83,9 +95,8 @@ def reference(x, energy: float = 0.9, standardize: bool = False, l2_normalize: b
         xc = np.divide(xc, norms, out=np.zeros_like(xc), where=norms > 0)
         pre, col_scale, shifted = xc, np.ones(x.shape[1]), False
     u, s, vt = np.linalg.svd(xc, full_matrices=False)
-    k = energy_rank(s ** 2, energy) if k is None else k
-    return Reference((u[:, :k] ** 2).sum(axis=1), k, s[:k], xc, pre, col_scale, energy, u[:, :k], vt[:k].T,
-                     shifted)
+    k = energy_rank(s**2, energy) if k is None else k
+    return Reference((u[:, :k] ** 2).sum(axis=1), k, s[:k], xc, pre, col_scale, energy, u[:, :k], vt[:k].T, shifted)
 
 
 def energy_rank(values: np.ndarray, energy: float) -> int:

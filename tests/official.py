@@ -29,13 +29,14 @@ def preprocess(matrix: np.ndarray, standardize: bool, l2_normalize: bool) -> np.
 
 def scores(a: np.ndarray, threshold: float = 0.9) -> tuple[np.ndarray, int]:
     s = np.linalg.svd(a, full_matrices=False)[1]  # the first thin SVD chooses k
-    share = np.cumsum(s ** 2) / np.sum(s ** 2)
+    share = np.cumsum(s**2) / np.sum(s**2)
     k = max(1, min(int(np.searchsorted(share, threshold)) + 1, len(s)))
     u = np.linalg.svd(a, full_matrices=False)[0]  # the second gives the left vectors
     return (u[:, :k] ** 2).sum(axis=1), k
 
 
-def official(x: np.ndarray, standardize: bool = False, l2_normalize: bool = False,
-             threshold: float = 0.9) -> tuple[np.ndarray, int]:
+def official(
+    x: np.ndarray, standardize: bool = False, l2_normalize: bool = False, threshold: float = 0.9
+) -> tuple[np.ndarray, int]:
     """The script's scores and k of the rows of x, in float64."""
     return scores(preprocess(np.asarray(x, dtype=np.float64), standardize, l2_normalize), threshold)

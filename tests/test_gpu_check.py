@@ -20,8 +20,7 @@ KERNELS = {"attention_mass", "top_mass_mean", "gram_prep", "projected_sqnorm"}
 
 def _run(*args, timeout=300):
     env = {**os.environ, "PYTHON": sys.executable}  # the interpreter running these tests
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=ROOT)
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +110,18 @@ def test_record_and_report_start_without_torch(dry_run, tmp_path):
     nor numpy (the machine facts come from the steps' files)."""
     shutil.copytree(dry_run[1], tmp_path / "run")
     check = ROOT / "benchmarks" / "gpu_check"
-    for args in (["record", "--out", str(tmp_path / "rec"), "--name", "build", "--status", "skipped", "--detail", "x"],
-                 ["report", "--out", str(tmp_path / "run"), "--mode", "dry"]):
-        proc = subprocess.run([sys.executable, "-X", "importtime", str(check), *args], capture_output=True, text=True,
-                              timeout=60, env={**os.environ, "PYTHONSAFEPATH": "1"}, cwd=ROOT)
+    for args in (
+        ["record", "--out", str(tmp_path / "rec"), "--name", "build", "--status", "skipped", "--detail", "x"],
+        ["report", "--out", str(tmp_path / "run"), "--mode", "dry"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", str(check), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONSAFEPATH": "1"},
+            cwd=ROOT,
+        )
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
         assert imported and not imported & {"torch", "numpy"}, args[0]

@@ -27,7 +27,7 @@ def package_imports(root: Path) -> dict[str, set[tuple[str, str | None, int]]]:
         edges = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.ImportFrom):
-                base = here[:len(here) - node.level + 1] if node.level else []
+                base = here[: len(here) - node.level + 1] if node.level else []
                 target = ".".join(base + ([node.module] if node.module else [])) if node.level else node.module or ""
                 if target.split(".")[0] != root.name:
                     continue
@@ -52,7 +52,7 @@ def import_cycles(imports: dict) -> list[list[str]]:
         path.append(node)
         for nxt in graph.get(node, ()):
             if nxt in path:
-                cycles.append(path[path.index(nxt):] + [nxt])
+                cycles.append(path[path.index(nxt) :] + [nxt])
             elif nxt not in done:
                 visit(nxt)
         path.pop()
@@ -65,8 +65,12 @@ def import_cycles(imports: dict) -> list[list[str]]:
 
 
 def private_imports(imports: dict) -> list[str]:
-    return sorted(f"{m}:{line} imports {t}.{name}" for m, edges in imports.items() for t, name, line in edges
-                  if name and name.startswith("_") and not name.startswith("__") and t != m)
+    return sorted(
+        f"{m}:{line} imports {t}.{name}"
+        for m, edges in imports.items()
+        for t, name, line in edges
+        if name and name.startswith("_") and not name.startswith("__") and t != m
+    )
 
 
 ROOT = Path(scalselect.__file__).parent
@@ -116,9 +120,15 @@ def private_uses(path: Path) -> list[str]:
         private = lambda name: name.startswith("_") and not name.startswith("__") and name not in NATIVE  # noqa: E731
         if isinstance(node, ast.Attribute) and private(node.attr) and root(node.value) in modules:
             found.append((node.lineno, f"{path.name}:{node.lineno} uses .{node.attr}"))
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "setattr" and len(node.args) >= 2 \
-                and root(node.args[0]) in modules and isinstance(node.args[1], ast.Constant) \
-                and isinstance(node.args[1].value, str) and private(node.args[1].value.rsplit(".", 1)[-1]):
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", None) == "setattr"
+            and len(node.args) >= 2
+            and root(node.args[0]) in modules
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and private(node.args[1].value.rsplit(".", 1)[-1])
+        ):
             found.append((node.lineno, f"{path.name}:{node.lineno} sets {node.args[1].value}"))
     return [text for _, text in sorted(found)]
 
@@ -134,9 +144,15 @@ def test_tests_and_benchmarks_reach_the_package_through_public_names():
 
 def test_the_private_use_check_finds_each_kind(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text("import scalselect.atomic as atomic\nfrom scalselect.pipeline import _deal, BatchJob\n"
-                     "from scalselect import report\n\n"
-                     "def test(monkeypatch):\n    atomic._write(1)\n    BatchJob._forward\n"
-                     "    monkeypatch.setattr(report, '_figures', None)\n    report.plot_figures\n")
-    assert private_uses(probe) == ["probe.py:2 imports scalselect.pipeline._deal", "probe.py:6 uses ._write",
-                                   "probe.py:7 uses ._forward", "probe.py:8 sets _figures"]
+    probe.write_text(
+        "import scalselect.atomic as atomic\nfrom scalselect.pipeline import _deal, BatchJob\n"
+        "from scalselect import report\n\n"
+        "def test(monkeypatch):\n    atomic._write(1)\n    BatchJob._forward\n"
+        "    monkeypatch.setattr(report, '_figures', None)\n    report.plot_figures\n"
+    )
+    assert private_uses(probe) == [
+        "probe.py:2 imports scalselect.pipeline._deal",
+        "probe.py:6 uses ._write",
+        "probe.py:7 uses ._forward",
+        "probe.py:8 sets _figures",
+    ]

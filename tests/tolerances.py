@@ -25,13 +25,13 @@ import torch
 
 from matrices import Reference, energy_rank
 
-U32 = 2.0 ** -24  # unit roundoff of float32
-U64 = 2.0 ** -53
-LAMBDA = 5.0      # multiple of the modelled deviation that a correct run stays within
+U32 = 2.0**-24  # unit roundoff of float32
+U64 = 2.0**-53
+LAMBDA = 5.0  # multiple of the modelled deviation that a correct run stays within
 DRAWS = 4
 EIGEN_RESIDUAL = 1e-8  # the Krylov solver stops at residuals of 1e-8 ||C|| (scalselect.scoring.eigen)
-HEAD_ROWS = 1024       # the exact engine shifts rows by the mean of its first (at most) 1,024 rows
-SKETCH_RANGE = 1e-7    # the sketch keeps the directions of Y^T Y above this share of the largest
+HEAD_ROWS = 1024  # the exact engine shifts rows by the mean of its first (at most) 1,024 rows
+SKETCH_RANGE = 1e-7  # the sketch keeps the directions of Y^T Y above this share of the largest
 
 
 def summed(m: int, u: float = U32) -> float:
@@ -41,14 +41,13 @@ def summed(m: int, u: float = U32) -> float:
 
 @dataclass
 class Tolerance:
-    scores: np.ndarray           # per row
+    scores: np.ndarray  # per row
     singular_values: np.ndarray  # per kept direction
-    k_stable: bool               # every draw kept the reference's k (else k sits at a tie)
-    held: float = 0.0            # the sum of every sigma^2 the sketch holds (its energy)
+    k_stable: bool  # every draw kept the reference's k (else k sits at a tie)
+    held: float = 0.0  # the sum of every sigma^2 the sketch holds (its energy)
 
 
-def engine_tolerance(ref: Reference, *, side: str, chunk_rows: int, eig_method: str = "full",
-                     seed: int = 0) -> Tolerance:
+def engine_tolerance(ref: Reference, *, side: str, chunk_rows: int, eig_method: str = "full", seed: int = 0) -> Tolerance:
     """What rounding allows between scalselect's exact engine and the float64 reference.
     side "gram": float32 products of rows shifted by the first rows' mean, summed over chunks
     of chunk_rows, then a float32 projection over D terms. side "kernel" (N < D): float64 throughout."""
@@ -79,14 +78,14 @@ def engine_tolerance(ref: Reference, *, side: str, chunk_rows: int, eig_method: 
         values, vectors = values[::-1], vectors[:, ::-1]
         stable &= energy_rank(np.clip(values, 0, None), ref.energy) == ref.k
         if side == "kernel":
-            scores = (vectors[:, :ref.k] ** 2).sum(axis=1)
+            scores = (vectors[:, : ref.k] ** 2).sum(axis=1)
         else:
-            w = vectors[:, :ref.k] / np.sqrt(values[:ref.k])
+            w = vectors[:, : ref.k] / np.sqrt(values[: ref.k])
             y = rows @ w
             y += rng.standard_normal(y.shape) * np.sqrt(d) * U32 * (np.abs(rows) @ np.abs(w))
-            scores = (y ** 2).sum(axis=1)
+            scores = (y**2).sum(axis=1)
         score_dev = np.maximum(score_dev, np.abs(scores - ref.scores))
-        value_dev = np.maximum(value_dev, np.abs(np.sqrt(np.clip(values[:ref.k], 0, None)) - ref.singular_values))
+        value_dev = np.maximum(value_dev, np.abs(np.sqrt(np.clip(values[: ref.k], 0, None)) - ref.singular_values))
     return Tolerance(LAMBDA * score_dev, LAMBDA * value_dev, bool(stable))
 
 
@@ -102,7 +101,7 @@ def sketch_tolerance(ref: Reference, *, chunk_rows: int, size: int | None = None
     size = d if size is None else size
     c = ref.pre - ref.pre.mean(axis=0)  # the shifted rows (the pilot's mean, near the whole mean)
     spare = max(8, int(np.ceil(size / 8)))
-    top = np.linalg.svd(ref.rows, full_matrices=False)[2][:max(0, size - spare)].T * ref.col_scale[:, None]
+    top = np.linalg.svd(ref.rows, full_matrices=False)[2][: max(0, size - spare)].T * ref.col_scale[:, None]
     omega = np.linalg.qr(np.hstack([top, rng.standard_normal((d, size - top.shape[1]))]))[0]
     m = min(chunk_rows, n)
 
@@ -119,10 +118,10 @@ def sketch_tolerance(ref: Reference, *, chunk_rows: int, size: int | None = None
         b = whiten.T @ ytx
         values, left = np.linalg.eigh(b @ b.T)
         values, left = np.clip(values[::-1], 0, None), left[:, ::-1]
-        w = whiten @ left[:, :ref.k]
+        w = whiten @ left[:, : ref.k]
         shifted = y - ymean
         proj = shifted @ w + noise * rng.standard_normal((n, ref.k)) * np.sqrt(size) * U32 * (np.abs(shifted) @ np.abs(w))
-        return (proj ** 2).sum(axis=1), np.sqrt(values[:ref.k]), values.sum()
+        return (proj**2).sum(axis=1), np.sqrt(values[: ref.k]), values.sum()
 
     exact_scores, exact_values, exact_held = solved(0.0)
     score_dev, value_dev, held_dev = np.zeros(n), np.zeros(ref.k), 0.0
@@ -149,8 +148,7 @@ def _symmetric(rng, size: int) -> np.ndarray:
 
 def for_result(res, ref: Reference, seed: int = 0) -> Tolerance:
     """engine_tolerance for a LeverageResult of the exact engine, as it ran."""
-    return engine_tolerance(ref, side=res.side, chunk_rows=int(res.settings["chunk_rows"]),
-                            eig_method=res.eig_method, seed=seed)
+    return engine_tolerance(ref, side=res.side, chunk_rows=int(res.settings["chunk_rows"]), eig_method=res.eig_method, seed=seed)
 
 
 def assert_scores_within(got: np.ndarray, want: np.ndarray, tolerance: np.ndarray, top_share: float = 0.16) -> float:
@@ -182,6 +180,7 @@ def reordered_sums_tolerance(ref: Reference) -> np.ndarray:
 
 # --- centred Gram matrices summed chunk by chunk (scalselect.vectors.moments) ---------------
 
+
 def _chunk_magnitudes(chunks: list) -> list:
     """(rows, |c|^T |c|) per chunk, c its rows about the chunk's own mean."""
     return [(len(c), np.abs(c - c.mean(axis=0)).T @ np.abs(c - c.mean(axis=0))) for c in chunks if len(c)]
@@ -194,8 +193,7 @@ def chunked_gram_tolerance(chunks: list) -> np.ndarray:
     rounded rows, and the float64 merges' rounding of the raw squares |x|^T |x|."""
     raw = np.vstack(chunks)
     parts = _chunk_magnitudes(chunks)
-    return (sum((summed(m) + 2 * U32) * mag for m, mag in parts)
-            + 8 * summed(len(parts) + 2, U64) * (np.abs(raw).T @ np.abs(raw)))
+    return sum((summed(m) + 2 * U32) * mag for m, mag in parts) + 8 * summed(len(parts) + 2, U64) * (np.abs(raw).T @ np.abs(raw))
 
 
 def chunked_gram_error(chunks: list, rng) -> np.ndarray:
@@ -207,6 +205,7 @@ def chunked_gram_error(chunks: list, rng) -> np.ndarray:
 
 
 # --- kernels against their twins: the same operations, in another order -------------------
+
 
 def same_rounding(values: torch.Tensor) -> dict:
     """assert_close keywords for float32 results that both sides round from the same float64
@@ -230,6 +229,7 @@ def reordered_projection(centred: torch.Tensor, w: torch.Tensor) -> torch.Tensor
 
 
 # --- layer-0 vectors: two float32 forward passes that sum in other orders ------------------
+
 
 def forward_rtol(config, seq_len: int = 2048, decoder_layers: int = 1) -> float:
     """Normwise relative rounding of a vector from decoder layer decoder_layers - 1 between two
@@ -264,8 +264,10 @@ def assert_vectors_close(got, want, rtol: float, what: str = "") -> None:
 
 # --- the extraction kernels against their twins ----------------------------------------------
 
-def attention_mass_rtol(q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, rows: torch.Tensor,
-                        scale: float, softcap: float | None = None) -> float:
+
+def attention_mass_rtol(
+    q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, rows: torch.Tensor, scale: float, softcap: float | None = None
+) -> float:
     """Relative rounding allowed between two float32 evaluations of the attention mass (every
     term is positive, so a relative bound on each holds for the sums). A logit q.k (hd terms) is
     off by summed(hd) scale |q||k|, which the exponential turns into that relative error of a

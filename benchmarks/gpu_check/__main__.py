@@ -49,9 +49,18 @@ def cmd_step(args) -> int:
 
 def cmd_record(args) -> int:
     """The shell's record of a step it ran (or skipped): DIR/steps/NAME.run.json."""
-    write_shell_record(Path(args.out), args.name, args.status, seconds=args.seconds, rc=args.rc,
-                       timeout=args.timeout, detail=args.detail, log=args.log, command=args.command,
-                       junit=args.junit)
+    write_shell_record(
+        Path(args.out),
+        args.name,
+        args.status,
+        seconds=args.seconds,
+        rc=args.rc,
+        timeout=args.timeout,
+        detail=args.detail,
+        log=args.log,
+        command=args.command,
+        junit=args.junit,
+    )
     return 0
 
 
@@ -64,8 +73,7 @@ def cmd_report(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="gpu_check", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="gpu_check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True)
     p = sub.add_parser("step")
     p.add_argument("name", choices=PYTHON_STEPS)

@@ -15,8 +15,7 @@ from .sizes import SIZES
 def device(mode: str) -> torch.device:
     dev = torch.device(SIZES[mode]["device"])
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("no usable CUDA GPU (torch.cuda.is_available() is False); "
-                           "use --cpu-dry-run on a machine without one")
+        raise RuntimeError("no usable CUDA GPU (torch.cuda.is_available() is False); use --cpu-dry-run on a machine without one")
     return dev
 
 

@@ -22,29 +22,73 @@ import reference_way  # noqa: E402  (the slow path of the tests, shared)
 # LLaVA-1.5-7B as llava-hf/llava-1.5-7b-hf has it: CLIP ViT-L/14 at 336 px (576 patches + CLS,
 # features from the second-to-last layer, CLS dropped) and Llama-2-7B. Its embedding has 32,064
 # rows (Llama-2's 32,000 plus <image> = 32,000 and padding), so the image token has an id.
-LLAVA_7B = dict(vision_hidden=1024, vision_intermediate=4096, vision_layers=24, vision_heads=16,
-                image_size=336, patch=14, text_hidden=4096, text_intermediate=11008, text_layers=32,
-                text_heads=32, text_kv_heads=32, vocab=32064, image_token_id=32000)
-TINY = dict(vision_hidden=32, vision_intermediate=64, vision_layers=2, vision_heads=2, image_size=56,
-            patch=14, text_hidden=64, text_intermediate=128, text_layers=4, text_heads=4, text_kv_heads=2,
-            vocab=320, image_token_id=300)
+LLAVA_7B = dict(
+    vision_hidden=1024,
+    vision_intermediate=4096,
+    vision_layers=24,
+    vision_heads=16,
+    image_size=336,
+    patch=14,
+    text_hidden=4096,
+    text_intermediate=11008,
+    text_layers=32,
+    text_heads=32,
+    text_kv_heads=32,
+    vocab=32064,
+    image_token_id=32000,
+)
+TINY = dict(
+    vision_hidden=32,
+    vision_intermediate=64,
+    vision_layers=2,
+    vision_heads=2,
+    image_size=56,
+    patch=14,
+    text_hidden=64,
+    text_intermediate=128,
+    text_layers=4,
+    text_heads=4,
+    text_kv_heads=2,
+    vocab=320,
+    image_token_id=300,
+)
 
 
 def llava_config(shape: dict):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-    vision = CLIPVisionConfig(hidden_size=shape["vision_hidden"], intermediate_size=shape["vision_intermediate"],
-                              num_hidden_layers=shape["vision_layers"], num_attention_heads=shape["vision_heads"],
-                              image_size=shape["image_size"], patch_size=shape["patch"], projection_dim=768,
-                              hidden_act="quick_gelu", layer_norm_eps=1e-5)
-    text = LlamaConfig(vocab_size=shape["vocab"], hidden_size=shape["text_hidden"],
-                       intermediate_size=shape["text_intermediate"], num_hidden_layers=shape["text_layers"],
-                       num_attention_heads=shape["text_heads"], num_key_value_heads=shape["text_kv_heads"],
-                       max_position_embeddings=4096, rms_norm_eps=1e-5, pad_token_id=0, bos_token_id=1,
-                       eos_token_id=2)
-    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=shape["image_token_id"],
-                       vision_feature_layer=-2, vision_feature_select_strategy="default",
-                       projector_hidden_act="gelu")
+    vision = CLIPVisionConfig(
+        hidden_size=shape["vision_hidden"],
+        intermediate_size=shape["vision_intermediate"],
+        num_hidden_layers=shape["vision_layers"],
+        num_attention_heads=shape["vision_heads"],
+        image_size=shape["image_size"],
+        patch_size=shape["patch"],
+        projection_dim=768,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+    )
+    text = LlamaConfig(
+        vocab_size=shape["vocab"],
+        hidden_size=shape["text_hidden"],
+        intermediate_size=shape["text_intermediate"],
+        num_hidden_layers=shape["text_layers"],
+        num_attention_heads=shape["text_heads"],
+        num_key_value_heads=shape["text_kv_heads"],
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=shape["image_token_id"],
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
 
 
 def build_on_meta(shape: dict, dtype):
@@ -77,8 +121,11 @@ def materialise(model, dev, seed: int = 0):
     if dev.type == "cuda":
         torch.cuda.manual_seed(seed)
     model.initialize_weights()
-    bad = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
-           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = [
+        n
+        for n, t in list(model.named_parameters()) + list(model.named_buffers())
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
     if bad:
         raise RuntimeError(f"after the random init, non-finite values in {bad[:5]}")
     return model.eval()
@@ -88,12 +135,15 @@ def model_facts(model) -> dict:
     lm = model.model.language_model
     vt = model.model.vision_tower
     params = sum(p.numel() for p in model.parameters())
-    return {"parameters": params, "parameters_billion": round(params / 1e9, 3),
-            "decoder_layers": len(lm.layers), "vision_layers": len(vt.vision_model.encoder.layers)
-            if hasattr(vt, "vision_model") else len(vt.encoder.layers),
-            "hidden_size": model.config.text_config.hidden_size,
-            "devices": sorted({str(p.device) for p in model.parameters()}),
-            "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})}
+    return {
+        "parameters": params,
+        "parameters_billion": round(params / 1e9, 3),
+        "decoder_layers": len(lm.layers),
+        "vision_layers": len(vt.vision_model.encoder.layers) if hasattr(vt, "vision_model") else len(vt.encoder.layers),
+        "hidden_size": model.config.text_config.hidden_size,
+        "devices": sorted({str(p.device) for p in model.parameters()}),
+        "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()}),
+    }
 
 
 def synthetic_samples(n: int, shape: dict, seed: int = 0):
@@ -116,15 +166,17 @@ def synthetic_samples(n: int, shape: dict, seed: int = 0):
 
     samples = []
     for i in range(n):
-        parts = [(torch.tensor([1]), True), (text(prefix - 1), True),
-                 (torch.full((image_tokens,), shape["image_token_id"]), False)]
+        parts = [
+            (torch.tensor([1]), True),
+            (text(prefix - 1), True),
+            (torch.full((image_tokens,), shape["image_token_id"]), False),
+        ]
         for _ in range(1 + (i % 2)):
             parts += [(text(ints(*q_len)), True), (text(ints(*r_len)), False)]
         ids = torch.cat([p for p, _ in parts])
         instruction = torch.cat([torch.full((len(p),), flag) for p, flag in parts])
         pixels = torch.randn(1, 3, shape["image_size"], shape["image_size"], generator=gen)
-        inputs = {"input_ids": ids[None], "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-                  "pixel_values": pixels}
+        inputs = {"input_ids": ids[None], "attention_mask": torch.ones(1, len(ids), dtype=torch.long), "pixel_values": pixels}
         samples.append(Prepared(i, inputs, instruction))
     return samples
 
@@ -144,10 +196,10 @@ def ours_loop(model, samples, batch_size, dev, dtype, tau, backend):
     batches = [b for s in samples for b in batcher.push(s)] + batcher.flush()
     vectors, kept = {}, {}
     with layer_probe(model) as run:
+
         def forward(group):
             inputs, instruction = collate(group, 0)
-            vec, count = probe_vectors(model, run, _to_device(inputs, dev, dtype), instruction.to(dev), tau,
-                                       backend)
+            vec, count = probe_vectors(model, run, _to_device(inputs, dev, dtype), instruction.to(dev), tau, backend)
             for s, v, c in zip(group, vec.cpu(), count.cpu().tolist()):
                 vectors[s.sample_id], kept[s.sample_id] = v, c
 
@@ -165,8 +217,7 @@ def reference_loop(model, samples, dev, dtype, tau):
 
     def one(s):
         inputs, instruction = collate([s], 0)
-        positions, vector, _ = reference_way.reference_vector(model, _to_device(inputs, dev, dtype),
-                                                             instruction.to(dev), tau)
+        positions, vector, _ = reference_way.reference_vector(model, _to_device(inputs, dev, dtype), instruction.to(dev), tau)
         vectors[s.sample_id], kept[s.sample_id] = vector.float().cpu(), len(positions)
 
     seconds = time_over(samples, one, dev)
@@ -187,6 +238,7 @@ def entries(rec: StepRecorder, mode: str) -> None:
         facts["shape"] = LLAVA_7B
         state["full"] = model
         return facts
+
     rec.entry("meta_model_llava_1_5_7b", meta_full)
 
     def materialise_entry():
@@ -204,17 +256,20 @@ def entries(rec: StepRecorder, mode: str) -> None:
         if dev.type == "cuda":
             facts["gpu_bytes_allocated"] = torch.cuda.memory_allocated(dev)
         return facts
+
     if rec.entry("materialise", materialise_entry)["status"] != "ok":
         return
     model, shape = state["model"], state["shape"]
     n_max = max(s["samples"], s["twin_samples"], s["ref_samples"])
     samples = synthetic_samples(n_max, shape)
     lengths = [x.length for x in samples]
-    rec.info(samples_tokens={"min": min(lengths), "max": max(lengths), "mean": sum(lengths) / len(lengths)},
-             image_tokens=(shape["image_size"] // shape["patch"]) ** 2,
-             note="in-memory samples (random token ids with LLaVA-1.5 roles, random processed pixels): "
-                  "sample preparation (image decoding, processor, chat template) is excluded for both "
-                  "ways; model loading is excluded for both")
+    rec.info(
+        samples_tokens={"min": min(lengths), "max": max(lengths), "mean": sum(lengths) / len(lengths)},
+        image_tokens=(shape["image_size"] // shape["patch"]) ** 2,
+        note="in-memory samples (random token ids with LLaVA-1.5 roles, random processed pixels): "
+        "sample preparation (image decoding, processor, chat template) is excluded for both "
+        "ways; model loading is excluded for both",
+    )
     res: dict = {}
 
     def ours(name, backend, count):
@@ -222,9 +277,16 @@ def entries(rec: StepRecorder, mode: str) -> None:
             reset_peak_memory(dev)
             vec, kept, seconds = ours_loop(model, samples[:count], s["batch"], dev, dtype, s["tau"], backend)
             res[name] = (vec, kept)
-            return {"backend": backend, "samples": count, "batch_size": s["batch"], "seconds": finite(seconds),
-                    "samples_per_s": ratio(count, seconds),
-                    "mean_kept_vision_tokens": sum(kept.values()) / len(kept), **peak_memory(dev)}
+            return {
+                "backend": backend,
+                "samples": count,
+                "batch_size": s["batch"],
+                "seconds": finite(seconds),
+                "samples_per_s": ratio(count, seconds),
+                "mean_kept_vision_tokens": sum(kept.values()) / len(kept),
+                **peak_memory(dev),
+            }
+
         return go
 
     def reference():
@@ -232,12 +294,17 @@ def entries(rec: StepRecorder, mode: str) -> None:
         count = s["ref_samples"]
         vec, kept, seconds = reference_loop(model, samples[:count], dev, dtype, s["tau"])
         res["reference"] = (vec, kept)
-        out = {"samples": count, "batch_size": 1, "attention": "eager, every layer's map kept",
-               "seconds": finite(seconds), "samples_per_s": ratio(count, seconds), **peak_memory(dev)}
+        out = {
+            "samples": count,
+            "batch_size": 1,
+            "attention": "eager, every layer's map kept",
+            "seconds": finite(seconds),
+            "samples_per_s": ratio(count, seconds),
+            **peak_memory(dev),
+        }
         if "ours" in res:  # the same samples: how close are the two ways' vectors?
             v_ours, k_ours = res["ours"]
-            cos = [float(torch.nn.functional.cosine_similarity(v_ours[i].float(), vec[i].float(), dim=0))
-                   for i in vec]
+            cos = [float(torch.nn.functional.cosine_similarity(v_ours[i].float(), vec[i].float(), dim=0)) for i in vec]
             out["min_cosine_vs_ours"] = finite(min(cos))
             out["kept_equal_share"] = sum(k_ours[i] == kept[i] for i in kept) / len(kept)
         return out

@@ -17,8 +17,7 @@ from .sizes import SIZES
 from .targets import TARGET_GRAM_PROJECTION_S
 
 
-def spectrum_matrix(n: int, d: int, dev, decay: float = 0.7, rank: int = 512, noise: float = 1e-3,
-                    chunk: int = 65_536):
+def spectrum_matrix(n: int, d: int, dev, decay: float = 0.7, rank: int = 512, noise: float = 1e-3, chunk: int = 65_536):
     """n x d bfloat16 rows with a decaying spectrum (sigma_i ~ i^-decay over `rank` directions,
     plus noise, offset 0.3: k ~ 100 at 90 % energy, as in test_bench_scoring.py), made on `dev`
     chunk by chunk (no n x d float32 copy)."""
@@ -34,7 +33,7 @@ def spectrum_matrix(n: int, d: int, dev, decay: float = 0.7, rank: int = 512, no
         rows = min(chunk, n - lo)
         left = torch.randn(rows, r, generator=gen, device=dev)
         block = left @ scaled + noise * torch.randn(rows, d, generator=gen, device=dev) + 0.3
-        x[lo:lo + rows] = block.to(torch.bfloat16)
+        x[lo : lo + rows] = block.to(torch.bfloat16)
     return x
 
 
@@ -53,13 +52,20 @@ def entries(rec: StepRecorder, mode: str) -> None:
     def make_x():
         nonlocal x
         x, seconds = timed_spectrum_matrix(s["rows"], s["dim"], dev)
-        return {"shape": [s["rows"], s["dim"]], "dtype": str(x.dtype).removeprefix("torch."),
-                "device": str(x.device), "generate_s": seconds}
+        return {
+            "shape": [s["rows"], s["dim"]],
+            "dtype": str(x.dtype).removeprefix("torch."),
+            "device": str(x.device),
+            "generate_s": seconds,
+        }
+
     if rec.entry("matrix", make_x)["status"] != "ok":
         return
-    rec.info(input_note="leverage_scores takes the bfloat16 tensor where it lies: the engine slices "
-                        "it into chunks on the device (no host copy) and the kernels read bfloat16 "
-                        "directly (dtype code 3); the Gram GEMMs run in float32 on the centred chunks")
+    rec.info(
+        input_note="leverage_scores takes the bfloat16 tensor where it lies: the engine slices "
+        "it into chunks on the device (no host copy) and the kernels read bfloat16 "
+        "directly (dtype code 3); the Gram GEMMs run in float32 on the centred chunks"
+    )
     results = {}
 
     def scores(name, backend, rows=None, method="exact"):
@@ -73,11 +79,22 @@ def entries(rec: StepRecorder, mode: str) -> None:
             results[name] = res
             tm = {k_: finite(v) for k_, v in res.timings.items()}
             gp = (tm.get("gram_pass") or 0.0) + (tm.get("score_pass") or 0.0)
-            return {"backend": backend, "method": res.method, "rows": int(data.shape[0]),
-                    "wall_s": finite(watch.seconds), "timings_s": tm,
-                    "gram_plus_projection_s": finite(gp), "k": res.k, "eig_method": res.eig_method,
-                    "side": res.side, "captured_energy": finite(res.captured_energy), "device": res.device,
-                    "warnings": [str(w.message)[:300] for w in caught], **peak_memory(dev)}
+            return {
+                "backend": backend,
+                "method": res.method,
+                "rows": int(data.shape[0]),
+                "wall_s": finite(watch.seconds),
+                "timings_s": tm,
+                "gram_plus_projection_s": finite(gp),
+                "k": res.k,
+                "eig_method": res.eig_method,
+                "side": res.side,
+                "captured_energy": finite(res.captured_energy),
+                "device": res.device,
+                "warnings": [str(w.message)[:300] for w in caught],
+                **peak_memory(dev),
+            }
+
         return go
 
     # warm-up on a slice: CUDA context, cuBLAS handles, the kernels' first-use self-checks
@@ -108,6 +125,7 @@ def entries(rec: StepRecorder, mode: str) -> None:
             twin["ratio_twin_over_native"] = ratio(twin["wall_s"], main["wall_s"])
             rec.flush()
     if s["xtx"]:
+
         def xtx():  # one plain X^T X in float32 chunks, summed in float64: the GEMM floor
             d = x.shape[1]
             chunk = max(256, (128 << 20) // (4 * d))
@@ -115,12 +133,14 @@ def entries(rec: StepRecorder, mode: str) -> None:
             def go():
                 gram = torch.zeros(d, d, dtype=torch.float64, device=dev)
                 for lo in range(0, x.shape[0], chunk):
-                    c = x[lo:lo + chunk].float()
+                    c = x[lo : lo + chunk].float()
                     gram += (c.T @ c).double()
                 return gram
+
             best, median, _ = time_fn(go, dev, reps=2)
             out = {"xtx_s": finite(best), "xtx_median_s": finite(median)}
             if "scalselect" in results:
                 out["scalselect_gram_pass_over_xtx"] = ratio(results["scalselect"].timings.get("gram_pass"), best)
             return out
+
         rec.entry("torch_xtx", xtx)

@@ -11,8 +11,12 @@ from pathlib import Path
 
 
 def machine_facts() -> dict:
-    facts = {"hostname": socket.gethostname(), "python": sys.version.split()[0], "platform": platform.platform(),
-             "cpus": os.cpu_count()}
+    facts = {
+        "hostname": socket.gethostname(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
     try:
         import torch
 
@@ -22,11 +26,23 @@ def machine_facts() -> dict:
         facts["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
         if torch.cuda.is_available():
             p = torch.cuda.get_device_properties(0)
-            facts["gpu"] = {"name": p.name, "capability": f"{p.major}.{p.minor}", "sms": p.multi_processor_count,
-                            "memory_bytes": p.total_memory, "count": torch.cuda.device_count(),
-                            **{k: getattr(p, k) for k in ("shared_memory_per_block", "shared_memory_per_block_optin",
-                                                          "shared_memory_per_multiprocessor", "L2_cache_size")
-                               if hasattr(p, k)}}
+            facts["gpu"] = {
+                "name": p.name,
+                "capability": f"{p.major}.{p.minor}",
+                "sms": p.multi_processor_count,
+                "memory_bytes": p.total_memory,
+                "count": torch.cuda.device_count(),
+                **{
+                    k: getattr(p, k)
+                    for k in (
+                        "shared_memory_per_block",
+                        "shared_memory_per_block_optin",
+                        "shared_memory_per_multiprocessor",
+                        "L2_cache_size",
+                    )
+                    if hasattr(p, k)
+                },
+            }
     except Exception as exc:  # the report must be written whatever is broken
         facts["torch_error"] = f"{type(exc).__name__}: {exc}"
     try:
@@ -39,8 +55,11 @@ def machine_facts() -> dict:
         import scalselect
         from scalselect.kernels import build_info
 
-        facts["scalselect"] = {"version": scalselect.__version__, "path": str(Path(scalselect.__file__).parent),
-                               "build": build_info()}
+        facts["scalselect"] = {
+            "version": scalselect.__version__,
+            "path": str(Path(scalselect.__file__).parent),
+            "build": build_info(),
+        }
     except Exception as exc:
         facts["scalselect_error"] = f"{type(exc).__name__}: {exc}"
     return facts

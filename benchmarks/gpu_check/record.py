@@ -105,11 +105,20 @@ class StepRecorder:
         return 1 if failed else 0
 
 
-def write_shell_record(out: Path, name: str, status: str, *, seconds=None, rc=None, timeout=None, detail=None,
-                       log=None, command=None, junit=None) -> None:
+def write_shell_record(
+    out: Path, name: str, status: str, *, seconds=None, rc=None, timeout=None, detail=None, log=None, command=None, junit=None
+) -> None:
     """The shell's record of a step: DIR/steps/NAME.run.json (`log` and `junit` relative to `out`)."""
-    data = {"step": name, "status": status, "seconds": seconds, "rc": rc, "timeout_s": timeout, "detail": detail,
-            "log": log, "command": command}
+    data = {
+        "step": name,
+        "status": status,
+        "seconds": seconds,
+        "rc": rc,
+        "timeout_s": timeout,
+        "detail": detail,
+        "log": log,
+        "command": command,
+    }
     if junit:  # test counts from pytest's JUnit XML files
         data["junit"] = junit
         data["counts"] = junit_counts([out / j for j in junit])
@@ -126,7 +135,7 @@ def junit_counts(paths) -> dict:
         except (OSError, ET.ParseError):
             counts.setdefault("unreadable", []).append(str(path.name))
             continue
-        for suite in ([root] if root.tag == "testsuite" else root.iter("testsuite")):
+        for suite in [root] if root.tag == "testsuite" else root.iter("testsuite"):
             for key in ("tests", "failures", "errors", "skipped"):
                 counts[key] += int(suite.get(key, 0))
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]

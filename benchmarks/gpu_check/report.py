@@ -40,10 +40,17 @@ def build_report(out: Path, mode: str) -> dict:
     machine = next((st["info"]["machine"] for st in steps.values() if st.get("info", {}).get("machine")), None)
     for st in steps.values():
         st.get("info", {}).pop("machine", None)
-    report = {"schema": SCHEMA, "mode": mode, "started": started.get("started"), "finished": now(),
-              "total_s": finite(time.time() - started["epoch"]) if "epoch" in started else None,
-              "time_bound_s": started.get("bound_s"), "command": started.get("command"),
-              "machine": machine or machine_facts(), "steps": steps}
+    report = {
+        "schema": SCHEMA,
+        "mode": mode,
+        "started": started.get("started"),
+        "finished": now(),
+        "total_s": finite(time.time() - started["epoch"]) if "epoch" in started else None,
+        "time_bound_s": started.get("bound_s"),
+        "command": started.get("command"),
+        "machine": machine or machine_facts(),
+        "steps": steps,
+    }
     report["targets"] = targets(steps, evaluate=mode != "dry")
     report["failed_steps"] = [n for n, st in steps.items() if st.get("status") == "failed"]
     return report
@@ -64,16 +71,20 @@ def print_table(report: dict, out: Path) -> None:
     m = report["machine"]
     gpu = m.get("gpu", {}).get("name", "no GPU")
     build = m.get("scalselect", {}).get("build", {})
-    lines.append(f"machine: {gpu}; torch {m.get('torch')}; scalselect cuda={build.get('cuda')} "
-                 f"archs={build.get('cuda_archs') or '-'}; total {_fmt(report.get('total_s'), ' s')} "
-                 f"(bound {report.get('time_bound_s')} s)")
+    lines.append(
+        f"machine: {gpu}; torch {m.get('torch')}; scalselect cuda={build.get('cuda')} "
+        f"archs={build.get('cuda_archs') or '-'}; total {_fmt(report.get('total_s'), ' s')} "
+        f"(bound {report.get('time_bound_s')} s)"
+    )
     lines.append(f"{'step':<11} {'status':<8} {'seconds':>8}  detail")
     for name, st in report["steps"].items():
         detail = st.get("detail") or ""
         if "counts" in st:
             c = st["counts"]
-            detail = f"{c.get('passed')} passed, {c.get('failures')} failed, {c.get('errors')} errors, " \
-                     f"{c.get('skipped')} skipped; " + detail
+            detail = (
+                f"{c.get('passed')} passed, {c.get('failures')} failed, {c.get('errors')} errors, "
+                f"{c.get('skipped')} skipped; " + detail
+            )
         if st.get("failed_entries"):
             detail = f"failed: {', '.join(st['failed_entries'])}; " + detail
         lines.append(f"{name:<11} {st.get('status', '?'):<8} {_fmt(st.get('seconds'), digits=4):>8}  {detail[:90]}")
@@ -81,9 +92,11 @@ def print_table(report: dict, out: Path) -> None:
     if kern:
         lines += ["", f"{'kernel':<28} {'native':>10} {'twin':>10} {'twin/nat':>9} {'max abs err':>12} {'max rel err':>12}"]
         for e in kern:
-            lines.append(f"{e['name']:<28} {_fmt(e.get('native_s'), ' s'):>10} {_fmt(e.get('twin_s'), ' s'):>10} "
-                         f"{_fmt(e.get('ratio'), 'x'):>9} {_fmt(e.get('max_abs_err')):>12} "
-                         f"{_fmt(e.get('max_rel_err')):>12}" + ("" if e["status"] == "ok" else "  FAILED"))
+            lines.append(
+                f"{e['name']:<28} {_fmt(e.get('native_s'), ' s'):>10} {_fmt(e.get('twin_s'), ' s'):>10} "
+                f"{_fmt(e.get('ratio'), 'x'):>9} {_fmt(e.get('max_abs_err')):>12} "
+                f"{_fmt(e.get('max_rel_err')):>12}" + ("" if e["status"] == "ok" else "  FAILED")
+            )
     lev = {e["name"]: e for e in step_entries(report["steps"].get("leverage", {}))}
     if "scalselect" in lev or "scalselect_twins" in lev:
         lines.append("")
@@ -91,9 +104,11 @@ def print_table(report: dict, out: Path) -> None:
             e = lev.get(name)
             if e and e["status"] == "ok":
                 t = e.get("timings_s", {})
-                lines.append(f"leverage_scores {name:<17} {e['rows']} rows: {_fmt(e['wall_s'], ' s')} (Gram pass "
-                             f"{_fmt(t.get('gram_pass'), ' s')}, eigen {_fmt(t.get('eigen'), ' s')}, score pass "
-                             f"{_fmt(t.get('score_pass'), ' s')}), k={e['k']}")
+                lines.append(
+                    f"leverage_scores {name:<17} {e['rows']} rows: {_fmt(e['wall_s'], ' s')} (Gram pass "
+                    f"{_fmt(t.get('gram_pass'), ' s')}, eigen {_fmt(t.get('eigen'), ' s')}, score pass "
+                    f"{_fmt(t.get('score_pass'), ' s')}), k={e['k']}"
+                )
             elif e:
                 lines.append(f"leverage_scores {name:<17} FAILED: {e.get('error', '')[:80]}")
         if "torch_xtx" in lev and lev["torch_xtx"]["status"] == "ok":
@@ -104,13 +119,17 @@ def print_table(report: dict, out: Path) -> None:
         lines.append("")
         meta = exe.get("meta_model_llava_1_5_7b", {})
         if meta.get("status") == "ok":
-            lines.append(f"meta-device LLaVA-1.5-7B: {meta['parameters_billion']} B parameters, "
-                         f"{meta['decoder_layers']} decoder layers, {meta['vision_layers']} vision layers")
+            lines.append(
+                f"meta-device LLaVA-1.5-7B: {meta['parameters_billion']} B parameters, "
+                f"{meta['decoder_layers']} decoder layers, {meta['vision_layers']} vision layers"
+            )
         for name in ("scalselect", "scalselect_twins", "reference"):
             e = exe.get(name)
             if e and e["status"] == "ok":
-                lines.append(f"extraction {name:<17} {e['samples']:>4} samples, batch {e['batch_size']:>2}: "
-                             f"{_fmt(e['samples_per_s'], ' samples/s')}")
+                lines.append(
+                    f"extraction {name:<17} {e['samples']:>4} samples, batch {e['batch_size']:>2}: "
+                    f"{_fmt(e['samples_per_s'], ' samples/s')}"
+                )
             elif e:
                 lines.append(f"extraction {name:<17} FAILED: {e.get('error', '')[:80]}")
         info = ex.get("info", {})

@@ -36,11 +36,11 @@ from .layouts import LAYOUTS
 from .pool import Pool, check_unique_ids
 
 PARQUET, SAVE_TO_DISK = "parquet", "save_to_disk"
-_RECORD_ROWS = 64            # rows decoded at a time for whole records (images included)
-_SCAN_ROWS = 4096            # rows per batch when scanning fields without the images
-_GROUP_BYTES = 32 << 20      # a written row group holds about this much at most
-_DIGEST_EDGE = 1 << 20       # bytes at each end of a data file that go into the pool's digest
-BIG_ROW_GROUP = 1 << 30         # a Parquet row group this large (decoded) is worth a warning
+_RECORD_ROWS = 64  # rows decoded at a time for whole records (images included)
+_SCAN_ROWS = 4096  # rows per batch when scanning fields without the images
+_GROUP_BYTES = 32 << 20  # a written row group holds about this much at most
+_DIGEST_EDGE = 1 << 20  # bytes at each end of a data file that go into the pool's digest
+BIG_ROW_GROUP = 1 << 30  # a Parquet row group this large (decoded) is worth a warning
 
 
 def _arrow():
@@ -79,7 +79,7 @@ class ColumnarPool(Pool):
     Arrow record batches); `starts[i]` is piece i's first row, `starts[-1]` the row count."""
 
     group_rows = _SCAN_ROWS  # rows per batch of a written subset (at most)
-    _pid = _cache = None     # the process that opened the files in _cache
+    _pid = _cache = None  # the process that opened the files in _cache
 
     def __init__(self, path: Path, files: list[Path], schema, piece_rows: list[tuple[int, int, int]]):
         self.path, self.files, self.schema = path, files, schema
@@ -120,13 +120,17 @@ class ColumnarPool(Pool):
         found = [name for name, layout in LAYOUTS.items() if layout.turns in names]
         if len(found) != 1:
             what = "both" if found else "neither"
-            raise InputError(f"pool {self.path}: has {what} 'conversations' (LLaVA) {'and' if found else 'nor'} "
-                             f"'messages' (ShareGPT) column (columns: {', '.join(names[:10])})")
+            raise InputError(
+                f"pool {self.path}: has {what} 'conversations' (LLaVA) {'and' if found else 'nor'} "
+                f"'messages' (ShareGPT) column (columns: {', '.join(names[:10])})"
+            )
         layout = found[0]
         turns = self.schema.field(LAYOUTS[layout].turns).type
         if not (pa.types.is_list(turns) or pa.types.is_large_list(turns)) or not pa.types.is_struct(turns.value_type):
-            raise InputError(f"pool {self.path}: column '{LAYOUTS[layout].turns}' is {turns}; expected a list "
-                             "of turns (structs with from/value or role/content)")
+            raise InputError(
+                f"pool {self.path}: column '{LAYOUTS[layout].turns}' is {turns}; expected a list "
+                "of turns (structs with from/value or role/content)"
+            )
         self.image_column = LAYOUTS[layout].images
         return layout
 
@@ -148,8 +152,10 @@ class ColumnarPool(Pool):
         elif pa.types.is_binary(item) or pa.types.is_large_binary(item) or _image_struct(pa, item):
             self._bare_bytes = True
         else:
-            raise InputError(f"pool {self.path}: column '{self.image_column}' is {column}; expected image paths, "
-                             "encoded bytes or {bytes, path} structs (one per sample or a list)")
+            raise InputError(
+                f"pool {self.path}: column '{self.image_column}' is {column}; expected image paths, "
+                "encoded bytes or {bytes, path} structs (one per sample or a list)"
+            )
 
     def _lighten(self, batch):
         """The batch without the image column's bytes (a cast of views: no bytes are read)."""
@@ -186,8 +192,7 @@ class ColumnarPool(Pool):
                     column = batch.column(0)
                     if column.null_count:
                         row = len(ids) + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-                        raise InputError(f"pool {self.path}: record {row} has a null 'id'; ids must be strings "
-                                         "or integers")
+                        raise InputError(f"pool {self.path}: record {row} has a null 'id'; ids must be strings or integers")
                     ids.extend(column.to_pylist())
         return ids
 
@@ -309,15 +314,19 @@ class ParquetPool(ColumnarPool):
             if schema is None:
                 schema = file_schema
             elif not file_schema.equals(schema):
-                raise InputError(f"pool {path}: {f.name} has other columns than {files[0].name}; "
-                                 "the files of one pool must share their schema")
+                raise InputError(
+                    f"pool {path}: {f.name} has other columns than {files[0].name}; the files of one pool must share their schema"
+                )
             pieces += [(i, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
             biggest = max((meta.row_group(g).total_byte_size for g in range(meta.num_row_groups)), default=0)
             if biggest > BIG_ROW_GROUP:  # Arrow decodes a row group's column whole, whatever the batch size
-                warnings.warn(f"scalselect: {f.name} has row groups of {biggest / 2**30:.1f} GiB; every reader "
-                              "(one per DataLoader worker) holds a whole row group in memory; rewrite it with "
-                              "smaller ones, e.g. pyarrow.parquet.write_table(table, path, row_group_size=1000)",
-                              RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"scalselect: {f.name} has row groups of {biggest / 2**30:.1f} GiB; every reader "
+                    "(one per DataLoader worker) holds a whole row group in memory; rewrite it with "
+                    "smaller ones, e.g. pyarrow.parquet.write_table(table, path, row_group_size=1000)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         leaves = iter(meta.schema.column(i).path for i in range(len(meta.schema)))
         # each top-level column's leaves, counted (a column's own name may hold dots)
         self._leaves = {field.name: [next(leaves) for _ in range(_leaf_count(pa, field.type))] for field in schema}
@@ -345,16 +354,16 @@ class ParquetPool(ColumnarPool):
     def _read(self, piece: int, light: bool, columns: list[str] | None = None):
         f, group = self.pieces[piece]
         columns = columns or (self._light_columns() if light else None)
-        yield from self._file(f).iter_batches(batch_size=_SCAN_ROWS if light else _RECORD_ROWS,
-                                              row_groups=[group], columns=columns, use_threads=False)
+        yield from self._file(f).iter_batches(
+            batch_size=_SCAN_ROWS if light else _RECORD_ROWS, row_groups=[group], columns=columns, use_threads=False
+        )
 
     def _row(self, piece: int, row: int) -> dict:
         """Through a cursor that goes forward in the row group; a step back starts it again."""
         state = self._state()
         cursor = state.get("cursor")
         if cursor is None or cursor["piece"] != piece or row < cursor["start"]:
-            cursor = state["cursor"] = {"piece": piece, "start": 0, "batch": None,
-                                        "batches": self._read(piece, light=False)}
+            cursor = state["cursor"] = {"piece": piece, "start": 0, "batch": None, "batches": self._read(piece, light=False)}
         while cursor["batch"] is None or row >= cursor["start"] + cursor["batch"].num_rows:
             if cursor["batch"] is not None:
                 cursor["start"] += cursor["batch"].num_rows
@@ -379,8 +388,10 @@ class ArrowDatasetPool(ColumnarPool):
         _arrow()  # a clear error when pyarrow is missing
         if (path / "dataset_dict.json").is_file():
             splits = sorted(p.name for p in path.iterdir() if (p / "state.json").is_file())
-            raise InputError(f"pool {path}: is a DatasetDict (splits: {', '.join(splits) or 'none'}); "
-                             f"pass one split's folder, e.g. {path / (splits[0] if splits else 'train')}")
+            raise InputError(
+                f"pool {path}: is a DatasetDict (splits: {', '.join(splits) or 'none'}); "
+                f"pass one split's folder, e.g. {path / (splits[0] if splits else 'train')}"
+            )
         try:
             self.state = json.loads((path / "state.json").read_text(encoding="utf-8"))
             names = [entry["filename"] for entry in self.state["_data_files"]]
@@ -398,8 +409,10 @@ class ArrowDatasetPool(ColumnarPool):
                 if schema is None:
                     schema = file_schema
                 elif not file_schema.equals(schema):
-                    raise InputError(f"pool {path}: {f.name} has other columns than {self.files[0].name}; "
-                                     "the files of one dataset must share their schema")
+                    raise InputError(
+                        f"pool {path}: {f.name} has other columns than {self.files[0].name}; "
+                        "the files of one dataset must share their schema"
+                    )
                 pieces += [(i, j, b.num_rows) for j, b in enumerate(batches)]
         super().__init__(path, self.files, schema, pieces)
 
@@ -434,8 +447,9 @@ class ArrowDatasetPool(ColumnarPool):
         """A save_to_disk folder of one data file, beside `out` first, then renamed into place."""
         pa = _arrow()
         if out.suffix.lower() in (".json", ".jsonl", ".parquet"):
-            raise InputError(f"the subset of a save_to_disk pool is a save_to_disk folder; name it without "
-                             f"the {out.suffix} suffix")
+            raise InputError(
+                f"the subset of a save_to_disk pool is a save_to_disk folder; name it without the {out.suffix} suffix"
+            )
         if out.exists() and not (out / "state.json").is_file():
             raise InputError(f"cannot write subset to {out}: exists and is not a save_to_disk dataset")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -451,8 +465,11 @@ class ArrowDatasetPool(ColumnarPool):
                     info.pop(key, None)
                 write_json(tmp / "dataset_info.json", info, indent=2)
             chosen = hashlib.sha256(np.asarray(order, dtype=np.int64).tobytes()).hexdigest()
-            state = {**self.state, "_data_files": [{"filename": data}],
-                     "_fingerprint": hashlib.sha256(f"{self.digest()}{chosen}".encode()).hexdigest()[:16]}
+            state = {
+                **self.state,
+                "_data_files": [{"filename": data}],
+                "_fingerprint": hashlib.sha256(f"{self.digest()}{chosen}".encode()).hexdigest()[:16],
+            }
             write_json(tmp / "state.json", state, indent=2)
             _swap_in(tmp, out)
         except BaseException:

@@ -13,8 +13,7 @@ from ..errors import InputError
 from .layouts import LAYOUTS
 
 IMAGE_TAG = "<image>"
-_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-          "system": "system"}
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
 def read_turns(record: dict, layout: str) -> list[tuple[str, str]]:
@@ -31,8 +30,9 @@ def read_turns(record: dict, layout: str) -> list[tuple[str, str]]:
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError as exc:  # a lone surrogate: legal as a JSON escape, no tokenizer takes it
-                raise InputError(f"turn {i} holds text that is not valid Unicode ({exc.reason} at "
-                                 f"character {exc.start})") from None
+                raise InputError(
+                    f"turn {i} holds text that is not valid Unicode ({exc.reason} at character {exc.start})"
+                ) from None
         turns.append((role, text))
     return turns
 
@@ -45,8 +45,10 @@ def image_refs(record: dict, layout: str) -> list:
         return []
     images = images if isinstance(images, list) else [images]
     if not all(_is_image_ref(ref) for ref in images):
-        raise InputError("images must be paths (non-empty strings), encoded bytes, or "
-                         '{"bytes": ..., "path": ...} values, one or a list of them')
+        raise InputError(
+            "images must be paths (non-empty strings), encoded bytes, or "
+            '{"bytes": ..., "path": ...} values, one or a list of them'
+        )
     return images
 
 
@@ -75,8 +77,9 @@ def to_messages(record: dict, layout: str) -> tuple[list[dict], list[str]]:
         raise InputError("no assistant turn")
     first = next(i for i, (role, _) in enumerate(turns) if role != "system")
     if turns[first][0] == "assistant":
-        raise InputError(f"turn {first} is a reply before any user turn; a conversation starts with "
-                         "a user turn (after any system turns)")
+        raise InputError(
+            f"turn {first} is a reply before any user turn; a conversation starts with a user turn (after any system turns)"
+        )
     tags = sum(text.count(IMAGE_TAG) for role, text in turns if role == "user")
     if tags and tags != len(images):
         raise InputError(f"{tags} {IMAGE_TAG} tags for {len(images)} images")

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Layout:
-    name: str       # as pools report it: Pool.layout
-    turns: str      # the record's list of turns (a JSON key, or a Parquet / Arrow column)
-    role: str       # a turn's role key
-    text: str       # a turn's text key
-    images: str     # the record's image, or list of images
-    label: str      # how messages name it
+    name: str  # as pools report it: Pool.layout
+    turns: str  # the record's list of turns (a JSON key, or a Parquet / Arrow column)
+    role: str  # a turn's role key
+    text: str  # a turn's text key
+    images: str  # the record's image, or list of images
+    label: str  # how messages name it
 
     def other(self) -> "Layout":
         return LAYOUTS["sharegpt" if self.name == "llava" else "llava"]

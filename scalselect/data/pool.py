@@ -58,12 +58,10 @@ def check_unique_ids(path: Path, ids: list) -> None:
         else:
             seen[sample_id] = pos
     shown = "; ".join(
-        f"{sample_id!r} at records {', '.join(map(str, positions[:3]))}"
-        + (", ..." if len(positions) > 3 else "")
+        f"{sample_id!r} at records {', '.join(map(str, positions[:3]))}" + (", ..." if len(positions) > 3 else "")
         for sample_id, positions in list(dups.items())[:5]
     )
     more = f" (and {len(dups) - 5} more)" if len(dups) > 5 else ""
     raise InputError(
-        f"pool {path}: {len(dups)} duplicated sample id(s): {shown}{more} "
-        "(records without an 'id' use their 0-based index as id)"
+        f"pool {path}: {len(dups)} duplicated sample id(s): {shown}{more} (records without an 'id' use their 0-based index as id)"
     )

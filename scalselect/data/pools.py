@@ -76,8 +76,9 @@ def read_pool(path: str | os.PathLike) -> Pool:
     if columnar_kind(path):
         return open_columnar(path)
     if path.is_dir():
-        raise InputError(f"pool {path}: is a directory, but neither a save_to_disk dataset nor a "
-                         "folder of .parquet files; pass a pool file")
+        raise InputError(
+            f"pool {path}: is a directory, but neither a save_to_disk dataset nor a folder of .parquet files; pass a pool file"
+        )
     return _read_json_pool(path)
 
 
@@ -91,9 +92,7 @@ def _read_json_pool(path: Path) -> JsonPool:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise InputError(
-            f"pool {path}: invalid UTF-8 at byte {e.start} (line {line}); pools must be UTF-8 text"
-        ) from None
+        raise InputError(f"pool {path}: invalid UTF-8 at byte {e.start} (line {line}); pools must be UTF-8 text") from None
     del data
 
     m = _FIRST_NON_WS.search(text)  # (not text.lstrip(): that copies a possibly huge string)
@@ -101,9 +100,7 @@ def _read_json_pool(path: Path) -> JsonPool:
         raise InputError(f"pool {path}: file is empty")
     first = m.group()
     if first not in "[{":
-        raise InputError(
-            f"pool {path}: starts with {first!r}; expected a JSON array ('[') or JSONL (one '{{...}}' per line)"
-        )
+        raise InputError(f"pool {path}: starts with {first!r}; expected a JSON array ('[') or JSONL (one '{{...}}' per line)")
     container = "json" if first == "[" else "jsonl"
     # Building millions of small dicts triggers repeated full GC passes for nothing (no cycles
     # are created); pausing the collector roughly halves parse time on large pools.
@@ -234,10 +231,7 @@ def _check_layout(path: Path, records: list, lines: list[int] | None) -> str:
             continue
         if got is None:
             raise InputError(f"pool {path}: {_where(i, lines)} {_describe_bad_record(rec)}")
-        raise InputError(
-            f"pool {path}: {_where(i, lines)} is {got} layout but record 0 is {layout}; "
-            "a pool must use one layout"
-        )
+        raise InputError(f"pool {path}: {_where(i, lines)} is {got} layout but record 0 is {layout}; a pool must use one layout")
     return layout
 
 
@@ -291,8 +285,7 @@ def write_subset(pool: Pool, positions: Iterable[int], out_path: str | os.PathLi
     order = sorted(chosen)
 
     if is_stream(out_path) and not isinstance(pool, JsonPool):
-        raise InputError(f"the subset of a {pool.container} pool cannot be written to a stream ({out_path}); "
-                         "name a file")
+        raise InputError(f"the subset of a {pool.container} pool cannot be written to a stream ({out_path}); name a file")
     pool_at, out_at = pool.path.resolve(), out_path.resolve()
     if _same_file(out_path, pool.path) or pool_at in out_at.parents or out_at in pool_at.parents:
         raise InputError(f"refusing to write subset to {out_path}: it is, holds or is inside the input pool {pool.path}")

@@ -22,7 +22,7 @@ from .images import SampleSkip, open_image
 @dataclass
 class Prepared:
     sample_id: object
-    inputs: dict               # the processor's tensors for this one sample (batch dim 1)
+    inputs: dict  # the processor's tensors for this one sample (batch dim 1)
     instruction: torch.Tensor  # [S] bool
 
     @property
@@ -32,24 +32,36 @@ class Prepared:
 
 def _per_token(key: str, value, seq: int) -> bool:
     """Tensors laid out [1, S] along the tokens (ids, masks), as opposed to image tensors."""
-    return (isinstance(value, torch.Tensor) and value.dim() == 2 and tuple(value.shape) == (1, seq)
-            and not key.startswith(("pixel", "image")))
+    return (
+        isinstance(value, torch.Tensor)
+        and value.dim() == 2
+        and tuple(value.shape) == (1, seq)
+        and not key.startswith(("pixel", "image"))
+    )
 
 
 class SampleMaker:
     """Callable record -> Prepared; picklable, so DataLoader workers can run it."""
 
-    def __init__(self, processor, image_token_id: int, image_root: Path, max_length: int,
-                 allow_outside_root: bool = False, system_prompt: str | None = None,
-                 chat_template: str | None = None):
+    def __init__(
+        self,
+        processor,
+        image_token_id: int,
+        image_root: Path,
+        max_length: int,
+        allow_outside_root: bool = False,
+        system_prompt: str | None = None,
+        chat_template: str | None = None,
+    ):
         self.processor, self.image_token_id = processor, int(image_token_id)
         self.image_root, self.max_length = image_root, int(max_length)
         self.allow_outside_root = allow_outside_root
         self.system_prompt, self.chat_template = system_prompt, chat_template
 
     def _render(self, messages: list, add_generation_prompt: bool) -> str:
-        return self.processor.apply_chat_template(messages, tokenize=False, chat_template=self.chat_template,
-                                                  add_generation_prompt=add_generation_prompt)
+        return self.processor.apply_chat_template(
+            messages, tokenize=False, chat_template=self.chat_template, add_generation_prompt=add_generation_prompt
+        )
 
     def messages(self, record: dict, layout: str) -> tuple[list, list]:
         """The record's chat messages and images; the system prompt first where it has no
@@ -62,18 +74,22 @@ class SampleMaker:
     def check_template(self) -> None:
         """Render one conversation (the system prompt if any, a user turn with an image, a
         reply) before any work: a template that cannot is one line, not a skip for every sample."""
-        probe = self.messages({"conversations": [{"from": "human", "value": "<image>\nWhat is this?"},
-                                                 {"from": "gpt", "value": "A cat."}], "image": "x.png"},
-                              "llava")[0]
+        probe = self.messages(
+            {
+                "conversations": [{"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": "A cat."}],
+                "image": "x.png",
+            },
+            "llava",
+        )[0]
         what = "--chat-template" if self.chat_template is not None else "the checkpoint's chat template"
         try:
             reply_char_spans(self._render, probe)
         except InputError as exc:
-            raise InputError(f"{what} does not render the replies where they can be told from the "
-                             f"instruction ({exc})") from None
+            raise InputError(f"{what} does not render the replies where they can be told from the instruction ({exc})") from None
         except Exception as exc:  # jinja2 raises its own kinds, and templates raise on purpose
-            raise InputError(f"{what} cannot render a conversation ({exc.__class__.__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise InputError(
+                f"{what} cannot render a conversation ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from None
 
     def __call__(self, record: dict, layout: str, sample_id) -> Prepared:
         try:
@@ -102,13 +118,13 @@ class SampleMaker:
         if seq > self.max_length:
             last_vision = int(torch.nonzero(roles.vision).max())
             if last_vision >= self.max_length:
-                raise SampleSkip("vision tokens cut by --max-length",
-                                 f"{seq} tokens, the last vision token at {last_vision}; "
-                                 f"--max-length is {self.max_length}")
-            inputs = {k: v[:, :self.max_length] if _per_token(k, v, seq) else v for k, v in inputs.items()}
-        inputs = training_inputs(self.processor, inputs, roles.vision[:self.max_length],
-                                 roles.instruction[:self.max_length])
-        instruction = roles.instruction[:self.max_length]
+                raise SampleSkip(
+                    "vision tokens cut by --max-length",
+                    f"{seq} tokens, the last vision token at {last_vision}; --max-length is {self.max_length}",
+                )
+            inputs = {k: v[:, : self.max_length] if _per_token(k, v, seq) else v for k, v in inputs.items()}
+        inputs = training_inputs(self.processor, inputs, roles.vision[: self.max_length], roles.instruction[: self.max_length])
+        instruction = roles.instruction[: self.max_length]
         if not instruction.any():
             raise SampleSkip("no instruction tokens", "every real token is a vision or reply token")
         return Prepared(sample_id, inputs, instruction)
@@ -169,4 +185,4 @@ class LengthBatcher:
 
     def flush(self) -> list[list[Prepared]]:
         held, self.held = sorted(self.held, key=lambda s: s.length), []
-        return [held[lo:lo + self.batch_size] for lo in range(0, len(held), self.batch_size)]
+        return [held[lo : lo + self.batch_size] for lo in range(0, len(held), self.batch_size)]

@@ -15,5 +15,16 @@ from .extraction import attention_mass, top_mass_mean
 from .leverage import FUSED_CPU_MAX_K, gram_prep, projected_sqnorm, sketch_prep
 from .native import KERNEL_VERSION, build_info, native_available
 
-__all__ = ["BACKENDS", "FUSED_CPU_MAX_K", "KERNEL_VERSION", "attention_mass", "build_info", "gram_prep",
-           "native_available", "projected_sqnorm", "sketch_prep", "top_mass_mean", "twins"]
+__all__ = [
+    "BACKENDS",
+    "FUSED_CPU_MAX_K",
+    "KERNEL_VERSION",
+    "attention_mass",
+    "build_info",
+    "gram_prep",
+    "native_available",
+    "projected_sqnorm",
+    "sketch_prep",
+    "top_mass_mean",
+    "twins",
+]

@@ -34,8 +34,11 @@ def cuda_kernel_ok(name: str, device: torch.device) -> bool:
         else:
             why = "results differ from the PyTorch twin"
         if not ok:
-            warnings.warn(f"scalselect: CUDA kernel {name} failed its self-check ({why}); "
-                          "using the PyTorch implementation", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"scalselect: CUDA kernel {name} failed its self-check ({why}); using the PyTorch implementation",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         cuda_verdict[key] = ok
     return cuda_verdict[key]
 
@@ -47,8 +50,7 @@ def use_native(name: str, device: torch.device, backend: str) -> bool:
         return False
     if not native.native_available(device, name):
         if backend == "native":
-            raise RuntimeError(f"no native {device.type} kernel for {name}: "
-                               f"{native.IMPORT_ERROR or 'module built without it'}")
+            raise RuntimeError(f"no native {device.type} kernel for {name}: {native.IMPORT_ERROR or 'module built without it'}")
         return False
     if device.type == "cuda" and backend == "auto":
         return cuda_kernel_ok(name, device)
@@ -66,8 +68,11 @@ def native_or_twin(name: str, device: torch.device, backend: str, shape: tuple, 
             raise
         if name not in fallback_warned:
             fallback_warned.add(name)
-            warnings.warn(f"scalselect: CUDA kernel {name} failed on shape {shape} ({exc}); "
-                          "using the PyTorch implementation", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"scalselect: CUDA kernel {name} failed on shape {shape} ({exc}); using the PyTorch implementation",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return twin_fn()
 
 

@@ -44,8 +44,19 @@ def native_gram_prep(x, shift, inv_scale, l2_normalize, squares=False):
     out = torch.empty((n, d), dtype=torch.float32, device=x.device)
     colsum = torch.zeros(d, dtype=torch.float64, device=x.device)
     colsumsq = torch.zeros(d, dtype=torch.float64, device=x.device) if squares else None
-    args = (x.data_ptr(), DTYPE_CODES[x.dtype], n, d, x.stride(0), bool(l2_normalize),
-            ptr(shift), ptr(inv_scale), out.data_ptr(), colsum.data_ptr(), ptr(colsumsq))
+    args = (
+        x.data_ptr(),
+        DTYPE_CODES[x.dtype],
+        n,
+        d,
+        x.stride(0),
+        bool(l2_normalize),
+        ptr(shift),
+        ptr(inv_scale),
+        out.data_ptr(),
+        colsum.data_ptr(),
+        ptr(colsumsq),
+    )
     launch("gram_prep", x.device, args)
     return (out, colsum, colsumsq) if squares else (out, colsum)
 
@@ -53,29 +64,62 @@ def native_gram_prep(x, shift, inv_scale, l2_normalize, squares=False):
 def native_projected_sqnorm(x, shift, inv_scale, l2_normalize, w):
     n, d = x.shape
     out = torch.zeros(n, dtype=torch.float64, device=x.device)
-    args = (x.data_ptr(), DTYPE_CODES[x.dtype], n, d, x.stride(0), bool(l2_normalize),
-            ptr(shift), ptr(inv_scale), w.data_ptr(), w.shape[1], out.data_ptr())
+    args = (
+        x.data_ptr(),
+        DTYPE_CODES[x.dtype],
+        n,
+        d,
+        x.stride(0),
+        bool(l2_normalize),
+        ptr(shift),
+        ptr(inv_scale),
+        w.data_ptr(),
+        w.shape[1],
+        out.data_ptr(),
+    )
     launch("projected_sqnorm", x.device, args)
     return out
 
 
-def gram_prep(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None = None,
-              l2_normalize: bool = False, *, backend: str = "auto"):
+def gram_prep(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    inv_scale: torch.Tensor | None = None,
+    l2_normalize: bool = False,
+    *,
+    backend: str = "auto",
+):
     """Centred float32 rows and float64 column sums of a chunk; see twins.gram_prep."""
     x, shift, inv_scale = _rows(x, shift, inv_scale)
-    return dispatch.run("gram_prep", x.device, backend, tuple(x.shape),
-                        lambda: native_gram_prep(x, shift, inv_scale, l2_normalize),
-                        lambda: twins.gram_prep(x, shift, inv_scale, l2_normalize))
+    return dispatch.run(
+        "gram_prep",
+        x.device,
+        backend,
+        tuple(x.shape),
+        lambda: native_gram_prep(x, shift, inv_scale, l2_normalize),
+        lambda: twins.gram_prep(x, shift, inv_scale, l2_normalize),
+    )
 
 
-def sketch_prep(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None = None,
-                l2_normalize: bool = False, *, backend: str = "auto"):
+def sketch_prep(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    inv_scale: torch.Tensor | None = None,
+    l2_normalize: bool = False,
+    *,
+    backend: str = "auto",
+):
     """gram_prep plus the float64 column sums of squares, in the same read; see
     twins.sketch_prep. The native kernel is gram_prep's."""
     x, shift, inv_scale = _rows(x, shift, inv_scale)
-    return dispatch.run("gram_prep", x.device, backend, tuple(x.shape),
-                        lambda: native_gram_prep(x, shift, inv_scale, l2_normalize, True),
-                        lambda: twins.sketch_prep(x, shift, inv_scale, l2_normalize))
+    return dispatch.run(
+        "gram_prep",
+        x.device,
+        backend,
+        tuple(x.shape),
+        lambda: native_gram_prep(x, shift, inv_scale, l2_normalize, True),
+        lambda: twins.sketch_prep(x, shift, inv_scale, l2_normalize),
+    )
 
 
 # Above this k the CPU's BLAS GEMM beats the fused C++ kernel (benchmarks/README.md), so on the
@@ -83,8 +127,15 @@ def sketch_prep(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | 
 FUSED_CPU_MAX_K = 512
 
 
-def projected_sqnorm(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None,
-                     l2_normalize: bool, w: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+def projected_sqnorm(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    inv_scale: torch.Tensor | None,
+    l2_normalize: bool,
+    w: torch.Tensor,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
     """float64 ||c_i W||^2 per row of a chunk; see twins.projected_sqnorm."""
     x, shift, inv_scale = _rows(x, shift, inv_scale)
     w = w.to(device=x.device, dtype=torch.float32).contiguous()
@@ -97,8 +148,14 @@ def projected_sqnorm(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tens
             return y.square().sum(dim=1, dtype=torch.float64)
         return native_projected_sqnorm(x, shift, inv_scale, l2_normalize, w)
 
-    return dispatch.run("projected_sqnorm", x.device, backend, (*x.shape, w.shape[1]), native_way,
-                        lambda: twins.projected_sqnorm(x, shift, inv_scale, l2_normalize, w))
+    return dispatch.run(
+        "projected_sqnorm",
+        x.device,
+        backend,
+        (*x.shape, w.shape[1]),
+        native_way,
+        lambda: twins.projected_sqnorm(x, shift, inv_scale, l2_normalize, w),
+    )
 
 
 def _check_inputs(device: torch.device):

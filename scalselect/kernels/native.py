@@ -19,8 +19,10 @@ else:
     _built = C.build_info().get("kernel_version")
     if _built != KERNEL_VERSION:
         C = None
-        IMPORT_ERROR = (f"the native module was built from other sources (kernel version {_built}, "
-                        f"expected {KERNEL_VERSION}); rebuild it: pip install .")
+        IMPORT_ERROR = (
+            f"the native module was built from other sources (kernel version {_built}, "
+            f"expected {KERNEL_VERSION}); rebuild it: pip install ."
+        )
 
 # Must match scalselect::DType in csrc/include/scalselect/kernels.h.
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}

@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 
 
-def centre_rows(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None,
-                l2_normalize: bool) -> torch.Tensor:
+def centre_rows(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None, l2_normalize: bool) -> torch.Tensor:
     """float64 rows r_i = (x_i - shift) * inv_scale, then c_i = r_i / ||r_i|| if l2_normalize
     (a row of norm 0 stays 0)."""
     c = x.to(torch.float64) - shift
@@ -22,22 +21,25 @@ def centre_rows(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | 
     return c
 
 
-def gram_prep(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None,
-              l2_normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def gram_prep(
+    x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None, l2_normalize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Centred rows as float32 (n x d) and their float64 column sums (d)."""
     c = centre_rows(x, shift, inv_scale, l2_normalize)
     return c.to(torch.float32), c.sum(dim=0)
 
 
-def sketch_prep(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None,
-                l2_normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sketch_prep(
+    x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None, l2_normalize: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """gram_prep's centred rows and column sums, and the float64 column sums of c_ij^2."""
     c = centre_rows(x, shift, inv_scale, l2_normalize)
     return c.to(torch.float32), c.sum(dim=0), (c * c).sum(dim=0)
 
 
-def projected_sqnorm(x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None,
-                     l2_normalize: bool, w: torch.Tensor) -> torch.Tensor:
+def projected_sqnorm(
+    x: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor | None, l2_normalize: bool, w: torch.Tensor
+) -> torch.Tensor:
     """float64 ||c_i W||^2 per row, with W (d x k) float32."""
     c = centre_rows(x, shift, inv_scale, l2_normalize).to(torch.float32)
     y = (c @ w).to(torch.float64)
@@ -54,10 +56,17 @@ def causal_key_ranges(key_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return torch.zeros_like(hi), hi.contiguous()
 
 
-def attention_mass(q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor,
-                   row_is_instruction: torch.Tensor, col_is_vision: torch.Tensor,
-                   scale: float, key_ranges: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   softcap: float | None = None, row_chunk: int = 512) -> torch.Tensor:
+def attention_mass(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    key_valid: torch.Tensor,
+    row_is_instruction: torch.Tensor,
+    col_is_vision: torch.Tensor,
+    scale: float,
+    key_ranges: tuple[torch.Tensor, torch.Tensor] | None = None,
+    softcap: float | None = None,
+    row_chunk: int = 512,
+) -> torch.Tensor:
     """Mean attention each vision token receives from the instruction tokens in one layer.
 
     q: [B, H, S, hd] rotary-embedded queries; k: [B, Hkv, S, hd] keys, H a multiple of Hkv
@@ -82,9 +91,10 @@ def attention_mass(q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor,
             continue
         total = torch.zeros(cols.numel(), dtype=torch.float32, device=q.device)
         for start in range(0, rows.numel(), row_chunk):
-            r = rows[start:start + row_chunk]
-            allowed = (key_valid[b][None, :] & (positions[None, :] >= lo[b, r, None])
-                       & (positions[None, :] < hi[b, r, None]))  # [r, S]
+            r = rows[start : start + row_chunk]
+            allowed = (
+                key_valid[b][None, :] & (positions[None, :] >= lo[b, r, None]) & (positions[None, :] < hi[b, r, None])
+            )  # [r, S]
             for h in range(heads):
                 logits = (q[b, h, r].float() @ k[b, h // group].float().T) * scale
                 if softcap is not None:
@@ -95,8 +105,9 @@ def attention_mass(q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor,
     return out
 
 
-def top_mass_mean(hidden: torch.Tensor, mass: torch.Tensor, col_is_vision: torch.Tensor,
-                  tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+def top_mass_mean(
+    hidden: torch.Tensor, mass: torch.Tensor, col_is_vision: torch.Tensor, tau: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One vector per sample: the mean hidden state of its most-attended vision tokens.
 
     hidden: [B, S, D] the probed layer's outputs; mass: [B, S] from attention_mass; col_is_vision [B, S].

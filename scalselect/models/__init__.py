@@ -8,9 +8,31 @@ differs (LLaVA-NeXT's image_newline rows among the placeholders, say); a class t
 handled exactly is refused with its reason.
 """
 
-from .adapters import (SOFTMAX_LAYERS, REFUSED, Adapter, adapter_for, check_layer, check_supported,
-                       first_softmax_layer, image_token_id, register, register_inputs, training_inputs)
+from .adapters import (
+    SOFTMAX_LAYERS,
+    REFUSED,
+    Adapter,
+    adapter_for,
+    check_layer,
+    check_supported,
+    first_softmax_layer,
+    image_token_id,
+    register,
+    register_inputs,
+    training_inputs,
+)
 from . import llava, paligemma  # noqa: F401  (the family files register themselves)
 
-__all__ = ["SOFTMAX_LAYERS", "REFUSED", "Adapter", "adapter_for", "check_layer", "check_supported",
-           "first_softmax_layer", "image_token_id", "register", "register_inputs", "training_inputs"]
+__all__ = [
+    "SOFTMAX_LAYERS",
+    "REFUSED",
+    "Adapter",
+    "adapter_for",
+    "check_layer",
+    "check_supported",
+    "first_softmax_layer",
+    "image_token_id",
+    "register",
+    "register_inputs",
+    "training_inputs",
+]

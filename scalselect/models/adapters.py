@@ -15,7 +15,7 @@ SOFTMAX_LAYERS = ("full_attention", "sliding_attention", "chunked_attention", "a
 # Classes that cannot be probed exactly, with the reason.
 REFUSED = {
     "MllamaForConditionalGeneration": "the image reaches the language model through cross-attention "
-                                      "layers, not as tokens its first layers attend to",
+    "layers, not as tokens its first layers attend to",
 }
 
 
@@ -28,8 +28,14 @@ def _decoder_layers(model):
     layers = getattr(decoder, "layers", None)
     if isinstance(layers, torch.nn.ModuleList):
         return layers
-    found = [m for name, m in model.named_modules() if name.split(".")[-1] == "layers"
-             and isinstance(m, torch.nn.ModuleList) and "vision" not in name and "visual" not in name]
+    found = [
+        m
+        for name, m in model.named_modules()
+        if name.split(".")[-1] == "layers"
+        and isinstance(m, torch.nn.ModuleList)
+        and "vision" not in name
+        and "visual" not in name
+    ]
     if len(found) != 1:
         raise InputError(f"{type(model).__name__}: cannot find its language model's decoder layers")
     return found[0]
@@ -41,8 +47,7 @@ def image_token_id(config) -> int:
         value = getattr(config, name, None)
         if isinstance(value, int):
             return value
-    raise InputError(f"{type(config).__name__}: its config names no image placeholder token "
-                     "(image_token_id / image_token_index)")
+    raise InputError(f"{type(config).__name__}: its config names no image placeholder token (image_token_id / image_token_index)")
 
 
 def first_softmax_layer(config) -> int:
@@ -53,8 +58,9 @@ def first_softmax_layer(config) -> int:
     for i, kind in enumerate(kinds):
         if kind in SOFTMAX_LAYERS:
             return i
-    raise InputError(f"{type(config).__name__}: no decoder layer has softmax attention "
-                     f"(layer kinds: {', '.join(sorted(set(kinds)))})")
+    raise InputError(
+        f"{type(config).__name__}: no decoder layer has softmax attention (layer kinds: {', '.join(sorted(set(kinds)))})"
+    )
 
 
 def check_layer(config, layer: int) -> None:
@@ -75,13 +81,16 @@ def check_supported(config) -> None:
         if name in REFUSED:
             raise InputError(f"{name} is not supported: {REFUSED[name]}")
     if getattr(config, "is_encoder_decoder", False):
-        raise InputError(f"{names[0] if names else type(config).__name__} is not supported: an "
-                         "encoder-decoder model has no decoder-only layer stack to probe")
+        raise InputError(
+            f"{names[0] if names else type(config).__name__} is not supported: an "
+            "encoder-decoder model has no decoder-only layer stack to probe"
+        )
     try:
         image_token_id(config)
     except InputError as exc:
-        raise InputError(f"{names[0] if names else type(config).__name__} is not an image-text model: "
-                         f"{str(exc).split(': ', 1)[1]}") from None
+        raise InputError(
+            f"{names[0] if names else type(config).__name__} is not an image-text model: {str(exc).split(': ', 1)[1]}"
+        ) from None
     first_softmax_layer(config)
 
 
@@ -120,4 +129,3 @@ def adapter_for(model) -> Adapter:
     if name in _ADAPTERS:
         return _ADAPTERS[name]
     return _ADAPTERS.setdefault(name, Adapter(family=getattr(model.config, "model_type", name)))
-

@@ -26,8 +26,12 @@ from .llava import LLAVA_CHAT_TEMPLATE
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
 # the projector's keys in LLaVA's stage-1 file (a "model." prefix or none), in Llava's names
-_PROJECTOR_KEYS = {"mm_projector.0.weight": "linear_1.weight", "mm_projector.0.bias": "linear_1.bias",
-                   "mm_projector.2.weight": "linear_2.weight", "mm_projector.2.bias": "linear_2.bias"}
+_PROJECTOR_KEYS = {
+    "mm_projector.0.weight": "linear_1.weight",
+    "mm_projector.0.bias": "linear_1.bias",
+    "mm_projector.2.weight": "linear_2.weight",
+    "mm_projector.2.bias": "linear_2.bias",
+}
 
 
 def read_projector(path: Path) -> dict:
@@ -54,13 +58,26 @@ def read_projector(path: Path) -> dict:
         if name in _PROJECTOR_KEYS and isinstance(value, torch.Tensor):
             found[_PROJECTOR_KEYS[name]] = value
     if set(found) != set(_PROJECTOR_KEYS.values()):
-        raise InputError(f"--projector {path}: expected LLaVA's mlp2x_gelu projector ({', '.join(_PROJECTOR_KEYS)}), "
-                         f"found {', '.join(sorted(map(str, raw))[:6]) or 'nothing'}")
+        raise InputError(
+            f"--projector {path}: expected LLaVA's mlp2x_gelu projector ({', '.join(_PROJECTOR_KEYS)}), "
+            f"found {', '.join(sorted(map(str, raw))[:6]) or 'nothing'}"
+        )
     return found
 
 
-_IMAGE_SETTINGS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
-                   "do_normalize", "image_mean", "image_std", "do_convert_rgb")
+_IMAGE_SETTINGS = (
+    "do_resize",
+    "size",
+    "resample",
+    "do_center_crop",
+    "crop_size",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+    "do_convert_rgb",
+)
 
 
 def _padding_to_square(clip):
@@ -72,12 +89,18 @@ def _padding_to_square(clip):
     return LlavaImageProcessorPil(**settings, do_pad=True)
 
 
-def assemble_llava(llm: Path, vision: Path, projector: Path, out: Path, *,
-                   vision_feature_layer: int = -2) -> Path:
+def assemble_llava(llm: Path, vision: Path, projector: Path, out: Path, *, vision_feature_layer: int = -2) -> Path:
     """Write the assembled checkpoint into `out` (which must not exist yet): whole or not at all."""
     import torch
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel,
-                              LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        CLIPImageProcessor,
+        CLIPVisionModel,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     llm, vision, projector, out = Path(llm), Path(vision), Path(projector), Path(out)
     if out.exists():
@@ -96,12 +119,18 @@ def assemble_llava(llm: Path, vision: Path, projector: Path, out: Path, *,
     vision_config = tower.config
     text_config = language.config
     hidden, width = text_config.hidden_size, vision_config.hidden_size
-    shapes = {"linear_1.weight": (hidden, width), "linear_1.bias": (hidden,),
-              "linear_2.weight": (hidden, hidden), "linear_2.bias": (hidden,)}
+    shapes = {
+        "linear_1.weight": (hidden, width),
+        "linear_1.bias": (hidden,),
+        "linear_2.weight": (hidden, hidden),
+        "linear_2.bias": (hidden,),
+    }
     wrong = [f"{k} {tuple(weights[k].shape)}, not {s}" for k, s in shapes.items() if tuple(weights[k].shape) != s]
     if wrong:
-        raise InputError(f"--projector {projector}: does not join this vision tower ({width} wide) to this "
-                         f"LLM ({hidden} wide): {'; '.join(wrong)}")
+        raise InputError(
+            f"--projector {projector}: does not join this vision tower ({width} wide) to this "
+            f"LLM ({hidden} wide): {'; '.join(wrong)}"
+        )
 
     # special even where the vocabulary has it already (it must never be split)
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
@@ -119,10 +148,14 @@ def assemble_llava(llm: Path, vision: Path, projector: Path, out: Path, *,
 
     text_config.vocab_size = vocab
     text_config.pad_token_id = tokenizer.pad_token_id
-    config = LlavaConfig(vision_config=vision_config, text_config=text_config,
-                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-                         vision_feature_layer=vision_feature_layer, vision_feature_select_strategy="default",
-                         projector_hidden_act="gelu")
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_layer=vision_feature_layer,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
     dtype = language.dtype
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(config)
@@ -132,9 +165,14 @@ def assemble_llava(llm: Path, vision: Path, projector: Path, out: Path, *,
         raise InputError(f"the parts do not make a LLaVA model (missing {missing[:3]}, unexpected {extra[:3]})")
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
     model.tie_weights()
-    processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=vision_config.patch_size,
-                               vision_feature_select_strategy="default", chat_template=LLAVA_CHAT_TEMPLATE,
-                               num_additional_image_tokens=1)
+    processor = LlavaProcessor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        patch_size=vision_config.patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_CHAT_TEMPLATE,
+        num_additional_image_tokens=1,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

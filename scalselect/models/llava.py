@@ -18,6 +18,8 @@ LLAVA_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 
-for _class, _family in [("LlavaNextForConditionalGeneration", "llava_next"),
-                        ("LlavaOnevisionForConditionalGeneration", "llava_onevision")]:
+for _class, _family in [
+    ("LlavaNextForConditionalGeneration", "llava_next"),
+    ("LlavaOnevisionForConditionalGeneration", "llava_onevision"),
+]:
     register(_class, Adapter(family=_family, image_newline=lambda model: model.model.image_newline))

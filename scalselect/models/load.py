@@ -112,9 +112,16 @@ def _fill_per_layer_weights(path: Path, model, mismatched: list, width: int, lay
             params[name].copy_(part.to(params[name].dtype))
 
 
-def load_checkpoint(path: str | os.PathLike, config, device: torch.device, dtype: torch.dtype,
-                    trust_remote_code: bool = False, progress: bool = True, layer: int = 0,
-                    check_processor=None):
+def load_checkpoint(
+    path: str | os.PathLike,
+    config,
+    device: torch.device,
+    dtype: torch.dtype,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+    layer: int = 0,
+    check_processor=None,
+):
     """(processor, the model up to decoder layer `layer` in eval mode on `device`, its adapter);
     InputError when it cannot load or lacks weights the fast path uses. check_processor(processor)
     runs before the weights are read, so a processor or template that cannot work fails fast."""
@@ -127,12 +134,13 @@ def load_checkpoint(path: str | os.PathLike, config, device: torch.device, dtype
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()
     try:
-        processor = AutoProcessor.from_pretrained(path, local_files_only=True,
-                                                  trust_remote_code=trust_remote_code)
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     except ImportError as exc:
-        raise InputError(f"--model {path}: its processor needs a package that is not installed "
-                         f"({first_line(exc)}); for Qwen-VL: pip install torchvision "
-                         "(the build that matches your torch)") from None
+        raise InputError(
+            f"--model {path}: its processor needs a package that is not installed "
+            f"({first_line(exc)}); for Qwen-VL: pip install torchvision "
+            "(the build that matches your torch)"
+        ) from None
     except Exception as exc:  # unknown classes, broken files, ...: one line, not a traceback
         raise InputError(f"--model {path}: cannot load its processor ({first_line(exc)})") from None
     finally:
@@ -145,18 +153,27 @@ def load_checkpoint(path: str | os.PathLike, config, device: torch.device, dtype
     try:
         width = _per_layer_width(config)
         model, info = AutoModelForImageTextToText.from_pretrained(
-            path, config=_cut_config(config, layer + 1), local_files_only=True, dtype=dtype,
-            trust_remote_code=trust_remote_code, output_loading_info=True, ignore_mismatched_sizes=bool(width))
+            path,
+            config=_cut_config(config, layer + 1),
+            local_files_only=True,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+            ignore_mismatched_sizes=bool(width),
+        )
     except Exception as exc:  # corrupt weights, unknown classes, ...: one line, not a traceback
         raise InputError(f"--model {path}: cannot load it ({first_line(exc)})") from None
     finally:
         logging.set_verbosity(verbosity)
     if width:
-        _fill_per_layer_weights(path, model, info.get("mismatched_keys", []), width, layer + 1,
-                                int(config.get_text_config().num_hidden_layers))
+        _fill_per_layer_weights(
+            path, model, info.get("mismatched_keys", []), width, layer + 1, int(config.get_text_config().num_hidden_layers)
+        )
     missing = [k for k in info.get("missing_keys", []) if not _UNUSED_WEIGHTS.search(k)]
     if missing:
         shown = ", ".join(sorted(missing)[:4]) + (", ..." if len(missing) > 4 else "")
-        raise InputError(f"--model {path}: the checkpoint lacks {len(missing)} weights that layers 0..{layer} "
-                         f"need ({shown}); they would be random")
+        raise InputError(
+            f"--model {path}: the checkpoint lacks {len(missing)} weights that layers 0..{layer} "
+            f"need ({shown}); they would be random"
+        )
     return processor, model.to(device).eval(), adapter_for(model)

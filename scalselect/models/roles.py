@@ -20,8 +20,8 @@ from ..errors import InputError
 
 @dataclass
 class Roles:
-    input_ids: torch.Tensor    # [S] as the processor produces them (images expanded)
-    vision: torch.Tensor       # [S] bool: image placeholder tokens
+    input_ids: torch.Tensor  # [S] as the processor produces them (images expanded)
+    vision: torch.Tensor  # [S] bool: image placeholder tokens
     instruction: torch.Tensor  # [S] bool: real tokens outside replies, not vision
 
 
@@ -63,23 +63,22 @@ def reply_char_spans(render: Callable[[list, bool], str], messages: list[dict]) 
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        marked = render([*messages[:i], _with_text(message, _SENTINEL), *messages[i + 1:]], False)
+        marked = render([*messages[:i], _with_text(message, _SENTINEL), *messages[i + 1 :]], False)
         if marked.count(_SENTINEL) != 1:
-            raise InputError(f"the chat template does not render reply {i} once, as it is; "
-                             "reply tokens cannot be located")
+            raise InputError(f"the chat template does not render reply {i} once, as it is; reply tokens cannot be located")
         before, after = marked.split(_SENTINEL)
         text = _reply_text(message).strip()
-        middle = full[len(before):len(full) - len(after)]
-        if not (full.startswith(before) and full.endswith(after) and len(full) >= len(before) + len(after)
-                and middle.strip() == text):
+        middle = full[len(before) : len(full) - len(after)]
+        if not (
+            full.startswith(before) and full.endswith(after) and len(full) >= len(before) + len(after) and middle.strip() == text
+        ):
             raise InputError(f"reply {i} is not where the chat template puts it (was it rewritten?)")
         start = len(before) + middle.find(text) if text else len(before)
         spans.append((start, start + len(text)))
     return full, spans
 
 
-def token_roles(tokenizer, text: str, spans: list[tuple[int, int]], image_token_id: int,
-                processor_ids: torch.Tensor) -> Roles:
+def token_roles(tokenizer, text: str, spans: list[tuple[int, int]], image_token_id: int, processor_ids: torch.Tensor) -> Roles:
     """Roles of `processor_ids`, the processor's ids for `text` with its images expanded.
 
     `text` is tokenised again with offsets and aligned with `processor_ids` (the longest common
@@ -96,12 +95,11 @@ def token_roles(tokenizer, text: str, spans: list[tuple[int, int]], image_token_
     reply = [False] * len(proc)
     where = [-1] * len(ids)  # each text token's processor position, where it has one
     for a, b, size in SequenceMatcher(None, ids, proc, autojunk=False).get_matching_blocks():
-        reply[b:b + size] = in_reply[a:a + size]
-        where[a:a + size] = range(b, b + size)
+        reply[b : b + size] = in_reply[a : a + size]
+        where[a : a + size] = range(b, b + size)
     for lo, hi in spans:  # every token of a reply found, side by side as in the text
         at = [where[t] for t, (s, e) in enumerate(offsets) if s < hi and lo < e]
         if any(p < 0 for p in at) or any(q != p + 1 for p, q in zip(at, at[1:])):
-            raise InputError("the processor's tokens do not match the rendered chat text "
-                             "(unsupported processor or template)")
+            raise InputError("the processor's tokens do not match the rendered chat text (unsupported processor or template)")
     vision = processor_ids == image_token_id
     return Roles(processor_ids, vision, ~vision & ~torch.tensor(reply, dtype=torch.bool))

@@ -45,41 +45,57 @@ _CHUNK_BYTES = 128 << 20
 
 @dataclass
 class LeverageResult:
-    scores: np.ndarray          # float64, one per row, in input order (distributed: this rank's rows)
-    sample_ids: list            # id of each row (distributed: this rank's rows)
-    k: int                      # rank kept
-    captured_energy: float      # sum of the top-k sigma^2 over the total
+    scores: np.ndarray  # float64, one per row, in input order (distributed: this rank's rows)
+    sample_ids: list  # id of each row (distributed: this rank's rows)
+    k: int  # rank kept
+    captured_energy: float  # sum of the top-k sigma^2 over the total
     singular_values: np.ndarray  # sigma_1 .. sigma_k of the centred (scaled) matrix
-    total_energy: float         # sum of all sigma^2 (trace)
-    num_rows: int               # all rows of the input (distributed: of every rank together)
+    total_energy: float  # sum of all sigma^2 (trace)
+    num_rows: int  # all rows of the input (distributed: of every rank together)
     dim: int
-    side: str                   # "gram" (D x D) or "kernel" (N x N)
-    eig_method: str             # "full" or "krylov"
+    side: str  # "gram" (D x D) or "kernel" (N x N)
+    eig_method: str  # "full" or "krylov"
     device: str
     timings: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
-    world: int = 1              # processes that scored the input together
-    rank: int = 0               # the process whose rows `scores` holds
+    world: int = 1  # processes that scored the input together
+    rank: int = 0  # the process whose rows `scores` holds
     shards: list = field(default_factory=list)  # distributed: [(manifest index, rows)] of `scores`
     excluded: list = field(default_factory=list)  # ids of the rows with a NaN or inf: not scored
-    method: str = "exact"       # "exact" or "sketch" (what ran; see `sketch` for auto's reason)
+    method: str = "exact"  # "exact" or "sketch" (what ran; see `sketch` for auto's reason)
     sketch: dict = field(default_factory=dict)  # the sketch's plan and error estimate, or auto's choice
 
     def without_excluded(self) -> "LeverageResult":
         """The rows left out (NaN scores) dropped from scores and sample_ids, their ids listed."""
         keep = ~np.isnan(self.scores)
-        return replace(self, scores=self.scores[keep],
-                       sample_ids=[i for i, k in zip(self.sample_ids, keep) if k],
-                       excluded=self.excluded + [i for i, k in zip(self.sample_ids, keep) if not k])
+        return replace(
+            self,
+            scores=self.scores[keep],
+            sample_ids=[i for i, k in zip(self.sample_ids, keep) if k],
+            excluded=self.excluded + [i for i, k in zip(self.sample_ids, keep) if not k],
+        )
 
     def summary(self) -> dict:
-        return {"num_rows": self.num_rows, "num_scored": len(self.scores), "dim": self.dim, "k": self.k,
-                "captured_energy": self.captured_energy, "total_energy": self.total_energy,
-                "singular_values": self.singular_values.tolist(), "side": self.side,
-                "eig_method": self.eig_method, "device": self.device, "world_size": self.world,
-                "excluded_non_finite": len(self.excluded), "excluded_sample_ids": self.excluded[:100],
-                "method": self.method, "sketch": self.sketch, "warnings": self.warnings(),
-                "settings": self.settings, "timings_s": self.timings}
+        return {
+            "num_rows": self.num_rows,
+            "num_scored": len(self.scores),
+            "dim": self.dim,
+            "k": self.k,
+            "captured_energy": self.captured_energy,
+            "total_energy": self.total_energy,
+            "singular_values": self.singular_values.tolist(),
+            "side": self.side,
+            "eig_method": self.eig_method,
+            "device": self.device,
+            "world_size": self.world,
+            "excluded_non_finite": len(self.excluded),
+            "excluded_sample_ids": self.excluded[:100],
+            "method": self.method,
+            "sketch": self.sketch,
+            "warnings": self.warnings(),
+            "settings": self.settings,
+            "timings_s": self.timings,
+        }
 
     def warnings(self) -> list[str]:
         """Lines the user should read: a sketch that cannot certify its accuracy."""
@@ -96,24 +112,27 @@ def _check_scores(scores: np.ndarray, excluded: list) -> None:
 @dataclass
 class _Part:
     """This rank's share of a store, and what every rank needs to know of the whole store."""
+
     src: RowSource
-    shards: list        # [(manifest index, rows)], in the order src reads them
-    num_rows: int       # of the whole store
+    shards: list  # [(manifest index, rows)], in the order src reads them
+    num_rows: int  # of the whole store
     dim: int
-    head_rank: int      # the rank that reads the store's first rows (its first non-empty shard)
+    head_rank: int  # the rank that reads the store's first rows (its first non-empty shard)
     positions: np.ndarray  # the index of each of src's rows in the whole store
 
 
 def _open_part(data, sample_ids, comm: Comm) -> _Part:
     """Open rank comm.rank's shards of the store `data`; duplicate ids over all ranks are refused."""
+
     def open_part() -> _Part:
         if sample_ids is not None:
-            raise InputError("sample_ids cannot be given when scoring with several processes: "
-                             "the store names its rows")
+            raise InputError("sample_ids cannot be given when scoring with several processes: the store names its rows")
         if not isinstance(data, (str, os.PathLike)) or not Path(data).is_dir():
             what = repr(str(data)) if isinstance(data, (str, os.PathLike)) else type(data).__name__
-            raise InputError(f"with {comm.world} processes the input must be a store directory "
-                             f"(each process reads its share of the shards), not {what}")
+            raise InputError(
+                f"with {comm.world} processes the input must be a store directory "
+                f"(each process reads its share of the shards), not {what}"
+            )
         part = (comm.rank, comm.world)
         src = read_store(data, part=part)
         manifest = read_manifest(data)  # checked by read_store
@@ -122,8 +141,7 @@ def _open_part(data, sample_ids, comm: Comm) -> _Part:
         shards = [(i, rows[i]) for i in part_shards(len(entries), part)]
         first = next(i for i, count in enumerate(rows) if count)  # read_store: some shard has rows
         starts = np.cumsum([0] + rows)
-        positions = np.concatenate([np.arange(starts[i], starts[i] + count) for i, count in shards] or
-                                   [np.zeros(0, np.int64)])
+        positions = np.concatenate([np.arange(starts[i], starts[i] + count) for i, count in shards] or [np.zeros(0, np.int64)])
         return _Part(src, shards, sum(rows), int(manifest["dim"]), first % comm.world, positions)
 
     part = comm.together(open_part)
@@ -137,11 +155,24 @@ def _open_part(data, sample_ids, comm: Comm) -> _Part:
     return part
 
 
-def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standardize: bool = False,
-                    l2_normalize: bool = False, sample_ids=None, chunk_rows: int | None = None,
-                    backend: str = "auto", eig_method: str = "auto", progress: bool = False,
-                    comm: Comm | None = None, method: str = "auto", sketch_size: int | None = None,
-                    seed: int = 0, pilot_rows: int | None = None) -> LeverageResult:
+def leverage_scores(
+    data,
+    *,
+    energy: float = 0.9,
+    device: str = "auto",
+    standardize: bool = False,
+    l2_normalize: bool = False,
+    sample_ids=None,
+    chunk_rows: int | None = None,
+    backend: str = "auto",
+    eig_method: str = "auto",
+    progress: bool = False,
+    comm: Comm | None = None,
+    method: str = "auto",
+    sketch_size: int | None = None,
+    seed: int = 0,
+    pilot_rows: int | None = None,
+) -> LeverageResult:
     """ScalSelect importance scores of the rows of `data`.
 
     data: numpy array / memmap / torch tensor (N x D), a `.npy` file, the reference's
@@ -167,17 +198,28 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     seed: the pilot sample's and the test matrix's random seed; pilot_rows: its size (default
     sketch.PILOT_ROWS).
     """
-    ScoreOptions(energy=energy, device=device, standardize=standardize, l2_normalize=l2_normalize,
-                 chunk_rows=chunk_rows, method=method, sketch_size=sketch_size, seed=seed,
-                 pilot_rows=PILOT_ROWS if pilot_rows is None else pilot_rows, backend=backend,
-                 eig_method=eig_method).check()
+    ScoreOptions(
+        energy=energy,
+        device=device,
+        standardize=standardize,
+        l2_normalize=l2_normalize,
+        chunk_rows=chunk_rows,
+        method=method,
+        sketch_size=sketch_size,
+        seed=seed,
+        pilot_rows=PILOT_ROWS if pilot_rows is None else pilot_rows,
+        backend=backend,
+        eig_method=eig_method,
+    ).check()
 
     comm = comm if comm is not None else Comm()
     sketched = sketch_store.is_sketch_store(data)  # `run --no-store`: y rows and sums, no vectors
     rows = Path(data) / sketch_store.SKETCH_ROWS if sketched else data
     if sketched and method == "exact":
-        raise InputError(f"{data} holds a sketch (run --no-store), not the vectors the exact engine "
-                         "needs; score it with --method sketch or auto")
+        raise InputError(
+            f"{data} holds a sketch (run --no-store), not the vectors the exact engine "
+            "needs; score it with --method sketch or auto"
+        )
     if l2_normalize and sketched:
         raise InputError(options.sketch_without_l2(f"{data}, a sketch store (run --no-store),"))
     if comm.active:
@@ -196,29 +238,72 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     if chunk_rows is None:
         chunk_rows = max(256, _CHUNK_BYTES // (4 * d))
     pilot_rows = PILOT_ROWS if pilot_rows is None else pilot_rows
-    settings = {"energy": energy, "standardize": standardize, "l2_normalize": l2_normalize,
-                "chunk_rows": chunk_rows, "backend": backend, "eig_method": eig_method,
-                "method": method, "sketch_size": sketch_size, "seed": seed, "pilot_rows": pilot_rows}
+    settings = {
+        "energy": energy,
+        "standardize": standardize,
+        "l2_normalize": l2_normalize,
+        "chunk_rows": chunk_rows,
+        "backend": backend,
+        "eig_method": eig_method,
+        "method": method,
+        "sketch_size": sketch_size,
+        "seed": seed,
+        "pilot_rows": pilot_rows,
+    }
     timings: dict[str, float] = {}
-    opts = dict(standardize=standardize, l2_normalize=l2_normalize, backend=backend,
-                eig_method=eig_method, progress=progress and comm.is_main, timings=timings,
-                comm=comm, dim=d, reads_head=reads_head)
+    opts = dict(
+        standardize=standardize,
+        l2_normalize=l2_normalize,
+        backend=backend,
+        eig_method=eig_method,
+        progress=progress and comm.is_main,
+        timings=timings,
+        comm=comm,
+        dim=d,
+        reads_head=reads_head,
+    )
     side = "kernel" if n < d else "gram"
     details: dict = {}
     found = None
     if sketched:
-        found = sketch.score_store(Path(data), plan, src, entries, dev, comm=comm, energy=energy, standardize=standardize,
-                                   sketch_size=sketch_size, backend=backend,
-                                   chunk_rows=chunk_rows, timings=timings, details=details)
+        found = sketch.score_store(
+            Path(data),
+            plan,
+            src,
+            entries,
+            dev,
+            comm=comm,
+            energy=energy,
+            standardize=standardize,
+            sketch_size=sketch_size,
+            backend=backend,
+            chunk_rows=chunk_rows,
+            timings=timings,
+            details=details,
+        )
     elif method == "auto" and l2_normalize:
         details["auto_choice"] = "exact: l2_normalize needs the column moments before the pass"
     elif method == "sketch" or (method == "auto" and sketch.may_pay(n, d)):
-        found = sketch.sketch_side(src, dev, energy, chunk_rows, standardize=standardize, backend=backend,
-                                   progress=progress and comm.is_main, timings=timings, comm=comm, dim=d, num_rows=n,
-                                   positions=part.positions if comm.active else np.arange(n),
-                                   pilot_source=lambda: read_store(data) if comm.active else src,
-                                   sketch_size=sketch_size, seed=seed, pilot_rows=pilot_rows,
-                                   auto=method == "auto", details=details)
+        found = sketch.sketch_side(
+            src,
+            dev,
+            energy,
+            chunk_rows,
+            standardize=standardize,
+            backend=backend,
+            progress=progress and comm.is_main,
+            timings=timings,
+            comm=comm,
+            dim=d,
+            num_rows=n,
+            positions=part.positions if comm.active else np.arange(n),
+            pilot_source=lambda: read_store(data) if comm.active else src,
+            sketch_size=sketch_size,
+            seed=seed,
+            pilot_rows=pilot_rows,
+            auto=method == "auto",
+            details=details,
+        )
         if found is not None and method == "auto" and not details["certified"]:
             details["auto_choice"] = "exact: the sketch could not certify its scores"
             found = None
@@ -234,10 +319,25 @@ def leverage_scores(data, *, energy: float = 0.9, device: str = "auto", standard
     comm.together(lambda: _check_scores(scores, left_out))
     captured = float(top.sum()) / total
     result = LeverageResult(
-        scores=scores, sample_ids=list(src.ids), k=int(top.numel()), captured_energy=captured,
-        singular_values=(top.clamp_min(0).sqrt() / scale).cpu().numpy(), total_energy=total / scale / scale, num_rows=n,
-        dim=d, side=side, eig_method=eig, device=str(dev), timings=timings, settings=settings,
-        world=comm.world, rank=comm.rank, shards=shards, method=chosen, sketch=details)
+        scores=scores,
+        sample_ids=list(src.ids),
+        k=int(top.numel()),
+        captured_energy=captured,
+        singular_values=(top.clamp_min(0).sqrt() / scale).cpu().numpy(),
+        total_energy=total / scale / scale,
+        num_rows=n,
+        dim=d,
+        side=side,
+        eig_method=eig,
+        device=str(dev),
+        timings=timings,
+        settings=settings,
+        world=comm.world,
+        rank=comm.rank,
+        shards=shards,
+        method=chosen,
+        sketch=details,
+    )
     for text in result.warnings():
         if comm.is_main:
             warnings.warn(f"scalselect: {text}", RuntimeWarning, stacklevel=2)
@@ -258,12 +358,11 @@ def gather_result(result: LeverageResult, comm: Comm | None) -> LeverageResult |
     for shards, ids, scores in every:
         lo = 0
         for index, rows in shards:
-            pieces.append((index, rows, ids[lo:lo + rows], scores[lo:lo + rows]))
+            pieces.append((index, rows, ids[lo : lo + rows], scores[lo : lo + rows]))
             lo += rows
     pieces.sort(key=lambda piece: piece[0])
     ids = [i for piece in pieces for i in piece[2]]
     scores = np.concatenate([piece[3] for piece in pieces])
     if len(ids) != result.num_rows:
         raise RuntimeError(f"gathered {len(ids)} scores for a store of {result.num_rows} rows")
-    return replace(result, scores=scores, sample_ids=ids,
-                   shards=[piece[:2] for piece in pieces]).without_excluded()
+    return replace(result, scores=scores, sample_ids=ids, shards=[piece[:2] for piece in pieces]).without_excluded()

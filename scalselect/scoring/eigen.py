@@ -26,9 +26,9 @@ RESIDUAL_TOL = 1e-8
 
 @dataclass
 class TopEigen:
-    values: torch.Tensor   # wanted eigenvalues, descending (length k)
+    values: torch.Tensor  # wanted eigenvalues, descending (length k)
     vectors: torch.Tensor  # matching eigenvectors as columns (m x k)
-    method: str            # "full" or "krylov"
+    method: str  # "full" or "krylov"
 
     @property
     def k(self) -> int:
@@ -84,9 +84,16 @@ def _orthonormal_block(z: torch.Tensor, basis: torch.Tensor | None, gen: torch.G
 METHODS = EIG_METHODS
 
 
-def top_eigenpairs(a: torch.Tensor, energy: float, total: float | None = None, *,
-                   block: int = 48, method: str = "auto", seed: int = 0,
-                   rank_tol: float = 1e-12) -> TopEigen:
+def top_eigenpairs(
+    a: torch.Tensor,
+    energy: float,
+    total: float | None = None,
+    *,
+    block: int = 48,
+    method: str = "auto",
+    seed: int = 0,
+    rank_tol: float = 1e-12,
+) -> TopEigen:
     """Leading eigenpairs of symmetric PSD `a` (float64) holding `energy` of `total` (its trace).
 
     Eigenvalues below rank_tol x the largest are rounding noise (the matrix's accuracy) and are

@@ -43,8 +43,22 @@ def mirror_lower(gram: torch.Tensor) -> torch.Tensor:
 _RANK_TOL = {"gram": 1e-6, "kernel": 1e-12}
 
 
-def gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normalize, backend,
-               eig_method, progress, timings, comm: Comm, dim: int, reads_head: bool):
+def gram_side(
+    src: RowSource,
+    dev,
+    energy,
+    chunk_rows,
+    *,
+    standardize,
+    l2_normalize,
+    backend,
+    eig_method,
+    progress,
+    timings,
+    comm: Comm,
+    dim: int,
+    reads_head: bool,
+):
     n_local, d = src.num_rows, dim
     t0 = time.perf_counter()
     zero = torch.zeros(d, dtype=torch.float64, device=dev)
@@ -77,9 +91,19 @@ def gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normal
     scale = value_scale(magnitude)  # rows are multiplied by it before their float32 products
     inv = None if scale == 1 else torch.full((d,), scale, dtype=torch.float64, device=dev)
     if l2_normalize:  # rows are centred (and standardised) before their unit scaling: moments first
-        shift, inv = _column_moments(src, shift, inv, scale, standardize, chunk_rows=chunk_rows, dev=dev,
-                                     backend=backend, comm=comm, left_out=left_out,
-                                     bar=lambda: progress_bar(n_local, f"pass 1/{passes} (column moments)", progress))
+        shift, inv = _column_moments(
+            src,
+            shift,
+            inv,
+            scale,
+            standardize,
+            chunk_rows=chunk_rows,
+            dev=dev,
+            backend=backend,
+            comm=comm,
+            left_out=left_out,
+            bar=lambda: progress_bar(n_local, f"pass 1/{passes} (column moments)", progress),
+        )
     gram = torch.zeros(d, d, dtype=torch.float64, device=dev)
     colsum = torch.zeros(d, dtype=torch.float64, device=dev)
 
@@ -87,8 +111,7 @@ def gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normal
         with progress_bar(n_local, f"pass {passes - 1}/{passes} (Gram)", progress) as bar:
             for start, chunk in src.chunks(chunk_rows):
                 # the moments pass noted the rows it left out
-                centred, sums = prep(chunk.to(dev, non_blocking=True), shift, inv,
-                                     None if l2_normalize else start, l2_normalize)
+                centred, sums = prep(chunk.to(dev, non_blocking=True), shift, inv, None if l2_normalize else start, l2_normalize)
                 add_gram(gram, centred)
                 colsum.add_(sums)
                 bar.update(chunk.shape[0])
@@ -130,7 +153,7 @@ def gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normal
             for start, chunk in src.chunks(chunk_rows):
                 chunk = chunk.to(dev, non_blocking=True)
                 part = kernels.projected_sqnorm(chunk, mean, inv_scale, l2_normalize, w, backend=backend)
-                scores[start:start + chunk.shape[0]] = part.cpu().numpy()
+                scores[start : start + chunk.shape[0]] = part.cpu().numpy()
                 bar.update(chunk.shape[0])
 
     comm.together(pass2)
@@ -139,8 +162,9 @@ def gram_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normal
     return EngineResult(scores, total, eig.values, eig.method, left_out, 1.0 if standardize or l2_normalize else scale)
 
 
-def _column_moments(src: RowSource, shift, inv, scale: float, standardize: bool, *, chunk_rows, dev, backend,
-                    comm: Comm, left_out: list, bar):
+def _column_moments(
+    src: RowSource, shift, inv, scale: float, standardize: bool, *, chunk_rows, dev, backend, comm: Comm, left_out: list, bar
+):
     """A pass for the column means (and, with standardize, 1 / std): the shift and column scale
     that centre (and standardise) the rows, still multiplied by `scale`. Notes the rows with a
     NaN or inf in left_out."""
@@ -152,8 +176,7 @@ def _column_moments(src: RowSource, shift, inv, scale: float, standardize: bool,
         with bar() as progress:
             for start, chunk in src.chunks(chunk_rows):
                 chunk = chunk.to(dev, non_blocking=True)
-                (_, part, part_sq), good = prep_finite(kernels.sketch_prep, chunk, shift, inv, False,
-                                                        backend=backend)
+                (_, part, part_sq), good = prep_finite(kernels.sketch_prep, chunk, shift, inv, False, backend=backend)
                 if good is not None:
                     left_out.extend(left_out_rows(good, start))
                 sums.add_(part)
@@ -164,12 +187,12 @@ def _column_moments(src: RowSource, shift, inv, scale: float, standardize: bool,
     n = src.num_rows - len(left_out)
     if comm.active:
         both = comm.all_reduce_sum(torch.cat([sums, squares, sums.new_tensor([n])]))
-        sums, squares, n = both[:d], both[d:2 * d], int(both[2 * d])
+        sums, squares, n = both[:d], both[d : 2 * d], int(both[2 * d])
     if n == 0:
         raise InputError("every row holds a NaN or inf: there is nothing to score")
     delta = sums / n
-    var = (squares / n - delta * delta).clamp_min(0)   # of the rows multiplied by scale
-    raw_second = var + (shift * scale + delta) ** 2      # mean(x_j^2), in the same units
+    var = (squares / n - delta * delta).clamp_min(0)  # of the rows multiplied by scale
+    raw_second = var + (shift * scale + delta) ** 2  # mean(x_j^2), in the same units
     check_spread(n * float(var.sum()), n * float(raw_second.sum()), n)
     mean = shift + delta / scale
     if standardize:
@@ -177,8 +200,7 @@ def _column_moments(src: RowSource, shift, inv, scale: float, standardize: bool,
     return mean, inv
 
 
-def _centred_gram(gram: torch.Tensor, colsum: torch.Tensor, shift: torch.Tensor, n: int, standardize: bool,
-                  scale: float = 1.0):
+def _centred_gram(gram: torch.Tensor, colsum: torch.Tensor, shift: torch.Tensor, n: int, standardize: bool, scale: float = 1.0):
     """The centred (and, with standardize, scaled) Gram matrix from pass 1's sums of the rows
     shifted and multiplied by `scale`, with the mean, the column scale pass 2 applies after
     centring (or None) and the trace, in those units."""
@@ -201,15 +223,35 @@ def _share_solution(comm: Comm, solution, dev):
     """Rank 0's (mean, inv_scale, total, eigenpairs) on every rank."""
     if comm.is_main:
         mean, inv_scale, total, eig = solution
-        solution = (mean.cpu(), None if inv_scale is None else inv_scale.cpu(), total,
-                    eig.values.cpu(), eig.vectors.cpu(), eig.method)
+        solution = (
+            mean.cpu(),
+            None if inv_scale is None else inv_scale.cpu(),
+            total,
+            eig.values.cpu(),
+            eig.vectors.cpu(),
+            eig.method,
+        )
     mean, inv_scale, total, values, vectors, method = comm.broadcast_object(solution)
     inv_scale = None if inv_scale is None else inv_scale.to(dev)
     return mean.to(dev), inv_scale, total, TopEigen(values.to(dev), vectors.to(dev), method)
 
 
-def kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_normalize, backend,
-                 eig_method, progress, timings, comm: Comm, dim: int, reads_head):
+def kernel_side(
+    src: RowSource,
+    dev,
+    energy,
+    chunk_rows,
+    *,
+    standardize,
+    l2_normalize,
+    backend,
+    eig_method,
+    progress,
+    timings,
+    comm: Comm,
+    dim: int,
+    reads_head,
+):
     """N < D: centre the (small) matrix in memory and take the N x N side. Distributed: every
     rank sends its finite rows to rank 0, which scores them all and sends each rank its own."""
     t0 = time.perf_counter()
@@ -224,8 +266,7 @@ def kernel_side(src: RowSource, dev, energy, chunk_rows, *, standardize, l2_norm
         x = torch.cat([part.to(dev, torch.float64) for part in parts])
         if x.shape[0] == 0:
             raise InputError("every row holds a NaN or inf: there is nothing to score")
-        scores, total, values, method, scale = _kernel_solve(x, energy, standardize, l2_normalize, eig_method,
-                                                             timings, t0)
+        scores, total, values, method, scale = _kernel_solve(x, energy, standardize, l2_normalize, eig_method, timings, t0)
         splits = np.cumsum([int(part.shape[0]) for part in parts])[:-1]
         return np.split(scores.cpu().numpy(), splits), total, values.cpu(), method, scale
 
@@ -259,5 +300,5 @@ def _kernel_solve(rows: torch.Tensor, energy, standardize, l2_normalize, eig_met
     t0 = time.perf_counter()
     eig = top_eigenpairs(kernel, energy, total, method=eig_method, rank_tol=_RANK_TOL["kernel"])
     timings["eigen"] = time.perf_counter() - t0
-    scores = (eig.vectors ** 2).sum(dim=1)  # rows of U_k: the left singular vectors
+    scores = (eig.vectors**2).sum(dim=1)  # rows of U_k: the left singular vectors
     return scores, total, eig.values, eig.method, 1.0 if standardize or l2_normalize else scale

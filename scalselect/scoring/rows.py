@@ -15,19 +15,22 @@ from ..errors import InputError
 
 class EngineResult(NamedTuple):
     """One engine's scores of this process's rows, before leverage_scores wraps them."""
-    scores: np.ndarray      # float64 per row (the rows left out are set to NaN afterwards)
-    total: float            # the total energy, sum of sigma_i^2, of the rows as scaled
-    top: torch.Tensor       # the top-k eigenvalues (sigma_i^2) of the scaled rows
-    eig_method: str         # how they were found ("full", "krylov", "sketch")
-    left_out: list[int]     # rows that were not finite
-    scale: float            # the power of two the rows were multiplied by (1 when standardised)
+
+    scores: np.ndarray  # float64 per row (the rows left out are set to NaN afterwards)
+    total: float  # the total energy, sum of sigma_i^2, of the rows as scaled
+    top: torch.Tensor  # the top-k eigenvalues (sigma_i^2) of the scaled rows
+    eig_method: str  # how they were found ("full", "krylov", "sketch")
+    left_out: list[int]  # rows that were not finite
+    scale: float  # the power of two the rows were multiplied by (1 when standardised)
 
 
 def progress_bar(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
+
     # disable=None: draw only on a terminal, so errors and logs stay clean
-    return tqdm(total=total, desc=desc, unit="rows", unit_scale=True, disable=None if enabled else True,
-                leave=False, dynamic_ncols=True)
+    return tqdm(
+        total=total, desc=desc, unit="rows", unit_scale=True, disable=None if enabled else True, leave=False, dynamic_ncols=True
+    )
 
 
 def finite_rows(sums: torch.Tensor, rows: torch.Tensor) -> torch.Tensor | None:
@@ -62,7 +65,7 @@ def value_scale(magnitude: float) -> float:
     """A power of two that brings values of this magnitude near 1 before their float32 products
     (whose squares would underflow below ~1e-19 or overflow above ~1e19), or 1 where they are safe
     already. Scaling by a power of two is exact, and leverage scores do not change under it."""
-    if not (magnitude > 0 and math.isfinite(magnitude)) or 2.0 ** -16 <= magnitude <= 2.0 ** 16:
+    if not (magnitude > 0 and math.isfinite(magnitude)) or 2.0**-16 <= magnitude <= 2.0**16:
         return 1.0
     return math.ldexp(1.0, -math.frexp(magnitude)[1])
 

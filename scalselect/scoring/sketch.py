@@ -65,23 +65,26 @@ _RESOLVED_TOL = 1e-6
 @dataclass
 class Sketch:
     """The running float64 sums of one pass over the rows, shifted (centred after the pass)."""
-    omega: torch.Tensor      # D x l float32 test matrix
-    shift: torch.Tensor      # D float64, subtracted from every row before the products
-    rows: torch.Tensor       # () float64 count of rows summed
-    colsum: torch.Tensor     # D: sum of x~
-    colsumsq: torch.Tensor   # D: sum of x~^2
-    ytx: torch.Tensor        # l x D: Y^T X~ (this way round: the skinny GEMM runs 1.3x faster)
-    ygram: torch.Tensor      # l x l: Y^T Y
-    ysum: torch.Tensor       # l: sum of y
-    scale: float = 1.0       # rows are multiplied by it after the shift (rows.value_scale)
+
+    omega: torch.Tensor  # D x l float32 test matrix
+    shift: torch.Tensor  # D float64, subtracted from every row before the products
+    rows: torch.Tensor  # () float64 count of rows summed
+    colsum: torch.Tensor  # D: sum of x~
+    colsumsq: torch.Tensor  # D: sum of x~^2
+    ytx: torch.Tensor  # l x D: Y^T X~ (this way round: the skinny GEMM runs 1.3x faster)
+    ygram: torch.Tensor  # l x l: Y^T Y
+    ysum: torch.Tensor  # l: sum of y
+    scale: float = 1.0  # rows are multiplied by it after the shift (rows.value_scale)
 
     SUMS = sketch_store.SUMS  # the sums a sketch store's parts hold, by these names
 
     @classmethod
     def start(cls, omega: torch.Tensor, shift: torch.Tensor, scale: float = 1.0) -> "Sketch":
         d, size = omega.shape
-        zeros = [torch.zeros(shape, dtype=torch.float64, device=omega.device)
-                 for shape in ((), (d,), (d,), (size, d), (size, size), (size,))]
+        zeros = [
+            torch.zeros(shape, dtype=torch.float64, device=omega.device)
+            for shape in ((), (d,), (d,), (size, d), (size, size), (size,))
+        ]
         return cls(omega.to(torch.float32).contiguous(), shift.to(omega.device, torch.float64), *zeros, scale)
 
     @property
@@ -93,8 +96,7 @@ class Sketch:
         (float32) and a mask of the finite rows (None when all are). The elementwise part is
         the native prep kernel; the products are GEMMs."""
         inv = None if self.scale == 1 else torch.full_like(self.shift, self.scale)
-        (centred, sums, squares), good = prep_finite(kernels.sketch_prep, chunk, self.shift, inv, False,
-                                                      backend=backend)
+        (centred, sums, squares), good = prep_finite(kernels.sketch_prep, chunk, self.shift, inv, False, backend=backend)
         y = centred @ self.omega
         self.rows += centred.shape[0]
         self.colsum += sums
@@ -115,20 +117,30 @@ class Sketch:
 @dataclass
 class SketchSolution:
     """What scoring the rows needs, and what the summary reports."""
-    ymean: torch.Tensor      # l float64: the mean y row, subtracted before projecting
-    w: torch.Tensor          # l x k float32: ||(y_i - ymean) w||^2 is row i's score
-    values: torch.Tensor     # sigma^_1^2 .. sigma^_k^2 (float64, descending)
-    total: float             # exact energy of the centred (scaled) matrix
-    mean: torch.Tensor       # D float64 column mean
+
+    ymean: torch.Tensor  # l float64: the mean y row, subtracted before projecting
+    w: torch.Tensor  # l x k float32: ||(y_i - ymean) w||^2 is row i's score
+    values: torch.Tensor  # sigma^_1^2 .. sigma^_k^2 (float64, descending)
+    total: float  # exact energy of the centred (scaled) matrix
+    mean: torch.Tensor  # D float64 column mean
     inv_scale: torch.Tensor | None  # D float64 column scale (standardize), else None
-    direct: torch.Tensor     # D x k float64: ||(x_i - mean) inv_scale direct||^2 scores a whole row
+    direct: torch.Tensor  # D x k float64: ||(x_i - mean) inv_scale direct||^2 scores a whole row
     info: dict = field(default_factory=dict)
     value_scale: float = 1.0  # the factor the rows were multiplied by (1 when standardised)
 
     def to(self, device) -> "SketchSolution":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return SketchSolution(move(self.ymean), move(self.w), move(self.values), self.total, move(self.mean),
-                              move(self.inv_scale), move(self.direct), self.info, self.value_scale)
+        return SketchSolution(
+            move(self.ymean),
+            move(self.w),
+            move(self.values),
+            self.total,
+            move(self.mean),
+            move(self.inv_scale),
+            move(self.direct),
+            self.info,
+            self.value_scale,
+        )
 
 
 def sample_rows(num_rows: int, count: int, seed: int) -> np.ndarray:
@@ -145,16 +157,25 @@ def holdout_rows(num_rows: int, pilot_rows: int, seed: int) -> np.ndarray:
     return spare[sample_rows(len(spare), HOLDOUT_ROWS, seed + 1)]
 
 
-def plan_test_matrix(pilot: torch.Tensor, *, energy: float, standardize: bool,
-                     sketch_size: int | None, max_size: int, seed: int,
-                     every_row: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def plan_test_matrix(
+    pilot: torch.Tensor,
+    *,
+    energy: float,
+    standardize: bool,
+    sketch_size: int | None,
+    max_size: int,
+    seed: int,
+    every_row: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(Omega, shift, plan) from the pilot's finite rows (CPU). The centred pilot H (p x D)
     gives its leading right singular vectors through the p x p kernel H H^T. every_row: the
     pilot is the whole input (small), so the default size is the largest, and the sketch exact."""
     pilot = pilot[torch.isfinite(pilot).all(dim=1)]
     if pilot.shape[0] < 2:
-        raise InputError("fewer than 2 rows of the pilot sample are finite (no NaN or inf): there is "
-                         "nothing to plan a sketch from; use --method exact")
+        raise InputError(
+            "fewer than 2 rows of the pilot sample are finite (no NaN or inf): there is "
+            "nothing to plan a sketch from; use --method exact"
+        )
     h = pilot.to(torch.float64)
     shift = h.mean(dim=0)
     scale = value_scale(head_magnitude(h))  # the pass multiplies its shifted rows by it
@@ -187,8 +208,13 @@ def plan_test_matrix(pilot: torch.Tensor, *, energy: float, standardize: bool,
     # orthonormal columns: Y is then no worse conditioned than the rows themselves, which keeps
     # the float32 y rows' rounding small after whitening
     omega = torch.linalg.qr(torch.cat([right, noise], dim=1)).Q
-    plan = {"pilot_rows": int(pilot.shape[0]), "pilot_k": pilot_k, "pilot_directions": directions,
-            "sketch_size": size, "value_scale": scale}
+    plan = {
+        "pilot_rows": int(pilot.shape[0]),
+        "pilot_k": pilot_k,
+        "pilot_directions": directions,
+        "sketch_size": size,
+        "value_scale": scale,
+    }
     return omega.to(torch.float32), shift, plan
 
 
@@ -197,8 +223,8 @@ def solve(sketch: Sketch, energy: float, standardize: bool) -> SketchSolution:
     n = float(sketch.rows)
     delta = sketch.colsum / n
     ymean = sketch.ysum / n
-    ytx = sketch.ytx - n * torch.outer(ymean, delta)           # Y_c^T A_c
-    ygram = sketch.ygram - n * torch.outer(ymean, ymean)       # Y_c^T Y_c
+    ytx = sketch.ytx - n * torch.outer(ymean, delta)  # Y_c^T A_c
+    ygram = sketch.ygram - n * torch.outer(ymean, ymean)  # Y_c^T Y_c
     col_energy = (sketch.colsumsq - n * delta * delta).clamp_min(0)  # centred energy per column
     scale = sketch.scale  # the sums are of rows multiplied by it: so is everything below
     raw_second = sketch.colsumsq / n - delta * delta + (sketch.shift * scale + delta) ** 2  # mean(x_j^2)
@@ -212,8 +238,8 @@ def solve(sketch: Sketch, energy: float, standardize: bool) -> SketchSolution:
     total = float(col_energy.sum())
     lam, vecs = torch.linalg.eigh((ygram + ygram.T) / 2)
     keep = lam > _RANGE_TOL * lam.max().clamp_min(1e-300)
-    whiten = vecs[:, keep] / lam[keep].sqrt()                  # Q = Y_c whiten: orthonormal columns
-    b = whiten.T @ ytx                                          # Q^T A_c, r x D
+    whiten = vecs[:, keep] / lam[keep].sqrt()  # Q = Y_c whiten: orthonormal columns
+    b = whiten.T @ ytx  # Q^T A_c, r x D
     values, left = torch.linalg.eigh(b @ b.T)
     values, left = values.flip(0).clamp_min(0), left.flip(1)
     # directions below float32 rounding are noise: k never reaches into them (energy near 1)
@@ -223,11 +249,25 @@ def solve(sketch: Sketch, energy: float, standardize: bool) -> SketchSolution:
     k = min(k or resolved, resolved)
     w = whiten @ left[:, :k]
     residual = max(total - float(values.sum()), 0.0)
-    info = {"sketch_size": sketch.size, "range_rank": int(keep.sum()), "energy_reached": reached,
-            "sketch_energy": float(values.sum()) / total, "residual_energy": residual / total,
-            "residual_ratio": math.sqrt(residual / float(values[k - 1])) if values[k - 1] > 0 else math.inf}
-    return SketchSolution(ymean, w.to(torch.float32), values[:k], total, sketch.shift + delta / scale, inv,
-                          (ytx.T @ w) / values[:k], info, 1.0 if standardize else scale)
+    info = {
+        "sketch_size": sketch.size,
+        "range_rank": int(keep.sum()),
+        "energy_reached": reached,
+        "sketch_energy": float(values.sum()) / total,
+        "residual_energy": residual / total,
+        "residual_ratio": math.sqrt(residual / float(values[k - 1])) if values[k - 1] > 0 else math.inf,
+    }
+    return SketchSolution(
+        ymean,
+        w.to(torch.float32),
+        values[:k],
+        total,
+        sketch.shift + delta / scale,
+        inv,
+        (ytx.T @ w) / values[:k],
+        info,
+        1.0 if standardize else scale,
+    )
 
 
 def holdout_errors(solution: SketchSolution, rows: torch.Tensor, ys: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -255,23 +295,29 @@ def certify(info: dict) -> dict:
     a sketch holding nearly everything meets) is at most CERTIFY_ERROR."""
     estimate = info.get("score_error_estimate")
     info["certify_error"] = CERTIFY_ERROR
-    info["certified"] = bool(info["energy_reached"] and (info["residual_ratio"] <= CERTIFY_ERROR or (
-        estimate is not None and estimate <= CERTIFY_ERROR)))
+    info["certified"] = bool(
+        info["energy_reached"]
+        and (info["residual_ratio"] <= CERTIFY_ERROR or (estimate is not None and estimate <= CERTIFY_ERROR))
+    )
     return info
 
 
 def warning_text(info: dict, energy: float) -> str | None:
     """One line for the user when the sketch cannot certify its result, else None."""
     if not info.get("energy_reached", True):
-        return (f"the sketch of size {info['sketch_size']} holds only {info['sketch_energy']:.1%} of the "
-                f"energy, less than the {energy:.0%} asked for: k is capped and the scores are "
-                "approximate; use --method exact or a larger --sketch-size")
+        return (
+            f"the sketch of size {info['sketch_size']} holds only {info['sketch_energy']:.1%} of the "
+            f"energy, less than the {energy:.0%} asked for: k is capped and the scores are "
+            "approximate; use --method exact or a larger --sketch-size"
+        )
     if not info.get("certified", True):
         estimate = info.get("score_error_estimate")
         said = "cannot be estimated (too few rows)" if estimate is None else f"is estimated at {estimate:.1%}"
-        return (f"the sketch cannot certify its scores: their error {said}, above {CERTIFY_ERROR:.0%}; "
-                f"the spectrum decays too slowly for a sketch of size {info['sketch_size']}; "
-                "use --method exact or a larger --sketch-size")
+        return (
+            f"the sketch cannot certify its scores: their error {said}, above {CERTIFY_ERROR:.0%}; "
+            f"the spectrum decays too slowly for a sketch of size {info['sketch_size']}; "
+            "use --method exact or a larger --sketch-size"
+        )
     return None
 
 
@@ -279,7 +325,7 @@ def costs(n: int, d: int, size: int, k: int, pilot_rows: int = PILOT_ROWS) -> di
     """Rough float32 multiply-add counts of the two engines. exact: the Gram (lower blocks, 5/8 of
     N D^2) and the projection. sketch: the pilot (a float64 p x p kernel, 2x, and its eigh,
     ~12 p^3 on this scale), the pass's two products, Y^T Y and the projection of the y rows."""
-    pilot = 2 * pilot_rows ** 2 * d + 12 * pilot_rows ** 3
+    pilot = 2 * pilot_rows**2 * d + 12 * pilot_rows**3
     return {"exact": n * d * (5 * d / 8 + k), "sketch": pilot + n * size * (2 * d + size + k)}
 
 
@@ -289,9 +335,27 @@ def may_pay(n: int, d: int) -> bool:
     return n >= d and 2 * costs(n, d, 0, 0)["sketch"] < costs(n, d, 0, 0)["exact"]
 
 
-def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, backend,
-                progress, timings, comm: Comm, dim: int, num_rows: int, positions: np.ndarray,
-                pilot_source, sketch_size: int | None, seed: int, pilot_rows: int, auto: bool, details: dict):
+def sketch_side(
+    src: RowSource,
+    dev,
+    energy,
+    chunk_rows,
+    *,
+    standardize,
+    backend,
+    progress,
+    timings,
+    comm: Comm,
+    dim: int,
+    num_rows: int,
+    positions: np.ndarray,
+    pilot_source,
+    sketch_size: int | None,
+    seed: int,
+    pilot_rows: int,
+    auto: bool,
+    details: dict,
+):
     """Scores of this rank's rows from one pass, as scoring's sides return them. With `auto`,
     None (and why, in details) when the pilot predicts that the exact engine costs less than
     twice the sketch. positions: the index of each of this rank's rows among all rows;
@@ -300,9 +364,15 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, backend
 
     def plan():
         pilot = pilot_source().take(sample_rows(num_rows, pilot_rows, seed))
-        return plan_test_matrix(pilot, energy=energy, standardize=standardize, sketch_size=sketch_size,
-                                max_size=min(dim, num_rows), seed=seed,
-                                every_row=num_rows <= pilot_rows)
+        return plan_test_matrix(
+            pilot,
+            energy=energy,
+            standardize=standardize,
+            sketch_size=sketch_size,
+            max_size=min(dim, num_rows),
+            seed=seed,
+            every_row=num_rows <= pilot_rows,
+        )
 
     omega, shift, planned = comm.broadcast_object(comm.together(plan, main_only=True)) if comm.active else plan()
     timings["pilot"] = time.perf_counter() - t0
@@ -332,7 +402,7 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, backend
                 held.append(chunk[torch.from_numpy(mine)])
                 y, good = sketch.update(chunk.to(dev, non_blocking=True), backend)
                 if good is None:
-                    ys[start:start + len(y)] = y.cpu()
+                    ys[start : start + len(y)] = y.cpu()
                 else:
                     good = good.cpu()
                     left_out.extend(left_out_rows(good, start))
@@ -342,10 +412,20 @@ def sketch_side(src: RowSource, dev, energy, chunk_rows, *, standardize, backend
     comm.together(one_pass)
     timings["sketch_pass"] = time.perf_counter() - t0
     rows = torch.cat(held) if held else torch.zeros(0, dim)
-    y_chunks = ((lo, ys[lo:lo + chunk_rows]) for lo in range(0, src.num_rows, chunk_rows))
-    scores, found = finish(sketch, comm, energy=energy, standardize=standardize,
-                           held=(rows, ys[torch.from_numpy(holdout)]), y_chunks=y_chunks,
-                           num_local=src.num_rows, dev=dev, backend=backend, timings=timings, details=details)
+    y_chunks = ((lo, ys[lo : lo + chunk_rows]) for lo in range(0, src.num_rows, chunk_rows))
+    scores, found = finish(
+        sketch,
+        comm,
+        energy=energy,
+        standardize=standardize,
+        held=(rows, ys[torch.from_numpy(holdout)]),
+        y_chunks=y_chunks,
+        num_local=src.num_rows,
+        dev=dev,
+        backend=backend,
+        timings=timings,
+        details=details,
+    )
     return EngineResult(scores, found.total, found.values, "sketch", left_out, found.value_scale)
 
 
@@ -359,14 +439,17 @@ def y_rows_buffer(rows: int, width: int) -> torch.Tensor:
         try:  # the space taken now: a sparse file that runs out of room mid-pass ends in SIGBUS
             os.posix_fallocate(f.fileno(), 0, rows * width * 4)
         except OSError as exc:
-            raise InputError(f"no room for the sketch's y rows ({rows * width * 4 / 2**30:.1f} GiB) in "
-                             f"{tempfile.gettempdir()}: {exc.strerror or exc}; point TMPDIR at a disk "
-                             "with room") from None
+            raise InputError(
+                f"no room for the sketch's y rows ({rows * width * 4 / 2**30:.1f} GiB) in "
+                f"{tempfile.gettempdir()}: {exc.strerror or exc}; point TMPDIR at a disk "
+                "with room"
+            ) from None
         return torch.from_numpy(np.memmap(f, dtype=np.float32, mode="r+", shape=(rows, width)))
 
 
-def finish(sketch: Sketch, comm: Comm, *, energy, standardize, held, y_chunks, num_local,
-           dev, backend, timings, details) -> tuple[np.ndarray, SketchSolution]:
+def finish(
+    sketch: Sketch, comm: Comm, *, energy, standardize, held, y_chunks, num_local, dev, backend, timings, details
+) -> tuple[np.ndarray, SketchSolution]:
     """After the pass: every rank's sums together, rank 0's solve for all, the holdout's error
     estimate (every rank's holdout), and this rank's scores from its y rows.
     held: (whole rows, their y rows) of this rank's holdout; y_chunks: (first row, y rows)."""
@@ -395,8 +478,9 @@ def finish(sketch: Sketch, comm: Comm, *, energy, standardize, held, y_chunks, n
     found = found.to(dev)
     scores = np.empty(num_local, dtype=np.float64)
     for lo, part in y_chunks:
-        scores[lo:lo + len(part)] = kernels.projected_sqnorm(part.to(dev), found.ymean, None, False, found.w,
-                                                             backend=backend).cpu().numpy()
+        scores[lo : lo + len(part)] = (
+            kernels.projected_sqnorm(part.to(dev), found.ymean, None, False, found.w, backend=backend).cpu().numpy()
+        )
     timings["score_pass"] = time.perf_counter() - t0
     return scores, found
 
@@ -405,8 +489,9 @@ class SketchSink:
     """Takes an extraction's parts in place of a store writer: each part is sketched and its y
     rows, its own sums and its holdout rows are committed together (`StoreWriter.add`)."""
 
-    def __init__(self, writer, omega: torch.Tensor, shift: torch.Tensor, scale: float, device,
-                 holdout_ids: set, backend: str = "auto"):
+    def __init__(
+        self, writer, omega: torch.Tensor, shift: torch.Tensor, scale: float, device, holdout_ids: set, backend: str = "auto"
+    ):
         self.writer, self.backend = writer, backend
         self.omega, self.shift, self.scale = omega.to(device), shift, scale
         self.dim = int(omega.shape[0])  # the width of the vectors it takes
@@ -423,8 +508,22 @@ class SketchSink:
         self.writer.add(y.cpu().numpy(), ids, skipped, sketch_store.part_sidecar(sums, vectors, held))
 
 
-def score_store(path: Path, plan: tuple, src: RowSource, shard_entries: list, dev, *, comm: Comm, energy,
-                standardize, sketch_size, backend, chunk_rows, timings, details):
+def score_store(
+    path: Path,
+    plan: tuple,
+    src: RowSource,
+    shard_entries: list,
+    dev,
+    *,
+    comm: Comm,
+    energy,
+    standardize,
+    sketch_size,
+    backend,
+    chunk_rows,
+    timings,
+    details,
+):
     """Scores of a sketch store's rows (this rank's shards: `src` and their manifest entries);
     plan: its `read_plan`."""
     t0 = time.perf_counter()
@@ -447,7 +546,17 @@ def score_store(path: Path, plan: tuple, src: RowSource, shard_entries: list, de
     sketch, info, held = comm.together(gather)
     details.update(info.get("plan", {}))
     timings["sketch_sums"] = time.perf_counter() - t0
-    scores, found = finish(sketch, comm, energy=energy, standardize=standardize,
-                           held=held, y_chunks=src.chunks(chunk_rows), num_local=src.num_rows, dev=dev,
-                           backend=backend, timings=timings, details=details)
+    scores, found = finish(
+        sketch,
+        comm,
+        energy=energy,
+        standardize=standardize,
+        held=held,
+        y_chunks=src.chunks(chunk_rows),
+        num_local=src.num_rows,
+        dev=dev,
+        backend=backend,
+        timings=timings,
+        details=details,
+    )
     return EngineResult(scores, found.total, found.values, "sketch", [], found.value_scale)

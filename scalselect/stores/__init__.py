@@ -20,10 +20,28 @@ import torch
 
 from ..errors import InputError
 from .rows import RowSource, check_ids, check_matrix, open_npy, open_npz, plain_id
-from .vector_store import (LOCK, MANIFEST, PART, PROGRESS, SKIPPED, STORE_FORMAT, STORE_VERSION, ReadFailure,
-                           StoreWriter, check_same_settings, damaged_parts, load_representations, lock_store,
-                           part_shards, read_manifest, read_sidecar, read_skipped, read_store, reopen_store,
-                           write_store)
+from .vector_store import (
+    LOCK,
+    MANIFEST,
+    PART,
+    PROGRESS,
+    SKIPPED,
+    STORE_FORMAT,
+    STORE_VERSION,
+    ReadFailure,
+    StoreWriter,
+    check_same_settings,
+    damaged_parts,
+    load_representations,
+    lock_store,
+    part_shards,
+    read_manifest,
+    read_sidecar,
+    read_skipped,
+    read_store,
+    reopen_store,
+    write_store,
+)
 
 
 class Sink(Protocol):
@@ -62,7 +80,29 @@ def open_rows(data, sample_ids: Sequence | None = None) -> RowSource:
     return src
 
 
-__all__ = ["LOCK", "MANIFEST", "PART", "PROGRESS", "SKIPPED", "STORE_FORMAT", "STORE_VERSION", "ReadFailure",
-           "RowSource", "Sink", "StoreWriter", "check_ids", "check_same_settings", "damaged_parts",
-           "load_representations", "lock_store", "open_rows", "part_shards", "read_manifest", "read_sidecar",
-           "read_skipped", "read_store", "reopen_store", "write_store"]
+__all__ = [
+    "LOCK",
+    "MANIFEST",
+    "PART",
+    "PROGRESS",
+    "SKIPPED",
+    "STORE_FORMAT",
+    "STORE_VERSION",
+    "ReadFailure",
+    "RowSource",
+    "Sink",
+    "StoreWriter",
+    "check_ids",
+    "check_same_settings",
+    "damaged_parts",
+    "load_representations",
+    "lock_store",
+    "open_rows",
+    "part_shards",
+    "read_manifest",
+    "read_sidecar",
+    "read_skipped",
+    "read_store",
+    "reopen_store",
+    "write_store",
+]

@@ -19,14 +19,15 @@ def check_size(path: Path, check: dict) -> None:
     except OSError as exc:
         raise unreadable(path, exc) from None
     if size != check["bytes"]:
-        raise InputError(f"{path}: {size} bytes, but the store recorded {check['bytes']} "
-                         "(truncated or replaced since it was written)")
+        raise InputError(
+            f"{path}: {size} bytes, but the store recorded {check['bytes']} (truncated or replaced since it was written)"
+        )
 
 
 def check_crc(path: Path, check: dict | None, crc: int) -> None:
     if check is not None and f"{crc:08x}" != check["crc32"]:
-        raise InputError(f"{path}: its bytes do not match the store's CRC-32 (corrupted or changed "
-                         "since it was written)")
+        raise InputError(f"{path}: its bytes do not match the store's CRC-32 (corrupted or changed since it was written)")
+
 
 class ReadFailure(InputError):
     """A store's file could not be read (EIO, EACCES, ...): it may be sound, so nothing is removed."""
@@ -38,6 +39,7 @@ def unreadable(path: Path, exc: OSError) -> InputError:
     kind = InputError if isinstance(exc, FileNotFoundError) else ReadFailure
     return kind(f"{path}: unreadable ({exc.strerror or exc})")
 
+
 def read_checked(path: Path, check: dict | None) -> bytes:
     """A small file's bytes, matching the store's record of it when there is one."""
     try:
@@ -46,8 +48,9 @@ def read_checked(path: Path, check: dict | None) -> bytes:
         raise unreadable(path, exc) from None
     if check is not None:
         if len(raw) != check["bytes"]:
-            raise InputError(f"{path}: {len(raw)} bytes, but the store recorded {check['bytes']} "
-                             "(truncated or replaced since it was written)")
+            raise InputError(
+                f"{path}: {len(raw)} bytes, but the store recorded {check['bytes']} (truncated or replaced since it was written)"
+            )
         check_crc(path, check, zlib.crc32(raw))
     return raw
 

@@ -40,7 +40,7 @@ class RowSource:
                 yield from block.chunks(start, chunk_rows)
             else:
                 for lo in range(0, int(block.shape[0]), chunk_rows):
-                    yield start + lo, as_tensor(block[lo:lo + chunk_rows])
+                    yield start + lo, as_tensor(block[lo : lo + chunk_rows])
             start += int(block.shape[0])
 
     def take(self, rows: Sequence[int]) -> torch.Tensor:

@@ -43,8 +43,7 @@ def claim(out: Path, resume: bool):
     """Check that `out` may receive a sketch store and lock it; the lock is held while the
     returned file stays open."""
     if (out / MANIFEST).exists() or (out / PROGRESS).exists():
-        raise InputError(f"{out}: holds a store of vectors; --no-store writes a sketch store: "
-                         "choose another output")
+        raise InputError(f"{out}: holds a store of vectors; --no-store writes a sketch store: choose another output")
     if out.exists() and any(out.iterdir()) and not resume:
         raise InputError(f"{out}: exists and is not empty; choose another output (or --resume)")
     out.mkdir(parents=True, exist_ok=True)
@@ -73,13 +72,24 @@ def read_plan(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
             omega, shift = torch.from_numpy(z["omega"]), torch.from_numpy(z["shift"])
     except Exception as exc:  # corrupt JSON and archives raise many kinds (BadZipFile, EOFError, ...)
         raise InputError(f"{path}: unreadable sketch plan ({first_line(exc)})") from None
-    if not isinstance(info, dict) or info.get("format") != SKETCH_FORMAT or omega.dim() != 2 \
-            or shift.shape != (omega.shape[0],) or omega.dtype != torch.float32 or shift.dtype != torch.float64:
+    if (
+        not isinstance(info, dict)
+        or info.get("format") != SKETCH_FORMAT
+        or omega.dim() != 2
+        or shift.shape != (omega.shape[0],)
+        or omega.dtype != torch.float32
+        or shift.dtype != torch.float64
+    ):
         raise InputError(f"{path}: not a {SKETCH_FORMAT} plan")
     plan = info.get("plan", {})
     scale = plan.get("value_scale", 1.0) if isinstance(plan, dict) else None
-    if not isinstance(info.get("settings", {}), dict) or isinstance(scale, bool) or not isinstance(scale, (int, float)) \
-            or not (0 < scale < math.inf) or not bool(torch.isfinite(omega).all() and torch.isfinite(shift).all()):
+    if (
+        not isinstance(info.get("settings", {}), dict)
+        or isinstance(scale, bool)
+        or not isinstance(scale, (int, float))
+        or not (0 < scale < math.inf)
+        or not bool(torch.isfinite(omega).all() and torch.isfinite(shift).all())
+    ):
         raise InputError(f"{path}/{SKETCH_INFO}: a corrupt plan (its summary or arrays are not what a sketch writes)")
     return omega, shift, info
 
@@ -99,8 +109,11 @@ def check_rows_plan(path: Path, omega: torch.Tensor, shift: torch.Tensor, sketch
 
 def part_sidecar(sums: dict, vectors: np.ndarray, held: np.ndarray) -> dict:
     """What a part's sidecar holds: its sums, and the vectors of its holdout rows `held`."""
-    return {**{name: sums[name] for name in SUMS},
-            "holdout": np.asarray(vectors, np.float32)[held], "holdout_index": np.asarray(held, np.int64)}
+    return {
+        **{name: sums[name] for name in SUMS},
+        "holdout": np.asarray(vectors, np.float32)[held],
+        "holdout_index": np.asarray(held, np.int64),
+    }
 
 
 def read_part(rows: Path, entry: dict) -> tuple[dict, np.ndarray, np.ndarray]:

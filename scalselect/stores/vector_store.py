@@ -54,8 +54,9 @@ def read_manifest(store: str | os.PathLike) -> dict:
     path = Path(store) / MANIFEST
     if not path.is_file():
         if (Path(store) / PROGRESS).is_file():
-            raise InputError(f"{store}: an unfinished extraction (no {MANIFEST} yet); "
-                             "finish it with `scalselect extract ... --resume`")
+            raise InputError(
+                f"{store}: an unfinished extraction (no {MANIFEST} yet); finish it with `scalselect extract ... --resume`"
+            )
         raise InputError(f"{store}: not a representation store (no {MANIFEST})")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -64,8 +65,10 @@ def read_manifest(store: str | os.PathLike) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
         raise InputError(f"{path}: not a {STORE_FORMAT} manifest")
     if manifest.get("version") not in _READS:
-        raise InputError(f"{path}: store version {manifest.get('version')!r} is not supported "
-                         f"(this scalselect reads versions {', '.join(map(str, _READS))})")
+        raise InputError(
+            f"{path}: store version {manifest.get('version')!r} is not supported "
+            f"(this scalselect reads versions {', '.join(map(str, _READS))})"
+        )
     return manifest
 
 
@@ -127,9 +130,17 @@ def _check_entry(store: Path, entry) -> None:
     check = entry.get("check")
     if check is None:
         return
-    if not isinstance(check, dict) or set(check) != set(names) or not all(
-            isinstance(c, dict) and isinstance(c.get("bytes"), int) and not isinstance(c.get("bytes"), bool)
-            and isinstance(c.get("crc32"), str) for c in check.values()):
+    if (
+        not isinstance(check, dict)
+        or set(check) != set(names)
+        or not all(
+            isinstance(c, dict)
+            and isinstance(c.get("bytes"), int)
+            and not isinstance(c.get("bytes"), bool)
+            and isinstance(c.get("crc32"), str)
+            for c in check.values()
+        )
+    ):
         raise bad
 
 
@@ -139,8 +150,7 @@ def _open_shard(store: Path, entry: dict, dim: int) -> tuple:
     vec_path = store / entry["vectors"]
     arr = NpyFile.open(vec_path, check.get(entry["vectors"]))
     if len(arr.shape) != 2 or arr.shape[1] != dim or arr.shape[0] != entry["rows"]:
-        raise InputError(f"{vec_path}: shape {arr.shape} does not match the manifest "
-                         f"({entry['rows']} rows of width {dim})")
+        raise InputError(f"{vec_path}: shape {arr.shape} does not match the manifest ({entry['rows']} rows of width {dim})")
     shard_ids = read_json_list(store / entry["ids"], check.get(entry["ids"]))
     if len(shard_ids) != arr.shape[0]:
         raise InputError(f"{store / entry['ids']}: expected a list of {arr.shape[0]} ids")
@@ -213,9 +223,17 @@ class StoreWriter:
     world size can be resumed with another.
     """
 
-    def __init__(self, store: str | os.PathLike, dim: int, dtype: str = "float16",
-                 meta: dict | None = None, *, settings: dict | None = None, resume: bool = False,
-                 comm=None):
+    def __init__(
+        self,
+        store: str | os.PathLike,
+        dim: int,
+        dtype: str = "float16",
+        meta: dict | None = None,
+        *,
+        settings: dict | None = None,
+        resume: bool = False,
+        comm=None,
+    ):
         if dtype not in _STORE_DTYPES:
             raise InputError(f"store dtype must be one of {_STORE_DTYPES}, not {dtype!r}")
         if dtype == "bfloat16":
@@ -252,8 +270,7 @@ class StoreWriter:
             raise InputError(f"{self.store}: a store already exists here")
         if progress.exists():
             if not resume:
-                raise InputError(f"{self.store}: holds an unfinished store; resume it (--resume) "
-                                 "or choose another output")
+                raise InputError(f"{self.store}: holds an unfinished store; resume it (--resume) or choose another output")
             try:
                 before = json.loads(progress.read_text(encoding="utf-8"))
             except (OSError, ValueError, RecursionError) as exc:
@@ -261,9 +278,11 @@ class StoreWriter:
             if not isinstance(before, dict):
                 raise InputError(f"{progress}: unreadable (not a JSON object)")
             if before.get("store_version") != STORE_VERSION:
-                raise InputError(f"{self.store}: an unfinished store of an older scalselect (store version "
-                                 f"{before.get('store_version', 1)}), which --resume cannot continue; "
-                                 "extract into a new folder")
+                raise InputError(
+                    f"{self.store}: an unfinished store of an older scalselect (store version "
+                    f"{before.get('store_version', 1)}), which --resume cannot continue; "
+                    "extract into a new folder"
+                )
             check_same_settings(self.store, before, self.settings)
         elif any(p.name != LOCK for p in self.store.iterdir()):
             raise InputError(f"{self.store}: exists and is not empty; choose another output")
@@ -302,13 +321,14 @@ class StoreWriter:
                 self._committed(entry, ids, skipped)
                 named.add(record.name.removesuffix(PART))
             else:
-                warnings.warn(f"{self.store}: part {record.name.removesuffix(PART)} is corrupt ({problem}); "
-                              "its samples are done again", RuntimeWarning)
+                warnings.warn(
+                    f"{self.store}: part {record.name.removesuffix(PART)} is corrupt ({problem}); its samples are done again",
+                    RuntimeWarning,
+                )
                 record.unlink()
         if verify:
             for path in [*self.store.glob("shard-*"), *self.store.glob(".*.tmp")]:
-                if path.name.endswith(".tmp") or (path.name.endswith(_PART_FILES)
-                                                  and _part_name(path.name) not in named):
+                if path.name.endswith(".tmp") or (path.name.endswith(_PART_FILES) and _part_name(path.name) not in named):
                     path.unlink()
 
     def _name(self) -> str:
@@ -322,8 +342,9 @@ class StoreWriter:
         self._skips.extend(skipped)
         for sample_id in [*ids, *(skip["sample_id"] for skip in skipped)]:
             if sample_id in self.done_ids:
-                raise InputError(f"{self.store}: sample {sample_id!r} is in two parts (was the store "
-                                 "written by two jobs at once?)")
+                raise InputError(
+                    f"{self.store}: sample {sample_id!r} is in two parts (was the store written by two jobs at once?)"
+                )
             self.done_ids.add(sample_id)
         for skip in skipped:
             self.skip_counts[skip["reason"]] = self.skip_counts.get(skip["reason"], 0) + 1
@@ -334,18 +355,17 @@ class StoreWriter:
         `read_sidecar`."""
         arr = np.asarray(vectors.cpu() if isinstance(vectors, torch.Tensor) else vectors)
         if arr.ndim != 2 or arr.shape[1] != self.dim or arr.shape[0] != len(ids):
-            raise InputError(f"shard of shape {arr.shape} with {len(ids)} ids does not fit a "
-                             f"store of width {self.dim}")
+            raise InputError(f"shard of shape {arr.shape} with {len(ids)} ids does not fit a store of width {self.dim}")
         stored = arr.astype(self.dtype, copy=False)
         if not np.isfinite(stored).all():
             bad = int(np.nonzero(~np.isfinite(stored).all(axis=1))[0][0])
-            raise InputError(f"vector of sample {ids[bad]!r} is not finite as {self.dtype} "
-                             f"(NaN, inf, or beyond the type's range)")
+            raise InputError(
+                f"vector of sample {ids[bad]!r} is not finite as {self.dtype} (NaN, inf, or beyond the type's range)"
+            )
         ids = [plain_id(i) for i in ids]
         skipped = [{**s, "sample_id": plain_id(s["sample_id"])} for s in skipped]
         name = self._name()
-        entry = {"vectors": f"{name}.npy", "ids": f"{name}.ids.json", "skipped": f"{name}.skipped.jsonl",
-                 "rows": len(ids)}
+        entry = {"vectors": f"{name}.npy", "ids": f"{name}.ids.json", "skipped": f"{name}.skipped.jsonl", "rows": len(ids)}
         check = {}
         with atomic_open(self.store / entry["vectors"], "wb") as f:
             np.save(f, np.ascontiguousarray(stored), allow_pickle=False)
@@ -376,19 +396,26 @@ class StoreWriter:
     def _write_manifest(self, meta: dict | None, expected: int | None) -> None:
         self._scan(verify=False)  # every rank's parts, as committed (sizes and ids checked)
         if expected is not None and len(self.done_ids) != expected:
-            raise InputError(f"{self.store}: the parts account for {len(self.done_ids)} of "
-                             f"{expected} samples; rerun with --resume")
+            raise InputError(
+                f"{self.store}: the parts account for {len(self.done_ids)} of {expected} samples; rerun with --resume"
+            )
         skipped = self._skips  # read by the scan just now
         write_jsonl(self.store / SKIPPED, skipped)
         rows = sum(s["rows"] for s in self.shards)
         if rows == 0:
             reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.skip_counts.items()))
-            raise InputError(f"{self.store}: no sample could be used ({reasons or 'no samples'}); "
-                             f"see {self.store / SKIPPED}")
-        manifest = {"format": STORE_FORMAT, "version": STORE_VERSION, "dim": self.dim,
-                    "dtype": self.dtype, "num_rows": rows,
-                    "num_skipped": len(skipped), "skipped_by_reason": dict(sorted(self.skip_counts.items())),
-                    "shards": self.shards, "meta": {**self.meta, **(meta or {})}}
+            raise InputError(f"{self.store}: no sample could be used ({reasons or 'no samples'}); see {self.store / SKIPPED}")
+        manifest = {
+            "format": STORE_FORMAT,
+            "version": STORE_VERSION,
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "num_rows": rows,
+            "num_skipped": len(skipped),
+            "skipped_by_reason": dict(sorted(self.skip_counts.items())),
+            "shards": self.shards,
+            "meta": {**self.meta, **(meta or {})},
+        }
         write_json(self.store / MANIFEST, manifest)
         (self.store / PROGRESS).unlink()
         self._unlock()
@@ -446,11 +473,14 @@ def lock_store(path: Path):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
-        raise InputError(f"{path.parent}: another process is writing this store (or, on NFS, "
-                         "one that died less than a lease ago)") from None
+        raise InputError(
+            f"{path.parent}: another process is writing this store (or, on NFS, one that died less than a lease ago)"
+        ) from None
     except OSError as exc:
-        warnings.warn(f"{path.parent}: cannot lock the store on this file system ({exc.strerror}); "
-                      "make sure no other job writes it", RuntimeWarning)
+        warnings.warn(
+            f"{path.parent}: cannot lock the store on this file system ({exc.strerror}); make sure no other job writes it",
+            RuntimeWarning,
+        )
     return f
 
 
@@ -495,12 +525,19 @@ def load_representations(store: str | os.PathLike) -> tuple[list, np.ndarray]:
     return source.ids, np.concatenate(rows) if rows else np.zeros((0, source.dim), np.float32)
 
 
-def write_store(store: str | os.PathLike, vectors, ids: Sequence | None = None, *,
-                dtype: str = "float16", shard_rows: int = 65536, meta: dict | None = None) -> Path:
+def write_store(
+    store: str | os.PathLike,
+    vectors,
+    ids: Sequence | None = None,
+    *,
+    dtype: str = "float16",
+    shard_rows: int = 65536,
+    meta: dict | None = None,
+) -> Path:
     """Write an in-memory matrix as a store (used by tests, the demo and benchmarks)."""
     arr = vectors.cpu().numpy() if isinstance(vectors, torch.Tensor) else np.asarray(vectors)
     ids = list(range(arr.shape[0])) if ids is None else list(ids)
     writer = StoreWriter(store, arr.shape[1], dtype, meta)
     for lo in range(0, arr.shape[0], shard_rows):
-        writer.add(arr[lo:lo + shard_rows], ids[lo:lo + shard_rows])
+        writer.add(arr[lo : lo + shard_rows], ids[lo : lo + shard_rows])
     return writer.close()

@@ -34,6 +34,7 @@ def ask(image):
 
 # ------------------------------------------------------------------------ one sample of a pool
 
+
 @dataclass
 class SampleCase:
     name: str
@@ -43,8 +44,10 @@ class SampleCase:
 
 def _png_claiming(width: int, height: int) -> bytes:
     """A PNG header that claims a huge image: what a decompression bomb looks like to a reader."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
@@ -90,38 +93,55 @@ SAMPLE_CASES = [
     SampleCase("absolute image path", ask("/etc/hostname"), "image outside --image-root"),
     SampleCase("NUL byte in the image path", ask("a\u0000b.png"), "bad record"),
     SampleCase("image list holding a number", ask(["ok.png", 7]), "bad record"),
-    SampleCase("no user turn", {"image": "ok.png", "conversations": [{"from": "gpt", "value": "A cat."}]},
-               "bad record"),
-    SampleCase("no assistant turn", {"image": "ok.png", "conversations": turn("<image>\nWhat?")[:1]},
-               "bad record"),
+    SampleCase("no user turn", {"image": "ok.png", "conversations": [{"from": "gpt", "value": "A cat."}]}, "bad record"),
+    SampleCase("no assistant turn", {"image": "ok.png", "conversations": turn("<image>\nWhat?")[:1]}, "bad record"),
     SampleCase("empty turn", {"image": "ok.png", "conversations": turn("<image>", "  ")}, "bad record"),
-    SampleCase("non-string content", {"image": "ok.png", "conversations": turn("<image>\nWhat?", 42)},
-               "bad record"),
-    SampleCase("unknown role", {"image": "ok.png", "conversations": [{"from": "robot", "value": "hi"}]
-                                + turn("<image>\nWhat?")}, "bad record"),
-    SampleCase("more <image> tags than images",
-               {"image": "ok.png", "conversations": turn("<image> and <image>?")}, "bad record"),
-    SampleCase("fewer <image> tags than images",
-               {"image": ["ok.png", "ok.png"], "conversations": turn("<image> only one tag")}, "bad record"),
-    SampleCase("vision tokens beyond --max-length (image after a 3,000-token turn)",
-               {"image": "ok.png", "conversations": turn("cat " * 3000) + turn("<image>\nAnd this?")},
-               "vision tokens cut by --max-length"),
-    SampleCase("text beyond --max-length after the image (truncated)",
-               {"image": "ok.png", "conversations": turn("<image>\nWhat?", "dog " * 3000)}, "kept"),
+    SampleCase("non-string content", {"image": "ok.png", "conversations": turn("<image>\nWhat?", 42)}, "bad record"),
+    SampleCase(
+        "unknown role",
+        {"image": "ok.png", "conversations": [{"from": "robot", "value": "hi"}] + turn("<image>\nWhat?")},
+        "bad record",
+    ),
+    SampleCase("more <image> tags than images", {"image": "ok.png", "conversations": turn("<image> and <image>?")}, "bad record"),
+    SampleCase(
+        "fewer <image> tags than images",
+        {"image": ["ok.png", "ok.png"], "conversations": turn("<image> only one tag")},
+        "bad record",
+    ),
+    SampleCase(
+        "vision tokens beyond --max-length (image after a 3,000-token turn)",
+        {"image": "ok.png", "conversations": turn("cat " * 3000) + turn("<image>\nAnd this?")},
+        "vision tokens cut by --max-length",
+    ),
+    SampleCase(
+        "text beyond --max-length after the image (truncated)",
+        {"image": "ok.png", "conversations": turn("<image>\nWhat?", "dog " * 3000)},
+        "kept",
+    ),
     SampleCase("image path naming a FIFO (a read that would never end)", ask("fifo.png"), "unreadable image"),
     SampleCase("image path naming a directory", ask("folder.png"), "unreadable image"),
-    SampleCase("a reply before any user turn", {"image": "ok.png", "conversations": [
-        {"from": "gpt", "value": "Hello, I describe images."}] + turn("<image>\nWhat?")}, "bad record"),
-    SampleCase("text with a lone surrogate (legal in JSON, not in UTF-8)",
-               {"image": "ok.png", "conversations": turn("<image>\nWhat is \ud800?")}, "bad record"),
-    SampleCase("two images, multi-turn", {"image": ["ok.png", "palette.png"],
-                                           "conversations": turn("<image><image>Same?") + turn("Sure?")}, "kept"),
+    SampleCase(
+        "a reply before any user turn",
+        {"image": "ok.png", "conversations": [{"from": "gpt", "value": "Hello, I describe images."}] + turn("<image>\nWhat?")},
+        "bad record",
+    ),
+    SampleCase(
+        "text with a lone surrogate (legal in JSON, not in UTF-8)",
+        {"image": "ok.png", "conversations": turn("<image>\nWhat is \ud800?")},
+        "bad record",
+    ),
+    SampleCase(
+        "two images, multi-turn",
+        {"image": ["ok.png", "palette.png"], "conversations": turn("<image><image>Same?") + turn("Sure?")},
+        "kept",
+    ),
 ]
 
 
 @dataclass
 class EmbeddedCase:
     """One sample of a Parquet pool whose `image` column is the `datasets` Image struct."""
+
     name: str
     image: Callable  # images folder -> the {"bytes", "path"} value (or None)
     outcome: str
@@ -129,21 +149,27 @@ class EmbeddedCase:
 
 
 EMBEDDED_CASES = [
-    EmbeddedCase("embedded bytes that are not an image", lambda root: {"bytes": b"GIF89a, no", "path": "x.gif"},
-                 "unreadable image"),
-    EmbeddedCase("embedded truncated PNG",
-                 lambda root: {"bytes": (root / "truncated.png").read_bytes(), "path": None}, "unreadable image"),
-    EmbeddedCase("embedded image struct with neither bytes nor path",
-                 lambda root: {"bytes": None, "path": None}, "bad record"),
-    EmbeddedCase("embedded image without a path", lambda root: {"bytes": (root / "ok.png").read_bytes(), "path": None},
-                 "kept"),
-    EmbeddedCase("image struct with a path only (read under --image-root)",
-                 lambda root: {"bytes": None, "path": "ok.png"}, "kept"),
-    EmbeddedCase("image struct with a path only, file missing", lambda root: {"bytes": None, "path": "absent.png"},
-                 "unreadable image"),
+    EmbeddedCase(
+        "embedded bytes that are not an image", lambda root: {"bytes": b"GIF89a, no", "path": "x.gif"}, "unreadable image"
+    ),
+    EmbeddedCase(
+        "embedded truncated PNG", lambda root: {"bytes": (root / "truncated.png").read_bytes(), "path": None}, "unreadable image"
+    ),
+    EmbeddedCase("embedded image struct with neither bytes nor path", lambda root: {"bytes": None, "path": None}, "bad record"),
+    EmbeddedCase("embedded image without a path", lambda root: {"bytes": (root / "ok.png").read_bytes(), "path": None}, "kept"),
+    EmbeddedCase(
+        "image struct with a path only (read under --image-root)", lambda root: {"bytes": None, "path": "ok.png"}, "kept"
+    ),
+    EmbeddedCase(
+        "image struct with a path only, file missing", lambda root: {"bytes": None, "path": "absent.png"}, "unreadable image"
+    ),
     EmbeddedCase("null image cell, the turn has an <image> tag", lambda root: None, "bad record"),
-    EmbeddedCase("null conversations cell", lambda root: {"bytes": (root / "ok.png").read_bytes(), "path": None},
-                 "bad record", null_turns=True),
+    EmbeddedCase(
+        "null conversations cell",
+        lambda root: {"bytes": (root / "ok.png").read_bytes(), "path": None},
+        "bad record",
+        null_turns=True,
+    ),
 ]
 
 
@@ -176,8 +202,9 @@ def corpus_store(demo, tmp_path_factory):
     records += [{"id": f"good-{i}", **ask("ok.png")} for i in range(6)]
     pool = tmp / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in records))
-    extract_store(demo["model"], pool, root, tmp / "store",
-                  ExtractOptions(workers=0, progress=False, max_length=2048, device="cpu"))
+    extract_store(
+        demo["model"], pool, root, tmp / "store", ExtractOptions(workers=0, progress=False, max_length=2048, device="cpu")
+    )
     return tmp / "store"
 
 
@@ -192,14 +219,17 @@ def embedded_store(demo, tmp_path_factory):
     tmp, root = _case_folder(tmp_path_factory, "embedded")
     good = EmbeddedCase("good", lambda root: {"bytes": (root / "ok.png").read_bytes(), "path": "ok.png"}, "kept")
     cases = EMBEDDED_CASES + [good] * 3
-    table = pa.table({
-        "id": [f"case-{i}" for i in range(len(cases))],
-        "image": pa.array([c.image(root) for c in cases], pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-        "conversations": [None if c.null_turns else turn("<image>\nWhat is it?") for c in cases],
-    })
+    table = pa.table(
+        {
+            "id": [f"case-{i}" for i in range(len(cases))],
+            "image": pa.array([c.image(root) for c in cases], pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+            "conversations": [None if c.null_turns else turn("<image>\nWhat is it?") for c in cases],
+        }
+    )
     pq.write_table(table, tmp / "pool.parquet", row_group_size=4)
-    extract_store(demo["model"], tmp / "pool.parquet", root, tmp / "store",
-                  ExtractOptions(workers=0, progress=False, device="cpu"))
+    extract_store(
+        demo["model"], tmp / "pool.parquet", root, tmp / "store", ExtractOptions(workers=0, progress=False, device="cpu")
+    )
     return tmp / "store"
 
 
@@ -234,11 +264,12 @@ def test_every_good_sample_is_still_extracted(corpus_store):
 
 # ------------------------------------------------------------------------ a whole input
 
+
 @dataclass
 class InputCase:
     name: str
     setup: Callable  # (tmp, demo) -> argv of the scalselect command
-    message: str     # what the one line on stderr must say
+    message: str  # what the one line on stderr must say
 
 
 def _pool(tmp: Path, text: str, name="pool.json") -> Path:
@@ -268,8 +299,13 @@ def _select(tmp: Path, budget: str, n=40) -> list:
 
 
 def _extract(tmp: Path, demo, **change) -> list:
-    args = {"--model": demo["model"], "--data": demo["pool"], "--image-root": demo["images"],
-            "--out": tmp / "out-store", **change}
+    args = {
+        "--model": demo["model"],
+        "--data": demo["pool"],
+        "--image-root": demo["images"],
+        "--out": tmp / "out-store",
+        **change,
+    }
     return ["extract", *[x for kv in args.items() for x in kv], "--quiet", "--workers", "0"]
 
 
@@ -302,108 +338,203 @@ def _other_pool_scores(tmp: Path) -> list:
 
 
 INPUT_CASES = [
-    InputCase("malformed JSON pool", lambda t, d: _select_pool(t, '[{"id": 1,\n  "image": }]'),
-              "malformed JSON at line 2 column"),
-    InputCase("JSONL pool with one bad line",
-              lambda t, d: _select_pool(t, json.dumps({"id": 0, **ask("a")}) + "\n{oops\n", "pool.jsonl"),
-              "malformed JSONL at line 2 column 2"),
+    InputCase(
+        "malformed JSON pool", lambda t, d: _select_pool(t, '[{"id": 1,\n  "image": }]'), "malformed JSON at line 2 column"
+    ),
+    InputCase(
+        "JSONL pool with one bad line",
+        lambda t, d: _select_pool(t, json.dumps({"id": 0, **ask("a")}) + "\n{oops\n", "pool.jsonl"),
+        "malformed JSONL at line 2 column 2",
+    ),
     InputCase("empty pool file", lambda t, d: _select_pool(t, ""), "file is empty"),
-    InputCase("unknown record layout", lambda t, d: _select_pool(t, '[{"id": 1, "text": "hi"}]'),
-              "unknown layout"),
-    InputCase("duplicate sample ids in the pool",
-              lambda t, d: _select_pool(t, json.dumps([{"id": 1, **ask("a")}, {"id": 1, **ask("b")}])),
-              "duplicated sample id(s): 1 at records 0, 1"),
-    InputCase("Parquet pool without a conversations or messages column",
-              lambda t, d: _parquet(t, id=["a"], text=["hi"]), "neither 'conversations' (LLaVA) nor 'messages'"),
-    InputCase("Parquet pool whose conversations are JSON text",
-              lambda t, d: _parquet(t, id=["a"], conversations=["[]"]), "column 'conversations' is string"),
-    InputCase("Parquet pool with float ids", lambda t, d: _parquet(t, id=[1.5], conversations=[turn("q")]),
-              "column 'id' is double; ids must be strings or integers"),
-    InputCase("Parquet pool with a null id", lambda t, d: _parquet(t, id=["a", None], conversations=[turn("q")] * 2),
-              "record 1 has a null 'id'"),
-    InputCase("Parquet pool whose image column holds numbers",
-              lambda t, d: _parquet(t, id=["a"], conversations=[turn("q")], image=[3]), "column 'image' is int64"),
-    InputCase("a file named .parquet that is not Parquet",
-              lambda t, d: _select_pool(t, "[]", "pool.parquet"), "pool.parquet: cannot read"),
-    InputCase("a save_to_disk DatasetDict instead of one split", lambda t, d: _dataset_dict(t),
-              "is a DatasetDict (splits: train); pass one split's folder"),
-    InputCase("a Parquet pool's subset named .json", lambda t, d: _parquet_subset_as_json(t),
-              "the subset of a Parquet pool is Parquet"),
+    InputCase("unknown record layout", lambda t, d: _select_pool(t, '[{"id": 1, "text": "hi"}]'), "unknown layout"),
+    InputCase(
+        "duplicate sample ids in the pool",
+        lambda t, d: _select_pool(t, json.dumps([{"id": 1, **ask("a")}, {"id": 1, **ask("b")}])),
+        "duplicated sample id(s): 1 at records 0, 1",
+    ),
+    InputCase(
+        "Parquet pool without a conversations or messages column",
+        lambda t, d: _parquet(t, id=["a"], text=["hi"]),
+        "neither 'conversations' (LLaVA) nor 'messages'",
+    ),
+    InputCase(
+        "Parquet pool whose conversations are JSON text",
+        lambda t, d: _parquet(t, id=["a"], conversations=["[]"]),
+        "column 'conversations' is string",
+    ),
+    InputCase(
+        "Parquet pool with float ids",
+        lambda t, d: _parquet(t, id=[1.5], conversations=[turn("q")]),
+        "column 'id' is double; ids must be strings or integers",
+    ),
+    InputCase(
+        "Parquet pool with a null id",
+        lambda t, d: _parquet(t, id=["a", None], conversations=[turn("q")] * 2),
+        "record 1 has a null 'id'",
+    ),
+    InputCase(
+        "Parquet pool whose image column holds numbers",
+        lambda t, d: _parquet(t, id=["a"], conversations=[turn("q")], image=[3]),
+        "column 'image' is int64",
+    ),
+    InputCase(
+        "a file named .parquet that is not Parquet",
+        lambda t, d: _select_pool(t, "[]", "pool.parquet"),
+        "pool.parquet: cannot read",
+    ),
+    InputCase(
+        "a save_to_disk DatasetDict instead of one split",
+        lambda t, d: _dataset_dict(t),
+        "is a DatasetDict (splits: train); pass one split's folder",
+    ),
+    InputCase(
+        "a Parquet pool's subset named .json", lambda t, d: _parquet_subset_as_json(t), "the subset of a Parquet pool is Parquet"
+    ),
     InputCase("store shard with the wrong width", lambda t, d: _wrong_width(t), "does not match the manifest"),
-    InputCase("truncated store shard", lambda t, d: _truncated_shard(t),
-              "shard-00000.npy: 200 bytes, but the store recorded"),
-    InputCase("a store shard changed since it was written (one bit)", lambda t, d: _changed_shard(t),
-              "shard-00001.npy: its bytes do not match the store's CRC-32"),
-    InputCase("scores file for another pool", lambda t, d: _other_pool_scores(t),
-              "is the scores file for another pool?"),
+    InputCase("truncated store shard", lambda t, d: _truncated_shard(t), "shard-00000.npy: 200 bytes, but the store recorded"),
+    InputCase(
+        "a store shard changed since it was written (one bit)",
+        lambda t, d: _changed_shard(t),
+        "shard-00001.npy: its bytes do not match the store's CRC-32",
+    ),
+    InputCase("scores file for another pool", lambda t, d: _other_pool_scores(t), "is the scores file for another pool?"),
     InputCase("budget 0", lambda t, d: _select(t, "0"), "must be at least 1"),
     InputCase("negative budget", lambda t, d: _select(t, "-5"), "must be at least 1"),
     InputCase("budget over N", lambda t, d: _select(t, "41"), "exceeds the 40 scored samples"),
     InputCase("budget 0%", lambda t, d: _select(t, "0%"), "a percentage must be in (0%, 100%]"),
     InputCase("budget 120%", lambda t, d: _select(t, "120%"), "a percentage must be in (0%, 100%]"),
     InputCase("malformed budget", lambda t, d: _select(t, "16 percent"), "expected a count like 100000"),
-    InputCase("checkpoint folder without config.json", lambda t, d: _extract(t, d, **{"--model": _empty_dir(t)}),
-              "not a checkpoint directory"),
-    InputCase("image root that does not exist", lambda t, d: _extract(t, d, **{"--image-root": t / "nope"}),
-              "no such directory"),
-    InputCase("resuming a store made with another model or settings",
-              lambda t, d: _resume_other(t, d), "made with other settings"),
-    InputCase("sketch size 0", lambda t, d: ["score", _store(t), "--out", t / "s.jsonl", "--method", "sketch",
-                                             "--sketch-size", "0"], "--sketch-size must be at least 1"),
-    InputCase("a pilot of one row", lambda t, d: ["score", _store(t), "--out", t / "s.jsonl", "--method", "sketch",
-                                                  "--pilot-rows", "1"], "--pilot-rows must be at least 2"),
-    InputCase("run --no-store with --method exact",
-              lambda t, d: _run_no_store(t, d, "--method", "exact"), "--no-store keeps no vectors"),
-    InputCase("select --method cluster without --store", lambda t, d: _select(t, "5") + ["--method", "cluster"],
-              "needs the vectors: pass --store"),
-    InputCase("a share table that is not a table of numbers",
-              lambda t, d: _select(t, "5") + ["--stratify-by", "image-folder", "--shares", _file(t, '["coco"]')],
-              "expected a JSON object of source -> share >= 0"),
-    InputCase("a share table naming no source with samples",
-              lambda t, d: _select(t, "5") + ["--stratify-by", "image-folder", "--shares", _file(t, '{"nope": 1}')],
-              "fewer than the budget"),
-    InputCase("compare with an unknown method",
-              lambda t, d: ["compare", "--store", _store(t), "--scores", _scores(t), "--data", t / "x.json",
-                            "--budget", "5", "--methods", "scalselect,best"], "not 'best'"),
-    InputCase("the exact engine on a sketch store (from run --no-store)",
-              lambda t, d: ["score", _sketch_store(t, d), "--out", t / "s.jsonl", "--method", "exact"],
-              "holds a sketch (run --no-store), not the vectors"),
-    InputCase("an id of 5,000 digits in a pool", lambda t, d: _select_pool(t, '[{"id": ' + "1" * 5000 + ', "x": 1}]'),
-              "Exceeds the limit (4300 digits)"),
-    InputCase("an importance of 5,000 digits", lambda t, d: _scores_line(t, '{"sample_id": "s0", "importance": '
-                                                                          + "1" * 5000 + "}"), "line 1: expected"),
-    InputCase("an importance too large for a float", lambda t, d: _scores_line(
-        t, '{"sample_id": "s0", "importance": ' + "9" * 400 + "}"), "is too large"),
-    InputCase("a share of 5,000 digits", lambda t, d: _select(t, "5") + [
-        "--stratify-by", "image-folder", "--shares", _file(t, '{"coco": ' + "1" * 5000 + "}")], "not a readable JSON"),
-    InputCase("a share too large for a float", lambda t, d: _select(t, "5") + [
-        "--stratify-by", "image-folder", "--shares", _file(t, '{"coco": ' + "9" * 400 + "}")], "out of range"),
-    InputCase("an infinite share", lambda t, d: _select(t, "5") + [
-        "--stratify-by", "image-folder", "--shares", _file(t, '{"coco": Infinity}')], "share >= 0"),
-    InputCase("a negative seed", lambda t, d: _select(t, "5") + ["--method", "random", "--seed", "-1"],
-              "--seed must be at least 0"),
-    InputCase("a seed beyond 2^63", lambda t, d: _select(t, "5") + ["--method", "random", "--seed", str(2 ** 64)],
-              "--seed must be at most"),
+    InputCase(
+        "checkpoint folder without config.json",
+        lambda t, d: _extract(t, d, **{"--model": _empty_dir(t)}),
+        "not a checkpoint directory",
+    ),
+    InputCase("image root that does not exist", lambda t, d: _extract(t, d, **{"--image-root": t / "nope"}), "no such directory"),
+    InputCase(
+        "resuming a store made with another model or settings", lambda t, d: _resume_other(t, d), "made with other settings"
+    ),
+    InputCase(
+        "sketch size 0",
+        lambda t, d: ["score", _store(t), "--out", t / "s.jsonl", "--method", "sketch", "--sketch-size", "0"],
+        "--sketch-size must be at least 1",
+    ),
+    InputCase(
+        "a pilot of one row",
+        lambda t, d: ["score", _store(t), "--out", t / "s.jsonl", "--method", "sketch", "--pilot-rows", "1"],
+        "--pilot-rows must be at least 2",
+    ),
+    InputCase(
+        "run --no-store with --method exact", lambda t, d: _run_no_store(t, d, "--method", "exact"), "--no-store keeps no vectors"
+    ),
+    InputCase(
+        "select --method cluster without --store",
+        lambda t, d: _select(t, "5") + ["--method", "cluster"],
+        "needs the vectors: pass --store",
+    ),
+    InputCase(
+        "a share table that is not a table of numbers",
+        lambda t, d: _select(t, "5") + ["--stratify-by", "image-folder", "--shares", _file(t, '["coco"]')],
+        "expected a JSON object of source -> share >= 0",
+    ),
+    InputCase(
+        "a share table naming no source with samples",
+        lambda t, d: _select(t, "5") + ["--stratify-by", "image-folder", "--shares", _file(t, '{"nope": 1}')],
+        "fewer than the budget",
+    ),
+    InputCase(
+        "compare with an unknown method",
+        lambda t, d: [
+            "compare",
+            "--store",
+            _store(t),
+            "--scores",
+            _scores(t),
+            "--data",
+            t / "x.json",
+            "--budget",
+            "5",
+            "--methods",
+            "scalselect,best",
+        ],
+        "not 'best'",
+    ),
+    InputCase(
+        "the exact engine on a sketch store (from run --no-store)",
+        lambda t, d: ["score", _sketch_store(t, d), "--out", t / "s.jsonl", "--method", "exact"],
+        "holds a sketch (run --no-store), not the vectors",
+    ),
+    InputCase(
+        "an id of 5,000 digits in a pool",
+        lambda t, d: _select_pool(t, '[{"id": ' + "1" * 5000 + ', "x": 1}]'),
+        "Exceeds the limit (4300 digits)",
+    ),
+    InputCase(
+        "an importance of 5,000 digits",
+        lambda t, d: _scores_line(t, '{"sample_id": "s0", "importance": ' + "1" * 5000 + "}"),
+        "line 1: expected",
+    ),
+    InputCase(
+        "an importance too large for a float",
+        lambda t, d: _scores_line(t, '{"sample_id": "s0", "importance": ' + "9" * 400 + "}"),
+        "is too large",
+    ),
+    InputCase(
+        "a share of 5,000 digits",
+        lambda t, d: _select(t, "5") + ["--stratify-by", "image-folder", "--shares", _file(t, '{"coco": ' + "1" * 5000 + "}")],
+        "not a readable JSON",
+    ),
+    InputCase(
+        "a share too large for a float",
+        lambda t, d: _select(t, "5") + ["--stratify-by", "image-folder", "--shares", _file(t, '{"coco": ' + "9" * 400 + "}")],
+        "out of range",
+    ),
+    InputCase(
+        "an infinite share",
+        lambda t, d: _select(t, "5") + ["--stratify-by", "image-folder", "--shares", _file(t, '{"coco": Infinity}')],
+        "share >= 0",
+    ),
+    InputCase(
+        "a negative seed", lambda t, d: _select(t, "5") + ["--method", "random", "--seed", "-1"], "--seed must be at least 0"
+    ),
+    InputCase(
+        "a seed beyond 2^63",
+        lambda t, d: _select(t, "5") + ["--method", "random", "--seed", str(2**64)],
+        "--seed must be at most",
+    ),
     InputCase("compare --energy nan", lambda t, d: _compare(t, "--energy", "nan"), "--energy must be in (0, 1]"),
     InputCase("compare --energy 0", lambda t, d: _compare(t, "--energy", "0"), "--energy must be in (0, 1]"),
     InputCase("compare --energy 1.5", lambda t, d: _compare(t, "--energy", "1.5"), "--energy must be in (0, 1]"),
-    InputCase("compare with the store of another pool", lambda t, d: _compare(t, other_store=True),
-              "have no vector in the store"),
+    InputCase(
+        "compare with the store of another pool", lambda t, d: _compare(t, other_store=True), "have no vector in the store"
+    ),
     InputCase("score --out .", lambda t, d: ["score", _store(t), "--out", "."], "names a directory"),
     InputCase("score --out /", lambda t, d: ["score", _store(t), "--out", "/"], "names a directory"),
-    InputCase("an output under a regular file", lambda t, d: ["score", _store(t), "--out", _file(t, "x") / "s.jsonl"],
-              "cannot write"),
-    InputCase("an output FIFO that nobody reads", lambda t, d: ["score", _store(t), "--out", _fifo(t)],
-              "a FIFO that no process reads"),
-    InputCase("a device torch knows but scalselect does not (meta)",
-              lambda t, d: ["score", _store(t), "--out", t / "s.jsonl", "--device", "meta"], "expected auto, cpu, cuda"),
+    InputCase(
+        "an output under a regular file", lambda t, d: ["score", _store(t), "--out", _file(t, "x") / "s.jsonl"], "cannot write"
+    ),
+    InputCase(
+        "an output FIFO that nobody reads", lambda t, d: ["score", _store(t), "--out", _fifo(t)], "a FIFO that no process reads"
+    ),
+    InputCase(
+        "a device torch knows but scalselect does not (meta)",
+        lambda t, d: ["score", _store(t), "--out", t / "s.jsonl", "--device", "meta"],
+        "expected auto, cpu, cuda",
+    ),
     InputCase("a malformed CUDA device", lambda t, d: _extract(t, d, **{"--device": "cuda:x"}), "expected auto, cpu, cuda"),
-    InputCase("a checkpoint that is not a VLM (a text-only Llama)", lambda t, d: _extract(t, d, **{"--model": _llm(t)}),
-              "is not an image-text model"),
-    InputCase("100,000 DataLoader workers", lambda t, d: _extract(t, d) + ["--workers", "100000"],
-              "--workers must be at most 256"),
-    InputCase("a malformed option value", lambda t, d: ["score", _store(t), "--out", t / "s.jsonl", "--seed", "x"],
-              "argument --seed: invalid int value"),
+    InputCase(
+        "a checkpoint that is not a VLM (a text-only Llama)",
+        lambda t, d: _extract(t, d, **{"--model": _llm(t)}),
+        "is not an image-text model",
+    ),
+    InputCase(
+        "100,000 DataLoader workers", lambda t, d: _extract(t, d) + ["--workers", "100000"], "--workers must be at most 256"
+    ),
+    InputCase(
+        "a malformed option value",
+        lambda t, d: ["score", _store(t), "--out", t / "s.jsonl", "--seed", "x"],
+        "argument --seed: invalid int value",
+    ),
 ]
 
 
@@ -416,8 +547,20 @@ def _scores_line(tmp: Path, line: str) -> list:
 def _compare(tmp: Path, *extra, other_store: bool = False) -> list:
     pool = _pool(tmp, json.dumps([{"id": f"s{i}", **ask(f"src{i % 2}/ok.png")} for i in range(40)]))
     store = _store(tmp, name="other") if not other_store else _store_of(tmp, [f"x{i}" for i in range(40)])
-    return ["compare", "--store", store, "--scores", _scores(tmp), "--data", pool, "--budget", "5",
-            "--methods", "scalselect,random", *extra]
+    return [
+        "compare",
+        "--store",
+        store,
+        "--scores",
+        _scores(tmp),
+        "--data",
+        pool,
+        "--budget",
+        "5",
+        "--methods",
+        "scalselect,random",
+        *extra,
+    ]
 
 
 def _store_of(tmp: Path, ids: list) -> Path:
@@ -437,8 +580,9 @@ def _llm(tmp: Path) -> Path:
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=2, vocab_size=300)
+    config = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, vocab_size=300
+    )
     LlamaForCausalLM(config).save_pretrained(tmp / "llm")
     return tmp / "llm"
 
@@ -454,8 +598,7 @@ def _parquet(tmp: Path, **columns) -> list:
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table(columns), tmp / "pool.parquet")
-    return ["select", "--scores", _scores(tmp), "--data", tmp / "pool.parquet", "--budget", "5",
-            "--out", tmp / "sub.parquet"]
+    return ["select", "--scores", _scores(tmp), "--data", tmp / "pool.parquet", "--budget", "5", "--out", tmp / "sub.parquet"]
 
 
 def _dataset_dict(tmp: Path) -> list:
@@ -472,8 +615,24 @@ def _parquet_subset_as_json(tmp: Path) -> list:
 
 
 def _run_no_store(tmp: Path, demo, *extra) -> list:
-    return ["run", "--model", demo["model"], "--data", demo["pool"], "--image-root", demo["images"],
-            "--budget", "5", "--out-dir", tmp / "run", "--no-store", "--quiet", "--workers", "0", *extra]
+    return [
+        "run",
+        "--model",
+        demo["model"],
+        "--data",
+        demo["pool"],
+        "--image-root",
+        demo["images"],
+        "--budget",
+        "5",
+        "--out-dir",
+        tmp / "run",
+        "--no-store",
+        "--quiet",
+        "--workers",
+        "0",
+        *extra,
+    ]
 
 
 def _sketch_store(tmp: Path, demo) -> Path:
@@ -517,6 +676,7 @@ def test_a_bad_input_is_one_line_and_exit_2(demo, tmp_path, capsys, i):
 
 # ------------------------------------------------------------------------ one vector of a matrix
 
+
 def test_a_vector_with_nan_or_inf_is_left_out_and_reported(tmp_path, capsys):
     from scalselect.cli import main
 
@@ -548,46 +708,59 @@ def test_pool_samples_without_a_score_are_not_eligible_and_counted(tmp_path, cap
 
 # ------------------------------------------------------------------------ the docs table
 
+
 def _outcome_rows(cases) -> list[str]:
     return [f"| {c.name} | {'extracted' if c.outcome == 'kept' else 'skipped: ' + c.outcome} |" for c in cases]
 
 
 def render_table() -> str:
-    rows = ["# Bad input: every case and what scalselect does with it", "",
-            "Rendered from `tests/cli/test_bad_input_corpus.py`, which runs every case in CI.",
-            "A problem with one sample is a skip: one line `{\"sample_id\", \"reason\", \"detail\"}` in the",
-            "store's `skipped.jsonl`, counted in the manifest, while the other samples go on. A problem",
-            "with a whole input is one line on stderr and exit code 2.", "",
-            "## One sample of a pool", "", "| case | outcome |", "| --- | --- |"]
+    rows = [
+        "# Bad input: every case and what scalselect does with it",
+        "",
+        "Rendered from `tests/cli/test_bad_input_corpus.py`, which runs every case in CI.",
+        'A problem with one sample is a skip: one line `{"sample_id", "reason", "detail"}` in the',
+        "store's `skipped.jsonl`, counted in the manifest, while the other samples go on. A problem",
+        "with a whole input is one line on stderr and exit code 2.",
+        "",
+        "## One sample of a pool",
+        "",
+        "| case | outcome |",
+        "| --- | --- |",
+    ]
     rows += _outcome_rows(SAMPLE_CASES)
-    rows += ["", "## One sample of a Parquet or save_to_disk pool (images inside)", "",
-             "| case | outcome |", "| --- | --- |"]
+    rows += ["", "## One sample of a Parquet or save_to_disk pool (images inside)", "", "| case | outcome |", "| --- | --- |"]
     rows += _outcome_rows(EMBEDDED_CASES)
-    rows += ["", "## Noted, not refused", "", "| case | outcome |", "| --- | --- |",
-             "| a vector holding NaN or inf | left out of the scoring (the others are scored as if it "
-             "were not there), counted and named in `scores.summary.json`, a note on stdout |",
-             "| pool samples missing from the scores file | not eligible; counted in "
-             "`subset.selection.json` (`unscored_in_pool`), a note on stdout |",
-             "| pool records without an `id` | addressed by their 0-based position in the pool |",
-             "| ids with lone surrogates (legal JSON escapes, not UTF-8) | kept: written back as the same "
-             "escapes, in the store, the scores and the subset (`tests/data/test_hostile_pools.py`) |",
-             "| vectors of any magnitude (1e-40 to 1e100) | scored as usual: rows are multiplied by a power of two "
-             "before their float32 products |",
-             "| a full disk or a file-size limit at any write | one line, exit 2; no corrupt part is committed; "
-             "`--resume` completes with a clean run's vectors (`tests/stores/test_full_disk.py`) |",
-             "| a store part whose files changed after it was written | reading: one line naming the file; "
-             "`extract --resume`: the part is done again |",
-             "| `--out` a symlink | the file it names is written, atomically; the link stays |",
-             "| `--out -`, `/dev/stdout`, a FIFO, `/dev/null` | written as a stream; messages go to stderr; "
-             "no summary file |"]
+    rows += [
+        "",
+        "## Noted, not refused",
+        "",
+        "| case | outcome |",
+        "| --- | --- |",
+        "| a vector holding NaN or inf | left out of the scoring (the others are scored as if it "
+        "were not there), counted and named in `scores.summary.json`, a note on stdout |",
+        "| pool samples missing from the scores file | not eligible; counted in "
+        "`subset.selection.json` (`unscored_in_pool`), a note on stdout |",
+        "| pool records without an `id` | addressed by their 0-based position in the pool |",
+        "| ids with lone surrogates (legal JSON escapes, not UTF-8) | kept: written back as the same "
+        "escapes, in the store, the scores and the subset (`tests/data/test_hostile_pools.py`) |",
+        "| vectors of any magnitude (1e-40 to 1e100) | scored as usual: rows are multiplied by a power of two "
+        "before their float32 products |",
+        "| a full disk or a file-size limit at any write | one line, exit 2; no corrupt part is committed; "
+        "`--resume` completes with a clean run's vectors (`tests/stores/test_full_disk.py`) |",
+        "| a store part whose files changed after it was written | reading: one line naming the file; "
+        "`extract --resume`: the part is done again |",
+        "| `--out` a symlink | the file it names is written, atomically; the link stays |",
+        "| `--out -`, `/dev/stdout`, a FIFO, `/dev/null` | written as a stream; messages go to stderr; no summary file |",
+    ]
     rows += ["", "## A whole input", "", "| case | the error line says |", "| --- | --- |"]
     rows += [f"| {c.name} | `{c.message}` |" for c in INPUT_CASES]
     return "\n".join(rows) + "\n"
 
 
 def test_the_docs_table_lists_every_case():
-    assert DOCS.read_text() == render_table(), \
+    assert DOCS.read_text() == render_table(), (
         "docs/bad-input.md is out of date: PYTHONPATH=tests python tests/cli/test_bad_input_corpus.py > docs/bad-input.md"
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from tolerances import assert_scores_within, engine_tolerance
 
 # ----------------------------------------------------------------------------- helpers
 
+
 def run_cli(capsys, *args):
     capsys.readouterr()  # drop anything printed before
     rc = main([str(a) for a in args])
@@ -64,8 +65,9 @@ def assert_method_scores(got, x, summary_path):
     allows the engine as the summary says it ran (tests/tolerances.py); returns the tolerance."""
     summary = json.loads(Path(summary_path).read_text())
     ref = reference(x, summary["settings"]["energy"])
-    tol = engine_tolerance(ref, side=summary["side"], chunk_rows=summary["settings"]["chunk_rows"],
-                           eig_method=summary["eig_method"])
+    tol = engine_tolerance(
+        ref, side=summary["side"], chunk_rows=summary["settings"]["chunk_rows"], eig_method=summary["eig_method"]
+    )
     assert summary["k"] == ref.k and tol.k_stable
     assert np.all(np.abs(np.asarray(summary["singular_values"]) - ref.singular_values) <= tol.singular_values)
     assert_scores_within(got, ref.scores, tol.scores)
@@ -111,6 +113,7 @@ def check_summary(scores_path, n, d, energy):
 
 
 # ----------------------------------------------------------------------------- score
+
 
 def test_score_npy_matches_reference(tmp_path, capsys):
     n, d = 1200, 48
@@ -174,15 +177,15 @@ def test_score_lower_energy_gives_smaller_k(tmp_path, capsys):
     np.save(tmp_path / "reps.npy", make_matrix(3, n, d))
     out_def, out_half = tmp_path / "default.jsonl", tmp_path / "half.jsonl"
     assert run_cli(capsys, "score", tmp_path / "reps.npy", "--out", out_def, "--quiet")[0] == 0
-    assert run_cli(capsys, "score", tmp_path / "reps.npy", "--out", out_half, "--energy", "0.5",
-                   "--quiet")[0] == 0
+    assert run_cli(capsys, "score", tmp_path / "reps.npy", "--out", out_half, "--energy", "0.5", "--quiet")[0] == 0
     k_def = check_summary(out_def, n, d, 0.9)["k"]
     s_half = check_summary(out_half, n, d, 0.5)
     assert s_half["k"] <= k_def
     assert s_half["k"] < k_def  # with this decaying spectrum the two ranks differ
     by_id = check_scores_file(out_half, list(range(n)))
-    tol = assert_method_scores([by_id[i] for i in range(n)], np.load(tmp_path / "reps.npy"),
-                               out_half.with_name("half.summary.json"))
+    tol = assert_method_scores(
+        [by_id[i] for i in range(n)], np.load(tmp_path / "reps.npy"), out_half.with_name("half.summary.json")
+    )
     assert abs(sum(by_id.values()) - s_half["k"]) <= tol.sum()
 
 
@@ -200,6 +203,7 @@ def test_score_fewer_rows_than_dims(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- select
+
 
 def llava_records(rng, n, ids):
     recs = []
@@ -221,10 +225,13 @@ def llava_records(rng, n, ids):
 def sharegpt_records(rng, n, ids):
     recs = []
     for i in range(n):
-        rec = {"messages": [
-            {"role": "user", "content": f"<image>Describe {int(rng.integers(1000))} — ü"},
-            {"role": "assistant", "content": f"Ça va {float(rng.random())}"},
-        ], "images": [f"img/{int(rng.integers(10**6))}.jpg"]}
+        rec = {
+            "messages": [
+                {"role": "user", "content": f"<image>Describe {int(rng.integers(1000))} — ü"},
+                {"role": "assistant", "content": f"Ça va {float(rng.random())}"},
+            ],
+            "images": [f"img/{int(rng.integers(10**6))}.jpg"],
+        }
         if ids is not None:
             rec["id"] = ids[i]
         recs.append(rec)
@@ -248,8 +255,7 @@ def score_for(tmp_path, capsys, x, ids):
 def check_selection(tmp_path, capsys, records, container, layout, scores_path, budget, count):
     pool_path = write_pool(tmp_path / f"pool.{container}", records, container)
     out = tmp_path / f"subset.{container}"
-    rc, stdout, err = run_cli(capsys, "select", "--scores", scores_path, "--data", pool_path,
-                              "--budget", budget, "--out", out)
+    rc, stdout, err = run_cli(capsys, "select", "--scores", scores_path, "--data", pool_path, "--budget", budget, "--out", out)
     assert rc == 0, err
     assert f"selected {count} of {len(records)}" in stdout
 
@@ -335,8 +341,9 @@ def test_select_partial_scores_notes_unscored(tmp_path, capsys):
         for i in np.argsort(-values):
             f.write(json.dumps({"sample_id": scored[i], "importance": float(values[i])}) + "\n")
     out = tmp_path / "subset.jsonl"
-    rc, stdout, err = run_cli(capsys, "select", "--scores", tmp_path / "scores.jsonl", "--data", pool_path,
-                              "--budget", "50%", "--out", out)
+    rc, stdout, err = run_cli(
+        capsys, "select", "--scores", tmp_path / "scores.jsonl", "--data", pool_path, "--budget", "50%", "--out", out
+    )
     assert rc == 0, err
     assert "120 pool samples had no score" in stdout
     subset = read_pool(out)
@@ -347,6 +354,7 @@ def test_select_partial_scores_notes_unscored(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- bad input
+
 
 @pytest.fixture
 def small_pool(tmp_path, capsys):
@@ -360,8 +368,7 @@ def small_pool(tmp_path, capsys):
 
 
 def test_error_missing_input_file(tmp_path, capsys):
-    assert_error(capsys, ["score", tmp_path / "nope.npy", "--out", tmp_path / "s.jsonl"],
-                 "nope.npy", "no such file")
+    assert_error(capsys, ["score", tmp_path / "nope.npy", "--out", tmp_path / "s.jsonl"], "nope.npy", "no such file")
     assert not (tmp_path / "s.jsonl").exists()
 
 
@@ -375,12 +382,10 @@ def test_error_missing_pool_and_scores(tmp_path, capsys, small_pool):
 def test_error_malformed_pool_json(tmp_path, capsys, small_pool):
     _, scores = small_pool
     bad = tmp_path / "bad.json"
-    bad.write_text('[\n {"id": "0000", "conversations": []},\n {"id": "0001", "conversations": [}\n]\n',
-                   encoding="utf-8")
+    bad.write_text('[\n {"id": "0000", "conversations": []},\n {"id": "0001", "conversations": [}\n]\n', encoding="utf-8")
     assert_error(capsys, select_cmd(scores, bad, tmp_path / "o.json"), "malformed JSON", "line 3 column")
     badl = tmp_path / "bad.jsonl"
-    badl.write_text('{"id": "0000", "conversations": []}\n{"id": "0001", "conversations": [\n',
-                    encoding="utf-8")
+    badl.write_text('{"id": "0000", "conversations": []}\n{"id": "0001", "conversations": [\n', encoding="utf-8")
     assert_error(capsys, select_cmd(scores, badl, tmp_path / "o.json"), "line 2 column")
 
 
@@ -398,13 +403,16 @@ def test_error_duplicate_pool_ids(tmp_path, capsys, small_pool):
     assert_error(capsys, select_cmd(scores, pool, tmp_path / "o.json"), "duplicated sample id", "'0007'")
 
 
-@pytest.mark.parametrize("budget,expected", [
-    ("0", "at least 1"),
-    ("-5", "at least 1"),
-    ("51", "exceeds the 50 scored samples"),
-    ("150%", "percentage"),
-    ("abc", "'abc'"),
-])
+@pytest.mark.parametrize(
+    "budget,expected",
+    [
+        ("0", "at least 1"),
+        ("-5", "at least 1"),
+        ("51", "exceeds the 50 scored samples"),
+        ("150%", "percentage"),
+        ("abc", "'abc'"),
+    ],
+)
 def test_error_bad_budget(tmp_path, capsys, small_pool, budget, expected):
     pool, scores = small_pool
     line = assert_error(capsys, select_cmd(scores, pool, tmp_path / "o.json", budget), "budget", expected)
@@ -428,17 +436,20 @@ def test_error_scores_for_another_pool(tmp_path, capsys, small_pool):
 def test_error_malformed_scores_line(tmp_path, capsys, small_pool):
     pool, _ = small_pool
     bad = tmp_path / "bad_scores.jsonl"
-    bad.write_text('{"sample_id": "0001", "importance": 0.5}\n{"sample_id": "0002", "importance": \n',
-                   encoding="utf-8")
+    bad.write_text('{"sample_id": "0001", "importance": 0.5}\n{"sample_id": "0002", "importance": \n', encoding="utf-8")
     assert_error(capsys, select_cmd(bad, pool, tmp_path / "o.json", "1"), "bad_scores.jsonl", "line 2")
-    bad.write_text('{"sample_id": "0001", "importance": 0.5}\n{"sample_id": "0002"}\n'
-                   '{"sample_id": "0003", "importance": 0.1}\n', encoding="utf-8")
+    bad.write_text(
+        '{"sample_id": "0001", "importance": 0.5}\n{"sample_id": "0002"}\n{"sample_id": "0003", "importance": 0.1}\n',
+        encoding="utf-8",
+    )
     assert_error(capsys, select_cmd(bad, pool, tmp_path / "o.json", "1"), "line 2")
 
 
-@pytest.mark.parametrize("bad_rows,chunk,width", [([37], None, 20), ([37, 38], 100, 20), ([0, 437], 100, 20),
-                                                   ([7], None, 100)],
-                         ids=["first-chunk-default", "first-chunk-of-5", "head-and-later", "kernel-side"])
+@pytest.mark.parametrize(
+    "bad_rows,chunk,width",
+    [([37], None, 20), ([37, 38], 100, 20), ([0, 437], 100, 20), ([7], None, 100)],
+    ids=["first-chunk-default", "first-chunk-of-5", "head-and-later", "kernel-side"],
+)
 def test_rows_with_nan_or_inf_are_left_out_and_reported(tmp_path, capsys, bad_rows, chunk, width):
     """A NaN or inf makes a row unusable: it is left out of the scoring (the others are scored
     as if it were not there), named in the summary, and the command says so."""
@@ -466,8 +477,7 @@ def test_every_row_non_finite_is_an_error(tmp_path, capsys):
 
 def test_error_non_2d_npy(tmp_path, capsys):
     np.save(tmp_path / "cube.npy", np.random.default_rng(33).standard_normal((4, 5, 6)))
-    assert_error(capsys, ["score", tmp_path / "cube.npy", "--out", tmp_path / "s.jsonl"],
-                 "2-D", "(4, 5, 6)")
+    assert_error(capsys, ["score", tmp_path / "cube.npy", "--out", tmp_path / "s.jsonl"], "2-D", "(4, 5, 6)")
     np.save(tmp_path / "vec.npy", np.random.default_rng(34).standard_normal(10))
     assert_error(capsys, ["score", tmp_path / "vec.npy", "--out", tmp_path / "s.jsonl"], "2-D")
 
@@ -490,9 +500,12 @@ def test_argparse_missing_required_option(tmp_path, capsys):
 def test_subprocess_entry_point_error(tmp_path):
     """`python -m scalselect` runs; bad input gives exit 2 and exactly one stderr line."""
     proc = subprocess.run(
-        [sys.executable, "-m", "scalselect", "score", str(tmp_path / "absent.npy"),
-         "--out", str(tmp_path / "s.jsonl")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        [sys.executable, "-m", "scalselect", "score", str(tmp_path / "absent.npy"), "--out", str(tmp_path / "s.jsonl")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.splitlines()
@@ -503,6 +516,7 @@ def test_subprocess_entry_point_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------- info, demo
+
 
 def test_info_text(capsys):
     rc, out, _ = run_cli(capsys, "info")
@@ -522,6 +536,7 @@ def test_info_json(capsys):
     import pyarrow
 
     import scalselect
+
     assert facts["version"] == scalselect.__version__
     assert facts["pyarrow"] == pyarrow.__version__  # Parquet and save_to_disk pools can be read
 
@@ -538,8 +553,9 @@ def test_demo_runs_twice(tmp_path, capsys):
         scores = read_jsonl(out_dir / "run" / "scores.jsonl")
         assert len(scores) == 60
         assert set(subset.ids) == {r["sample_id"] for r in scores[:10]}
-        table = {line.split()[0]: line.split()[1:] for line in out.splitlines()
-                 if line[:3] in ("coc", "gqa", "ocr", "tex", "vg ")}
+        table = {
+            line.split()[0]: line.split()[1:] for line in out.splitlines() if line[:3] in ("coc", "gqa", "ocr", "tex", "vg ")
+        }
         assert sum(int(pool) for pool, _ in table.values()) == 60
         assert sum(int(sub) for _, sub in table.values()) == 10
 
@@ -566,8 +582,7 @@ def test_error_odd_matrix_files(tmp_path, capsys):
     (store / "manifest.json").write_text(json.dumps(manifest))
     assert_error(capsys, ["score", store, "--out", tmp_path / "s.jsonl"], "corrupt manifest")
     np.save(tmp_path / "ok.npy", x)
-    assert_error(capsys, ["score", tmp_path / "ok.npy", "--out", tmp_path / "s.jsonl", "--chunk-rows", "0"],
-                 "--chunk-rows")
+    assert_error(capsys, ["score", tmp_path / "ok.npy", "--out", tmp_path / "s.jsonl", "--chunk-rows", "0"], "--chunk-rows")
     assert not (tmp_path / "s.jsonl").exists()
 
 
@@ -590,10 +605,8 @@ def test_big_endian_and_integer_matrices_are_read(tmp_path, capsys):
 def test_outputs_never_overwrite_inputs(tmp_path, capsys, small_pool):
     pool, scores = small_pool
     before = scores.read_bytes()
-    assert_error(capsys, select_cmd(scores, pool, scores),
-                 "would overwrite an input")
-    assert_error(capsys, select_cmd(scores, pool, pool),
-                 "would overwrite an input")
+    assert_error(capsys, select_cmd(scores, pool, scores), "would overwrite an input")
+    assert_error(capsys, select_cmd(scores, pool, pool), "would overwrite an input")
     assert scores.read_bytes() == before
     x = make_matrix(5, 40, 6)
     np.save(tmp_path / "x.npy", x)
@@ -606,9 +619,11 @@ def test_outputs_never_overwrite_inputs(tmp_path, capsys, small_pool):
 def test_scores_file_ids_and_values_are_strict(tmp_path, capsys, small_pool):
     pool, _ = small_pool
     bad = tmp_path / "s.jsonl"
-    for line, expected in [('{"sample_id": true, "importance": 1.0}', "string or an integer"),
-                           ('{"sample_id": [1], "importance": 1.0}', "string or an integer"),
-                           ('{"sample_id": "0001", "importance": "7"}', "must be a number")]:
+    for line, expected in [
+        ('{"sample_id": true, "importance": 1.0}', "string or an integer"),
+        ('{"sample_id": [1], "importance": 1.0}', "string or an integer"),
+        ('{"sample_id": "0001", "importance": "7"}', "must be a number"),
+    ]:
         bad.write_text(line + "\n", encoding="utf-8")
         assert_error(capsys, select_cmd(bad, pool, tmp_path / "o.json", "1"), expected)
     bad.write_bytes(b'{"sample_id": "0001", "importance": 1.0}\n\xff\xfe\n')
@@ -626,8 +641,7 @@ def test_outputs_get_the_usual_file_mode(tmp_path, capsys, small_pool):
     import stat
 
     pool, scores = small_pool
-    rc, _, err = run_cli(capsys, "select", "--scores", scores, "--data", pool, "--budget", "5",
-                         "--out", tmp_path / "sub.json")
+    rc, _, err = run_cli(capsys, "select", "--scores", scores, "--data", pool, "--budget", "5", "--out", tmp_path / "sub.json")
     assert rc == 0, err
     umask = os.umask(0)
     os.umask(umask)

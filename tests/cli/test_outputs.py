@@ -25,8 +25,14 @@ def store(tmp_path):
 
 @pytest.fixture
 def pool(tmp_path):
-    records = [{"id": f"s{i}", "image": f"a/{i}.png", "conversations": [
-        {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A cat."}]} for i in range(30)]
+    records = [
+        {
+            "id": f"s{i}",
+            "image": f"a/{i}.png",
+            "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A cat."}],
+        }
+        for i in range(30)
+    ]
     (tmp_path / "pool.json").write_text(json.dumps(records))
     return tmp_path / "pool.json"
 
@@ -52,8 +58,13 @@ def test_a_symlink_output_writes_the_file_it_names_and_stays_a_link(store, tmp_p
 
 
 def test_dash_writes_scores_to_stdout_and_messages_to_stderr(store, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "scalselect", "score", str(store), "--out", "-", "--quiet"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scalselect", "score", str(store), "--out", "-", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     scores = lines(proc.stdout)  # nothing but the scores
     assert len(scores) == 30 and {"sample_id", "importance"} == set(scores[0])
@@ -64,9 +75,26 @@ def test_dash_writes_scores_to_stdout_and_messages_to_stderr(store, tmp_path):
 def test_select_to_stdout_and_to_dev_stdout(store, pool, tmp_path):
     assert main(["score", str(store), "--out", str(tmp_path / "scores.jsonl"), "--quiet"]) == 0
     for out in ("-", "/dev/stdout"):
-        proc = subprocess.run([sys.executable, "-m", "scalselect", "select", "--scores", str(tmp_path / "scores.jsonl"),
-                               "--data", str(pool), "--budget", "5", "--out", out],
-                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "scalselect",
+                "select",
+                "--scores",
+                str(tmp_path / "scores.jsonl"),
+                "--data",
+                str(pool),
+                "--budget",
+                "5",
+                "--out",
+                out,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, proc.stderr
         subset = json.loads(proc.stdout)
         assert len(subset) == 5 and "selected 5 of 30" in proc.stderr
@@ -98,12 +126,25 @@ def test_a_columnar_subset_cannot_be_a_stream(store, tmp_path, capsys):
     import pyarrow.parquet as pq
 
     turns = [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A cat."}]
-    pq.write_table(pa.table({"id": [f"s{i}" for i in range(30)], "conversations": [turns] * 30}),
-                   tmp_path / "pool.parquet")
+    pq.write_table(pa.table({"id": [f"s{i}" for i in range(30)], "conversations": [turns] * 30}), tmp_path / "pool.parquet")
     assert main(["score", str(store), "--out", str(tmp_path / "scores.jsonl"), "--quiet"]) == 0
     capsys.readouterr()
-    assert main(["select", "--scores", str(tmp_path / "scores.jsonl"), "--data", str(tmp_path / "pool.parquet"),
-                 "--budget", "5", "--out", "-"]) == 2
+    assert (
+        main(
+            [
+                "select",
+                "--scores",
+                str(tmp_path / "scores.jsonl"),
+                "--data",
+                str(tmp_path / "pool.parquet"),
+                "--budget",
+                "5",
+                "--out",
+                "-",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "cannot be written to a stream" in err
 
@@ -113,8 +154,13 @@ def test_dev_stdout_opened_for_appending_is_appended_to(store, tmp_path):
     log = tmp_path / "log.txt"
     log.write_text("before\n")
     with open(log, "a") as f:
-        proc = subprocess.run([sys.executable, "-m", "scalselect", "score", str(store), "--out", "/dev/stdout",
-                               "--quiet"], stdout=f, stderr=subprocess.PIPE, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "scalselect", "score", str(store), "--out", "/dev/stdout", "--quiet"],
+            stdout=f,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
     assert proc.returncode == 0, proc.stderr
     text = log.read_text().splitlines()
     assert text[0] == "before" and len(lines("\n".join(text[1:]))) == 30
@@ -133,8 +179,11 @@ def test_an_empty_path_is_refused_not_taken_for_the_current_folder(tmp_path, mon
     """argparse would turn "" into Path("") == ".": the report would land in the current folder."""
     monkeypatch.chdir(tmp_path)
     np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32))
-    for argv in (["score", "x.npy", "--out", ""], ["report", "--store", "", "--scores", "s.jsonl", "--out", "r"],
-                 ["report", "--store", "x", "--scores", "s.jsonl", "--out", ""]):
+    for argv in (
+        ["score", "x.npy", "--out", ""],
+        ["report", "--store", "", "--scores", "s.jsonl", "--out", "r"],
+        ["report", "--store", "x", "--scores", "s.jsonl", "--out", ""],
+    ):
         capsys.readouterr()
         assert main(argv) == 2, argv
         err = capsys.readouterr().err

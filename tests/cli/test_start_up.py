@@ -27,8 +27,9 @@ print(json.dumps({{name: name in sys.modules for name in {heavy!r}}}))
 def imported(code: str, cwd: Path) -> dict:
     """Which of HEAVY a fresh interpreter holds after running `code`."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", PROBE.format(run=code, heavy=HEAVY)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(run=code, heavy=HEAVY)], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -48,9 +49,14 @@ def subcommands() -> list[str]:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     path = tmp_path_factory.mktemp("start-up")
-    records = [{"id": f"s{i}", "image": f"src{i % 3}/{i}.png",
-                "conversations": [{"from": "human", "value": "<image>\n" + "q" * (i % 5 + 1)},
-                                  {"from": "gpt", "value": "a"}]} for i in range(30)]
+    records = [
+        {
+            "id": f"s{i}",
+            "image": f"src{i % 3}/{i}.png",
+            "conversations": [{"from": "human", "value": "<image>\n" + "q" * (i % 5 + 1)}, {"from": "gpt", "value": "a"}],
+        }
+        for i in range(30)
+    ]
     write_pool(path / "pool.json", records, "json")
     rng = np.random.default_rng(0)
     with open(path / "scores.jsonl", "w", encoding="utf-8") as f:
@@ -69,15 +75,30 @@ def test_the_package_and_every_help_import_neither(files):
 
 @pytest.mark.parametrize("method", ["scalselect", "random", "length"])
 def test_select_on_a_json_pool_imports_neither(files, method):
-    got = imported(command("select", "--data", "pool.json", "--scores", "scores.jsonl", "--budget", "25%",
-                           "--out", f"subset-{method}.json", "--method", method), files)
+    got = imported(
+        command(
+            "select",
+            "--data",
+            "pool.json",
+            "--scores",
+            "scores.jsonl",
+            "--budget",
+            "25%",
+            "--out",
+            f"subset-{method}.json",
+            "--method",
+            method,
+        ),
+        files,
+    )
     assert got == {"torch": False, "transformers": False}
     assert len(json.loads((files / f"subset-{method}.json").read_text(encoding="utf-8"))) == 8
 
 
 def test_submodules_are_attributes_of_the_package_as_before(files):
-    got = imported("import scalselect\nassert callable(scalselect.stores.read_manifest)\n"
-                   "assert callable(scalselect.options.share)", files)
+    got = imported(
+        "import scalselect\nassert callable(scalselect.stores.read_manifest)\nassert callable(scalselect.options.share)", files
+    )
     assert got["transformers"] is False
 
 

@@ -39,8 +39,11 @@ def embed(name: str, root: Path, missing: bytes | None = None) -> dict:
 def as_sharegpt(record: dict) -> dict:
     roles = {"human": "user", "gpt": "assistant"}
     images = record.get("image", [])
-    return {"id": record["id"], "images": [images] if isinstance(images, str) else images,
-            "messages": [{"role": roles[t["from"]], "content": t["value"]} for t in record["conversations"]]}
+    return {
+        "id": record["id"],
+        "images": [images] if isinstance(images, str) else images,
+        "messages": [{"role": roles[t["from"]], "content": t["value"]} for t in record["conversations"]],
+    }
 
 
 def extract(demo, pool, out, **kw) -> Path:
@@ -75,12 +78,14 @@ def parquet_pool(demo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("parquet")
     records = [r for r in demo["records"] if not isinstance(r.get("image"), list)]
     (tmp / "pool.json").write_text(json.dumps(records))
-    table = pa.table({
-        "id": [r["id"] for r in records],
-        "image": pa.array([embed(r["image"], demo["images"]) if "image" in r else None for r in records], IMAGE),
-        "conversations": [r["conversations"] for r in records],
-        "source": [r["id"].split("-")[0] for r in records],  # another column, carried along
-    })
+    table = pa.table(
+        {
+            "id": [r["id"] for r in records],
+            "image": pa.array([embed(r["image"], demo["images"]) if "image" in r else None for r in records], IMAGE),
+            "conversations": [r["conversations"] for r in records],
+            "source": [r["id"].split("-")[0] for r in records],  # another column, carried along
+        }
+    )
     (tmp / "pool").mkdir()
     pq.write_table(table.slice(0, 20), tmp / "pool" / "part-0.parquet", row_group_size=7)
     pq.write_table(table.slice(20), tmp / "pool" / "part-1.parquet", row_group_size=7)
@@ -94,11 +99,13 @@ def saved_pool(demo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("saved")
     records = [as_sharegpt(r) for r in demo["records"]]
     (tmp / "pool.json").write_text(json.dumps(records))
-    features = datasets.Features({
-        "id": datasets.Value("string"),
-        "images": datasets.List(datasets.Image()),
-        "messages": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
-    })
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "images": datasets.List(datasets.Image()),
+            "messages": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
+        }
+    )
     # (`datasets` reads the size of an image given by its path alone: its bytes must be there)
     rows = [{**r, "images": [embed(name, demo["images"], b"not a PNG") for name in r["images"]]} for r in records]
     datasets.Dataset.from_list(rows, features=features).save_to_disk(str(tmp / "pool"), num_shards=3)
@@ -168,14 +175,36 @@ def test_select_writes_a_save_to_disk_subset_that_datasets_loads(demo, saved_poo
 def test_run_on_a_save_to_disk_pool_writes_its_subset_as_a_dataset(demo, saved_pool, tmp_path):
     _, saved = saved_pool
     out = tmp_path / "run"
-    assert main(["run", "--model", str(demo["model"]), "--data", str(saved), "--image-root", str(demo["images"]),
-                 "--budget", "5", "--out-dir", str(out), "--workers", "0", "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(demo["model"]),
+                "--data",
+                str(saved),
+                "--image-root",
+                str(demo["images"]),
+                "--budget",
+                "5",
+                "--out-dir",
+                str(out),
+                "--workers",
+                "0",
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     subset = datasets.load_from_disk(str(out / "subset"))
     assert len(subset) == 5 and set(subset["id"]) <= set(read_pool(saved).ids)
 
 
 class _Positions:
     """A stand-in pool whose record at a position is the position."""
+
     layout = "llava"
 
     def __init__(self, n, block_rows):
@@ -189,8 +218,9 @@ def _who_reads(record, layout, sample_id):
     return torch.utils.data.get_worker_info().id, record
 
 
-@pytest.mark.parametrize("n, workers, block", [(0, 2, 4), (1, 2, 4), (7, 3, 2), (40, 2, 64), (101, 4, 8),
-                                               (103, 3, 10), (9, 8, 64), (17, 8, 4)])
+@pytest.mark.parametrize(
+    "n, workers, block", [(0, 2, 4), (1, 2, 4), (7, 3, 2), (40, 2, 64), (101, 4, 8), (103, 3, 10), (9, 8, 64), (17, 8, 4)]
+)
 def test_each_dataloader_worker_reads_whole_blocks_dealt_in_turn(n, workers, block):
     """So a Parquet row group is decoded by one worker, not by all of them, and a pool sorted
     by source still spreads over the workers."""
@@ -200,7 +230,7 @@ def test_each_dataloader_worker_reads_whole_blocks_dealt_in_turn(n, workers, blo
     lengths = [len(share) for share in shares]
     assert lengths == sorted(lengths, reverse=True) and (n < workers or min(lengths) > 0)  # no one idle
     size = max(1, min(block, n // workers))  # blocks of `block`, or of n // workers when less is shared
-    blocks = [positions[i:i + size].tolist() for i in range(0, n, size)]
+    blocks = [positions[i : i + size].tolist() for i in range(0, n, size)]
     expected = [sum(blocks[w::workers], []) for w in range(workers)]
     assert shares == expected
     samples = PoolSamples(_Positions(n, block), positions, _who_reads)
@@ -216,14 +246,48 @@ def test_compare_and_report_read_a_parquet_pool(demo, parquet_pool, tmp_path):
     store = extract(demo, as_parquet, tmp_path / "store")
     subset = select(tmp_path, store, as_parquet, tmp_path / "subset.parquet")
     scores, figures = tmp_path / "subset.parquet.scores.jsonl", tmp_path / "compare.json"
-    assert main(["compare", "--store", str(store), "--scores", str(scores), "--data", str(as_parquet),
-                 "--budget", "10", "--clusters", "3", "--out", str(figures)]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--store",
+                str(store),
+                "--scores",
+                str(scores),
+                "--data",
+                str(as_parquet),
+                "--budget",
+                "10",
+                "--clusters",
+                "3",
+                "--out",
+                str(figures),
+            ]
+        )
+        == 0
+    )
     shares = json.loads(figures.read_text())["methods"]["random"]["shares"]
     folders = {r["image"]["path"].split("/")[0] for r in table.to_pylist() if r["image"] and r["image"]["bytes"]}
     assert set(shares) == folders and len(folders) >= 3
     (tmp_path / "images-elsewhere").mkdir()  # thumbnails cannot come from image files
-    assert main(["report", "--store", str(store), "--scores", str(scores), "--subset", str(subset),
-                 "--image-root", str(tmp_path / "images-elsewhere"), "--out", str(tmp_path / "report")]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--store",
+                str(store),
+                "--scores",
+                str(scores),
+                "--subset",
+                str(subset),
+                "--image-root",
+                str(tmp_path / "images-elsewhere"),
+                "--out",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
     page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
     assert page.count('src="data:image/png;base64,') >= 3 + 24 and 'class="none"' not in page
 
@@ -250,16 +314,16 @@ def test_bare_byte_images_and_ids_by_position(demo, tmp_path):
     """An `images` column of plain bytes (no paths), no id column: ids are the row numbers."""
     records = [as_sharegpt(r) for r in demo["records"] if r["id"] != "missing-image"]
     images = [[(demo["images"] / name).read_bytes() for name in r["images"]] for r in records]
-    table = pa.table({"images": pa.array(images, pa.list_(pa.binary())),
-                      "messages": [r["messages"] for r in records]})
+    table = pa.table({"images": pa.array(images, pa.list_(pa.binary())), "messages": [r["messages"] for r in records]})
     pq.write_table(table, tmp_path / "bare.parquet", row_group_size=5)
     pool = read_pool(tmp_path / "bare.parquet")
     assert pool.ids == list(range(len(records)))
     assert pool.record(3)["images"] == images[3]
     assert pool.map(lambda r: r["images"], [3]) == [[{"path": None}]]
     (tmp_path / "named.json").write_text(json.dumps([{**r, "id": i} for i, r in enumerate(records)]))
-    assert_same_store(extract(demo, tmp_path / "named.json", tmp_path / "json"),
-                      extract(demo, tmp_path / "bare.parquet", tmp_path / "bare"))
+    assert_same_store(
+        extract(demo, tmp_path / "named.json", tmp_path / "json"), extract(demo, tmp_path / "bare.parquet", tmp_path / "bare")
+    )
 
 
 def test_image_paths_in_a_parquet_pool_are_read_under_the_image_root(demo, saved_pool, tmp_path):
@@ -280,15 +344,18 @@ def bad_parquet(tmp_path, name, **columns) -> Path:
 TURNS = [[{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]] * 2
 
 
-@pytest.mark.parametrize("columns, message", [
-    (dict(id=["a", "b"], image=["x.png", "y.png"]), "neither 'conversations'"),
-    (dict(id=["a", "b"], conversations=TURNS, messages=[[{"role": "user", "content": "q"}]] * 2), "has both"),
-    (dict(id=["a", "b"], conversations=["[]", "[]"]), "column 'conversations' is string; expected a list"),
-    (dict(id=[0.5, 1.5], conversations=TURNS), "column 'id' is double"),
-    (dict(id=["a", None], conversations=TURNS), "record 1 has a null 'id'"),
-    (dict(id=["a", "a"], conversations=TURNS), "duplicated sample id"),
-    (dict(id=["a", "b"], conversations=TURNS, image=[1, 2]), "column 'image' is int64"),
-])
+@pytest.mark.parametrize(
+    "columns, message",
+    [
+        (dict(id=["a", "b"], image=["x.png", "y.png"]), "neither 'conversations'"),
+        (dict(id=["a", "b"], conversations=TURNS, messages=[[{"role": "user", "content": "q"}]] * 2), "has both"),
+        (dict(id=["a", "b"], conversations=["[]", "[]"]), "column 'conversations' is string; expected a list"),
+        (dict(id=[0.5, 1.5], conversations=TURNS), "column 'id' is double"),
+        (dict(id=["a", None], conversations=TURNS), "record 1 has a null 'id'"),
+        (dict(id=["a", "a"], conversations=TURNS), "duplicated sample id"),
+        (dict(id=["a", "b"], conversations=TURNS, image=[1, 2]), "column 'image' is int64"),
+    ],
+)
 def test_bad_columnar_pools_are_refused_in_one_line(tmp_path, columns, message):
     with pytest.raises(InputError, match=message) as caught:
         read_pool(bad_parquet(tmp_path, "bad.parquet", **columns))
@@ -304,8 +371,22 @@ def test_unreadable_and_unusual_folders_are_refused_in_one_line(tmp_path, saved_
     with pytest.raises(InputError, match="is a DatasetDict \\(splits: train\\); pass one split's folder"):
         read_pool(dd)
     (tmp_path / "empty").mkdir()
-    assert main(["select", "--scores", str(tmp_path / "s.jsonl"), "--data", str(tmp_path / "empty"),
-                 "--budget", "1", "--out", str(tmp_path / "o.json")]) == 2
+    assert (
+        main(
+            [
+                "select",
+                "--scores",
+                str(tmp_path / "s.jsonl"),
+                "--data",
+                str(tmp_path / "empty"),
+                "--budget",
+                "1",
+                "--out",
+                str(tmp_path / "o.json"),
+            ]
+        )
+        == 2
+    )
     assert "neither a save_to_disk dataset nor a folder of .parquet files" in capsys.readouterr().err
 
 
@@ -324,8 +405,19 @@ def test_large_row_groups_are_warned_of_on_one_line(parquet_pool, tmp_path, monk
     with pytest.warns(RuntimeWarning, match="part-0.parquet has row groups of .* GiB; every reader"):
         read_pool(parquet_pool[1])
     capsys.readouterr()
-    main(["select", "--scores", str(tmp_path / "none.jsonl"), "--data", str(parquet_pool[1]), "--budget", "1",
-          "--out", str(tmp_path / "s.parquet")])
+    main(
+        [
+            "select",
+            "--scores",
+            str(tmp_path / "none.jsonl"),
+            "--data",
+            str(parquet_pool[1]),
+            "--budget",
+            "1",
+            "--out",
+            str(tmp_path / "s.parquet"),
+        ]
+    )
     err = capsys.readouterr().err
     assert err.startswith("warning: part-0.parquet has row groups") and "row_group_size=1000" in err.splitlines()[0]
 
@@ -352,9 +444,13 @@ def test_reading_holds_bounded_memory_whatever_the_pools_size(tmp_path, kind):
     of fields must not read the images (2 % of the pool at most, through reads or mapped pages)."""
     rows, size = 1200, 512 << 10
     rng = np.random.default_rng(1)
-    table = pa.table({"id": [f"s{i}" for i in range(rows)],
-                      "image": pa.array([{"bytes": rng.bytes(size), "path": f"coco/{i}.jpg"} for i in range(rows)], IMAGE),
-                      "conversations": TURNS[:1] * rows})
+    table = pa.table(
+        {
+            "id": [f"s{i}" for i in range(rows)],
+            "image": pa.array([{"bytes": rng.bytes(size), "path": f"coco/{i}.jpg"} for i in range(rows)], IMAGE),
+            "conversations": TURNS[:1] * rows,
+        }
+    )
     if kind == "parquet":
         pool, out = tmp_path / "big.parquet", tmp_path / "subset.parquet"
         pq.write_table(table, pool, row_group_size=16)
@@ -377,13 +473,17 @@ def test_reading_holds_bounded_memory_whatever_the_pools_size(tmp_path, kind):
 def test_a_corrupt_parquet_page_is_one_line_not_a_traceback(tmp_path):
     rng = np.random.default_rng(5)
     images = [rng.bytes(1000) for _ in range(6)]
-    table = pa.table({"id": [f"s{i}" for i in range(6)],
-                      "image": pa.array([{"bytes": b, "path": f"a/{i}.png"} for i, b in enumerate(images)], IMAGE),
-                      "conversations": TURNS[:1] * 6})
+    table = pa.table(
+        {
+            "id": [f"s{i}" for i in range(6)],
+            "image": pa.array([{"bytes": b, "path": f"a/{i}.png"} for i, b in enumerate(images)], IMAGE),
+            "conversations": TURNS[:1] * 6,
+        }
+    )
     pq.write_table(table, tmp_path / "pool.parquet", compression="none", use_dictionary=False)
     data = bytearray((tmp_path / "pool.parquet").read_bytes())
     at = data.index(images[2])
-    data[at - 4:at] = b"\xff\xff\xff\x7f"  # the length of image 2: far past the page's end
+    data[at - 4 : at] = b"\xff\xff\xff\x7f"  # the length of image 2: far past the page's end
     (tmp_path / "pool.parquet").write_bytes(bytes(data))
     pool = read_pool(tmp_path / "pool.parquet")  # the ids and paths are intact
     assert pool.map(lambda r: r["image"]["path"], [5]) == ["a/5.png"]
@@ -416,13 +516,20 @@ def test_a_corrupt_arrow_offset_is_refused_at_open(tmp_path):
 
 
 def test_columns_whose_names_hold_dots_survive_scans(tmp_path):
-    table = pa.table({"id": ["a", "b"], "image.source": ["coco", "vg"],
-                      "image": pa.array([{"bytes": b"x", "path": "p/1.png"}, {"bytes": b"y", "path": "q/2.png"}], IMAGE),
-                      "conversations": TURNS})
+    table = pa.table(
+        {
+            "id": ["a", "b"],
+            "image.source": ["coco", "vg"],
+            "image": pa.array([{"bytes": b"x", "path": "p/1.png"}, {"bytes": b"y", "path": "q/2.png"}], IMAGE),
+            "conversations": TURNS,
+        }
+    )
     pq.write_table(table, tmp_path / "dots.parquet")
     pool = read_pool(tmp_path / "dots.parquet")
-    assert pool.map(lambda r: (r["image.source"], r["image"]), [1, 0]) == \
-        [("vg", {"path": "q/2.png"}), ("coco", {"path": "p/1.png"})]
+    assert pool.map(lambda r: (r["image.source"], r["image"]), [1, 0]) == [
+        ("vg", {"path": "q/2.png"}),
+        ("coco", {"path": "p/1.png"}),
+    ]
 
 
 def test_a_pool_of_many_parquet_files_keeps_few_open(tmp_path):
@@ -433,8 +540,12 @@ def test_a_pool_of_many_parquet_files_keeps_few_open(tmp_path):
     pool = read_pool(folder)
 
     def open_here():
-        return sum(os.readlink(f"/proc/self/fd/{fd}").startswith(str(folder)) for fd in os.listdir("/proc/self/fd")
-                   if os.path.exists(f"/proc/self/fd/{fd}"))
+        return sum(
+            os.readlink(f"/proc/self/fd/{fd}").startswith(str(folder))
+            for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")
+        )
+
     seen = 0
     for p in range(len(pool)):
         assert pool.record(p)["id"] == f"s{p}"
@@ -459,7 +570,21 @@ def test_save_to_disk_subsets_are_named_as_folders_and_never_hold_the_pool(saved
 
 def test_without_pyarrow_a_columnar_pool_says_what_to_install(parquet_pool, monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # `import pyarrow` now fails
-    assert main(["select", "--scores", str(tmp_path / "s.jsonl"), "--data", str(parquet_pool[1]), "--budget", "1",
-                 "--out", str(tmp_path / "s.parquet")]) == 2
+    assert (
+        main(
+            [
+                "select",
+                "--scores",
+                str(tmp_path / "s.jsonl"),
+                "--data",
+                str(parquet_pool[1]),
+                "--budget",
+                "1",
+                "--out",
+                str(tmp_path / "s.parquet"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "need pyarrow: pip install 'scalselect[arrow]'" in err[0]

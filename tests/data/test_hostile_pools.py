@@ -24,8 +24,25 @@ DEMO_SAMPLES = 12  # the size of this module's demo pool (the `demo` fixture of 
 
 
 def run_argv(demo, pool, out, *extra) -> list[str]:
-    return ["run", "--model", str(demo["model"]), "--data", str(pool), "--image-root", str(demo["images"]),
-            "--budget", "100%", "--out-dir", str(out), "--workers", "0", "--quiet", "--device", "cpu", *extra]
+    return [
+        "run",
+        "--model",
+        str(demo["model"]),
+        "--data",
+        str(pool),
+        "--image-root",
+        str(demo["images"]),
+        "--budget",
+        "100%",
+        "--out-dir",
+        str(out),
+        "--workers",
+        "0",
+        "--quiet",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def test_ids_with_lone_surrogates_go_through_extraction_scores_and_the_subset(demo, tmp_path, capsys):
@@ -48,13 +65,33 @@ def test_ids_with_lone_surrogates_go_through_extraction_scores_and_the_subset(de
 
 
 def test_a_pool_where_no_sample_can_be_used_is_never_a_complete_store(demo, tmp_path, capsys):
-    records = [{"id": f"x{i}", "image": "absent.png", "conversations": [
-        {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A cat."}]} for i in range(5)]
+    records = [
+        {
+            "id": f"x{i}",
+            "image": "absent.png",
+            "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A cat."}],
+        }
+        for i in range(5)
+    ]
     pool = tmp_path / "pool.json"
     pool.write_text(json.dumps(records))
     store = tmp_path / "store"
-    argv = ["extract", "--model", str(demo["model"]), "--data", str(pool), "--image-root", str(demo["images"]),
-            "--out", str(store), "--workers", "0", "--quiet", "--device", "cpu"]
+    argv = [
+        "extract",
+        "--model",
+        str(demo["model"]),
+        "--data",
+        str(pool),
+        "--image-root",
+        str(demo["images"]),
+        "--out",
+        str(store),
+        "--workers",
+        "0",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     for extra in ([], ["--resume"]):  # and --resume says the same, not "already complete"
         capsys.readouterr()
         assert main(argv + extra) == 2
@@ -68,15 +105,35 @@ def test_a_pool_where_no_sample_can_be_used_is_never_a_complete_store(demo, tmp_
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the worker's death signal is Linux's")
 def test_a_dataloader_worker_never_outlives_its_job(demo, tmp_path):
     """The job is killed with SIGKILL (no cleanup can run): its image-loading workers die with it."""
-    records = [{**r, "id": f"{r['id']}-{k}"} for k in range(20)  # long enough to be caught working
-               for r in json.loads(Path(demo["pool"]).read_text())]
+    records = [
+        {**r, "id": f"{r['id']}-{k}"}
+        for k in range(20)  # long enough to be caught working
+        for r in json.loads(Path(demo["pool"]).read_text())
+    ]
     pool = tmp_path / "pool.json"
     pool.write_text(json.dumps(records))
-    argv = [sys.executable, "-m", "scalselect", "extract", "--model", str(demo["model"]), "--data", str(pool),
-            "--image-root", str(demo["images"]), "--out", str(tmp_path / "store"), "--workers", "2", "--quiet",
-            "--device", "cpu", "--batch-size", "1"]
-    job = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    argv = [
+        sys.executable,
+        "-m",
+        "scalselect",
+        "extract",
+        "--model",
+        str(demo["model"]),
+        "--data",
+        str(pool),
+        "--image-root",
+        str(demo["images"]),
+        "--out",
+        str(tmp_path / "store"),
+        "--workers",
+        "2",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "1",
+    ]
+    job = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
     workers: list[int] = []
     while len(workers) < 2 and time.time() < deadline and job.poll() is None:
@@ -89,4 +146,3 @@ def test_a_dataloader_worker_never_outlives_its_job(demo, tmp_path):
     while time.time() < deadline and any(map(alive, workers)):
         time.sleep(0.05)
     assert not [w for w in workers if alive(w)], "a worker outlived its job"
-

@@ -124,8 +124,10 @@ def test_non_ascii_and_bom(tmp_path):
         ("[]", ["has no samples"]),
         ("hello", ["expected a JSON array"]),
         ('[\n{"conversations": []},\n{"conversations": [}\n]', ["line 3 column 20", "Expecting value"]),
-        ('{"conversations": []}\n{"conversations": []}\n{"conversations": ]}\n',
-         ["line 3 column 19", "one complete JSON object"]),
+        (
+            '{"conversations": []}\n{"conversations": []}\n{"conversations": ]}\n',
+            ["line 3 column 19", "one complete JSON object"],
+        ),
         ('{"conversations": []} {"conversations": []}\n', ["line 1 column 23", "Extra data"]),
         ('{\n  "conversations": []\n}\n', ["single JSON object"]),
         ('[{"conversations": []}, {"text": "hi"}]', ["record 1", "unknown layout", "'text'"]),
@@ -188,8 +190,13 @@ def test_missing_file_and_directory(tmp_path):
 
 @pytest.mark.parametrize(
     "positions, fragment",
-    [([0, 5], "position 5 out of range"), ([-1], "position -1 out of range"),
-     ([1, 0, 1], "position 1 given more than once"), (["0"], "not an integer"), ([True], "not an integer")],
+    [
+        ([0, 5], "position 5 out of range"),
+        ([-1], "position -1 out of range"),
+        ([1, 0, 1], "position 1 given more than once"),
+        (["0"], "not an integer"),
+        ([True], "not an integer"),
+    ],
 )
 def test_write_subset_bad_positions(tmp_path, positions, fragment):
     pool = read_pool(write_pool(tmp_path / "p.json", [{"conversations": []}] * 5, "json"))

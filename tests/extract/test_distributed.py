@@ -21,26 +21,54 @@ from tolerances import assert_scores_within, assert_vectors_close, forward_rtol,
 
 
 def torchrun_argv(nproc: int, *args) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-            "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-            "-m", "scalselect", *map(str, args)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "scalselect",
+        *map(str, args),
+    ]
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def torchrun(nproc: int, *args, timeout=240) -> subprocess.CompletedProcess:
-    return subprocess.run(torchrun_argv(nproc, *args), capture_output=True, text=True, env=ENV,
-                          timeout=timeout)
+    return subprocess.run(torchrun_argv(nproc, *args), capture_output=True, text=True, env=ENV, timeout=timeout)
 
 
 DEMO_SAMPLES = 60  # the size of this module's demo pool (the `demo` fixture of conftest.py)
 
 
 def extract_args(demo, out, pool=None, *extra):
-    return ["extract", "--model", demo["model"], "--data", pool or demo["pool"], "--image-root",
-            demo["images"], "--out", out, "--workers", 0, "--quiet", "--device", "cpu", "--store-dtype", "float32",
-            "--shard-rows", 8, *extra]
+    return [
+        "extract",
+        "--model",
+        demo["model"],
+        "--data",
+        pool or demo["pool"],
+        "--image-root",
+        demo["images"],
+        "--out",
+        out,
+        "--workers",
+        0,
+        "--quiet",
+        "--device",
+        "cpu",
+        "--store-dtype",
+        "float32",
+        "--shard-rows",
+        8,
+        *extra,
+    ]
 
 
 def by_id(store):
@@ -62,9 +90,13 @@ def assert_same_store(a, b):
 
 
 def single(demo, out, pool=None):
-    extract_store(demo["model"], pool or demo["pool"], demo["images"], out,
-                  ExtractOptions(workers=0, progress=False, store_dtype="float32", shard_rows=8,
-                                device="cpu"))
+    extract_store(
+        demo["model"],
+        pool or demo["pool"],
+        demo["images"],
+        out,
+        ExtractOptions(workers=0, progress=False, store_dtype="float32", shard_rows=8, device="cpu"),
+    )
     return out
 
 
@@ -121,9 +153,13 @@ def test_a_two_rank_run_cut_short_resumes_with_one_rank(demo, tmp_path):
     assert not (tmp_path / "s" / "manifest.json").exists()
     parts_before = len(list((tmp_path / "s").glob("shard-*.part.json")))
     assert parts_before >= 2
-    summary = extract_store(demo["model"], pool, demo["images"], tmp_path / "s",
-                            ExtractOptions(workers=0, progress=False, store_dtype="float32",
-                                           shard_rows=8, resume=True, device="cpu"))
+    summary = extract_store(
+        demo["model"],
+        pool,
+        demo["images"],
+        tmp_path / "s",
+        ExtractOptions(workers=0, progress=False, store_dtype="float32", shard_rows=8, resume=True, device="cpu"),
+    )
     assert 0 < summary["processed_this_run"] < 620
     ids, _ = load_representations(tmp_path / "s")
     assert len(ids) == len(set(ids)) == 600
@@ -152,8 +188,10 @@ def test_a_rank_that_does_not_answer_fails_the_job_within_the_timeout(demo, tmp_
     assert job.returncode != 0 and time.time() - t0 < 120
     # the rank left waiting says why in one line (torchrun then reports the job's failure)
     ours = [line for line in stderr.splitlines() if line.startswith("scalselect extract [rank ")]
-    assert any("error: barrier: another rank failed or did not answer within 0.1 min" in line
-               and "rerun with --resume" in line for line in ours), stderr[-3000:]
+    assert any(
+        "error: barrier: another rank failed or did not answer within 0.1 min" in line and "rerun with --resume" in line
+        for line in ours
+    ), stderr[-3000:]
 
 
 def scored_alone(run: Path, store: Path, out: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -180,9 +218,25 @@ def test_run_under_torchrun_gives_the_single_process_subset(demo, tmp_path):
     from scalselect.cli import main
     from scalselect.data import read_pool
 
-    common = ["--model", demo["model"], "--data", demo["pool"], "--image-root", demo["images"],
-              "--budget", "16%", "--workers", 0, "--quiet", "--device", "cpu", "--store-dtype", "float32",
-              "--shard-rows", 8]
+    common = [
+        "--model",
+        demo["model"],
+        "--data",
+        demo["pool"],
+        "--image-root",
+        demo["images"],
+        "--budget",
+        "16%",
+        "--workers",
+        0,
+        "--quiet",
+        "--device",
+        "cpu",
+        "--store-dtype",
+        "float32",
+        "--shard-rows",
+        8,
+    ]
     proc = torchrun(2, "run", *common, "--out-dir", tmp_path / "two")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("scored 60 samples") == 1 and proc.stdout.count("selected 10 of 60") == 1
@@ -203,8 +257,7 @@ def test_an_error_on_rank_0_alone_reaches_the_other_ranks_at_once(tmp_path):
     store = write_store(tmp_path / "store", x, dtype="float32", shard_rows=10)
     (tmp_path / "file").write_text("")
     t0 = time.time()
-    proc = torchrun(2, "score", store, "--out", tmp_path / "file" / "scores.jsonl", "--quiet",
-                    "--dist-timeout", 5, timeout=200)
+    proc = torchrun(2, "score", store, "--out", tmp_path / "file" / "scores.jsonl", "--quiet", "--dist-timeout", 5, timeout=200)
     assert proc.returncode != 0 and time.time() - t0 < 120, proc.stderr[-2000:]
     # rank 1 relays rank 0's reason ("rank 0: ...") unless torchrun stops it first, once rank 0
     # has exited with its own line: either way the reason is said, and nobody waited 5 minutes
@@ -219,8 +272,23 @@ def test_run_no_store_under_torchrun(demo, tmp_path):
     from scalselect.cli import main
     from scalselect.select import read_scores
 
-    common = ["--model", demo["model"], "--data", demo["pool"], "--image-root", demo["images"],
-              "--budget", "16%", "--workers", 0, "--quiet", "--device", "cpu", "--shard-rows", 8]
+    common = [
+        "--model",
+        demo["model"],
+        "--data",
+        demo["pool"],
+        "--image-root",
+        demo["images"],
+        "--budget",
+        "16%",
+        "--workers",
+        0,
+        "--quiet",
+        "--device",
+        "cpu",
+        "--shard-rows",
+        8,
+    ]
     proc = torchrun(2, "run", *common, "--out-dir", tmp_path / "two", "--no-store", "--pilot-rows", 16)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_manifest(tmp_path / "two" / "sketch" / "rows")

@@ -113,8 +113,11 @@ def test_bad_samples_are_skipped_with_reasons_and_good_ones_kept(demo, tmp_path)
         {"id": "ok", "image": "ok.png", "conversations": turn("<image>\nWhat is it?")},
         {"id": "alpha", "image": "alpha.png", "conversations": turn("<image>\nWhat is it?")},
         {"id": "palette", "image": "palette.png", "conversations": turn("What is it?")},
-        {"id": "two", "image": ["ok.png", "alpha.png"], "conversations": turn("<image> and <image>: same?")
-         + turn("And now?", "No.")},
+        {
+            "id": "two",
+            "image": ["ok.png", "alpha.png"],
+            "conversations": turn("<image> and <image>: same?") + turn("And now?", "No."),
+        },
         {"id": "no-image", "conversations": turn("Hello?")},
         {"id": "missing", "image": "absent.png", "conversations": turn("<image>\nWhat?")},
         {"id": "garbage", "image": "garbage.png", "conversations": turn("<image>\nWhat?")},
@@ -129,10 +132,17 @@ def test_bad_samples_are_skipped_with_reasons_and_good_ones_kept(demo, tmp_path)
     pool.write_text("".join(json.dumps(r) + "\n" for r in records))
     summary = extract_store(demo["model"], pool, root, tmp_path / "s", opts())
     reasons = {s["sample_id"]: s["reason"] for s in read_skipped(tmp_path / "s")}
-    assert reasons == {"no-image": "no image", "missing": "unreadable image",
-                       "garbage": "unreadable image", "truncated": "unreadable image",
-                       "escape": "image outside --image-root", "absolute": "image outside --image-root",
-                       "tags": "bad record", "no-reply": "bad record", "empty-turn": "bad record"}
+    assert reasons == {
+        "no-image": "no image",
+        "missing": "unreadable image",
+        "garbage": "unreadable image",
+        "truncated": "unreadable image",
+        "escape": "image outside --image-root",
+        "absolute": "image outside --image-root",
+        "tags": "bad record",
+        "no-reply": "bad record",
+        "empty-turn": "bad record",
+    }
     assert set(by_id(tmp_path / "s")) == {"ok", "alpha", "palette", "two"}
     assert summary["skipped"] == 9 and summary["rows"] == 4
     details = {s["sample_id"]: s["detail"] for s in read_skipped(tmp_path / "s")}
@@ -145,9 +155,12 @@ def test_bad_samples_are_skipped_with_reasons_and_good_ones_kept(demo, tmp_path)
 
 def test_max_length_truncates_text_but_skips_cut_vision_tokens(demo, tmp_path):
     # 56 px images -> 16 vision tokens each; "USER: " comes first
-    records = [{"id": "one", "image": "coco/a.png", "conversations": turn("<image>\nWhat is shown here?", "A long answer " * 5)},
-               {"id": "two", "image": ["coco/a.png", "coco/a.png"], "conversations": turn("<image><image>Same?")}]
+    records = [
+        {"id": "one", "image": "coco/a.png", "conversations": turn("<image>\nWhat is shown here?", "A long answer " * 5)},
+        {"id": "two", "image": ["coco/a.png", "coco/a.png"], "conversations": turn("<image><image>Same?")},
+    ]
     from PIL import Image
+
     root = tmp_path / "img"
     (root / "coco").mkdir(parents=True)
     Image.fromarray((np.random.default_rng(0).random((56, 56, 3)) * 255).astype("uint8")).save(root / "coco/a.png")
@@ -186,8 +199,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_store(demo, tmp_path, monk
         extract_store(demo["model"], demo["pool"], demo["images"], tmp_path / "s", opts())
     with pytest.raises(InputError, match="other settings.*tau"):
         extract_store(demo["model"], demo["pool"], demo["images"], tmp_path / "s", opts(resume=True, tau=0.5))
-    summary = extract_store(demo["model"], demo["pool"], demo["images"], tmp_path / "s",
-                            opts(resume=True, batch_size=3))
+    summary = extract_store(demo["model"], demo["pool"], demo["images"], tmp_path / "s", opts(resume=True, batch_size=3))
     assert 0 < summary["processed_this_run"] < 42  # the two committed parts were not redone
     ids, _ = load_representations(tmp_path / "s")
     assert len(ids) == len(set(ids)) == 40
@@ -202,36 +214,66 @@ def run_cli(capsys, *args):
 
 
 def test_cli_extract_and_run(demo, tmp_path, capsys):
-    rc, out, err = run_cli(capsys, "run", "--model", demo["model"], "--data", demo["pool"],
-                           "--image-root", demo["images"], "--budget", "25%", "--out-dir",
-                           tmp_path / "out", "--workers", 0, "--quiet")
+    rc, out, err = run_cli(
+        capsys,
+        "run",
+        "--model",
+        demo["model"],
+        "--data",
+        demo["pool"],
+        "--image-root",
+        demo["images"],
+        "--budget",
+        "25%",
+        "--out-dir",
+        tmp_path / "out",
+        "--workers",
+        0,
+        "--quiet",
+    )
     assert rc == 0, err
     assert "extracted 40 vectors, 2 skipped (1 no image, 1 unreadable image)" in out
     from scalselect.data import read_pool
     from scalselect.select import read_scores
+
     subset = read_pool(tmp_path / "out" / "subset.json")
     ids, _ = read_scores(tmp_path / "out" / "scores.jsonl")
     assert len(subset) == 10 and set(subset.ids) == set(ids[:10])
     # --resume on a complete run goes straight on to scoring
-    rc, out, err = run_cli(capsys, "run", "--model", demo["model"], "--data", demo["pool"],
-                           "--image-root", demo["images"], "--budget", "5", "--out-dir",
-                           tmp_path / "out", "--resume", "--quiet")
+    rc, out, err = run_cli(
+        capsys,
+        "run",
+        "--model",
+        demo["model"],
+        "--data",
+        demo["pool"],
+        "--image-root",
+        demo["images"],
+        "--budget",
+        "5",
+        "--out-dir",
+        tmp_path / "out",
+        "--resume",
+        "--quiet",
+    )
     assert rc == 0, err
     assert "is already complete (40 vectors, 2 skipped" in out and len(read_pool(tmp_path / "out" / "subset.json")) == 5
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"--model": "NOMODEL"}, "not a checkpoint directory"),
-    ({"--image-root": "NOROOT"}, "no such directory"),
-    ({"--data": "NOPOOL"}, "no such file"),
-    ({"--tau": "1.5"}, "--tau must be in"),
-    ({"--batch-size": "0"}, "--batch-size must be at least 1"),
-    ({"--dtype": "int8"}, "--dtype must be one of auto, bfloat16, float16, float32, not 'int8'"),
-    ({"--store-dtype": "bfloat16"}, "bfloat16 cannot be stored"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"--model": "NOMODEL"}, "not a checkpoint directory"),
+        ({"--image-root": "NOROOT"}, "no such directory"),
+        ({"--data": "NOPOOL"}, "no such file"),
+        ({"--tau": "1.5"}, "--tau must be in"),
+        ({"--batch-size": "0"}, "--batch-size must be at least 1"),
+        ({"--dtype": "int8"}, "--dtype must be one of auto, bfloat16, float16, float32, not 'int8'"),
+        ({"--store-dtype": "bfloat16"}, "bfloat16 cannot be stored"),
+    ],
+)
 def test_cli_extract_errors_are_one_line(demo, tmp_path, capsys, change, message):
-    args = {"--model": demo["model"], "--data": demo["pool"], "--image-root": demo["images"],
-            "--out": tmp_path / "s"}
+    args = {"--model": demo["model"], "--data": demo["pool"], "--image-root": demo["images"], "--out": tmp_path / "s"}
     args.update({k: (tmp_path / v if v.isupper() else v) for k, v in change.items()})
     rc, out, err = run_cli(capsys, "extract", *[x for kv in args.items() for x in kv], "--quiet")
     assert rc == 2, (out, err)
@@ -324,15 +366,25 @@ def _config_only(path: Path, config) -> Path:
     return path
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: __import__("transformers").MllamaConfig(architectures=["MllamaForConditionalGeneration"]),
-     "MllamaForConditionalGeneration is not supported: the image reaches the language model through cross-attention"),
-    (lambda: __import__("transformers").Pix2StructConfig(architectures=["Pix2StructForConditionalGeneration"]),
-     "Pix2StructForConditionalGeneration is not supported: an encoder-decoder model"),
-    (lambda: __import__("transformers").Qwen3_5Config(
-        text_config={"num_hidden_layers": 2, "layer_types": ["linear_attention"] * 2}),
-     "no decoder layer has softmax attention (layer kinds: linear_attention)"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda: __import__("transformers").MllamaConfig(architectures=["MllamaForConditionalGeneration"]),
+            "MllamaForConditionalGeneration is not supported: the image reaches the language model through cross-attention",
+        ),
+        (
+            lambda: __import__("transformers").Pix2StructConfig(architectures=["Pix2StructForConditionalGeneration"]),
+            "Pix2StructForConditionalGeneration is not supported: an encoder-decoder model",
+        ),
+        (
+            lambda: __import__("transformers").Qwen3_5Config(
+                text_config={"num_hidden_layers": 2, "layer_types": ["linear_attention"] * 2}
+            ),
+            "no decoder layer has softmax attention (layer kinds: linear_attention)",
+        ),
+    ],
+)
 def test_models_that_cannot_be_probed_exactly_are_refused(demo, tmp_path, capsys, make, message):
     model = _config_only(tmp_path / "model", make())
     args = extract_args(demo, tmp_path / "s")
@@ -342,8 +394,23 @@ def test_models_that_cannot_be_probed_exactly_are_refused(demo, tmp_path, capsys
 
 
 def extract_args(demo, out, *extra):
-    return ["extract", "--model", demo["model"], "--data", demo["pool"], "--image-root",
-            demo["images"], "--out", out, "--workers", 0, "--quiet", "--device", "cpu", *extra]
+    return [
+        "extract",
+        "--model",
+        demo["model"],
+        "--data",
+        demo["pool"],
+        "--image-root",
+        demo["images"],
+        "--out",
+        out,
+        "--workers",
+        0,
+        "--quiet",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def assert_one_line_error(capsys, args, message):
@@ -356,8 +423,11 @@ def test_resume_of_a_complete_store_checks_its_settings(demo, tmp_path, capsys):
     assert run_cli(capsys, *extract_args(demo, tmp_path / "s"))[0] == 0
     rc, out, _ = run_cli(capsys, *extract_args(demo, tmp_path / "s", "--resume"))
     assert rc == 0 and "already complete (40 vectors, 2 skipped" in out
-    assert_one_line_error(capsys, extract_args(demo, tmp_path / "s", "--resume", "--tau", "0.3"),
-                          "made with other settings (tau: 0.9 then, 0.3 now)")
+    assert_one_line_error(
+        capsys,
+        extract_args(demo, tmp_path / "s", "--resume", "--tau", "0.3"),
+        "made with other settings (tau: 0.9 then, 0.3 now)",
+    )
     assert_one_line_error(capsys, extract_args(demo, tmp_path / "s"), "a store already exists here")
 
 
@@ -370,8 +440,9 @@ def test_a_store_made_before_the_layer_was_recorded_resumes(demo, tmp_path, caps
     manifest.write_text(json.dumps(record))
     rc, out, err = run_cli(capsys, *extract_args(demo, tmp_path / "s", "--shard-rows", "16", "--resume"))
     assert rc == 0 and "already complete" in out, err
-    assert_one_line_error(capsys, extract_args(demo, tmp_path / "s", "--shard-rows", "16", "--resume",
-                                               "--layer", "1"), "layer: 0 then, 1 now")
+    assert_one_line_error(
+        capsys, extract_args(demo, tmp_path / "s", "--shard-rows", "16", "--resume", "--layer", "1"), "layer: 0 then, 1 now"
+    )
 
 
 def test_resume_of_a_complete_store_redoes_a_damaged_part(demo, tmp_path, capsys):
@@ -388,12 +459,13 @@ def test_resume_of_a_complete_store_redoes_a_damaged_part(demo, tmp_path, capsys
     data = bytearray(shard.read_bytes())
     data[-3] ^= 0x10
     shard.write_bytes(data)
-    assert damaged_parts(tmp_path / "s") == [f"{entry['vectors'][:-4]}: {entry['vectors']}: its bytes do not "
-                                             "match their CRC-32"]
+    assert damaged_parts(tmp_path / "s") == [f"{entry['vectors'][:-4]}: {entry['vectors']}: its bytes do not match their CRC-32"]
     rc, out, err = run_cli(capsys, *extract_args(demo, tmp_path / "s", "--resume"))
     assert rc == 0, err
-    assert err.strip() == (f"warning: {tmp_path / 's'}: part {entry['vectors'][:-4]} is corrupt ({entry['vectors']}: "
-                           "its bytes do not match their CRC-32); its samples are done again")
+    assert err.strip() == (
+        f"warning: {tmp_path / 's'}: part {entry['vectors'][:-4]} is corrupt ({entry['vectors']}: "
+        "its bytes do not match their CRC-32); its samples are done again"
+    )
     assert "extracted 40 vectors, 2 skipped" in out and f"[{entry['rows']} samples in" in out
     assert damaged_parts(tmp_path / "s") == []
     assert_same_vectors(by_id(tmp_path / "s"), by_id(tmp_path / "whole"), demo["model"])
@@ -473,8 +545,9 @@ def test_an_unfinished_store_is_named_as_such(demo, tmp_path, capsys):
     writer = StoreWriter(tmp_path / "s", 4, "float32")
     writer.add(np.ones((2, 4)), ["a", "b"])
     writer.abandon()
-    assert_one_line_error(capsys, ["score", tmp_path / "s", "--out", tmp_path / "x.jsonl"],
-                          "an unfinished extraction (no manifest.json yet)")
+    assert_one_line_error(
+        capsys, ["score", tmp_path / "s", "--out", tmp_path / "x.jsonl"], "an unfinished extraction (no manifest.json yet)"
+    )
 
 
 def test_odd_samples_and_failing_forwards_become_skips(demo, tmp_path, monkeypatch):
@@ -521,14 +594,30 @@ def test_a_wrong_image_root_stops_early(demo, tmp_path):
 
 
 def test_run_checks_the_budget_before_extracting(demo, tmp_path, capsys):
-    assert_one_line_error(capsys, ["run", "--model", demo["model"], "--data", demo["pool"],
-                                   "--image-root", demo["images"], "--budget", "abc", "--out-dir",
-                                   tmp_path / "out"], "budget 'abc'")
+    assert_one_line_error(
+        capsys,
+        [
+            "run",
+            "--model",
+            demo["model"],
+            "--data",
+            demo["pool"],
+            "--image-root",
+            demo["images"],
+            "--budget",
+            "abc",
+            "--out-dir",
+            tmp_path / "out",
+        ],
+        "budget 'abc'",
+    )
     assert not (tmp_path / "out").exists()
 
 
-VICUNA = ("A chat between a curious human and an artificial intelligence assistant. "
-          "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+VICUNA = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
 
 
 def test_the_system_prompt_is_rendered_as_an_instruction_where_a_sample_has_none(demo):
@@ -544,7 +633,7 @@ def test_the_system_prompt_is_rendered_as_an_instruction_where_a_sample_has_none
     a, b = plain(record, "llava", "x"), prompted(record, "llava", "x")
     extra = b.length - a.length
     assert extra > 0
-    text = processor.tokenizer.decode(b.inputs["input_ids"][0][:extra + 1])
+    text = processor.tokenizer.decode(b.inputs["input_ids"][0][: extra + 1])
     assert VICUNA in text  # first, before the user's turn
     assert bool(b.instruction[:extra].all())  # system tokens are instruction tokens
     # a record's own system turn wins: no second one
@@ -564,8 +653,11 @@ def test_system_prompt_and_chat_template_change_the_vectors_and_are_recorded(dem
     rtol = forward_rtol(AutoConfig.from_pretrained(demo["model"], local_files_only=True))
     assert all(np.abs(plain[k] - prompted[k]).max() > 100 * rtol * np.abs(plain[k]).max() for k in plain)
     # another prompt on --resume is another store
-    assert_one_line_error(capsys, extract_args(demo, tmp_path / "sys", "--resume", "--system-prompt", "Hi."),
-                          "made with other settings (system_prompt:")
+    assert_one_line_error(
+        capsys,
+        extract_args(demo, tmp_path / "sys", "--resume", "--system-prompt", "Hi."),
+        "made with other settings (system_prompt:",
+    )
 
     template = LLAVA_CHAT_TEMPLATE.replace("USER: ", "HUMAN: ")
     (tmp_path / "t.jinja").write_text(template, encoding="utf-8")
@@ -576,25 +668,33 @@ def test_system_prompt_and_chat_template_change_the_vectors_and_are_recorded(dem
         assert rc == 0, err
         assert read_manifest(out)["meta"]["chat_template"] == template
     named = tmp_path / "tokenizer_config.json"  # named templates: the default one
-    named.write_text(json.dumps({"chat_template": [{"name": "tool_use", "template": "x"},
-                                                   {"name": "default", "template": template}]}), encoding="utf-8")
+    named.write_text(
+        json.dumps({"chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": template}]}),
+        encoding="utf-8",
+    )
     assert run_cli(capsys, *extract_args(demo, tmp_path / "store-named", "--chat-template", named))[0] == 0
     assert read_manifest(tmp_path / "store-named")["meta"]["chat_template"] == template
     # another template on --resume: one short line naming the templates' digests
     (tmp_path / "other.jinja").write_text(template.replace("HUMAN", "PERSON"), encoding="utf-8")
-    assert_one_line_error(capsys, extract_args(demo, tmp_path / "store-named", "--resume", "--chat-template",
-                                               tmp_path / "other.jinja"), "chat_template_sha256")
+    assert_one_line_error(
+        capsys,
+        extract_args(demo, tmp_path / "store-named", "--resume", "--chat-template", tmp_path / "other.jinja"),
+        "chat_template_sha256",
+    )
     a, b = by_id(tmp_path / "store-t.jinja"), by_id(tmp_path / "store-t.json")
     assert all(np.array_equal(a[k], b[k]) for k in a)  # the same template from either file
     assert all(not np.array_equal(a[k], plain[k]) for k in a)
 
 
-@pytest.mark.parametrize("body,message", [
-    ("{% for m in messages %}", "--chat-template cannot render a conversation (TemplateSyntaxError"),
-    ("{{ messages[0]['role'] }}", "does not render the replies where they can be told from the instruction"),
-    ("{% for m in messages %}{{ m['content'] }}{% endfor %}", "does not render the replies"),
-    ("   ", "empty"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("{% for m in messages %}", "--chat-template cannot render a conversation (TemplateSyntaxError"),
+        ("{{ messages[0]['role'] }}", "does not render the replies where they can be told from the instruction"),
+        ("{% for m in messages %}{{ m['content'] }}{% endfor %}", "does not render the replies"),
+        ("   ", "empty"),
+    ],
+)
 def test_a_template_that_cannot_serve_is_one_line_before_any_work(demo, tmp_path, capsys, monkeypatch, body, message):
     import transformers
 
@@ -609,9 +709,10 @@ def test_a_template_that_cannot_serve_is_one_line_before_any_work(demo, tmp_path
 
 def test_prompt_options_that_are_not_text_are_one_line(demo, tmp_path, capsys):
     (tmp_path / "t.json").write_text(json.dumps({"template": "x"}), encoding="utf-8")
-    assert_one_line_error(capsys, extract_args(demo, tmp_path / "s", "--chat-template", tmp_path / "t.json"),
-                          'without a "chat_template" string')
-    assert_one_line_error(capsys, extract_args(demo, tmp_path / "s", "--chat-template", tmp_path / "none.jinja"),
-                          "no such file")
-    assert_one_line_error(capsys, extract_args(demo, tmp_path / "s", "--system-prompt", "\udcff"),
-                          "--system-prompt: not valid UTF-8 text")
+    assert_one_line_error(
+        capsys, extract_args(demo, tmp_path / "s", "--chat-template", tmp_path / "t.json"), 'without a "chat_template" string'
+    )
+    assert_one_line_error(capsys, extract_args(demo, tmp_path / "s", "--chat-template", tmp_path / "none.jinja"), "no such file")
+    assert_one_line_error(
+        capsys, extract_args(demo, tmp_path / "s", "--system-prompt", "\udcff"), "--system-prompt: not valid UTF-8 text"
+    )

@@ -15,14 +15,14 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 # (batch, heads, kv_heads, seq, head_dim, logit sharpness)
 MASS_SHAPES = [
-    (1, 1, 1, 1, 8, 1.0),       # one token
+    (1, 1, 1, 1, 8, 1.0),  # one token
     (1, 2, 1, 9, 8, 1.0),
     (3, 4, 4, 23, 16, 1.5),
-    (2, 8, 2, 67, 32, 1.5),     # GQA group 4
-    (4, 6, 3, 130, 128, 1.0),   # group 2, the largest head size
-    (3, 4, 4, 50, 13, 6.0),     # odd head size, sharp softmax (logits of tens)
-    (12, 2, 1, 90, 24, 1.5),    # a larger batch
-    (2, 4, 2, 700, 64, 1.5),    # LLaVA-1.5-like: 576 image tokens
+    (2, 8, 2, 67, 32, 1.5),  # GQA group 4
+    (4, 6, 3, 130, 128, 1.0),  # group 2, the largest head size
+    (3, 4, 4, 50, 13, 6.0),  # odd head size, sharp softmax (logits of tens)
+    (12, 2, 1, 90, 24, 1.5),  # a larger batch
+    (2, 4, 2, 700, 64, 1.5),  # LLaVA-1.5-like: 576 image tokens
 ]
 
 
@@ -44,7 +44,7 @@ def extraction_batch(seed, batch, heads, kv_heads, seq, hd, sharp=1.5, dtype=tor
         else:
             length = int((hi - lo) * (0.5 + 0.35 * float(torch.rand(1, generator=gen))))
             start = lo + int(torch.randint(0, hi - lo - length + 1, (1,), generator=gen))
-            vision[b, start:start + length] = True
+            vision[b, start : start + length] = True
     instruction = ~vision & valid & (torch.rand(batch, seq, generator=gen) < 0.8)
     return q, k, valid, instruction, vision
 
@@ -53,8 +53,7 @@ def check_attention_mass(q, k, valid, rows, cols, scale, device="cpu", ranges=No
     """Native on `device` against the twin on the CPU; returns the native result (CPU)."""
     want = twins.attention_mass(q, k, valid, rows, cols, scale, ranges, softcap)
     on_device = None if ranges is None else tuple(r.to(device) for r in ranges)
-    got = kernels.attention_mass(*(t.to(device) for t in (q, k, valid, rows, cols)), scale,
-                                 on_device, softcap, backend="native")
+    got = kernels.attention_mass(*(t.to(device) for t in (q, k, valid, rows, cols)), scale, on_device, softcap, backend="native")
     assert got.dtype == torch.float32 and got.shape == cols.shape and got.device.type == device
     got = got.cpu()
     rtol = attention_mass_rtol(q, k, valid, rows, scale, softcap)
@@ -69,7 +68,7 @@ def check_attention_mass(q, k, valid, rows, cols, scale, device="cpu", ranges=No
 def test_attention_mass_matches_twin(shape, dtype):
     batch, heads, kv_heads, seq, hd, sharp = shape
     q, k, valid, rows, cols = extraction_batch(seq + hd, batch, heads, kv_heads, seq, hd, sharp, dtype)
-    got = check_attention_mass(q, k, valid, rows, cols, hd ** -0.5)
+    got = check_attention_mass(q, k, valid, rows, cols, hd**-0.5)
     # something was measured: samples with rows before some vision token have mass there
     for b in range(batch):
         r, c = torch.nonzero(rows[b] & valid[b]).flatten(), torch.nonzero(cols[b]).flatten()
@@ -81,8 +80,8 @@ def test_attention_mass_matches_twin(shape, dtype):
 MASK_SHAPES = [
     (1, 1, 1, 1, 8, 1),
     (3, 4, 2, 23, 16, 5),
-    (2, 8, 2, 130, 32, 16),     # windows on panel boundaries
-    (2, 4, 4, 300, 24, 37),     # many panels before a row's window
+    (2, 8, 2, 130, 32, 16),  # windows on panel boundaries
+    (2, 4, 4, 300, 24, 37),  # many panels before a row's window
     (2, 4, 2, 700, 64, 100),
 ]
 
@@ -98,7 +97,7 @@ def test_attention_mass_follows_key_ranges(kind, shape, device):
         q, k, valid, rows, cols = extraction_batch(seq + size, batch, heads, kv_heads, seq, hd, 2.0, dtype)
         rows &= ~cols
         ranges = layer_masks.key_ranges(kind, valid, window=size, chunk=size, prefix=size)
-        got = check_attention_mass(q, k, valid, rows, cols, hd ** -0.5, device, ranges, softcap)
+        got = check_attention_mass(q, k, valid, rows, cols, hd**-0.5, device, ranges, softcap)
         assert torch.all(got[~cols] == 0) and torch.all(got >= 0)
 
 
@@ -106,9 +105,11 @@ def test_attention_mass_refuses_key_ranges_without_the_row():
     q, k, valid, rows, cols = extraction_batch(4, 2, 2, 2, 20, 8)
     lo, hi = layer_masks.key_ranges("sliding", valid, window=3)
     i = int(torch.nonzero(rows[0] & valid[0])[0])
-    for bad in ((lo, hi.clone().index_put_((torch.tensor([0]), torch.tensor([i])), torch.tensor(i, dtype=torch.int32))),
-                (lo.clone().index_put_((torch.tensor([0]), torch.tensor([i])), torch.tensor(i + 1, dtype=torch.int32)), hi),
-                (lo, hi + 30)):
+    for bad in (
+        (lo, hi.clone().index_put_((torch.tensor([0]), torch.tensor([i])), torch.tensor(i, dtype=torch.int32))),
+        (lo.clone().index_put_((torch.tensor([0]), torch.tensor([i])), torch.tensor(i + 1, dtype=torch.int32)), hi),
+        (lo, hi + 30),
+    ):
         for backend in ("torch", "native"):
             with pytest.raises(ValueError, match="must hold the row itself"):
                 kernels.attention_mass(q, k, valid, rows, cols, 0.3, bad, backend=backend)
@@ -119,15 +120,15 @@ def test_attention_mass_refuses_key_ranges_without_the_row():
 
 def test_attention_mass_degenerate_samples():
     q, k, valid, rows, cols = extraction_batch(5, 7, 4, 2, 40, 16)
-    rows[0] = False                        # no instruction rows
-    cols[1] = False                        # no vision tokens
+    rows[0] = False  # no instruction rows
+    cols[1] = False  # no vision tokens
     cols[2] = False
     cols[2, int(torch.nonzero(valid[2])[0])] = True  # one vision token, the first real one
     rows[2] = valid[2] & ~cols[2]
     cols[3, :20], cols[3, 20:] = False, valid[3, 20:]  # every instruction row before the image:
     rows[3, :20], rows[3, 20:] = valid[3, :20], False  # causal attention gives it nothing
     valid[4], rows[4], cols[4] = False, False, False  # an all-padding sample
-    valid[5, 34:] = False                  # vision marks on padding get nothing either
+    valid[5, 34:] = False  # vision marks on padding get nothing either
     cols[5] = (torch.arange(40) % 2 == 0) | ~valid[5]
     rows[5] = valid[5] & ~cols[5]
     got = check_attention_mass(q, k, valid, rows, cols, 0.25)
@@ -147,15 +148,13 @@ def test_attention_mass_reads_views_and_mixed_dtypes():
     rtol = attention_mass_rtol(q, k, valid, rows, 0.25)
     torch.testing.assert_close(got, want, rtol=rtol, atol=0.0)
     got = kernels.attention_mass(q.half(), k, valid, rows, cols, 0.25, backend="native")
-    torch.testing.assert_close(got, twins.attention_mass(q.half().float(), k, valid, rows, cols, 0.25),
-                               rtol=rtol, atol=0.0)
+    torch.testing.assert_close(got, twins.attention_mass(q.half().float(), k, valid, rows, cols, 0.25), rtol=rtol, atol=0.0)
 
 
 def test_attention_mass_of_a_sample_does_not_depend_on_its_batch_mates():
     q, k, valid, rows, cols = extraction_batch(13, 5, 4, 4, 60, 32)
     together = kernels.attention_mass(q, k, valid, rows, cols, 0.2, backend="native")
-    alone = kernels.attention_mass(q[3:4], k[3:4], valid[3:4], rows[3:4], cols[3:4], 0.2,
-                                   backend="native")
+    alone = kernels.attention_mass(q[3:4], k[3:4], valid[3:4], rows[3:4], cols[3:4], 0.2, backend="native")
     torch.testing.assert_close(together[3:4], alone, rtol=attention_mass_rtol(q, k, valid, rows, 0.2), atol=0.0)
 
 
@@ -185,8 +184,7 @@ def mass_batch(seed, batch, seq, dim, dtype=torch.float32):
 
 def check_top_mass_mean(hidden, mass, vision, tau, device="cpu"):
     want, want_kept = twins.top_mass_mean(hidden, mass, vision, tau)
-    got, kept = kernels.top_mass_mean(hidden.to(device), mass.to(device), vision.to(device), tau,
-                                      backend="native")
+    got, kept = kernels.top_mass_mean(hidden.to(device), mass.to(device), vision.to(device), tau, backend="native")
     assert got.dtype == torch.float32 and got.shape == want.shape and got.device.type == device
     assert kept.dtype == torch.int64 and kept.device.type == device
     assert kept.tolist() == want_kept.tolist()
@@ -239,8 +237,7 @@ def test_top_mass_mean_selects_the_most_attended_tokens():
     seq = 10
     hidden = torch.arange(seq, dtype=torch.float32).repeat(2, 1)[..., None].expand(2, seq, 3).contiguous()
     vision = torch.ones(2, seq, dtype=torch.bool)
-    mass = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0],
-                         [0.1] * seq])
+    mass = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0], [0.1] * seq])
     got, kept = kernels.top_mass_mean(hidden, mass, vision, 0.65, backend="native")
     assert kept.tolist() == [2, 7]  # 0.5, 0.8 > 0.65; uniform ties: earliest seven
     torch.testing.assert_close(got[0], torch.full((3,), 2.0))  # positions 1 and 3
@@ -260,8 +257,12 @@ def test_auto_dispatch_uses_the_native_cpu_kernels(monkeypatch):
 
     monkeypatch.setattr(twins, "attention_mass", no_twin)
     monkeypatch.setattr(twins, "top_mass_mean", no_twin)
-    torch.testing.assert_close(kernels.attention_mass(q, k, valid, rows, cols, 0.3), want_mass,
-                               rtol=attention_mass_rtol(q, k, valid, rows, 0.3), atol=0.0)
+    torch.testing.assert_close(
+        kernels.attention_mass(q, k, valid, rows, cols, 0.3),
+        want_mass,
+        rtol=attention_mass_rtol(q, k, valid, rows, 0.3),
+        atol=0.0,
+    )
     got, kept = kernels.top_mass_mean(hidden, mass, vision, 0.9)
     torch.testing.assert_close(got, want_mean[0], rtol=0.0, atol=mean_atol(hidden))
     assert torch.equal(kept, want_mean[1])
@@ -334,8 +335,11 @@ def test_public_functions_fall_back_to_the_twin_when_the_gpu_kernel_refuses(monk
     native call replaced by one that raises: the result is the twin's."""
     real = kernels.dispatch.native_or_twin
     monkeypatch.setattr(kernels.dispatch, "fallback_warned", set())
-    monkeypatch.setattr(kernels.dispatch, "native_or_twin", lambda kernel, device, backend, shape, native, twin:
-                        real(kernel, torch.device("cuda"), backend, shape, _refuse, twin))
+    monkeypatch.setattr(
+        kernels.dispatch,
+        "native_or_twin",
+        lambda kernel, device, backend, shape, native, twin: real(kernel, torch.device("cuda"), backend, shape, _refuse, twin),
+    )
     args = _fallback_args(name)
     with pytest.warns(RuntimeWarning, match=f"CUDA kernel {name} failed on shape"):
         got = getattr(kernels, name)(*args)
@@ -356,7 +360,7 @@ def test_public_functions_fall_back_to_the_twin_when_the_gpu_kernel_refuses(monk
 def test_cuda_attention_mass_matches_twin(shape, dtype):
     batch, heads, kv_heads, seq, hd, sharp = shape
     q, k, valid, rows, cols = extraction_batch(seq + hd, batch, heads, kv_heads, seq, hd, sharp, dtype)
-    check_attention_mass(q, k, valid, rows, cols, hd ** -0.5, device="cuda")
+    check_attention_mass(q, k, valid, rows, cols, hd**-0.5, device="cuda")
 
 
 @pytest.mark.cuda
@@ -396,5 +400,9 @@ def test_cuda_attention_mass_refuses_a_head_size_beyond_shared_memory(monkeypatc
     monkeypatch.setattr(kernels.dispatch, "fallback_warned", set())
     with pytest.warns(RuntimeWarning, match="attention_mass failed on shape"):
         got = kernels.attention_mass(*args, 0.02)
-    torch.testing.assert_close(got.cpu(), twins.attention_mass(q, k, valid, rows, cols, 0.02),
-                               rtol=attention_mass_rtol(q, k, valid, rows, 0.02), atol=0.0)
+    torch.testing.assert_close(
+        got.cpu(),
+        twins.attention_mass(q, k, valid, rows, cols, 0.02),
+        rtol=attention_mass_rtol(q, k, valid, rows, 0.02),
+        atol=0.0,
+    )

@@ -33,7 +33,7 @@ def random_batch(seed, batch=3, heads=4, kv_heads=2, seq=23, hd=8, dtype=torch.f
     q = torch.randn(batch, heads, seq, hd, generator=gen).to(dtype)
     k = torch.randn(batch, kv_heads, seq, hd, generator=gen).to(dtype)
     key_valid = torch.ones(batch, seq, dtype=torch.bool)
-    key_valid[0, :5] = False   # left padding
+    key_valid[0, :5] = False  # left padding
     key_valid[-1, -7:] = False  # right padding
     col_vision = (torch.rand(batch, seq, generator=gen) < 0.4) & key_valid
     row_instr = ~col_vision & key_valid & (torch.rand(batch, seq, generator=gen) < 0.7)
@@ -71,8 +71,7 @@ def test_attention_mass_follows_the_layer_mask(kind, softcap):
     causal = twins.attention_mass(q, k, valid, rows, cols, scale, None, softcap)
     assert (kind in ("causal", "image_blocks")) == torch.allclose(got, causal, rtol=rtol, atol=0.0)
     if softcap is not None:
-        assert not torch.allclose(got, twins.attention_mass(q, k, valid, rows, cols, scale, ranges),
-                                  rtol=rtol, atol=0.0)
+        assert not torch.allclose(got, twins.attention_mass(q, k, valid, rows, cols, scale, ranges), rtol=rtol, atol=0.0)
 
 
 def test_attention_mass_half_precision_and_empty_samples():

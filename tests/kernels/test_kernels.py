@@ -75,7 +75,7 @@ def test_gram_prep_matches_twin(shape, dtype, l2, scaled):
     assert sk_sq.dtype == torch.float64 and sk_sq.shape == (d,)
     torch.testing.assert_close(sk_c, got_c, rtol=0, atol=0)
     torch.testing.assert_close(sk_s, got_s, rtol=0, atol=0)
-    assert torch.all((sk_sq - want_sq).abs() <= reordered_sum(centred ** 2))
+    assert torch.all((sk_sq - want_sq).abs() <= reordered_sum(centred**2))
 
 
 @pytest.mark.parametrize("shape,dtype", list(itertools.product(SHAPES, DTYPES)))
@@ -83,7 +83,7 @@ def test_gram_prep_matches_twin(shape, dtype, l2, scaled):
 def test_projected_sqnorm_matches_twin(shape, dtype, k):
     n, d = shape
     x, shift, inv_scale = _inputs(n, d, dtype, seed=n * 7 + d + k)
-    w = torch.randn(d, k, generator=torch.Generator().manual_seed(k)) / d ** 0.5
+    w = torch.randn(d, k, generator=torch.Generator().manual_seed(k)) / d**0.5
     for l2, scale in [(False, None), (True, inv_scale)]:
         got = kernels.projected_sqnorm(x, shift, scale, l2, w, backend="native")
         want = twins.projected_sqnorm(x, shift, scale, l2, w)
@@ -100,14 +100,21 @@ def test_kernels_read_strided_rows_and_convert_other_dtypes():
     assert view.stride(0) == 64
     w = torch.randn(40, 9)
     tol = reordered_projection(twins.centre_rows(x, shift, None, False).float(), w)
-    assert torch.all((kernels.projected_sqnorm(view, shift, None, False, w, backend="native")
-                      - twins.projected_sqnorm(x, shift, None, False, w)).abs() <= tol)
+    assert torch.all(
+        (
+            kernels.projected_sqnorm(view, shift, None, False, w, backend="native")
+            - twins.projected_sqnorm(x, shift, None, False, w)
+        ).abs()
+        <= tol
+    )
     transposed = x.T.contiguous().T  # column-major: made contiguous first
-    torch.testing.assert_close(kernels.gram_prep(transposed, shift, inv_scale, True, backend="native")[0],
-                               twins.gram_prep(x, shift, inv_scale, True)[0])
+    torch.testing.assert_close(
+        kernels.gram_prep(transposed, shift, inv_scale, True, backend="native")[0], twins.gram_prep(x, shift, inv_scale, True)[0]
+    )
     ints = torch.randint(-50, 50, (20, 40))
-    torch.testing.assert_close(kernels.gram_prep(ints, shift, None, False, backend="native")[1],
-                               twins.gram_prep(ints.float(), shift, None, False)[1])
+    torch.testing.assert_close(
+        kernels.gram_prep(ints, shift, None, False, backend="native")[1], twins.gram_prep(ints.float(), shift, None, False)[1]
+    )
 
 
 def test_rows_at_the_shift_stay_zero_under_l2_normalisation():
@@ -140,19 +147,22 @@ def test_bad_arguments_are_refused_before_the_native_call():
 def test_cuda_kernels_match_twins(shape, dtype):
     n, d = shape
     x, shift, inv_scale = _inputs(n, d, dtype, seed=n + d, device="cuda")
-    w = torch.randn(d, 300, device="cuda") / d ** 0.5
+    w = torch.randn(d, 300, device="cuda") / d**0.5
     for l2, scale in [(False, None), (True, inv_scale)]:
         got_c, got_s, got_sq = kernels.sketch_prep(x, shift, scale, l2, backend="native")
         want_c, want_s, want_sq = twins.sketch_prep(x, shift, scale, l2)
         centred = twins.centre_rows(x, shift, scale, l2)
         torch.testing.assert_close(got_c, want_c, **same_rounding(centred))
         assert torch.all((got_s - want_s).abs() <= reordered_sum(centred))
-        assert torch.all((got_sq - want_sq).abs() <= reordered_sum(centred ** 2))
-        assert torch.all((kernels.gram_prep(x, shift, scale, l2, backend="native")[1] - want_s).abs()
-                         <= reordered_sum(centred))
-        assert torch.all((kernels.projected_sqnorm(x, shift, scale, l2, w, backend="native")
-                          - twins.projected_sqnorm(x, shift, scale, l2, w)).abs()
-                         <= reordered_projection(centred.float(), w))
+        assert torch.all((got_sq - want_sq).abs() <= reordered_sum(centred**2))
+        assert torch.all((kernels.gram_prep(x, shift, scale, l2, backend="native")[1] - want_s).abs() <= reordered_sum(centred))
+        assert torch.all(
+            (
+                kernels.projected_sqnorm(x, shift, scale, l2, w, backend="native")
+                - twins.projected_sqnorm(x, shift, scale, l2, w)
+            ).abs()
+            <= reordered_projection(centred.float(), w)
+        )
 
 
 @pytest.mark.parametrize("name", ["gram_prep", "projected_sqnorm", "attention_mass", "top_mass_mean"])

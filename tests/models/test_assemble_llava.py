@@ -27,25 +27,52 @@ def parts(tmp_path_factory):
     base = tmp_path_factory.mktemp("parts")
     torch.manual_seed(0)
     tokenizer = byte_tokenizer(specials=("<unk>", "<s>", "</s>"), unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+    llm = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
     llm.save_pretrained(base / "llm")
     tokenizer.save_pretrained(base / "llm")
-    tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                             num_attention_heads=2, image_size=28, patch_size=14))
+    tower = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14
+        )
+    )
     tower.save_pretrained(base / "clip")
     CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(base / "clip")
-    projector = {"model.mm_projector.0.weight": torch.randn(64, 32), "model.mm_projector.0.bias": torch.randn(64),
-                 "model.mm_projector.2.weight": torch.randn(64, 64), "model.mm_projector.2.bias": torch.randn(64)}
+    projector = {
+        "model.mm_projector.0.weight": torch.randn(64, 32),
+        "model.mm_projector.0.bias": torch.randn(64),
+        "model.mm_projector.2.weight": torch.randn(64, 64),
+        "model.mm_projector.2.bias": torch.randn(64),
+    }
     torch.save(projector, base / "mm_projector.bin")
     return {"base": base, "llm": llm, "tower": tower, "projector": projector, "vocab": len(tokenizer)}
 
 
 def assemble(parts, out: Path, projector: Path | None = None) -> int:
     base = parts["base"]
-    return main(["assemble-llava", "--llm", str(base / "llm"), "--vision", str(base / "clip"),
-                 "--projector", str(projector or base / "mm_projector.bin"), "--out", str(out)])
+    return main(
+        [
+            "assemble-llava",
+            "--llm",
+            str(base / "llm"),
+            "--vision",
+            str(base / "clip"),
+            "--projector",
+            str(projector or base / "mm_projector.bin"),
+            "--out",
+            str(out),
+        ]
+    )
 
 
 def test_the_assembled_checkpoint_holds_the_parts_and_extracts(parts, tmp_path, capsys):
@@ -81,8 +108,24 @@ def test_the_assembled_checkpoint_holds_the_parts_and_extracts(parts, tmp_path, 
     assert float(pixels[:, pixels.shape[1] // 2].abs().max()) > 0.5  # the image itself, in the middle
 
     demo = prepare_demo(tmp_path / "demo", n=50)
-    rc = main(["extract", "--model", str(out), "--data", str(demo["pool"]), "--image-root", str(demo["images"]),
-               "--out", str(tmp_path / "store"), "--workers", "0", "--quiet", "--device", "cpu"])
+    rc = main(
+        [
+            "extract",
+            "--model",
+            str(out),
+            "--data",
+            str(demo["pool"]),
+            "--image-root",
+            str(demo["images"]),
+            "--out",
+            str(tmp_path / "store"),
+            "--workers",
+            "0",
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     manifest = read_manifest(tmp_path / "store")
     assert manifest["num_rows"] == 50 and manifest["dim"] == 64
@@ -107,7 +150,21 @@ def test_bad_parts_are_one_line_and_leave_nothing(parts, tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     assert assemble(parts, tmp_path / "taken") == 2
     assert "exists" in capsys.readouterr().err
-    assert main(["assemble-llava", "--llm", str(base / "clip"), "--vision", str(base / "clip"), "--projector",
-                 str(base / "mm_projector.bin"), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "assemble-llava",
+                "--llm",
+                str(base / "clip"),
+                "--vision",
+                str(base / "clip"),
+                "--projector",
+                str(base / "mm_projector.bin"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "cannot load the parts" in capsys.readouterr().err
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging folder left

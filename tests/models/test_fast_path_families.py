@@ -64,23 +64,37 @@ def _samples():
     """Multi-turn conversations with 1 or 2 images of different sizes (images before the text of
     the user turn that carries them, as scalselect.data renders a pool record)."""
     return [
-        ([_image(0, 56, 56)],
-         [{"role": "system", "content": [_text("Be brief.")]},
-          {"role": "user", "content": [{"type": "image"}, _text("What is in the picture?")]},
-          {"role": "assistant", "content": [_text("The picture shows a cat.")]},
-          {"role": "user", "content": [_text("How many dogs?")]},
-          {"role": "assistant", "content": [_text("There are 2 dogs.")]}]),
-        ([_image(1, 60, 110), _image(2, 100, 45)],
-         [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, _text("Read the text on the sign.")]},
-          {"role": "assistant", "content": [_text("No.")]},
-          {"role": "user", "content": [_text("What colour is the car?")]},
-          {"role": "assistant", "content": [_text("The car is red and the sky is blue.")]}]),
-        ([_image(3, 84, 84)],
-         [{"role": "user", "content": [_text("Hello.")]},
-          {"role": "assistant", "content": [_text("Yes?")]},
-          {"role": "user", "content": [{"type": "image"}, _text("Describe the picture in detail.")]},
-          {"role": "assistant", "content": [_text("A cat sits on a red sofa next to a window. "
-                                                  "The sky is blue and there are two dogs.")]}]),
+        (
+            [_image(0, 56, 56)],
+            [
+                {"role": "system", "content": [_text("Be brief.")]},
+                {"role": "user", "content": [{"type": "image"}, _text("What is in the picture?")]},
+                {"role": "assistant", "content": [_text("The picture shows a cat.")]},
+                {"role": "user", "content": [_text("How many dogs?")]},
+                {"role": "assistant", "content": [_text("There are 2 dogs.")]},
+            ],
+        ),
+        (
+            [_image(1, 60, 110), _image(2, 100, 45)],
+            [
+                {"role": "user", "content": [{"type": "image"}, {"type": "image"}, _text("Read the text on the sign.")]},
+                {"role": "assistant", "content": [_text("No.")]},
+                {"role": "user", "content": [_text("What colour is the car?")]},
+                {"role": "assistant", "content": [_text("The car is red and the sky is blue.")]},
+            ],
+        ),
+        (
+            [_image(3, 84, 84)],
+            [
+                {"role": "user", "content": [_text("Hello.")]},
+                {"role": "assistant", "content": [_text("Yes?")]},
+                {"role": "user", "content": [{"type": "image"}, _text("Describe the picture in detail.")]},
+                {
+                    "role": "assistant",
+                    "content": [_text("A cat sits on a red sofa next to a window. The sky is blue and there are two dogs.")],
+                },
+            ],
+        ),
     ]
 
 
@@ -96,8 +110,7 @@ def _prepared(processor, model):
     for images, messages in _samples():
         text, spans = reply_char_spans(_render(processor), messages)
         alone = _float32(processor(images=images, text=[text], return_tensors="pt"))
-        roles = token_roles(processor.tokenizer, text, spans, image_token_id(model.config),
-                            alone["input_ids"][0])
+        roles = token_roles(processor.tokenizer, text, spans, image_token_id(model.config), alone["input_ids"][0])
         alone = training_inputs(processor, alone, roles.vision, roles.instruction)
         out.append((images, text, alone, roles.instruction[None]))
     return out
@@ -163,10 +176,11 @@ def test_tiny_qwen_checkpoints_are_architecturally_real(qwen):
     assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
 
     from scalselect.models import adapter_for
+
     assert adapter_for(model).family == family
     for images, text, alone, _ in _prepared(processor, model):
         merge = model.config.vision_config.spatial_merge_size
-        per_image = (alone["image_grid_thw"].prod(dim=-1) // merge ** 2).tolist()
+        per_image = (alone["image_grid_thw"].prod(dim=-1) // merge**2).tolist()
         assert len(per_image) == len(images) and min(per_image) > 1
         assert int((alone["input_ids"] == model.config.image_token_id).sum()) == sum(per_image)
         assert text.count("<|vision_start|><|image_pad|><|vision_end|>") == len(images)
@@ -219,8 +233,10 @@ def test_qwen3_vl_hidden_states_1_is_layer_0_output_before_deepstack(qwen):
     _, _, batch, _ = _prepared(processor, model)[1]
     layers = model.model.language_model.layers
     seen = {}
-    hooks = [layers[0].register_forward_hook(lambda _m, _a, out: seen.__setitem__("out0", out)),
-             layers[1].register_forward_pre_hook(lambda _m, args: seen.__setitem__("in1", args[0]))]
+    hooks = [
+        layers[0].register_forward_hook(lambda _m, _a, out: seen.__setitem__("out0", out)),
+        layers[1].register_forward_pre_hook(lambda _m, args: seen.__setitem__("in1", args[0])),
+    ]
     try:
         with torch.no_grad():
             out = model(**batch, output_hidden_states=True)

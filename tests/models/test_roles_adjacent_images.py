@@ -13,8 +13,7 @@ from scalselect.models.tiny import LLAVA_CHAT_TEMPLATE, save_tiny_llava
 # LLaVA's template with each image rendered as a bare <image>: two images give <image><image>.
 ADJACENT_TEMPLATE = LLAVA_CHAT_TEMPLATE.replace("<image>\n", "<image>")
 MESSAGES = [
-    {"role": "user", "content": [{"type": "image"}, {"type": "image"},
-                                 {"type": "text", "text": "How many dogs?"}]},
+    {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "How many dogs?"}]},
     {"role": "assistant", "content": [{"type": "text", "text": "There are 12 dogs."}]},
 ]
 
@@ -28,7 +27,8 @@ def case(tmp_path_factory):
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     processor.chat_template = ADJACENT_TEMPLATE
     render = lambda msgs, gen: processor.apply_chat_template(  # noqa: E731
-        msgs, tokenize=False, add_generation_prompt=gen)
+        msgs, tokenize=False, add_generation_prompt=gen
+    )
     text, spans = reply_char_spans(render, MESSAGES)
     rng = np.random.default_rng(0)
     images = [Image.fromarray((rng.random((33, 47, 3)) * 255).astype("uint8")) for _ in range(2)]
@@ -42,7 +42,7 @@ def test_the_template_renders_adjacent_tags_that_tokenise_to_adjacent_image_toke
     assert "<image><image>How many dogs?" in text
     text_ids = processor.tokenizer(text)["input_ids"]
     at = text_ids.index(image_id)
-    assert text_ids[at:at + 3] == [image_id, image_id, text_ids[at + 2]] and text_ids[at + 2] != image_id
+    assert text_ids[at : at + 3] == [image_id, image_id, text_ids[at + 2]] and text_ids[at + 2] != image_id
     # the processor expands both into one run of 2 x 4 image tokens
     where = (ids == image_id).nonzero().flatten()
     assert len(where) == 8 and bool((where.diff() == 1).all())
@@ -80,7 +80,7 @@ def test_token_roles_refuse_a_processor_that_loses_a_reply_token(case):
     reply = (~full.vision & ~full.instruction).nonzero().flatten()
     for at in (int(reply[0]), int(reply[-1])):
         with pytest.raises(InputError, match="do not match"):
-            token_roles(processor.tokenizer, text, spans, image_id, torch.cat([ids[:at], ids[at + 1:]]))
+            token_roles(processor.tokenizer, text, spans, image_id, torch.cat([ids[:at], ids[at + 1 :]]))
     # a marker the processor inserts (a BOS, a row break) is an instruction token
     bos = torch.tensor([processor.tokenizer.bos_token_id])
     inserted = token_roles(processor.tokenizer, text, spans, image_id, torch.cat([bos, ids]))

@@ -24,12 +24,16 @@ def test_tiny_llava_loads_through_auto_classes_and_runs(tiny_llava):
     rng = np.random.default_rng(0)
     images = [Image.fromarray((rng.random((h, w, 3)) * 255).astype("uint8")) for h, w in [(40, 50), (90, 31)]]
     conversations = [
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]},
-         {"role": "assistant", "content": [{"type": "text", "text": "A cat on a sofa."}]}],
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many dogs?"}]},
-         {"role": "assistant", "content": [{"type": "text", "text": "Two."}]},
-         {"role": "user", "content": [{"type": "text", "text": "And cats?"}]},
-         {"role": "assistant", "content": [{"type": "text", "text": "There are 3 cats."}]}],
+        [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "A cat on a sofa."}]},
+        ],
+        [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many dogs?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Two."}]},
+            {"role": "user", "content": [{"type": "text", "text": "And cats?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "There are 3 cats."}]},
+        ],
     ]
     texts = [processor.apply_chat_template(c, tokenize=False) for c in conversations]
     assert texts[0] == "USER: <image>\nWhat is shown? ASSISTANT: A cat on a sofa.</s>"
@@ -81,7 +85,7 @@ def test_token_roles_find_replies_by_character_offsets(tiny_llava):
     # the reply's standalone tokens are not a sub-sequence of the conversation's: searching them fails
     alone = processor.tokenizer("There are 12 dogs.", add_special_tokens=False)["input_ids"]
     seq = ids.tolist()
-    assert not any(seq[i:i + len(alone)] == alone for i in range(len(seq)))
+    assert not any(seq[i : i + len(alone)] == alone for i in range(len(seq)))
 
 
 def test_token_roles_refuse_a_mismatched_processor_sequence(tiny_llava):
@@ -91,15 +95,17 @@ def test_token_roles_refuse_a_mismatched_processor_sequence(tiny_llava):
     from scalselect.models.roles import reply_char_spans, token_roles
 
     processor = AutoProcessor.from_pretrained(tiny_llava, local_files_only=True)
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]},
-                {"role": "assistant", "content": [{"type": "text", "text": "A dog."}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A dog."}]},
+    ]
     text, spans = reply_char_spans(_render(processor), messages)
     ids = processor(images=[_image(2)], text=[text], return_tensors="pt")["input_ids"][0]
     image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
     roles = token_roles(processor.tokenizer, text, spans, image_id, ids)
     last_reply = int((~roles.vision & ~roles.instruction).nonzero().max())
     with pytest.raises(InputError, match="do not match"):  # the processor lost a reply token
-        token_roles(processor.tokenizer, text, spans, image_id, torch.cat([ids[:last_reply], ids[last_reply + 1:]]))
+        token_roles(processor.tokenizer, text, spans, image_id, torch.cat([ids[:last_reply], ids[last_reply + 1 :]]))
     rewritten = lambda msgs, gen: _render(processor)(msgs, gen).replace("A dog.", "A DOG.")  # noqa: E731
     with pytest.raises(InputError, match="not where the chat template puts it"):
         reply_char_spans(rewritten, messages)

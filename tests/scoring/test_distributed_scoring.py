@@ -39,7 +39,7 @@ def make_store(path, x, sizes, ids=None, dtype="float16"):
     writer = StoreWriter(path, x.shape[1], dtype)
     lo = 0
     for size in sizes:
-        writer.add(x[lo:lo + size], ids[lo:lo + size])
+        writer.add(x[lo : lo + size], ids[lo : lo + size])
         lo += size
     writer.close()
     return path
@@ -52,10 +52,20 @@ def spectrum(n, d, seed, decay=0.7):
 def launch(tmp_path, world, jobs, name):
     spec = tmp_path / f"{name}.spec.json"
     spec.write_text(json.dumps({"jobs": jobs, "timeout_minutes": 1.0}), encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(DRIVER), str(spec)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(world),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        str(DRIVER),
+        str(spec),
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     return proc, time.perf_counter() - t0
@@ -87,8 +97,7 @@ def check_against_one_process(store, out, world, **options):
     scores = np.asarray(got["scores"])
     ids, x = load_representations(store)
     keep = [i for i, sample_id in enumerate(ids) if sample_id not in set(ref.excluded)]
-    exact = reference(x[keep], standardize=options.get("standardize", False),
-                      l2_normalize=options.get("l2_normalize", False))
+    exact = reference(x[keep], standardize=options.get("standardize", False), l2_normalize=options.get("l2_normalize", False))
     allowed = reordered_sums_tolerance(exact)
     share = assert_scores_within(scores, ref.scores, allowed)
     if ref.method == "sketch":
@@ -114,7 +123,7 @@ def check_estimate(estimate, ref, allowed: np.ndarray, num_rows: int, keep: list
     position = {row: i for i, row in enumerate(keep)}
     held = [position[row] for row in holdout_rows(num_rows, PILOT_ROWS, 0) if row in position]
     want, tol, scores = ref.sketch["score_error_estimate"], allowed[held], ref.scores[held]
-    reach = (2 * np.sqrt(np.mean(tol ** 2)) + want * np.mean(tol)) / (np.mean(scores) * (1 - want) - np.mean(tol))
+    reach = (2 * np.sqrt(np.mean(tol**2)) + want * np.mean(tol)) / (np.mean(scores) * (1 - want) - np.mean(tol))
     assert abs(estimate - want) <= reach, (estimate, want, reach)
 
 
@@ -145,13 +154,20 @@ def test_read_store_parts_split_the_shards(stores):
 
 
 def test_world_of_two_matches_one_process(stores, tmp_path):
-    cases = [("seven", {}), ("seven", {"standardize": True}), ("seven", {"l2_normalize": True}),
-             ("seven", {"chunk_rows": 97}), ("late_head", {}), ("wide", {}),
-             ("wide", {"standardize": True, "l2_normalize": True}),
-             # the sketch: rank 0 plans it from the whole store; each rank sketches its shards
-             ("seven", {"method": "sketch"}), ("seven", {"method": "sketch", "standardize": True}),
-             ("late_head", {"method": "sketch", "sketch_size": 20, "standardize": True}),
-             ("late_head", {"method": "exact", "standardize": True, "l2_normalize": True})]
+    cases = [
+        ("seven", {}),
+        ("seven", {"standardize": True}),
+        ("seven", {"l2_normalize": True}),
+        ("seven", {"chunk_rows": 97}),
+        ("late_head", {}),
+        ("wide", {}),
+        ("wide", {"standardize": True, "l2_normalize": True}),
+        # the sketch: rank 0 plans it from the whole store; each rank sketches its shards
+        ("seven", {"method": "sketch"}),
+        ("seven", {"method": "sketch", "standardize": True}),
+        ("late_head", {"method": "sketch", "sketch_size": 20, "standardize": True}),
+        ("late_head", {"method": "exact", "standardize": True, "l2_normalize": True}),
+    ]
     jobs = [job(stores[name], tmp_path / f"out{i}.json", **opts) for i, (name, opts) in enumerate(cases)]
     proc, _ = launch(tmp_path, 2, jobs, "two")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -169,11 +185,14 @@ def test_world_of_three_with_two_shards_leaves_a_rank_empty(stores, tmp_path):
     second.write_text(json.dumps(["s3"] + [f"t{i}" for i in range(9)]))
     reseal(dup)
     same = make_store(tmp_path / "same", np.ones((30, 8), np.float32), [20, 10])
-    jobs = [job(stores["two"], tmp_path / "gram.json"), job(stores["two_wide"], tmp_path / "kernel.json"),
-            {**job(dup, tmp_path / "dup.json"), "expect_error": True},
-            {**job(same, tmp_path / "same.json"), "expect_error": True},
-            job(stores["two"], tmp_path / "after.json", standardize=True),
-            job(stores["two"], tmp_path / "sketch.json", method="sketch")]
+    jobs = [
+        job(stores["two"], tmp_path / "gram.json"),
+        job(stores["two_wide"], tmp_path / "kernel.json"),
+        {**job(dup, tmp_path / "dup.json"), "expect_error": True},
+        {**job(same, tmp_path / "same.json"), "expect_error": True},
+        job(stores["two"], tmp_path / "after.json", standardize=True),
+        job(stores["two"], tmp_path / "sketch.json", method="sketch"),
+    ]
     proc, _ = launch(tmp_path, 3, jobs, "three")
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_against_one_process(stores["two"], tmp_path / "gram.json", 3)

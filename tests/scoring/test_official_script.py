@@ -55,8 +55,12 @@ def test_the_cli_scores_the_official_input_file_as_the_script_does(tmp_path, cap
     ids = np.array([f"sample_{i}" for i in range(len(x))])
     np.savez(tmp_path / "all_representations.npz", representations=x, sample_ids=ids)
     out = tmp_path / "scores.jsonl"
-    assert main(["score", str(tmp_path / "all_representations.npz"), "--out", str(out), "--standardize",
-                 "--l2-normalize", "--quiet"]) == 0
+    assert (
+        main(
+            ["score", str(tmp_path / "all_representations.npz"), "--out", str(out), "--standardize", "--l2-normalize", "--quiet"]
+        )
+        == 0
+    )
     capsys.readouterr()
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     want, k = official(x, True, True)
@@ -64,8 +68,12 @@ def test_the_cli_scores_the_official_input_file_as_the_script_does(tmp_path, cap
     assert summary["k"] == k and summary["method"] == "exact"
     by_id = {r["sample_id"]: r["importance"] for r in records}
     got = np.array([by_id[f"sample_{i}"] for i in range(len(x))])
-    tol = engine_tolerance(reference(x, standardize=True, l2_normalize=True), side=summary["side"],
-                           chunk_rows=summary["settings"]["chunk_rows"], eig_method=summary["eig_method"])
+    tol = engine_tolerance(
+        reference(x, standardize=True, l2_normalize=True),
+        side=summary["side"],
+        chunk_rows=summary["settings"]["chunk_rows"],
+        eig_method=summary["eig_method"],
+    )
     assert_scores_within(got, want, tol.scores, top_share=0.16)
     assert np.max(np.abs(got - want) / want) <= 1e-5
 

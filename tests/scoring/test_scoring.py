@@ -53,9 +53,16 @@ def test_half_and_full_precision_inputs(dtype):
     assert_matches(res, x.double().numpy())  # the same rounded values, in float64
 
 
-@pytest.mark.parametrize("opts", [{"standardize": True}, {"l2_normalize": True},
-                                  {"standardize": True, "l2_normalize": True}, {"energy": 0.5},
-                                  {"energy": 0.99}])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"standardize": True},
+        {"l2_normalize": True},
+        {"standardize": True, "l2_normalize": True},
+        {"energy": 0.5},
+        {"energy": 0.99},
+    ],
+)
 def test_options_match_reference(opts):
     for n, d in [(1200, 70), (60, 150)]:
         x = spectrum_matrix(n, d, rank=min(n, d), decay=0.6, offset=1.0, seed=n + d, dtype=np.float32)
@@ -79,8 +86,7 @@ def test_chunk_size_and_disk_give_the_same_result(tmp_path):
         assert_matches(leverage_scores(x, chunk_rows=chunk), x)
     np.save(tmp_path / "x.npy", x)
     write_store(tmp_path / "store", x, [f"s{i}" for i in range(len(x))], dtype="float32", shard_rows=333)
-    np.savez(tmp_path / "all_representations.npz", representations=x,
-             sample_ids=np.array([f"s{i}" for i in range(len(x))]))
+    np.savez(tmp_path / "all_representations.npz", representations=x, sample_ids=np.array([f"s{i}" for i in range(len(x))]))
     for path in ("x.npy", "store", "all_representations.npz"):
         res = leverage_scores(tmp_path / path, chunk_rows=500)
         assert_matches(res, x)
@@ -112,7 +118,7 @@ def test_top_eigenpairs_krylov_equals_full(decay, seed):
     # (p(m) = m), and the matrix itself holds m u64 of rounding
     r = RESIDUAL_TOL
     lapack = 2 * m * U64
-    gaps = torch.minimum(vals[:k] - vals[1:k + 1], torch.cat([torch.tensor([1.0]), vals[:k - 1] - vals[1:k]]))
+    gaps = torch.minimum(vals[:k] - vals[1 : k + 1], torch.cat([torch.tensor([1.0]), vals[: k - 1] - vals[1:k]]))
     ritz = torch.minimum(torch.full_like(gaps, r), r * r / gaps)
     assert torch.all((kry.values - vals[:k]).abs() <= ritz + lapack)
     assert torch.all((full.values - vals[:k]).abs() <= lapack)
@@ -136,7 +142,7 @@ def test_energy_one_stops_at_the_rank(n, d):
     """energy=1 on rank-deficient data must not pull in null directions (1/sqrt(0))."""
     for seed in range(4):
         x = np.random.default_rng(seed).standard_normal((n, d))
-        x[:, d - 10:] = 3.0
+        x[:, d - 10 :] = 3.0
         res = leverage_scores(x.astype(np.float32), energy=1.0)
         assert np.all(np.isfinite(res.scores))
         assert res.k == min(n - 1, d - 10)

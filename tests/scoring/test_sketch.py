@@ -20,7 +20,7 @@ from tolerances import U32, assert_scores_within, energy_tolerance, reordered_su
 def decaying(n, d, seed, kind="exp"):
     """Rows with a known spectrum, heavy-tailed row weights and a mean far from the origin."""
     i = np.arange(1, d + 1)
-    sv = {"exp": np.exp(-i / 12), "pow1": i ** -1.0, "mid": i ** -0.7, "slow": i ** -0.3}[kind]
+    sv = {"exp": np.exp(-i / 12), "pow1": i**-1.0, "mid": i**-0.7, "slow": i**-0.3}[kind]
     return spectrum_matrix(n, d, sv=sv, weights=0.5, noise=1e-3, offset=3.0, seed=seed, dtype=torch.float32)
 
 
@@ -35,8 +35,7 @@ def quiet_sketch(x, **options):
         return leverage_scores(x, method="sketch", device="cpu", **options)
 
 
-@pytest.mark.parametrize("options", [{}, {"standardize": True}, {"chunk_rows": 97},
-                                     {"standardize": True, "chunk_rows": 97}])
+@pytest.mark.parametrize("options", [{}, {"standardize": True}, {"chunk_rows": 97}, {"standardize": True, "chunk_rows": 97}])
 def test_a_sketch_that_spans_every_column_gives_the_exact_scores(options):
     """With l = D the sketch's range is the whole column space: P_Y A_c = A_c, so only rounding
     separates it from the exact engine. This checks the centring (and scaling) algebra."""
@@ -47,7 +46,7 @@ def test_a_sketch_that_spans_every_column_gives_the_exact_scores(options):
     tol = sketch_tolerance(ref, chunk_rows=got.settings["chunk_rows"])
     assert_scores_within(got.scores, ref.scores, tol.scores)
     assert np.all(np.abs(got.singular_values - ref.singular_values) <= tol.singular_values)
-    assert abs(got.total_energy - float((ref.rows ** 2).sum())) <= energy_tolerance(ref)
+    assert abs(got.total_energy - float((ref.rows**2).sum())) <= energy_tolerance(ref)
     # nothing is left out but rounding
     assert got.sketch["residual_energy"] * got.total_energy <= energy_tolerance(ref) + tol.held
     assert got.sketch["certified"] and got.warnings() == []
@@ -67,7 +66,7 @@ def test_default_sketch_is_accurate_and_certified_where_the_spectrum_decays(kind
     assert rel <= got.sketch["certify_error"]
     # the estimate is of the right size (the holdout sees the same error as the whole), and
     # rounding alone may make it up to the sketch's rounding
-    assert got.sketch["score_error_estimate"] <= 3 * rel + np.sqrt(np.mean(rounding.scores ** 2)) / ref.scores.mean()
+    assert got.sketch["score_error_estimate"] <= 3 * rel + np.sqrt(np.mean(rounding.scores**2)) / ref.scores.mean()
     assert got.sketch["score_error_estimate"] >= rel / 3
     assert got.sketch["certified"] and got.warnings() == []
     # P_Y A_c is a part of A_c: sigma^_j <= sigma_j, and sigma_j <= sigma^_j + ||A_c - P_Y A_c||_2
@@ -75,7 +74,7 @@ def test_default_sketch_is_accurate_and_certified_where_the_spectrum_decays(kind
     gap = ref.singular_values - got.singular_values
     assert np.all(gap >= -rounding.singular_values)
     assert np.all(gap <= np.sqrt(got.sketch["residual_energy"] * got.total_energy) + rounding.singular_values)
-    assert abs(got.total_energy - float((ref.rows ** 2).sum())) <= energy_tolerance(ref)  # tracked exactly
+    assert abs(got.total_energy - float((ref.rows**2).sum())) <= energy_tolerance(ref)  # tracked exactly
 
 
 def test_a_sketch_too_small_for_a_slow_spectrum_warns_and_auto_falls_back(monkeypatch):
@@ -118,24 +117,34 @@ def test_k_stays_within_the_resolved_directions_at_energy_one():
 def test_sums_do_not_depend_on_chunking_or_backend():
     """Sketch.update over chunks of 1, 7 and all rows, native and twin, equals the float64 sums."""
     x = decaying(300, 33, seed=7, kind="pow1")
-    omega, shift, _ = plan_test_matrix(x[:100].double(), energy=0.9, standardize=False,
-                                       sketch_size=12, max_size=33, seed=0)
+    omega, shift, _ = plan_test_matrix(x[:100].double(), energy=0.9, standardize=False, sketch_size=12, max_size=33, seed=0)
     xs = x.double() - shift
     y = (xs.float() @ omega).double()
-    want = {"rows": torch.tensor(300.0, dtype=torch.float64), "colsum": xs.sum(0), "colsumsq": (xs * xs).sum(0),
-            "ytx": y.T @ xs, "ygram": y.T @ y, "ysum": y.sum(0)}
+    want = {
+        "rows": torch.tensor(300.0, dtype=torch.float64),
+        "colsum": xs.sum(0),
+        "colsumsq": (xs * xs).sum(0),
+        "ytx": y.T @ xs,
+        "ygram": y.T @ y,
+        "ysum": y.sum(0),
+    }
     # y: float32 products of the same float32 rows, summed over 33 terms in another order; the
     # float64 sums: reordered (u64); Y^T X and Y^T Y: float32 products of at most 300 rows, of
     # y rows off by dy and of rows rounded to float32 (u32 |x|)
     dy = 2 * summed(33) * (xs.abs().float() @ omega.abs()).double()
     ya, xa = y.abs() + dy, xs.abs()
-    allowed = {"rows": torch.tensor(0.0, dtype=torch.float64), "colsum": reordered_sum(xs), "colsumsq": reordered_sum(xs * xs),
-               "ytx": summed(300) * (ya.T @ xa) + dy.T @ xa + U32 * (ya.T @ xa),
-               "ygram": summed(300) * (ya.T @ ya) + 2 * dy.T @ ya, "ysum": dy.sum(0) + reordered_sum(ya)}
+    allowed = {
+        "rows": torch.tensor(0.0, dtype=torch.float64),
+        "colsum": reordered_sum(xs),
+        "colsumsq": reordered_sum(xs * xs),
+        "ytx": summed(300) * (ya.T @ xa) + dy.T @ xa + U32 * (ya.T @ xa),
+        "ygram": summed(300) * (ya.T @ ya) + 2 * dy.T @ ya,
+        "ysum": dy.sum(0) + reordered_sum(ya),
+    }
     for backend in ("native", "torch"):
         for size in (1, 7, 300):
             sk = Sketch.start(omega, shift)
-            ys = torch.cat([sk.update(x[lo:lo + size], backend)[0] for lo in range(0, 300, size)])
+            ys = torch.cat([sk.update(x[lo : lo + size], backend)[0] for lo in range(0, 300, size)])
             assert torch.all((ys.double() - y).abs() <= dy), (backend, size)
             for name, value in want.items():
                 assert torch.all((getattr(sk, name) - value).abs() <= allowed[name]), (backend, size, name)

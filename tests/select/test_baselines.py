@@ -26,10 +26,18 @@ def make_pool(tmp_path, n=800, seed=0):
     random length, and a scores file for every sample."""
     rng = np.random.default_rng(seed)
     names = rng.choice(list(SOURCES), size=n, p=list(SOURCES.values()))
-    records = [{"id": f"s{i}", "source": str(name), "image": f"{name}/{i:05d}.jpg",
-                "conversations": [{"from": "human", "value": "<image>\nWhat is this?"},
-                                  {"from": "gpt", "value": "word " * int(rng.integers(1, 200))}]}
-               for i, name in enumerate(names)]
+    records = [
+        {
+            "id": f"s{i}",
+            "source": str(name),
+            "image": f"{name}/{i:05d}.jpg",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is this?"},
+                {"from": "gpt", "value": "word " * int(rng.integers(1, 200))},
+            ],
+        }
+        for i, name in enumerate(names)
+    ]
     pool = tmp_path / "pool.json"
     pool.write_text(json.dumps(records))
     scores = tmp_path / "scores.jsonl"
@@ -72,8 +80,26 @@ def test_sources_from_a_field_or_the_image_folder():
 def test_stratified_selection_keeps_each_source_share(tmp_path, by, method):
     pool_path, scores_path, records = make_pool(tmp_path)
     out = tmp_path / "subset.json"
-    assert main(["select", "--scores", str(scores_path), "--data", str(pool_path), "--budget", "16%",
-                 "--out", str(out), "--method", method, "--stratify-by", by]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--scores",
+                str(scores_path),
+                "--data",
+                str(pool_path),
+                "--budget",
+                "16%",
+                "--out",
+                str(out),
+                "--method",
+                method,
+                "--stratify-by",
+                by,
+            ]
+        )
+        == 0
+    )
     chosen = read_pool(out).records
     pool = Counter(r["source"] for r in records)
     got = Counter(r["source"] for r in chosen)
@@ -89,15 +115,32 @@ def test_stratified_selection_keeps_each_source_share(tmp_path, by, method):
         for name in pool:
             mine = sorted((scores[r["id"]] for r in records if r["source"] == name), reverse=True)
             kept = sorted((scores[r["id"]] for r in chosen if r["source"] == name), reverse=True)
-            assert kept == mine[:len(kept)]
+            assert kept == mine[: len(kept)]
 
 
 def test_a_share_table_sets_the_shares(tmp_path):
     pool_path, scores_path, records = make_pool(tmp_path)
     (tmp_path / "shares.json").write_text(json.dumps({"coco": 1, "vg": 1}))
-    assert main(["select", "--scores", str(scores_path), "--data", str(pool_path), "--budget", "40",
-                 "--out", str(tmp_path / "s.json"), "--stratify-by", "source",
-                 "--shares", str(tmp_path / "shares.json")]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--scores",
+                str(scores_path),
+                "--data",
+                str(pool_path),
+                "--budget",
+                "40",
+                "--out",
+                str(tmp_path / "s.json"),
+                "--stratify-by",
+                "source",
+                "--shares",
+                str(tmp_path / "shares.json"),
+            ]
+        )
+        == 0
+    )
     got = Counter(r["source"] for r in read_pool(tmp_path / "s.json").records)
     vg = sum(r["source"] == "vg" for r in records)
     assert got["vg"] == min(20, vg) and got["coco"] == 40 - got["vg"] and set(got) <= {"coco", "vg"}
@@ -137,8 +180,21 @@ def test_cluster_baseline_takes_an_equal_share_per_cluster(tmp_path):
     sizes = [250, 150, 60, 40]
     x = blobs(sizes, np.eye(4) * 10, 3).astype(np.float32)
     write_store(tmp_path / "store", x, [r["id"] for r in records], dtype="float32")
-    argv = ["select", "--scores", str(scores_path), "--data", str(pool_path), "--budget", "100",
-            "--method", "cluster", "--clusters", "4", "--store", str(tmp_path / "store")]
+    argv = [
+        "select",
+        "--scores",
+        str(scores_path),
+        "--data",
+        str(pool_path),
+        "--budget",
+        "100",
+        "--method",
+        "cluster",
+        "--clusters",
+        "4",
+        "--store",
+        str(tmp_path / "store"),
+    ]
     assert main(argv + ["--out", str(tmp_path / "a.json")]) == 0
     assert main(argv + ["--out", str(tmp_path / "b.json")]) == 0
     chosen = read_pool(tmp_path / "a.json").records
@@ -149,12 +205,13 @@ def test_cluster_baseline_takes_an_equal_share_per_cluster(tmp_path):
 
 def test_bad_combinations_are_one_line_errors(tmp_path, capsys):
     pool_path, scores_path, _ = make_pool(tmp_path, n=100)
-    base = ["select", "--scores", str(scores_path), "--data", str(pool_path), "--budget", "10",
-            "--out", str(tmp_path / "s.json")]
+    base = ["select", "--scores", str(scores_path), "--data", str(pool_path), "--budget", "10", "--out", str(tmp_path / "s.json")]
     (tmp_path / "bad.json").write_text('{"coco": -1}')
-    for extra, message in [(["--method", "cluster"], "needs the vectors: pass --store"),
-                           (["--method", "cluster", "--stratify-by", "source"], "cannot be combined"),
-                           (["--stratify-by", "source", "--shares", str(tmp_path / "bad.json")], "share >= 0")]:
+    for extra, message in [
+        (["--method", "cluster"], "needs the vectors: pass --store"),
+        (["--method", "cluster", "--stratify-by", "source"], "cannot be combined"),
+        (["--stratify-by", "source", "--shares", str(tmp_path / "bad.json")], "share >= 0"),
+    ]:
         capsys.readouterr()
         assert main(base + extra) == 2
         err = capsys.readouterr().err.strip().splitlines()

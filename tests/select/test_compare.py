@@ -17,9 +17,27 @@ METHODS = ["scalselect", "random", "length", "cluster"]
 def compare(demo_run, tmp_path, budget, *extra):
     demo, out = demo_run
     target = tmp_path / f"compare-{budget.rstrip('%')}.json"
-    assert main(["compare", "--store", str(out / "store"), "--scores", str(out / "scores.jsonl"),
-                 "--data", str(demo["pool"]), "--budget", budget, "--clusters", "8", "--out", str(target),
-                 *extra]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--store",
+                str(out / "store"),
+                "--scores",
+                str(out / "scores.jsonl"),
+                "--data",
+                str(demo["pool"]),
+                "--budget",
+                budget,
+                "--clusters",
+                "8",
+                "--out",
+                str(target),
+                *extra,
+            ]
+        )
+        == 0
+    )
     return json.loads(target.read_text())
 
 
@@ -31,7 +49,7 @@ def test_the_whole_pool_is_covered_and_loses_only_the_energy_beyond_k(demo_run, 
     chunks = [rows.double().numpy() for _, rows in open_rows(demo_run[1] / "store").chunks(8192)]
     x = np.vstack(chunks)
     gram = (x - x.mean(axis=0)).T @ (x - x.mean(axis=0))
-    lost = lambda g: 1 - np.linalg.eigvalsh(g)[::-1][:exact.k].sum() / np.trace(g)  # noqa: E731
+    lost = lambda g: 1 - np.linalg.eigvalsh(g)[::-1][: exact.k].sum() / np.trace(g)  # noqa: E731
     rng = np.random.default_rng(0)
     allowed = LAMBDA * max(abs(lost(gram + chunked_gram_error(chunks, rng)) - lost(gram)) for _ in range(DRAWS))
     for figures in report["methods"].values():
@@ -68,7 +86,23 @@ def test_a_budget_gives_sane_figures_for_every_method(demo_run, tmp_path, capsys
 def test_unknown_method_is_a_one_line_error(demo_run, tmp_path, capsys):
     demo, out = demo_run
     capsys.readouterr()
-    assert main(["compare", "--store", str(out / "store"), "--scores", str(out / "scores.jsonl"), "--data",
-                 str(demo["pool"]), "--budget", "10", "--methods", "scalselect,best"]) == 2
+    assert (
+        main(
+            [
+                "compare",
+                "--store",
+                str(out / "store"),
+                "--scores",
+                str(out / "scores.jsonl"),
+                "--data",
+                str(demo["pool"]),
+                "--budget",
+                "10",
+                "--methods",
+                "scalselect,best",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not 'best'" in err[0]

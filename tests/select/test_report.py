@@ -22,11 +22,44 @@ def report(demo_run):
     _, run = demo_run
     out = run / "report"
     demo = demo_run[0]
-    assert main(["compare", "--store", str(run / "store"), "--scores", str(run / "scores.jsonl"), "--data",
-                 str(demo["pool"]), "--budget", "16%", "--clusters", "8", "--out", str(run / "compare.json")]) == 0
-    assert main(["report", "--store", str(run / "store"), "--scores", str(run / "scores.jsonl"),
-                 "--subset", str(run / "subset.json"), "--compare", str(run / "compare.json"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--store",
+                str(run / "store"),
+                "--scores",
+                str(run / "scores.jsonl"),
+                "--data",
+                str(demo["pool"]),
+                "--budget",
+                "16%",
+                "--clusters",
+                "8",
+                "--out",
+                str(run / "compare.json"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "report",
+                "--store",
+                str(run / "store"),
+                "--scores",
+                str(run / "scores.jsonl"),
+                "--subset",
+                str(run / "subset.json"),
+                "--compare",
+                str(run / "compare.json"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -59,9 +92,21 @@ def test_a_headless_browser_shows_the_plots(report, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     assert browser, "no chromium: README's test command installs it (apt-get install chromium)"
     shot = tmp_path / "shot.png"
-    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           "--window-size=1100,2400", f"--screenshot={shot}", (report / "report.html").as_uri()],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1100,2400",
+            f"--screenshot={shot}",
+            (report / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.is_file(), proc.stderr[-2000:]
     with Image.open(shot) as img:
         pixels = np.asarray(img.convert("RGB")).astype(int)

@@ -34,8 +34,10 @@ def store_chunks(x: np.ndarray, ids: list, shard_rows: int, mask=None) -> list:
     """The rows of x (ids "s<store row>") as a pass reads them: shard by shard, in store order."""
     rows = np.array([int(sid[1:]) for sid in ids])
     keep = np.ones(len(ids), dtype=bool) if mask is None else mask
-    return [x[keep & (rows // shard_rows == shard)][np.argsort(rows[keep & (rows // shard_rows == shard)])]
-            for shard in np.unique(rows[keep] // shard_rows)]
+    return [
+        x[keep & (rows // shard_rows == shard)][np.argsort(rows[keep & (rows // shard_rows == shard)])]
+        for shard in np.unique(rows[keep] // shard_rows)
+    ]
 
 
 def smallest_eigenvalue_tolerance(exact: np.ndarray, chunks: list, seed: int = 0) -> float:
@@ -44,16 +46,14 @@ def smallest_eigenvalue_tolerance(exact: np.ndarray, chunks: list, seed: int = 0
     largest entries' rounding, not the direction that the smallest eigenvalue lies in)."""
     rng = np.random.default_rng(seed)
     smallest = np.linalg.eigvalsh(exact)[0]
-    return LAMBDA * max(abs(np.linalg.eigvalsh(exact + chunked_gram_error(chunks, rng))[0] - smallest)
-                        for _ in range(DRAWS))
+    return LAMBDA * max(abs(np.linalg.eigvalsh(exact + chunked_gram_error(chunks, rng))[0] - smallest) for _ in range(DRAWS))
 
 
 @pytest.mark.parametrize("rows, dim, seed", [(1, 3, 0), (2, 5, 1), (40, 7, 2), (301, 16, 3), (90, 130, 4)])
 def test_moments_equal_the_whole_matrix_in_float64(tmp_path, rows, dim, seed):
     store, ids, x = random_store(tmp_path, rows, dim, seed)
     rng = np.random.default_rng(seed + 100)
-    masks = {"half": rng.random(rows) < 0.5, "one": np.eye(1, rows, rows // 2, dtype=bool)[0],
-             "none": np.zeros(rows, dtype=bool)}
+    masks = {"half": rng.random(rows) < 0.5, "one": np.eye(1, rows, rows // 2, dtype=bool)[0], "none": np.zeros(rows, dtype=bool)}
     m = moments(store, ids, masks)
     mean = x.mean(axis=0)
     assert m.count == rows
@@ -64,7 +64,8 @@ def test_moments_equal_the_whole_matrix_in_float64(tmp_path, rows, dim, seed):
         want = centred_gram(x[mask], mean)
         if mask.any():
             allowed = chunked_gram_tolerance(store_chunks(x, ids, 37, mask)) + summed(rows, U64) * (
-                np.abs(x[mask]).T @ np.abs(x[mask]))  # moved to the pool's mean in float64
+                np.abs(x[mask]).T @ np.abs(x[mask])
+            )  # moved to the pool's mean in float64
             assert np.all(np.abs(m.subsets[name].numpy() - want) <= allowed), name
         else:
             assert np.all(m.subsets[name].numpy() == 0), name
@@ -75,8 +76,7 @@ def test_moments_keep_their_precision_when_the_first_shard_is_unlike_the_pool(tm
     rng = np.random.default_rng(21)
     x = rng.standard_normal((6000, 32)) * np.logspace(0, -3, 32)
     x[:50] += 1000.0
-    write_store(tmp_path / "sorted", x.astype(np.float32), [f"s{i}" for i in range(6000)], dtype="float32",
-                shard_rows=50)
+    write_store(tmp_path / "sorted", x.astype(np.float32), [f"s{i}" for i in range(6000)], dtype="float32", shard_rows=50)
     x = x.astype(np.float32).astype(np.float64)
     ids = [f"s{i}" for i in range(6000)]
     mask = np.zeros(6000, dtype=bool)
@@ -156,9 +156,18 @@ def test_compare_figures_equal_their_in_memory_definitions(tmp_path):
 
     store, ids, x = random_store(tmp_path, 150, 12, 11)
     pool_file = tmp_path / "pool.json"
-    pool_file.write_text(json.dumps([{"id": f"s{i}", "image": f"src{i % 3}/{i}.png",
-                                      "conversations": [{"from": "human", "value": "q" * (i % 7 + 1)},
-                                                        {"from": "gpt", "value": "a"}]} for i in range(155)]))
+    pool_file.write_text(
+        json.dumps(
+            [
+                {
+                    "id": f"s{i}",
+                    "image": f"src{i % 3}/{i}.png",
+                    "conversations": [{"from": "human", "value": "q" * (i % 7 + 1)}, {"from": "gpt", "value": "a"}],
+                }
+                for i in range(155)
+            ]
+        )
+    )
     pool = read_pool(pool_file)
     scores = np.random.default_rng(4).random(len(ids))
     centred = x - x.mean(axis=0)
@@ -169,12 +178,13 @@ def test_compare_figures_equal_their_in_memory_definitions(tmp_path):
     rng = np.random.default_rng(0)
 
     def projection_error(whole: np.ndarray, part: np.ndarray, rows: int) -> float:
-        right = np.linalg.eigh(part)[1][:, -min(k, rows):]
+        right = np.linalg.eigh(part)[1][:, -min(k, rows) :]
         return 1 - float((right * (whole @ right)).sum()) / float(np.trace(whole))
 
     for budget in ("40%", "2"):
-        report = compare_methods(pool, ids, scores, store, budget, ["scalselect", "random", "length", "cluster"],
-                                 seed=1, clusters=3)
+        report = compare_methods(
+            pool, ids, scores, store, budget, ["scalselect", "random", "length", "cluster"], seed=1, clusters=3
+        )
         assert report["k"] == k
         index = {sid: i for i, sid in enumerate(ids)}
         for method, figures in report["methods"].items():
@@ -185,19 +195,31 @@ def test_compare_figures_equal_their_in_memory_definitions(tmp_path):
             part = centred_gram(x[mask], x.mean(axis=0))
             error = projection_error(gram, part, len(rows))
             # both Grams' rounding (the model, drawn) through the subset's directions
-            moved = max(abs(projection_error(gram + chunked_gram_error(chunks, rng),
-                                             part + chunked_gram_error(store_chunks(x, ids, 37, mask), rng),
-                                             len(rows)) - error) for _ in range(DRAWS))
+            moved = max(
+                abs(
+                    projection_error(
+                        gram + chunked_gram_error(chunks, rng),
+                        part + chunked_gram_error(store_chunks(x, ids, 37, mask), rng),
+                        len(rows),
+                    )
+                    - error
+                )
+                for _ in range(DRAWS)
+            )
             assert abs(figures["projection_error"] - error) <= LAMBDA * moved, (method, budget)
             # every row is probed here; distances of float32 rows measured in float64 over D terms
-            nearest = torch.cdist(torch.from_numpy(x), torch.from_numpy(x[rows]),
-                                  compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values.numpy()
+            nearest = (
+                torch.cdist(torch.from_numpy(x), torch.from_numpy(x[rows]), compute_mode="donot_use_mm_for_euclid_dist")
+                .min(dim=1)
+                .values.numpy()
+            )
             assert abs(figures["coverage_max"] - nearest.max()) <= 2 * summed(12, U64) * nearest.max()
             assert abs(figures["coverage_mean"] - nearest.mean()) <= 2 * summed(12 + 150, U64) * nearest.mean()
 
 
-@pytest.mark.parametrize("probes, rows, dim, seed", [(1, 1, 3, 0), (5, 1, 4, 1), (300, 7, 16, 2), (600, 900, 64, 3),
-                                                     (257, 40, 1024, 4)])
+@pytest.mark.parametrize(
+    "probes, rows, dim, seed", [(1, 1, 3, 0), (5, 1, 4, 1), (300, 7, 16, 2), (600, 900, 64, 3), (257, 40, 1024, 4)]
+)
 def test_nearest_distances_equal_direct_cdist(probes, rows, dim, seed):
     """compare's coverage: the candidates of a float32 product, measured exactly, give the
     distances cdist measures directly, including exact zeros for probes that are rows and near

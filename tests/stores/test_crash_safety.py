@@ -26,10 +26,32 @@ DEMO_SAMPLES = 80  # the size of this module's demo pool (the `demo` fixture of 
 
 
 def extract_argv(demo, out, *extra) -> list[str]:
-    return [sys.executable, "-m", "scalselect", "extract", "--model", str(demo["model"]),
-            "--data", str(demo["pool"]), "--image-root", str(demo["images"]), "--out", str(out),
-            "--workers", "0", "--quiet", "--batch-size", "1", "--shard-rows", "4", "--device", "cpu",
-            "--store-dtype", "float32", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "scalselect",
+        "extract",
+        "--model",
+        str(demo["model"]),
+        "--data",
+        str(demo["pool"]),
+        "--image-root",
+        str(demo["images"]),
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        "--quiet",
+        "--batch-size",
+        "1",
+        "--shard-rows",
+        "4",
+        "--device",
+        "cpu",
+        "--store-dtype",
+        "float32",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +68,12 @@ def committed(store: Path) -> int:
 @pytest.mark.parametrize("when", ["loading the model", "after the first part", "half way"])
 def test_sigkill_then_resume_gives_the_uninterrupted_store(demo, whole, tmp_path, when):
     out = tmp_path / "store"
-    ready = {"loading the model": lambda: (out / "progress.json").exists(),
-             "after the first part": lambda: committed(out) >= 1,
-             "half way": lambda: committed(out) >= 10}[when]
-    job = subprocess.Popen(extract_argv(demo, out), env=ENV, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    ready = {
+        "loading the model": lambda: (out / "progress.json").exists(),
+        "after the first part": lambda: committed(out) >= 1,
+        "half way": lambda: committed(out) >= 10,
+    }[when]
+    job = subprocess.Popen(extract_argv(demo, out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not ready():
         assert job.poll() is None, "the extraction ended before it could be killed"
@@ -61,8 +84,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_store(demo, whole, tmp_path
     assert not (out / "manifest.json").exists()
     assert_whole_files(out)
 
-    proc = subprocess.run(extract_argv(demo, out, "--resume"), env=ENV, timeout=300,
-                          capture_output=True, text=True)
+    proc = subprocess.run(extract_argv(demo, out, "--resume"), env=ENV, timeout=300, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     ids, x = load_representations(out)
     want_ids, want = load_representations(whole)

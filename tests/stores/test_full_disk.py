@@ -35,9 +35,29 @@ DEMO_SAMPLES = 10  # the size of this module's demo pool (the `demo` fixture of 
 
 
 def extract_argv(demo, out, *extra) -> list[str]:
-    return ["extract", "--model", str(demo["model"]), "--data", str(demo["pool"]), "--image-root",
-            str(demo["images"]), "--out", str(out), "--workers", "0", "--quiet", "--batch-size", "1",
-            "--shard-rows", "4", "--device", "cpu", "--store-dtype", "float32", *extra]
+    return [
+        "extract",
+        "--model",
+        str(demo["model"]),
+        "--data",
+        str(demo["pool"]),
+        "--image-root",
+        str(demo["images"]),
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        "--quiet",
+        "--batch-size",
+        "1",
+        "--shard-rows",
+        "4",
+        "--device",
+        "cpu",
+        "--store-dtype",
+        "float32",
+        *extra,
+    ]
 
 
 @contextlib.contextmanager
@@ -52,7 +72,7 @@ def writes(fail_at: int | None = None, silent: bool = False):
             return real(fd, data)
         if not silent:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(fd, data[:len(data) // 2])
+        real(fd, data[: len(data) // 2])
         return len(data)
 
     atomic.write_bytes = write
@@ -118,14 +138,21 @@ def test_a_failed_write_during_extraction_is_one_line_and_resume_completes(demo,
 
 
 @pytest.mark.parametrize("silent", [False, True], ids=["disk full", "silent short write"])
-def test_a_failed_write_of_scores_or_subset_leaves_the_old_file_and_a_rerun_completes(
-        demo, clean, tmp_path, capsys, silent):
+def test_a_failed_write_of_scores_or_subset_leaves_the_old_file_and_a_rerun_completes(demo, clean, tmp_path, capsys, silent):
     store, _ = clean
     score = ["score", str(store), "--out", str(tmp_path / "scores.jsonl"), "--quiet"]
-    select = ["select", "--scores", str(tmp_path / "scores.jsonl"), "--data", str(demo["pool"]),
-              "--budget", "4", "--out", str(tmp_path / "subset.json")]
-    for argv, outputs in ((score, ["scores.jsonl", "scores.summary.json"]),
-                          (select, ["subset.json", "subset.selection.json"])):
+    select = [
+        "select",
+        "--scores",
+        str(tmp_path / "scores.jsonl"),
+        "--data",
+        str(demo["pool"]),
+        "--budget",
+        "4",
+        "--out",
+        str(tmp_path / "subset.json"),
+    ]
+    for argv, outputs in ((score, ["scores.jsonl", "scores.summary.json"]), (select, ["subset.json", "subset.selection.json"])):
         with writes() as calls:
             assert main(argv) == 0
         before = {name: (tmp_path / name).read_bytes() for name in outputs}
@@ -141,6 +168,7 @@ def test_a_failed_write_of_scores_or_subset_leaves_the_old_file_and_a_rerun_comp
 def _limited(limit: int):
     def preexec():  # SIGXFSZ is ignored by Python, so a write past the limit fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return preexec
 
 

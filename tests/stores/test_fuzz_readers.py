@@ -17,18 +17,25 @@ from scalselect.data.conversations import to_messages
 from scalselect.stores import open_rows, read_store, write_store
 
 # 150 examples each in CI; SCALSELECT_FUZZ_EXAMPLES=5000 for a longer hunt
-FUZZ = settings(max_examples=int(os.environ.get("SCALSELECT_FUZZ_EXAMPLES", "150")), deadline=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=int(os.environ.get("SCALSELECT_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 # JSON values shaped like pool records: the right keys often, odd values everywhere.
-_leaf = st.one_of(st.none(), st.booleans(), st.integers(-3, 10**20), st.floats(allow_nan=False),
-                  st.text(max_size=12), st.sampled_from(["<image>", "human", "gpt", "user", "assistant",
-                                                         "system", "a.png", ""]))
-_keys = st.sampled_from(["id", "image", "images", "conversations", "messages", "from", "value",
-                         "role", "content", "x"])
-_json = st.recursive(_leaf, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                     st.dictionaries(_keys, inner, max_size=5)),
-                     max_leaves=25)
+_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 10**20),
+    st.floats(allow_nan=False),
+    st.text(max_size=12),
+    st.sampled_from(["<image>", "human", "gpt", "user", "assistant", "system", "a.png", ""]),
+)
+_keys = st.sampled_from(["id", "image", "images", "conversations", "messages", "from", "value", "role", "content", "x"])
+_json = st.recursive(
+    _leaf, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=5)), max_leaves=25
+)
 
 
 def _read(reader, data: bytes, name: str):
@@ -54,8 +61,16 @@ def test_pool_reader_on_random_records(records, container):
                 pass
 
 
-_VALID_POOL = json.dumps([{"id": i, "image": f"{i}.png", "conversations": [
-    {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A cat."}]} for i in range(3)]).encode()
+_VALID_POOL = json.dumps(
+    [
+        {
+            "id": i,
+            "image": f"{i}.png",
+            "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A cat."}],
+        }
+        for i in range(3)
+    ]
+).encode()
 
 
 @FUZZ
@@ -68,7 +83,7 @@ def test_pool_reader_on_mutated_bytes(data):
         if op == "flip" and raw:
             raw[pos] = data.draw(st.integers(0, 255))
         elif op == "cut":
-            del raw[pos:pos + data.draw(st.integers(1, 20))]
+            del raw[pos : pos + data.draw(st.integers(1, 20))]
         else:
             raw[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
     _read(read_pool, bytes(raw), "pool.json")
@@ -96,7 +111,7 @@ def test_store_reader_on_mutated_files(data):
             raw = bytearray(target.read_bytes())
             how = data.draw(st.sampled_from(["cut", "flip", "json"]))
             if how == "cut":
-                raw = raw[:data.draw(st.integers(0, len(raw)))]
+                raw = raw[: data.draw(st.integers(0, len(raw)))]
             elif how == "flip" and raw:
                 raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
             else:

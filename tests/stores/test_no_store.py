@@ -31,10 +31,34 @@ DEMO_SAMPLES = 80  # the size of this module's demo pool (the `demo` fixture of 
 
 def run_argv(demo, out, *extra) -> list[str]:
     """A small pilot (20 of 82 samples) so that the pilot, its replay and the main pass all run."""
-    return [sys.executable, "-m", "scalselect", "run", "--model", str(demo["model"]),
-            "--data", str(demo["pool"]), "--image-root", str(demo["images"]), "--out-dir", str(out),
-            "--budget", "16%", "--workers", "0", "--quiet", "--batch-size", "1", "--shard-rows", "4",
-            "--device", "cpu", "--pilot-rows", "20", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "scalselect",
+        "run",
+        "--model",
+        str(demo["model"]),
+        "--data",
+        str(demo["pool"]),
+        "--image-root",
+        str(demo["images"]),
+        "--out-dir",
+        str(out),
+        "--budget",
+        "16%",
+        "--workers",
+        "0",
+        "--quiet",
+        "--batch-size",
+        "1",
+        "--shard-rows",
+        "4",
+        "--device",
+        "cpu",
+        "--pilot-rows",
+        "20",
+        *extra,
+    ]
 
 
 def run(demo, out, *extra) -> subprocess.CompletedProcess:
@@ -141,8 +165,7 @@ def parts(out: Path) -> int:
 def test_sigkill_then_resume_gives_the_uninterrupted_scores(demo, stored, uninterrupted, tmp_path, when):
     out = tmp_path / "run"
     ready = {"after the first part": lambda: parts(out) >= 1, "half way": lambda: parts(out) >= 10}[when]
-    job = subprocess.Popen(run_argv(demo, out, "--no-store"), env=ENV, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    job = subprocess.Popen(run_argv(demo, out, "--no-store"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not ready():
         assert job.poll() is None, "the run ended before it could be killed"
@@ -166,12 +189,12 @@ def test_sigkill_then_resume_gives_the_uninterrupted_scores(demo, stored, uninte
 
 
 def test_no_store_refuses_the_exact_engine_and_a_used_folder(demo, uninterrupted, tmp_path):
-    proc = subprocess.run(run_argv(demo, tmp_path / "x", "--no-store", "--method", "exact"), env=ENV,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        run_argv(demo, tmp_path / "x", "--no-store", "--method", "exact"), env=ENV, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and "--no-store keeps no vectors" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = subprocess.run(run_argv(demo, uninterrupted, "--no-store"), env=ENV, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(run_argv(demo, uninterrupted, "--no-store"), env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "not empty" in proc.stderr, proc.stderr
 
 
@@ -185,8 +208,7 @@ def test_a_damaged_part_of_a_finished_sketch_is_one_line_on_resume(demo, uninter
     data = bytearray(part.read_bytes())
     data[-1] ^= 0x01
     part.write_bytes(data)
-    proc = subprocess.run(run_argv(demo, out, "--no-store", "--resume"), env=ENV, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(run_argv(demo, out, "--no-store", "--resume"), env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert f"part {part.stem}: {part.name}: its bytes do not match" in proc.stderr
     assert "extract into a new folder" in proc.stderr
@@ -197,12 +219,22 @@ def test_a_resume_must_ask_for_the_same_sketch_and_a_plan_must_match_its_rows(de
 
     from scalselect.pipeline import ExtractOptions, extract_store
 
-    proc = subprocess.run(run_argv(demo, uninterrupted, "--no-store", "--resume", "--sketch-size", "5"),
-                          env=ENV, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        run_argv(demo, uninterrupted, "--no-store", "--resume", "--sketch-size", "5"),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "made with other settings" in proc.stderr and "sketch_size_asked" in proc.stderr
     with pytest.raises(InputError, match="holds a store of vectors"):  # never over a store of vectors
-        extract_store(demo["model"], demo["pool"], demo["images"], stored / "store",
-                      ExtractOptions(no_store=True, resume=True, device="cpu", progress=False))
+        extract_store(
+            demo["model"],
+            demo["pool"],
+            demo["images"],
+            stored / "store",
+            ExtractOptions(no_store=True, resume=True, device="cpu", progress=False),
+        )
     copy = tmp_path / "sketch"
     shutil.copytree(uninterrupted / "sketch", copy)
     with np.load(copy / "sketch-plan.npz") as z:
@@ -239,9 +271,18 @@ def _tamper(sketch: Path, how: str) -> None:
     (sketch / "sketch.json").write_text(json.dumps(info), encoding="utf-8")
 
 
-@pytest.mark.parametrize("how", ["plan summary not an object", "value scale not a number", "settings not an object",
-                                 "summary not JSON", "plan arrays cut short", "a part's sums removed",
-                                 "a part's sums changed"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "plan summary not an object",
+        "value scale not a number",
+        "settings not an object",
+        "summary not JSON",
+        "plan arrays cut short",
+        "a part's sums removed",
+        "a part's sums changed",
+    ],
+)
 def test_a_tampered_sketch_store_is_one_line_and_exit_2(uninterrupted, tmp_path, capsys, how):
     import shutil
 
