@@ -200,7 +200,7 @@ else
   else
     info=$(installed_module 2>&1) || true
     printf 'installed: %s\n' "$info" >>"$OUT/logs/build.log"
-    if [[ "$info" != *"'cuda': True"* || "$info" != *"'cuda_archs': '90'"* ]]; then
+    if [[ "$info" != *"'cuda': True"* || "$info" != *"sm_90"* ]]; then
       status=failed
       detail="installed, but the imported scalselect has no CUDA kernels for sm_90 (see log); $detail"
     fi

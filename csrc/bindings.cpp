@@ -7,6 +7,7 @@
 #include <string>
 
 #include "scalselect/kernels.h"
+#include "scalselect/parallel.h"
 
 namespace py = pybind11;
 using scalselect::DType;
@@ -15,7 +16,7 @@ namespace {
 
 // Bumped whenever a kernel's arguments or semantics change: Python refuses a module built from
 // older sources (a stale build in a source checkout) instead of calling it with new arguments.
-constexpr int kKernelVersion = 2;
+constexpr int kKernelVersion = 3;
 
 template <typename T>
 T* ptr(std::uintptr_t p) {
@@ -103,11 +104,6 @@ auto top_mass_mean_call(void (*kernel)(const void*, DType, int64_t, int64_t, int
 py::dict build_info() {
   py::dict info;
   info["kernel_version"] = kKernelVersion;
-#ifdef _OPENMP
-  info["openmp"] = true;
-#else
-  info["openmp"] = false;
-#endif
 #ifdef SCALSELECT_WITH_CUDA
   info["cuda"] = true;
   info["cuda_archs"] = std::string(scalselect::cuda_archs());
@@ -123,6 +119,8 @@ py::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "scalselect native kernels (C++ always, CUDA when compiled in)";
   m.def("build_info", &build_info, "Which backends this module was compiled with.");
+  m.def("set_num_threads", &scalselect::set_num_threads, py::arg("n"),
+        "How many threads the CPU kernels may use (Python passes torch.get_num_threads()).");
   using namespace scalselect;
 
   def_kernel(m, "gram_prep", "Centred (scaled, unit) rows as float32 and their float64 column sums (and squares).",

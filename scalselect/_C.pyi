@@ -4,6 +4,7 @@ scalselect.kernels, which checks shapes, dtypes, contiguity and devices first; c
 csrc/include/scalselect/kernels.h. The *_cuda entries exist in CUDA builds only."""
 
 def build_info() -> dict[str, object]: ...
+def set_num_threads(n: int) -> None: ...
 def gram_prep_cpu(
     x: int,
     dtype: int,

@@ -10,10 +10,7 @@
 
 #include "scalselect/dtype.h"
 #include "scalselect/kernels.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "scalselect/parallel.h"
 
 namespace scalselect {
 namespace {
@@ -24,14 +21,6 @@ void to_float(const void* x, DType dtype, int64_t offset, int64_t n, float* dst)
     const auto* r = data + offset;
     for (int64_t j = 0; j < n; ++j) dst[j] = float(convert(r[j]));
   });
-}
-
-int max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
 }
 
 // An AVX2+FMA clone next to the portable one, picked at load time, where the compiler can.
@@ -188,7 +177,7 @@ void attention_mass_cpu(const void* q, const void* k, DType dtype, int64_t batch
   // A task is one (sample, kv head, chunk of its rows): its keys are converted and packed once
   // and serve every query head of the group and every row of the chunk. Chunks are whole
   // samples unless that leaves threads without work.
-  const int threads = max_threads();
+  const int threads = num_threads();
   int64_t chunk = 0;
   for (int64_t b = 0; b < batch; ++b) chunk = std::max(chunk, first[b + 1] - first[b]);
   auto count_tasks = [&](int64_t c) {
@@ -216,73 +205,78 @@ void attention_mass_cpu(const void* q, const void* k, DType dtype, int64_t batch
   // itself); they are added in task order below, so the result does not depend on which thread
   // ran what, and dynamic scheduling can cope with a busy machine.
   std::vector<double> partial(size_t(tasks) * size_t(seq), 0.0);
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<float> panels(static_cast<size_t>(s_pad * hd)), scratch(static_cast<size_t>(hd));
-    std::vector<float> qt(size_t(rt * hd), 0.0f);  // rows past the tile stay zero
-    std::vector<float> logits(size_t(rt * s_pad)), colsum(static_cast<size_t>(s_pad));
-    std::vector<float> bias(static_cast<size_t>(s_pad));
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < tasks; ++task) {
-      const int64_t b = task_sample[task], kh = task_head[task], c0 = task_row[task];
-      const int64_t* my_rows = rows.data() + first[b] + c0;  // ascending positions
-      const int64_t n_mine = std::min(chunk, first[b + 1] - first[b] - c0);
-      const int32_t* lo = key_lo + b * seq;
-      const int32_t* hi = key_hi + b * seq;
-      // The keys some row of the chunk sees, from a panel boundary: [k0, k1).
-      int64_t k0 = seq, k1 = 0;
-      for (int64_t r = 0; r < n_mine; ++r) {
-        k0 = std::min<int64_t>(k0, lo[my_rows[r]]);
-        k1 = std::max<int64_t>(k1, hi[my_rows[r]]);
+  struct Scratch {
+    std::vector<float> panels, scratch, qt, logits, colsum, bias;
+  };
+  std::vector<Scratch> per_worker(size_t(worker_count(tasks, threads)));
+  parallel_for(tasks, threads, [&](int64_t task, int worker) {
+    Scratch& s = per_worker[size_t(worker)];
+    if (s.panels.empty()) {  // sized by the worker that uses it, on its first task
+      s.panels.resize(size_t(s_pad * hd));
+      s.scratch.resize(size_t(hd));
+      s.qt.assign(size_t(rt * hd), 0.0f);  // rows past the tile stay zero
+      s.logits.resize(size_t(rt * s_pad));
+      s.colsum.resize(size_t(s_pad));
+      s.bias.resize(size_t(s_pad));
+    }
+    auto& [panels, scratch, qt, logits, colsum, bias] = s;
+    const int64_t b = task_sample[task], kh = task_head[task], c0 = task_row[task];
+    const int64_t* my_rows = rows.data() + first[b] + c0;  // ascending positions
+    const int64_t n_mine = std::min(chunk, first[b + 1] - first[b] - c0);
+    const int32_t* lo = key_lo + b * seq;
+    const int32_t* hi = key_hi + b * seq;
+    // The keys some row of the chunk sees, from a panel boundary: [k0, k1).
+    int64_t k0 = seq, k1 = 0;
+    for (int64_t r = 0; r < n_mine; ++r) {
+      k0 = std::min<int64_t>(k0, lo[my_rows[r]]);
+      k1 = std::max<int64_t>(k1, hi[my_rows[r]]);
+    }
+    k0 = round_down(k0, kNr);
+    const uint8_t* valid = key_valid + b * seq;
+    for (int64_t j = 0; j < s_pad; ++j) bias[j] = k0 + j < k1 && valid[k0 + j] ? 0.0f : kNegInf;
+    pack_keys(k, dtype, (b * kv_heads + kh) * seq * hd, k0, k1 - k0, hd, panels.data(), scratch.data());
+    double* mine = partial.data() + size_t(task) * size_t(seq);
+    for (int64_t r0 = 0; r0 < n_mine; r0 += rt) {
+      const int64_t nr = std::min(rt, n_mine - r0);
+      const int64_t* tile = my_rows + r0;
+      int64_t t_lo = seq, t_hi = 0;  // the tile's keys, relative to k0
+      for (int64_t r = 0; r < nr; ++r) {
+        t_lo = std::min<int64_t>(t_lo, lo[tile[r]] - k0);
+        t_hi = std::max<int64_t>(t_hi, hi[tile[r]] - k0);
       }
-      k0 = round_down(k0, kNr);
-      const uint8_t* valid = key_valid + b * seq;
-      for (int64_t j = 0; j < s_pad; ++j) bias[j] = k0 + j < k1 && valid[k0 + j] ? 0.0f : kNegInf;
-      pack_keys(k, dtype, (b * kv_heads + kh) * seq * hd, k0, k1 - k0, hd, panels.data(), scratch.data());
-      double* mine = partial.data() + size_t(task) * size_t(seq);
-      for (int64_t r0 = 0; r0 < n_mine; r0 += rt) {
-        const int64_t nr = std::min(rt, n_mine - r0);
-        const int64_t* tile = my_rows + r0;
-        int64_t t_lo = seq, t_hi = 0;  // the tile's keys, relative to k0
+      const int64_t p0 = t_lo / kNr, p1 = (t_hi + kNr - 1) / kNr, ld = p1 * kNr;
+      for (int64_t h = kh * group; h < (kh + 1) * group; ++h) {
+        for (int64_t r = 0; r < nr; ++r)
+          to_float(q, dtype, ((b * heads + h) * seq + tile[r]) * hd, hd, qt.data() + r * hd);
+        for (int64_t m0 = 0; m0 < nr; m0 += kMr)
+          for (int64_t t = p0; t < p1; ++t)
+            logit_tile(qt.data() + m0 * hd, panels.data() + t * hd * kNr, hd, logits.data() + m0 * ld + t * kNr, ld);
+        std::fill(colsum.begin() + p0 * kNr, colsum.begin() + ld, 0.0f);
         for (int64_t r = 0; r < nr; ++r) {
-          t_lo = std::min<int64_t>(t_lo, lo[tile[r]] - k0);
-          t_hi = std::max<int64_t>(t_hi, hi[tile[r]] - k0);
-        }
-        const int64_t p0 = t_lo / kNr, p1 = (t_hi + kNr - 1) / kNr, ld = p1 * kNr;
-        for (int64_t h = kh * group; h < (kh + 1) * group; ++h) {
-          for (int64_t r = 0; r < nr; ++r)
-            to_float(q, dtype, ((b * heads + h) * seq + tile[r]) * hd, hd, qt.data() + r * hd);
-          for (int64_t m0 = 0; m0 < nr; m0 += kMr)
-            for (int64_t t = p0; t < p1; ++t)
-              logit_tile(qt.data() + m0 * hd, panels.data() + t * hd * kNr, hd, logits.data() + m0 * ld + t * kNr, ld);
-          std::fill(colsum.begin() + p0 * kNr, colsum.begin() + ld, 0.0f);
-          for (int64_t r = 0; r < nr; ++r) {
-            const int64_t row_lo = lo[tile[r]] - k0, row_hi = hi[tile[r]] - k0;
-            const int64_t j0 = round_down(row_lo, kLanes), j1 = round_up(row_hi, kLanes);
-            float* row = logits.data() + r * ld;
-            float row_scale = float(scale);
-            if (softcap > 0.0) {  // rare (Gemma 2): scaled and capped here, before the mask
-              for (int64_t j = j0; j < j1; ++j) row[j] = float(softcap * std::tanh(double(row[j]) * scale / softcap));
-              row_scale = 1.0f;
-            }
-            softmax_into(row, bias.data(), j0, j1, row_lo, row_hi, row_scale, colsum.data());
+          const int64_t row_lo = lo[tile[r]] - k0, row_hi = hi[tile[r]] - k0;
+          const int64_t j0 = round_down(row_lo, kLanes), j1 = round_up(row_hi, kLanes);
+          float* row = logits.data() + r * ld;
+          float row_scale = float(scale);
+          if (softcap > 0.0) {  // rare (Gemma 2): scaled and capped here, before the mask
+            for (int64_t j = j0; j < j1; ++j) row[j] = float(softcap * std::tanh(double(row[j]) * scale / softcap));
+            row_scale = 1.0f;
           }
-          for (int64_t j = p0 * kNr; j < std::min(ld, seq - k0); ++j) mine[k0 + j] += colsum[j];
+          softmax_into(row, bias.data(), j0, j1, row_lo, row_hi, row_scale, colsum.data());
         }
+        for (int64_t j = p0 * kNr; j < std::min(ld, seq - k0); ++j) mine[k0 + j] += colsum[j];
       }
     }
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < batch; ++b) {
-      const int64_t n_rows = first[b + 1] - first[b];
-      if (n_rows == 0) continue;
-      std::vector<double> total(size_t(seq), 0.0);
-      for (int64_t task = task_first[b]; task < task_first[b + 1]; ++task)
-        for (int64_t j = 0; j < seq; ++j) total[j] += partial[size_t(task) * size_t(seq) + size_t(j)];
-      const double denom = double(heads) * double(n_rows);
-      for (int64_t j = 0; j < seq; ++j)
-        if (col_is_vision[b * seq + j]) out[b * seq + j] = float(total[j] / denom);
-    }
-  }
+  });
+  parallel_for(batch, threads, [&](int64_t b, int) {
+    const int64_t n_rows = first[b + 1] - first[b];
+    if (n_rows == 0) return;
+    std::vector<double> total(size_t(seq), 0.0);
+    for (int64_t task = task_first[b]; task < task_first[b + 1]; ++task)
+      for (int64_t j = 0; j < seq; ++j) total[j] += partial[size_t(task) * size_t(seq) + size_t(j)];
+    const double denom = double(heads) * double(n_rows);
+    for (int64_t j = 0; j < seq; ++j)
+      if (col_is_vision[b * seq + j]) out[b * seq + j] = float(total[j] / denom);
+  });
 }
 
 void top_mass_mean_cpu(const void* hidden, DType dtype, int64_t batch, int64_t seq, int64_t dim, const double* mass,
@@ -290,14 +284,14 @@ void top_mass_mean_cpu(const void* hidden, DType dtype, int64_t batch, int64_t s
   if (batch <= 0) return;
   // Selection per sample (cheap), then the means over (sample, column block) tasks.
   std::vector<std::vector<int64_t>> chosen(static_cast<size_t>(batch));
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t b = 0; b < batch; ++b) {
+  const int threads = num_threads();
+  parallel_for(batch, threads, [&](int64_t b, int) {
     std::vector<int64_t> cols;
     for (int64_t j = 0; j < seq; ++j)
       if (col_is_vision[b * seq + j]) cols.push_back(j);
     const int64_t n = int64_t(cols.size());
     kept[b] = 0;
-    if (n == 0) continue;
+    if (n == 0) return;
     std::vector<double> p(static_cast<size_t>(n));
     double sum = 0.0;
     for (int64_t t = 0; t < n; ++t) sum += p[t] = mass[b * seq + cols[t]];
@@ -312,26 +306,22 @@ void top_mass_mean_cpu(const void* hidden, DType dtype, int64_t batch, int64_t s
     chosen[b].resize(size_t(n_keep));
     for (int64_t t = 0; t < n_keep; ++t) chosen[b][t] = cols[order[t]];
     kept[b] = n_keep;
-  }
+  });
   constexpr int64_t kBlock = 256;
   const int64_t blocks = (dim + kBlock - 1) / kBlock;
-#pragma omp parallel
-  {
-    std::vector<float> row(kBlock);
-    std::vector<double> acc(kBlock);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < batch * blocks; ++task) {
-      const int64_t b = task / blocks, d0 = task % blocks * kBlock;
-      const int64_t w = std::min(kBlock, dim - d0);
-      std::fill(acc.begin(), acc.end(), 0.0);
-      for (int64_t pos : chosen[b]) {
-        to_float(hidden, dtype, (b * seq + pos) * dim + d0, w, row.data());
-        for (int64_t d = 0; d < w; ++d) acc[d] += row[d];
-      }
-      const double n = double(chosen[b].size());
-      for (int64_t d = 0; d < w; ++d) out[b * dim + d0 + d] = n > 0 ? float(acc[d] / n) : 0.0f;
+  parallel_for(batch * blocks, threads, [&](int64_t task, int) {
+    float row[kBlock];
+    double acc[kBlock];
+    const int64_t b = task / blocks, d0 = task % blocks * kBlock;
+    const int64_t w = std::min(kBlock, dim - d0);
+    std::fill(acc, acc + kBlock, 0.0);
+    for (int64_t pos : chosen[b]) {
+      to_float(hidden, dtype, (b * seq + pos) * dim + d0, w, row);
+      for (int64_t d = 0; d < w; ++d) acc[d] += row[d];
     }
-  }
+    const double n = double(chosen[b].size());
+    for (int64_t d = 0; d < w; ++d) out[b * dim + d0 + d] = n > 0 ? float(acc[d] / n) : 0.0f;
+  });
 }
 
 }  // namespace scalselect

@@ -6,10 +6,7 @@
 
 #include "scalselect/dtype.h"
 #include "scalselect/kernels.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "scalselect/parallel.h"
 
 namespace scalselect {
 namespace {
@@ -37,14 +34,7 @@ void centre_row(double* row, int64_t d, bool l2_normalize, const double* shift, 
   }
 }
 
-int thread_count(int64_t rows) {
-#ifdef _OPENMP
-  return int(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), rows / 16)));
-#else
-  (void)rows;
-  return 1;
-#endif
-}
+int thread_count(int64_t rows) { return int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), rows / 16))); }
 
 // Pass 2 is a small GEMM (rows x d) * (d x k) whose product is only squared and summed, so it
 // is blocked like one: W is packed into panels of kNr columns, a block of kRowBlock centred rows
@@ -107,21 +97,14 @@ void gram_prep_cpu(const void* x, DType dtype, int64_t n, int64_t d, int64_t row
   if (n <= 0 || d <= 0) return;
   const int threads = thread_count(n);
   const bool squares = colsumsq != nullptr;
-  // Each thread sums its rows into its own column vectors (sums, then squares); merged once at
-  // the end.
+  // One contiguous range of rows per task, summed into the task's own column vectors (sums,
+  // then squares) and merged in task order: the sums depend on the thread count only.
   const size_t width = size_t(d) * (squares ? 2 : 1);
   std::vector<double> partial(size_t(threads) * width, 0.0);
-#pragma omp parallel num_threads(threads)
-  {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num();
-#else
-    const int tid = 0;
-#endif
+  parallel_for(threads, threads, [&](int64_t task, int) {
     std::vector<double> row(d);
-    double* mine = partial.data() + size_t(tid) * width;
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
+    double* mine = partial.data() + size_t(task) * width;
+    for (int64_t i = n * task / threads; i < n * (task + 1) / threads; ++i) {
       read_row(x, dtype, i, d, row_stride, row.data());
       centre_row(row.data(), d, l2_normalize, shift, inv_scale);
       float* o = out + i * d;
@@ -132,7 +115,7 @@ void gram_prep_cpu(const void* x, DType dtype, int64_t n, int64_t d, int64_t row
       if (squares)
         for (int64_t j = 0; j < d; ++j) mine[d + j] += row[j] * row[j];
     }
-  }
+  });
   for (int t = 0; t < threads; ++t) {
     const double* theirs = partial.data() + size_t(t) * width;
     for (int64_t j = 0; j < d; ++j) colsum[j] += theirs[j];
@@ -147,42 +130,48 @@ void projected_sqnorm_cpu(const void* x, DType dtype, int64_t n, int64_t d, int6
   const int64_t tiles = (k + kNr - 1) / kNr;
   const std::vector<float> panels = pack_panels(w, d, k);
   const int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
-#pragma omp parallel num_threads(thread_count(n))
-  {
-    std::vector<double> row(d);
-    std::vector<float> c(size_t(kRowBlock * d), 0.0f);  // rows past n stay zero
-    std::vector<float> acc(size_t(kRowBlock * tiles * kNr));
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t i0 = b * kRowBlock;
-      const int64_t rows = std::min(kRowBlock, n - i0);
-      for (int64_t r = 0; r < rows; ++r) {
-        read_row(x, dtype, i0 + r, d, row_stride, row.data());
-        centre_row(row.data(), d, l2_normalize, shift, inv_scale);
-        for (int64_t j = 0; j < d; ++j) c[size_t(r * d + j)] = float(row[j]);
-      }
-      if (rows < kRowBlock) std::fill(c.begin() + rows * d, c.end(), 0.0f);
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      // acc is laid out [tile][row][kNr] so each register tile is contiguous.
-      for (int64_t j0 = 0; j0 < d; j0 += kKc) {
-        const int64_t depth = std::min(kKc, d - j0);
-        for (int64_t t = 0; t < tiles; ++t) {
-          const float* panel = panels.data() + (t * d + j0) * kNr;
-          for (int64_t r0 = 0; r0 < rows; r0 += kMr)
-            register_tile(c.data() + r0 * d + j0, d, panel, depth, acc.data() + (t * kRowBlock + r0) * kNr);
-        }
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        double sq = 0.0;
-        for (int64_t t = 0; t < tiles; ++t)
-          for (int64_t col = 0; col < kNr; ++col) {
-            const double v = acc[size_t((t * kRowBlock + r) * kNr + col)];
-            sq += v * v;
-          }
-        out[i0 + r] = sq;
+  const int threads = thread_count(n);
+  struct Scratch {
+    std::vector<double> row;
+    std::vector<float> c, acc;
+  };
+  std::vector<Scratch> scratch(size_t(worker_count(blocks, threads)));
+  parallel_for(blocks, threads, [&](int64_t b, int worker) {
+    Scratch& s = scratch[size_t(worker)];
+    if (s.row.empty()) {  // sized by the worker that uses it, on its first block
+      s.row.resize(size_t(d));
+      s.c.assign(size_t(kRowBlock * d), 0.0f);
+      s.acc.resize(size_t(kRowBlock * tiles * kNr));
+    }
+    auto& [row, c, acc] = s;
+    const int64_t i0 = b * kRowBlock;
+    const int64_t rows = std::min(kRowBlock, n - i0);
+    for (int64_t r = 0; r < rows; ++r) {
+      read_row(x, dtype, i0 + r, d, row_stride, row.data());
+      centre_row(row.data(), d, l2_normalize, shift, inv_scale);
+      for (int64_t j = 0; j < d; ++j) c[size_t(r * d + j)] = float(row[j]);
+    }
+    if (rows < kRowBlock) std::fill(c.begin() + rows * d, c.end(), 0.0f);
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    // acc is laid out [tile][row][kNr] so each register tile is contiguous.
+    for (int64_t j0 = 0; j0 < d; j0 += kKc) {
+      const int64_t depth = std::min(kKc, d - j0);
+      for (int64_t t = 0; t < tiles; ++t) {
+        const float* panel = panels.data() + (t * d + j0) * kNr;
+        for (int64_t r0 = 0; r0 < rows; r0 += kMr)
+          register_tile(c.data() + r0 * d + j0, d, panel, depth, acc.data() + (t * kRowBlock + r0) * kNr);
       }
     }
-  }
+    for (int64_t r = 0; r < rows; ++r) {
+      double sq = 0.0;
+      for (int64_t t = 0; t < tiles; ++t)
+        for (int64_t col = 0; col < kNr; ++col) {
+          const double v = acc[size_t((t * kRowBlock + r) * kNr + col)];
+          sq += v * v;
+        }
+      out[i0 + r] = sq;
+    }
+  });
 }
 
 }  // namespace scalselect

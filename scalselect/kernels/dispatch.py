@@ -20,6 +20,9 @@ BACKENDS = options.BACKENDS
 SELF_CHECKS: dict[str, Callable[[torch.device], bool]] = {}
 # (kernel, device) -> whether its self-check passed, on this machine, in this process
 cuda_verdict: dict[tuple[str, str], bool] = {}
+# device -> why no CUDA kernel can run there (a driver too old for them, a GPU they were not
+# built for, no usable GPU at all): found by the first self-check that raises, said once.
+cuda_unusable: dict[str, str] = {}
 # Kernels that fell back to their twin once already (one warning each, not one per batch).
 fallback_warned: set[str] = set()
 
@@ -27,18 +30,28 @@ fallback_warned: set[str] = set()
 def cuda_kernel_ok(name: str, device: torch.device) -> bool:
     key = (name, str(device))
     if key not in cuda_verdict:
+        if str(device) in cuda_unusable:
+            cuda_verdict[key] = False
+            return False
         try:
             ok = SELF_CHECKS[name](device)
-        except RuntimeError as exc:
-            ok, why = False, str(exc)
-        else:
-            why = "results differ from the PyTorch twin"
-        if not ok:
+        except RuntimeError as exc:  # the launch (or CUDA itself) failed: so would every kernel's
+            cuda_unusable[str(device)] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             warnings.warn(
-                f"scalselect: CUDA kernel {name} failed its self-check ({why}); using the PyTorch implementation",
+                f"scalselect: the CUDA kernels cannot run on {device} ({cuda_unusable[str(device)]}); "
+                "using the PyTorch implementations",
                 RuntimeWarning,
                 stacklevel=3,
             )
+            ok = False
+        else:
+            if not ok:
+                warnings.warn(
+                    f"scalselect: CUDA kernel {name} failed its self-check (results differ from the PyTorch twin); "
+                    "using the PyTorch implementation",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
         cuda_verdict[key] = ok
     return cuda_verdict[key]
 

@@ -7,7 +7,7 @@ import torch
 
 # Must match kKernelVersion in csrc/bindings.cpp: a module built from older sources has other
 # kernel arguments, and calling it would read the wrong memory.
-KERNEL_VERSION = 2
+KERNEL_VERSION = 3
 
 try:
     from .. import _C as C
@@ -31,7 +31,7 @@ DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloa
 def build_info() -> dict:
     """What the native module was compiled with (empty CPU/CUDA flags when it is missing)."""
     if C is None:
-        return {"native": False, "openmp": False, "cuda": False, "cuda_archs": "", "error": IMPORT_ERROR}
+        return {"native": False, "cuda": False, "cuda_archs": "", "error": IMPORT_ERROR}
     return {"native": True, **C.build_info()}
 
 
@@ -51,4 +51,5 @@ def launch(name: str, device: torch.device, args: tuple) -> None:
         with torch.cuda.device(device):  # launches and allocations go to this GPU
             getattr(C, f"{name}_cuda")(*args, torch.cuda.current_stream(device).cuda_stream)
     else:
+        C.set_num_threads(torch.get_num_threads())  # the kernels' threads follow torch's setting
         getattr(C, f"{name}_cpu")(*args)

@@ -406,3 +406,37 @@ def test_cuda_attention_mass_refuses_a_head_size_beyond_shared_memory(monkeypatc
         rtol=attention_mass_rtol(q, k, valid, rows, 0.02),
         atol=0.0,
     )
+
+
+@pytest.mark.parametrize("threads", [1, 3, 7])
+def test_the_cpu_kernels_follow_torchs_thread_count_and_agree_with_any(threads):
+    """The CPU kernels run on torch.get_num_threads() threads. Each row's projection, each
+    sample's top-mass mean and each prepared row are computed by one task whatever the count:
+    the same bits. The attention mass splits a sample's rows into more chunks when there are
+    more threads, so its sums are reordered: within the rounding of two evaluations."""
+    q, k, valid, rows, cols = extraction_batch(threads, 3, 4, 2, 130, 32)
+    hidden, mass, vision = mass_batch(threads, 3, 130, 300)
+    x = torch.randn(700, 40, generator=torch.Generator().manual_seed(threads))
+    w = torch.randn(40, 20, generator=torch.Generator().manual_seed(1))
+    shift = x[:10].double().mean(0)
+
+    def run():
+        return (
+            kernels.attention_mass(q, k, valid, rows, cols, 0.17, backend="native"),
+            *kernels.top_mass_mean(hidden, mass, vision, 0.9, backend="native"),
+            kernels.projected_sqnorm(x, shift, None, False, w, backend="native"),
+            kernels.gram_prep(x, shift, None, False, backend="native")[0],
+        )
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = run()
+        torch.set_num_threads(threads)
+        together = run()
+    finally:
+        torch.set_num_threads(before)
+    rtol = attention_mass_rtol(q, k, valid, rows, 0.17)
+    torch.testing.assert_close(together[0], alone[0], rtol=rtol, atol=0.0)
+    for a, b in zip(alone[1:], together[1:]):
+        assert torch.equal(a, b)

@@ -1,6 +1,10 @@
 """Compiled kernels against their pure-PyTorch twins on fresh random inputs of many shapes."""
 
 import itertools
+import os
+import subprocess
+import sys
+import warnings
 
 import pytest
 import torch
@@ -49,7 +53,7 @@ def test_the_shipped_stub_declares_what_the_module_binds():
     bound = [name for name in dir(_C) if not name.startswith("_")]
     assert bound and set(bound) <= set(stub) and all(n.endswith("_cuda") for n in set(stub) - set(bound))
     for name in bound:
-        if name == "build_info":
+        if not name.endswith(("_cpu", "_cuda")):  # build_info, set_num_threads: not kernels
             continue
         signature = getattr(_C, name).__doc__.splitlines()[0]
         assert re.findall(r"(\w+): ", signature) == stub[name], name
@@ -186,3 +190,46 @@ def test_self_check_passes_a_good_kernel_and_rejects_a_wrong_one(monkeypatch, na
     with pytest.warns(RuntimeWarning, match="failed its self-check"):
         assert not dispatch.cuda_kernel_ok(name, cpu)
     assert dispatch.cuda_verdict[(name, "cpu")] is False
+
+
+def test_a_gpu_the_kernels_cannot_run_on_gets_the_twins_with_one_warning(monkeypatch):
+    """A driver too old for the compiled kernels, or a GPU they were not built for: the first
+    self-check raises, and every kernel takes its twin on that device, with one warning in all.
+    Forced here by making every CUDA launch fail (on a machine without a GPU, CUDA itself fails
+    first, when the self-check makes its inputs: the same path)."""
+    from scalselect.kernels import dispatch, extraction, leverage, native
+
+    def launch(name, device, args):
+        raise RuntimeError("CUDA error: CUDA driver version is insufficient for CUDA runtime version")
+
+    for family in (leverage, extraction):
+        monkeypatch.setattr(family, "launch", launch)
+    monkeypatch.setattr(native, "native_available", lambda device, kernel="gram_prep": True)
+    monkeypatch.setattr(dispatch, "cuda_verdict", {})
+    monkeypatch.setattr(dispatch, "cuda_unusable", {})
+    cuda = torch.device("cuda")
+    names = ["gram_prep", "projected_sqnorm", "attention_mass", "top_mass_mean"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert [dispatch.use_native(name, cuda, "auto") for name in names * 2] == [False] * 8
+    assert [str(w.message) for w in caught if "cannot run on cuda" in str(w.message)] == [str(caught[0].message)]
+    assert len(caught) == 1
+    assert dispatch.use_native("gram_prep", cuda, "torch") is False  # the twin, asked for, without a check
+
+
+def test_the_package_imports_and_scores_where_no_gpu_is_visible():
+    """CUDA_VISIBLE_DEVICES hides every GPU: the native module still loads (its CUDA runtime is
+    static and starts only on a CUDA call) and the CPU kernels score."""
+    code = (
+        "import numpy as np, scalselect\n"
+        "facts = scalselect.info()\n"
+        "assert facts['native'] and not facts['gpu_usable'], facts\n"
+        "x = np.random.default_rng(0).standard_normal((300, 24)).astype(np.float32)\n"
+        "res = scalselect.leverage_scores(x, device='auto', backend='native')\n"
+        # the scores sum to k; each comes from float32 products over 24 columns (relative
+        # error ~ 24 u32 = 1.4e-6), so their sum is within k * 1e-4
+        "assert res.device == 'cpu' and abs(res.scores.sum() - res.k) <= 1e-4 * res.k, res\n"
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
