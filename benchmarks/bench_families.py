@@ -6,7 +6,7 @@ kernel under a sliding window against causal attention.
 Extraction: tiny Gemma 3 (layer types [sliding, sliding, full] repeated, window 16) and tiny
 Qwen3.5 (Gated DeltaNet layers with a softmax layer every fourth, so L = 2), made --layers deep
 with random weights; a pool of multi-turn one-image samples. The reference way is
-tests/reference_way.py (full forward, eager attention, every map kept, batch size 1); scalselect
+scalselect/reference_way.py (full forward, eager attention, every map kept, batch size 1); scalselect
 is extract_store, batch 8, with the compiled kernels and with the PyTorch twins. Model loading
 is excluded from both. Every vector is checked against the reference (cosine).
 
@@ -27,7 +27,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-import reference_way  # noqa: E402  (the slow path of the tests)
+from scalselect import reference_way  # noqa: E402  (the slow path)
 
 
 def deepened(family: str, out: Path, layers: int) -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-import reference_way
+from scalselect import reference_way
 from conftest import RESULTS
 
 SAMPLES = 24

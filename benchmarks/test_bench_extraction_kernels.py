@@ -12,26 +12,15 @@ import pytest
 import torch
 
 from scalselect import kernels
+from scalselect.bench import llava_like_batch
 from scalselect.kernels import twins
 
-B, H, HKV, S, HD, D = 4, 8, 8, 700, 64, 4096
-LENGTHS = [700, 680, 650, 620]  # right padding
-IMAGE = (35, 35 + 576)
+B, H, S, HD = 4, 8, 700, 64  # as llava_like_batch makes them
 
 
 @pytest.fixture(scope="module")
 def batch():
-    gen = torch.Generator().manual_seed(0)
-    q = (torch.randn(B, H, S, HD, generator=gen) * 1.5).to(torch.bfloat16)
-    k = torch.randn(B, HKV, S, HD, generator=gen).to(torch.bfloat16)
-    hidden = torch.randn(B, S, D, generator=gen).to(torch.bfloat16)
-    positions = torch.arange(S)
-    valid = positions[None, :] < torch.tensor(LENGTHS)[:, None]
-    vision = ((positions >= IMAGE[0]) & (positions < IMAGE[1]))[None, :] & valid
-    # after the image: user turns and assistant replies alternate every 20 tokens
-    reply = (positions >= IMAGE[1]) & ((positions - IMAGE[1]) // 20 % 2 == 1)
-    instruction = valid & ~vision & ~reply[None, :]
-    return q, k, hidden, valid, instruction, vision
+    return llava_like_batch()  # the inputs `scalselect bench` times too
 
 
 def materialised_attention_mass(q, k, valid, instruction, vision, scale):

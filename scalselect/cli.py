@@ -346,6 +346,19 @@ def _info(args) -> dict:
     return facts
 
 
+def _bench(args) -> dict:
+    from .bench import run_bench, table
+
+    out = options.output_file(args.json, "--json") if args.json is not None else None
+    device = options.resolve_device(args.device)
+    report = run_bench(device, args.quick, lambda step: print(f"bench: {step} ...", file=sys.stderr))
+    print(table(report))
+    if out is not None:
+        _write_json(out, report)
+        print(f"wrote {out}")
+    return report
+
+
 def _demo(args) -> dict:
     from collections import Counter
 
@@ -611,6 +624,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="version, compiled backends, CUDA architectures, GPU")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_info)
+
+    p = sub.add_parser(
+        "bench", help="each native kernel vs its PyTorch twin, scoring vs the reference method, extraction vs the reference way"
+    )
+    p.add_argument("--device", default="auto", help="auto (a GPU when one is usable), cpu, cuda or cuda:N")
+    p.add_argument("--quick", action="store_true", help="a narrower scoring matrix and fewer samples (about a minute on a CPU)")
+    p.add_argument("--json", type=_path, default=None, help="also write the report as JSON to this file")
+    p.set_defaults(run=_bench)
 
     p = sub.add_parser("demo", help="offline demo: a generated pool and a tiny random LLaVA, through `run`")
     p.add_argument(

@@ -5,9 +5,7 @@ the meta device only and times a tiny LLaVA made the same way on the CPU."""
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -16,8 +14,7 @@ from .record import StepRecorder, finite, ratio
 from .sizes import SIZES
 from .targets import TARGET_EXTRACTION_RATIO
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-import reference_way  # noqa: E402  (the slow path of the tests, shared)
+from scalselect import reference_way  # the slow path, shared
 
 # LLaVA-1.5-7B as llava-hf/llava-1.5-7b-hf has it: CLIP ViT-L/14 at 336 px (576 patches + CLS,
 # features from the second-to-last layer, CLS dropped) and Llama-2-7B. Its embedding has 32,064
@@ -208,7 +205,7 @@ def ours_loop(model, samples, batch_size, dev, dtype, tau, backend):
 
 
 def reference_loop(model, samples, dev, dtype, tau):
-    """The reference way of the tests (tests/reference_way.py: full forward with eager attention,
+    """The reference way of the tests (scalselect/reference_way.py: full forward with eager attention,
     every layer's attention map and hidden states kept, batch size 1), sample by sample. The first
     sample warms up (not timed)."""
     from scalselect.data.samples import collate

@@ -325,7 +325,7 @@ def test_weights_that_span_the_layers_are_cut_to_the_loaded_ones(demo, tmp_path)
     full model's, the reference way."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    import reference_way
+    from scalselect import reference_way
     from scalselect.data import read_pool
     from scalselect.data.samples import SampleMaker, collate
     from scalselect.models import image_token_id

@@ -11,7 +11,7 @@ from PIL import Image
 
 from scalselect.extract import attention_implementations
 from scalselect.models import first_softmax_layer, image_token_id, tiny, training_inputs
-import reference_way
+from scalselect import reference_way
 from tolerances import assert_vectors_close, forward_rtol
 
 QWEN = {

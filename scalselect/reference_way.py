@@ -1,11 +1,16 @@
-"""The reference way, written once from the definition (docs/design.md, section 1a) and
-shared by the tests and benchmarks that compare scalselect's fast path with it: a full forward
-with eager attention and every attention map kept, batch size 1."""
+"""The reference way, written once from the definition (docs/design.md, section 1a): a full
+forward with eager attention and every attention map kept, batch size 1. The slow path that the
+tests, the benchmarks and `scalselect bench` compare the fast path with; it ships in the package
+for the last of them, and nothing of the package's own path uses it."""
+
+import time
 
 import torch
 
-from scalselect.extract import attention_implementations
-from scalselect.models import SOFTMAX_LAYERS, first_softmax_layer, image_token_id
+from .data import read_pool
+from .data.samples import SampleMaker, collate
+from .extract import attention_implementations
+from .models import SOFTMAX_LAYERS, first_softmax_layer, image_token_id
 
 
 def kept_by_definition(mass: torch.Tensor, tau: float) -> list[int]:
@@ -68,24 +73,21 @@ def reference_vector(model, batch, instruction, tau, layer=None):
     return sorted(positions.tolist()), out.hidden_states[layer + 1][0, positions].double().mean(dim=0), blind
 
 
-def reference_pool_vectors(model_dir, pool_path, image_root, tau=0.9):
+def reference_pool_vectors(model_dir, pool_path, image_root, tau=0.9, device="cpu"):
     """Every sample of a pool file the reference way, alone, from its own preparation (decode,
-    chat template, processor, token roles) on: the vectors by sample id and the loop's seconds
-    (model loading excluded)."""
-    import time
-
+    chat template, processor, token roles) on: the vectors by sample id (on the CPU) and the
+    loop's seconds (model loading excluded)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from scalselect.data import read_pool
-    from scalselect.data.samples import SampleMaker, collate
-
+    device = torch.device(device)
     processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, local_files_only=True).eval()
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, local_files_only=True).eval().to(device)
     maker = SampleMaker(processor, image_token_id(model.config), image_root, 4096)
     pool = read_pool(pool_path)
     vectors = {}
     t0 = time.perf_counter()
     for record, sample_id in zip(pool.records, pool.ids):
         batch, instruction = collate([maker(record, pool.layout, sample_id)], 0)
-        vectors[sample_id] = reference_vector(model, batch, instruction, tau)[1]
+        batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+        vectors[sample_id] = reference_vector(model, batch, instruction.to(device), tau)[1].cpu()
     return vectors, time.perf_counter() - t0
