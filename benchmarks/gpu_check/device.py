@@ -4,10 +4,11 @@ counted) and before it stops (the block's queued kernels are)."""
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
+
+from scalselect.bench import timed
 
 from .sizes import SIZES
 
@@ -44,16 +45,10 @@ class Stopwatch:
 
 
 def time_fn(fn, dev, reps: int, warmup: int = 1):
-    """(best seconds, median seconds, last result) of fn() over `reps` runs after `warmup`."""
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    times = []
-    for _ in range(max(1, reps)):
-        with Stopwatch(dev) as watch:
-            out = fn()
-        times.append(watch.seconds)
-    return min(times), statistics.median(times), out
+    """(best seconds, median seconds, last result) of fn() over `reps` runs after `warmup`:
+    the timer of `scalselect bench`, so that both measure alike."""
+    stats, out = timed(fn, dev, max(1, reps), warmup)
+    return stats["best_s"], stats["median_s"], out
 
 
 def time_over(items, fn, dev) -> float:
