@@ -18,13 +18,15 @@ def pytest_collection_modifyitems(config, items):
 def demo(request, tmp_path_factory):
     """The demo's generated pool (multi-turn, some two-image samples, one text-only, one missing
     image file), its images and its tiny LLaVA, made once per test module, of the module's
-    DEMO_SAMPLES samples (40 unless it says): {"pool", "images", "model", "run", "records"}."""
+    DEMO_SAMPLES samples (40 unless it says): {"pool", "images", "model", "run", "records",
+    "inputs"}, the last the command-line arguments that name the model, the pool and its images."""
     import json
 
     from scalselect.demo import prepare_demo
 
     made = prepare_demo(tmp_path_factory.mktemp("demo"), n=getattr(request.module, "DEMO_SAMPLES", 40))
     made["records"] = json.loads(made["pool"].read_text(encoding="utf-8"))
+    made["inputs"] = ["--model", str(made["model"]), "--data", str(made["pool"]), "--image-root", str(made["images"])]
     return made
 
 

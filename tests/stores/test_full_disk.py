@@ -37,12 +37,7 @@ DEMO_SAMPLES = 10  # the size of this module's demo pool (the `demo` fixture of 
 def extract_argv(demo, out, *extra) -> list[str]:
     return [
         "extract",
-        "--model",
-        str(demo["model"]),
-        "--data",
-        str(demo["pool"]),
-        "--image-root",
-        str(demo["images"]),
+        *demo["inputs"],
         "--out",
         str(out),
         "--workers",
