@@ -217,7 +217,7 @@ def test_a_gpu_the_kernels_cannot_run_on_gets_the_twins_with_one_warning(monkeyp
     assert dispatch.use_native("gram_prep", cuda, "torch") is False  # the twin, asked for, without a check
 
 
-def test_the_package_imports_and_scores_where_no_gpu_is_visible():
+def test_the_package_imports_and_scores_where_no_gpu_is_visible(tmp_path):
     """CUDA_VISIBLE_DEVICES hides every GPU: the native module still loads (its CUDA runtime is
     static and starts only on a CUDA call) and the CPU kernels score."""
     code = (
@@ -231,5 +231,6 @@ def test_the_package_imports_and_scores_where_no_gpu_is_visible():
         "assert res.device == 'cpu' and abs(res.scores.sum() - res.k) <= 1e-4 * res.k, res\n"
     )
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    # from an empty folder: the installed package, not a source tree beside it
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
