@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import kernels, reference_way
+from .errors import InputError
 from .kernels import twins
 from .scoring import leverage_scores
 
@@ -271,7 +272,12 @@ def extraction_entries(device: torch.device, quick: bool, workdir: Path) -> list
 
 
 def run_bench(device: torch.device, quick: bool, progress: Callable[[str], None] = lambda _: None) -> dict:
-    """Every entry on `device`: {"device", "quick", "torch_threads", "entries": [...]}."""
+    """Every entry on `device`: {"device", "quick", "torch_threads", "native", "entries": [...]}."""
+    built = kernels.build_info()
+    if not built["native"]:
+        raise InputError(f"the compiled kernels are not available ({built['error']}): there is nothing to compare the twins with")
+    if device.type == "cuda" and not built["cuda"]:
+        raise InputError("this scalselect was built without CUDA kernels: bench --device cpu, or install a wheel with them")
     entries = []
     progress("kernels")
     entries += kernel_entries(device, quick)
@@ -284,7 +290,7 @@ def run_bench(device: torch.device, quick: bool, progress: Callable[[str], None]
         "device": str(device),
         "quick": quick,
         "torch_threads": torch.get_num_threads(),
-        "native": kernels.build_info(),
+        "native": built,
         "entries": entries,
     }
 

@@ -31,3 +31,12 @@ def test_bench_quick_on_the_cpu_times_every_kernel_scoring_and_extraction(tmp_pa
     for e in entries[:-1]:
         assert e["max_rel_error"] <= 4096 * 2.0**-24, e
     assert entries[-1]["min_cosine"] > 0.99999  # the tests' bound for the fast path vs the reference way
+
+
+def test_bench_says_in_one_line_when_there_is_nothing_native_to_time(monkeypatch, capsys):
+    from scalselect import kernels
+
+    monkeypatch.setattr(kernels, "build_info", lambda: {"native": False, "cuda": False, "error": "no module named _C"})
+    assert main(["bench", "--quick", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "compiled kernels are not available (no module named _C)" in err
