@@ -99,7 +99,9 @@ def test_the_checks_find_a_cycle_and_a_private_import(tmp_path):
 
 def private_uses(path: Path) -> list[str]:
     """Where a test or benchmark file reaches a private (underscored) name of the package: an
-    import of one, an attribute of a module of the package, or a `setattr` on one by name."""
+    import of one, an attribute of a module of the package or of what a call returns (an object
+    the package made), or a `setattr` on one by name (`setattr(module, "_x")` or
+    `setattr("scalselect.module._x")`)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     modules, found = set(), []
     for node in ast.walk(tree):
@@ -118,8 +120,18 @@ def private_uses(path: Path) -> list[str]:
 
     for node in ast.walk(tree):
         private = lambda name: name.startswith("_") and not name.startswith("__") and name not in NATIVE  # noqa: E731
-        if isinstance(node, ast.Attribute) and private(node.attr) and root(node.value) in modules:
+        if isinstance(node, ast.Attribute) and private(node.attr) and (root(node.value) in modules or root(node.value) is None):
             found.append((node.lineno, f"{path.name}:{node.lineno} uses .{node.attr}"))
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", None) == "setattr"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and node.args[0].value.startswith("scalselect.")
+            and private(node.args[0].value.rsplit(".", 1)[-1])
+        ):
+            found.append((node.lineno, f"{path.name}:{node.lineno} sets {node.args[0].value}"))
         elif (
             isinstance(node, ast.Call)
             and getattr(node.func, "attr", None) == "setattr"
@@ -149,10 +161,14 @@ def test_the_private_use_check_finds_each_kind(tmp_path):
         "from scalselect import report\n\n"
         "def test(monkeypatch):\n    atomic._write(1)\n    BatchJob._forward\n"
         "    monkeypatch.setattr(report, '_figures', None)\n    report.plot_figures\n"
+        "    BatchJob(1)._forward()\n    monkeypatch.setattr('scalselect.report._figures', None)\n"
+        "    parser._actions\n"  # a name the file bound itself, not the package's: not counted
     )
     assert private_uses(probe) == [
         "probe.py:2 imports scalselect.pipeline._deal",
         "probe.py:6 uses ._write",
         "probe.py:7 uses ._forward",
         "probe.py:8 sets _figures",
+        "probe.py:10 uses ._forward",
+        "probe.py:11 sets scalselect.report._figures",
     ]

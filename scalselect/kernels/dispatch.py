@@ -35,6 +35,8 @@ def cuda_kernel_ok(name: str, device: torch.device) -> bool:
             return False
         try:
             ok = SELF_CHECKS[name](device)
+        except torch.cuda.OutOfMemoryError:  # the GPU is full now, not unfit: ask again next time
+            return False
         except RuntimeError as exc:  # the launch (or CUDA itself) failed: so would every kernel's
             cuda_unusable[str(device)] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             warnings.warn(

@@ -32,7 +32,6 @@ from .vector_store import (
     StoreWriter,
     check_same_settings,
     damaged_parts,
-    load_representations,
     lock_store,
     part_shards,
     read_manifest,
@@ -78,6 +77,14 @@ def open_rows(data, sample_ids: Sequence | None = None) -> RowSource:
     if sample_ids is not None:
         src.ids = check_ids([plain_id(i) for i in sample_ids], src.num_rows, src.description)
     return src
+
+
+def load_representations(data) -> tuple[list, np.ndarray]:
+    """The sample ids and the vectors of a store (or any source open_rows takes) as one float32
+    array, in row order."""
+    source = open_rows(data)
+    rows = [chunk.to(torch.float32).numpy() for _, chunk in source.chunks(65536)]
+    return source.ids, np.concatenate(rows) if rows else np.zeros((0, source.dim), np.float32)
 
 
 __all__ = [

@@ -518,13 +518,6 @@ def read_skipped(store: str | os.PathLike) -> list[dict]:
     return read_jsonl(path) if path.exists() else []
 
 
-def load_representations(store: str | os.PathLike) -> tuple[list, np.ndarray]:
-    """A store's sample ids and its vectors as one float32 array, in store order."""
-    source = read_store(store)
-    rows = [chunk.to(torch.float32).numpy() for _, chunk in source.chunks(65536)]
-    return source.ids, np.concatenate(rows) if rows else np.zeros((0, source.dim), np.float32)
-
-
 def write_store(
     store: str | os.PathLike,
     vectors,

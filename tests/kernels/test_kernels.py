@@ -195,15 +195,14 @@ def test_self_check_passes_a_good_kernel_and_rejects_a_wrong_one(monkeypatch, na
 def test_a_gpu_the_kernels_cannot_run_on_gets_the_twins_with_one_warning(monkeypatch):
     """A driver too old for the compiled kernels, or a GPU they were not built for: the first
     self-check raises, and every kernel takes its twin on that device, with one warning in all.
-    Forced here by making every CUDA launch fail (on a machine without a GPU, CUDA itself fails
-    first, when the self-check makes its inputs: the same path)."""
-    from scalselect.kernels import dispatch, extraction, leverage, native
+    Forced here by a self-check whose launch raises as CUDA does then (the real self-checks need
+    a GPU to make their inputs on)."""
+    from scalselect.kernels import dispatch, native
 
-    def launch(name, device, args):
+    def launch_fails(device):
         raise RuntimeError("CUDA error: CUDA driver version is insufficient for CUDA runtime version")
 
-    for family in (leverage, extraction):
-        monkeypatch.setattr(family, "launch", launch)
+    monkeypatch.setattr(dispatch, "SELF_CHECKS", dict.fromkeys(dispatch.SELF_CHECKS, launch_fails))
     monkeypatch.setattr(native, "native_available", lambda device, kernel="gram_prep": True)
     monkeypatch.setattr(dispatch, "cuda_verdict", {})
     monkeypatch.setattr(dispatch, "cuda_unusable", {})
@@ -215,6 +214,31 @@ def test_a_gpu_the_kernels_cannot_run_on_gets_the_twins_with_one_warning(monkeyp
     assert [str(w.message) for w in caught if "cannot run on cuda" in str(w.message)] == [str(caught[0].message)]
     assert len(caught) == 1
     assert dispatch.use_native("gram_prep", cuda, "torch") is False  # the twin, asked for, without a check
+
+
+def test_a_full_gpu_during_a_self_check_is_asked_again_later(monkeypatch):
+    """Out of memory says nothing about the kernels: no verdict is kept, no warning given, and
+    the next call checks again (and passes)."""
+    from scalselect.kernels import dispatch, native
+
+    calls = []
+
+    def full_then_fine(device):
+        calls.append(device)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return True
+
+    monkeypatch.setattr(dispatch, "SELF_CHECKS", {"gram_prep": full_then_fine})
+    monkeypatch.setattr(native, "native_available", lambda device, kernel="gram_prep": True)
+    monkeypatch.setattr(dispatch, "cuda_verdict", {})
+    monkeypatch.setattr(dispatch, "cuda_unusable", {})
+    cuda = torch.device("cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dispatch.use_native("gram_prep", cuda, "auto") is False
+        assert dispatch.use_native("gram_prep", cuda, "auto") is True
+    assert len(calls) == 2 and dispatch.cuda_verdict[("gram_prep", "cuda")] is True
 
 
 def test_the_package_imports_and_scores_where_no_gpu_is_visible(tmp_path):

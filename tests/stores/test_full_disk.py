@@ -243,7 +243,7 @@ def test_a_part_that_cannot_be_read_is_not_removed(tmp_path, monkeypatch):
     from scalselect.stores import vector_store
 
     store = tmp_path / "store"
-    _two_parts(store)._unlock()
+    _two_parts(store).abandon()  # stops writing: the committed parts stay, unlocked
     before = sorted(p.name for p in store.iterdir())
 
     def failing(path):
