@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import options
 from .atomic import is_stream, write_json
-from .errors import InputError
+from .errors import InputError, first_line
 from .options import ScoreOptions
 
 
@@ -346,16 +346,27 @@ def _info(args) -> dict:
     return facts
 
 
+class CheckFailed(Exception):
+    """The command ran, and what it checks did not hold (exit code 1)."""
+
+
 def _bench(args) -> dict:
-    from .bench import run_bench, table
+    from .bench import disagreeing, run_bench, table
 
     out = options.output_file(args.json, "--json") if args.json is not None else None
     device = options.resolve_device(args.device)
-    report = run_bench(device, args.quick, lambda step: print(f"bench: {step} ...", file=sys.stderr))
-    print(table(report))
-    if out is not None:
-        _write_json(out, report)
-        print(f"wrote {out}")
+    with _messages_for(out):
+        try:
+            report = run_bench(device, args.quick, lambda step: print(f"bench: {step} ...", file=sys.stderr))
+        except RuntimeError as exc:  # a kernel that failed on this machine (a launch, its memory)
+            raise CheckFailed(f"{exc.__class__.__name__}: {first_line(exc)}") from None
+        print(table(report))
+        if out is not None:
+            _write_json(out, report)
+            print(f"wrote {out}")
+    bad = disagreeing(report)
+    if bad:
+        raise CheckFailed(f"{len(bad)} result(s) beyond their bounds: {'; '.join(bad)}")
     return report
 
 
@@ -686,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, RecursionError) as exc:  # unreadable / unwritable paths, absurd nesting
         print(f"{name}: error: {exc.__class__.__name__}: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except RankFailure as exc:
+    except (RankFailure, CheckFailed) as exc:
         print(f"{name}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

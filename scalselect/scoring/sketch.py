@@ -534,7 +534,7 @@ def score_store(
         sketch = Sketch.start(omega.to(dev), shift, sketch_store.plan_scale(info))
         held, held_y = [], []
         for entry in shard_entries:
-            sums, holdout, holdout_y = sketch_store.read_part(path / sketch_store.SKETCH_ROWS, entry)
+            sums, holdout, holdout_y = sketch_store.read_sketch_part(path / sketch_store.SKETCH_ROWS, entry)
             for name, total in zip(Sketch.SUMS, sketch.sums()):
                 total += torch.from_numpy(sums[name]).to(total)
             if len(holdout):

@@ -116,7 +116,7 @@ def part_sidecar(sums: dict, vectors: np.ndarray, held: np.ndarray) -> dict:
     }
 
 
-def read_part(rows: Path, entry: dict) -> tuple[dict, np.ndarray, np.ndarray]:
+def read_sketch_part(rows: Path, entry: dict) -> tuple[dict, np.ndarray, np.ndarray]:
     """A committed part of `rows` (its manifest entry): (its sums by name, its holdout rows'
     vectors, their y rows)."""
     side = read_sidecar(rows, entry)
