@@ -1,10 +1,15 @@
-"""Collects each benchmark's best time and prints the ratios side by side at the end."""
+"""Collects each benchmark's best time and prints the ratios side by side at the end. Times are
+taken by `scalselect bench`'s timer (scalselect/bench.py), with the garbage collector off."""
 
+import gc
 import json
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from scalselect.bench import timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the shared slow path, tolerances
 
@@ -12,13 +17,17 @@ RESULTS: dict[str, float] = {}
 
 
 @pytest.fixture
-def record(benchmark):
-    """Run `fn` under pytest-benchmark and remember its best (minimum) time under `name`."""
+def record():
+    """Run `fn` `rounds` times (no warm-up) and remember its best time under `name`."""
 
     def run(name, fn, rounds=3):
-        result = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
-        if benchmark.stats is not None:  # None under --benchmark-disable: fn ran once, untimed
-            RESULTS[name] = benchmark.stats.stats.min
+        gc.disable()
+        try:
+            stats, result = timed(fn, torch.device("cpu"), rounds, warmup=0)
+        finally:
+            gc.enable()
+        RESULTS[name] = stats["best_s"]
+        print(f"\n{name}: best {stats['best_s']:.4f} s, median {stats['median_s']:.4f} s of {rounds}")
         return result
 
     return run

@@ -1,6 +1,6 @@
 """Extraction: scalselect's layer-0 fast path vs the reference way, side by side, in samples/s.
 
-    pytest benchmarks/test_bench_extraction.py --benchmark-disable-gc -s
+    pytest benchmarks/test_bench_extraction.py -s
 
 The model is LLaVA-shaped with random weights: a CLIP vision tower at 224 px (256 vision tokens
 per image) and a 16-layer Llama decoder, scaled down in width so that it runs on a CPU. The
@@ -48,17 +48,15 @@ def setup(tmp_path_factory):
     return root, model
 
 
-def test_extract_reference_way(benchmark, setup):
+def test_extract_reference_way(setup):
     root, model = setup
-    vectors, seconds = benchmark.pedantic(
-        lambda: reference_way.reference_pool_vectors(model, root / "pool.json", root), rounds=1, iterations=1
-    )
+    vectors, seconds = reference_way.reference_pool_vectors(model, root / "pool.json", root)
     RESULTS["extract_reference"] = seconds
     print(f"\nreference way: {SAMPLES / seconds:.2f} samples/s")
     assert len(vectors) == SAMPLES
 
 
-def scalselect_runs(model, root, out_dir, backend: str, rounds: int, benchmark=None):
+def scalselect_runs(model, root, out_dir, backend: str, rounds: int):
     """Best loop time of `rounds` extractions (model loading excluded, as for the reference)."""
     from scalselect.pipeline import ExtractOptions, extract_store
 
@@ -77,15 +75,15 @@ def scalselect_runs(model, root, out_dir, backend: str, rounds: int, benchmark=N
         )
         return out
 
-    out = benchmark.pedantic(run, rounds=rounds, iterations=1) if benchmark else [run() for _ in range(rounds)][-1]
+    out = [run() for _ in range(rounds)][-1]
     return out, min(r["seconds"] for r in runs)
 
 
-def test_extract_scalselect(benchmark, setup, tmp_path):
+def test_extract_scalselect(setup, tmp_path):
     from scalselect.stores import load_representations
 
     root, model = setup
-    out, RESULTS["extract_scalselect"] = scalselect_runs(model, root, tmp_path, "auto", 3, benchmark)
+    out, RESULTS["extract_scalselect"] = scalselect_runs(model, root, tmp_path, "auto", 3)
     print(f"\nscalselect: {SAMPLES / RESULTS['extract_scalselect']:.2f} samples/s")
     ids, x = load_representations(out)
     want, _ = reference_way.reference_pool_vectors(model, root / "pool.json", root)

@@ -1,7 +1,7 @@
 """The extraction kernels at a LLaVA-1.5-7B-like size on the CPU: native vs PyTorch twin, and for
 the attention mass also the materialised way (the full eager [B, H, S, S] map, then a slice).
 
-    pytest benchmarks/test_bench_extraction_kernels.py --benchmark-disable-gc -s
+    pytest benchmarks/test_bench_extraction_kernels.py -s
 
 Batch of 4 conversations padded to S = 700 tokens: a 35-token system prompt and "USER:", 576
 image tokens, then user turns and assistant replies; 32 heads cut to 8 for this 2-core machine

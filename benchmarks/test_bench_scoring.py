@@ -1,7 +1,7 @@
 """Scoring at N=20,000, D=4,096 float32: scalselect vs the reference method, a plain PyTorch
 Gram pipeline, scalselect's own PyTorch twins, and one torch X^T X; plus each kernel vs its twin.
 
-    pytest benchmarks/ --benchmark-disable-gc -s
+    pytest benchmarks/ -s
 
 The main matrix has a decaying spectrum (sigma_i ~ i^-0.7, plus noise), which gives k ~ 100 at
 90 % energy; a flatter one (k ~ 1,000, where the full eigh is used) is timed too.
