@@ -617,12 +617,7 @@ def _parquet_subset_as_json(tmp: Path) -> list:
 def _run_no_store(tmp: Path, demo, *extra) -> list:
     return [
         "run",
-        "--model",
-        demo["model"],
-        "--data",
-        demo["pool"],
-        "--image-root",
-        demo["images"],
+        *demo["inputs"],
         "--budget",
         "5",
         "--out-dir",

@@ -219,12 +219,7 @@ def test_run_under_torchrun_gives_the_single_process_subset(demo, tmp_path):
     from scalselect.data import read_pool
 
     common = [
-        "--model",
-        demo["model"],
-        "--data",
-        demo["pool"],
-        "--image-root",
-        demo["images"],
+        *demo["inputs"],
         "--budget",
         "16%",
         "--workers",
@@ -273,12 +268,7 @@ def test_run_no_store_under_torchrun(demo, tmp_path):
     from scalselect.select import read_scores
 
     common = [
-        "--model",
-        demo["model"],
-        "--data",
-        demo["pool"],
-        "--image-root",
-        demo["images"],
+        *demo["inputs"],
         "--budget",
         "16%",
         "--workers",
